@@ -1,0 +1,74 @@
+"""Atomic file writes that never overwrite an input."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from mambacontrol.errors import InputFileError
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_not_input(path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = ()) -> None:
+    """Raise if ``path`` is (or resolves to) one of ``inputs``.
+
+    Raises:
+        InputFileError: naming the output that would overwrite an input.
+    """
+    out = Path(path)
+    for src in inputs:
+        src_path = Path(src)
+        if out.resolve() == src_path.resolve() or _same_file(out, src_path):
+            raise InputFileError(
+                f"{out}: output would overwrite the input file {src_path}; choose another output path"
+            )
+
+
+def temp_path_for(path: Path) -> Path:
+    """A hidden temporary sibling of ``path`` that keeps its full suffix (``.nii.gz`` stays)."""
+    suffix = "".join(path.suffixes)
+    stem = path.name[: len(path.name) - len(suffix)] if suffix else path.name
+    return path.with_name(f".{stem}.{uuid.uuid4().hex[:8]}.tmp{suffix}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = ()) -> Iterator[Path]:
+    """Yield a temporary path to write; on success it is renamed onto ``path`` in one step.
+
+    On error the temporary file is removed and ``path`` is left as it was.
+    """
+    target = Path(path)
+    check_not_input(target, inputs)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path_for(target)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_text_atomic(path: str | os.PathLike, text: str,
+                      inputs: Iterable[str | os.PathLike] = ()) -> Path:
+    """Write ``text`` to ``path`` atomically (UTF-8)."""
+    with atomic_path(path, inputs) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes,
+                       inputs: Iterable[str | os.PathLike] = ()) -> Path:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_path(path, inputs) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)

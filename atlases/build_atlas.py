@@ -50,10 +50,12 @@ SUPERSAMPLE = 4
 
 # Grids: shape and the world coordinate (mm, RAS) of the first voxel centre. Both cover the
 # MNI brain (x -72..72, y -108..75, z -72..84 mm) with margin; the 2 mm shape is divisible by 16,
-# the 1.5 mm grid is BrLP's 120×144×120.
+# the 1.5 mm grid is BrLP's 120×144×120; the 4 mm grid (same field of view as 2 mm) is for
+# quick demonstrations and tests on a CPU.
 GRIDS = {
     "2mm": {"spacing": 2.0, "shape": (96, 112, 96)},
     "1p5mm": {"spacing": 1.5, "shape": (120, 144, 120)},
+    "4mm": {"spacing": 4.0, "shape": (48, 56, 48)},
 }
 BRAIN_CENTRE_MM = np.array([0.0, -16.0, 6.0])
 
@@ -203,6 +205,10 @@ def majority_into(labels: np.ndarray, src_aff: np.ndarray, shape, aff: np.ndarra
         sample = ndimage.map_coordinates(dense, pts, order=0, mode="constant")
         counts[sample, cols] += 1  # one increment per column: fancy indexing is exact here
     win = counts.argmax(axis=0)
+    # a region too small to win any voxel keeps the voxel where it has the largest share
+    for k in range(1, len(label_ids) + 1):
+        if not (win == k).any():
+            win[counts[k].argmax()] = k
     frac = counts[win, cols] / SUPERSAMPLE**3
     ids = np.array([0] + list(label_ids))
     return ids[win].reshape(shape), frac.reshape(shape)

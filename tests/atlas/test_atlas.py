@@ -14,7 +14,8 @@ def test_default_atlas_is_listed():
     assert DEFAULT_ATLAS in list_atlases()
 
 
-@pytest.mark.parametrize("grid,shape", [("2mm", (96, 112, 96)), ("1p5mm", (120, 144, 120))])
+@pytest.mark.parametrize("grid,shape", [("2mm", (96, 112, 96)), ("1p5mm", (120, 144, 120)),
+                                        ("4mm", (48, 56, 48))])
 def test_grids_and_files(grid, shape):
     a = load_atlas(grid=grid)
     a.verify()

@@ -219,7 +219,7 @@ class TrainResult:
 
 def train_trajectory(manifest: Manifest, atlas: Atlas, config: TrajectoryConfig | dict | None = None,
                      steps: int = 1000, seed: int = 0, cache_dir: str | os.PathLike | None = None,
-                     out_dir: str | os.PathLike | None = None) -> TrainResult:
+                     out_dir: str | os.PathLike | None = None, threads: int | None = 1) -> TrainResult:
     """Train a graph encoder and trajectory head on a manifest's pairs.
 
     Node-feature statistics are fitted on the training baselines and stored in the encoder's
@@ -233,6 +233,9 @@ def train_trajectory(manifest: Manifest, atlas: Atlas, config: TrajectoryConfig 
         seed: seeds initialisation and batch order.
         cache_dir: folder for per-scan node features (None: memory only).
         out_dir: when given, the model is saved there (``encoder/``, ``head/``).
+        threads: torch intra-op threads while training (restored afterwards; None: leave as is).
+            The graph's operations are too small to gain from threads, and on a busy machine the
+            threads' spin-waits make each step up to ten times slower, so the default is 1.
 
     Raises:
         ManifestError: when the train split has no usable pairs.
@@ -241,6 +244,17 @@ def train_trajectory(manifest: Manifest, atlas: Atlas, config: TrajectoryConfig 
     cfg = config if isinstance(config, TrajectoryConfig) else TrajectoryConfig.from_dict(config)
     if steps < 1:
         raise ConfigError(f"steps {steps} must be ≥ 1")
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _train(manifest, atlas, cfg, steps, seed, cache_dir, out_dir)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _train(manifest: Manifest, atlas: Atlas, cfg: TrajectoryConfig, steps: int, seed: int,
+           cache_dir: str | os.PathLike | None, out_dir: str | os.PathLike | None) -> TrainResult:
     graph = AnatomyGraph.from_atlas(atlas, cfg.grouping, cfg.homologue_edges)
     cache = FeatureCache(graph, cache_dir)
     cov_norm = CovariateNorm.from_dict(cfg.covariate_norm)
@@ -277,7 +291,7 @@ def train_trajectory(manifest: Manifest, atlas: Atlas, config: TrajectoryConfig 
         loss.backward()
         optim.step()
         sched.step()
-        running.append(float(loss))
+        running.append(float(loss.detach()))
         if step % cfg.eval_every == 0 or step == steps:
             entry = {"step": step, "train_loss": float(np.mean(running))}
             running = []

@@ -109,6 +109,8 @@ class GraphEncoder(Component):
         fourier_refine: apply the graph-Fourier refinement after the graph layers.
         fourier_modes: lowest graph frequencies with a learned gain (None: all).
         dropout: dropout inside the layers.
+        feature_dropout: dropout on the normalised input features (training only), so the model
+            leans on the covariates and the graph rather than memorising individual scans.
     """
 
     @register_to_config
@@ -120,7 +122,7 @@ class GraphEncoder(Component):
                  spectral_filters: bool = True, filter_kind: str = "wavelet",
                  filter_scales: list | tuple = (0.5, 1.0, 2.0, 4.0, 8.0),
                  fourier_refine: bool = True, fourier_modes: int | None = None,
-                 dropout: float = 0.0):
+                 dropout: float = 0.1, feature_dropout: float = 0.1):
         super().__init__()
         if num_nodes < 1 or num_edges < 0:
             raise ValueError(f"num_nodes {num_nodes} must be ≥ 1 and num_edges {num_edges} ≥ 0")
@@ -153,6 +155,7 @@ class GraphEncoder(Component):
         self.register_buffer("norm_mean", mean.float(), persistent=False)
         self.register_buffer("norm_std", std.float(), persistent=False)
 
+        self.feature_drop = nn.Dropout(feature_dropout)
         self.filter_bank = SpectralFilterBank(list(filter_scales), filter_kind) if spectral_filters else None
         width = in_features * (1 + (self.filter_bank.num_filters if self.filter_bank else 0))
         self.input_proj = nn.Linear(width, embed_dim)
@@ -219,7 +222,7 @@ class GraphEncoder(Component):
         if covariates.shape != (node_features.shape[0], NUM_COVARIATES):
             raise MambaControlError(f"covariates of shape {tuple(covariates.shape)} are not "
                                     f"({node_features.shape[0]}, {NUM_COVARIATES})")
-        x = (node_features.to(self.norm_mean.dtype) - self.norm_mean) / self.norm_std
+        x = self.feature_drop((node_features.to(self.norm_mean.dtype) - self.norm_mean) / self.norm_std)
         parts = [x]
         if self.filter_bank is not None:
             parts.append(self.filter_bank(x, self.eigenvalues, self.eigenvectors))

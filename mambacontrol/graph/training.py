@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from mambacontrol.atlas import Atlas
 from mambacontrol.data.covariates import CovariateNorm, encode_covariates
-from mambacontrol.data.manifest import Manifest, Visit, VisitPair
+from mambacontrol.data.manifest import DIAGNOSES, Manifest, Visit, VisitPair
 from mambacontrol.errors import ConfigError, ManifestError
 from mambacontrol.graph.anatomy import AnatomyGraph
 from mambacontrol.graph.encoder import GraphEncoder
@@ -50,6 +50,8 @@ class TrajectoryConfig:
         batch_size: pairs per step.
         eval_every: steps between validation passes (the best validation state is kept).
         covariate_norm: :class:`CovariateNorm` fields (None: the defaults).
+        population_prior: start the head at the regional population rate of the training pairs
+            (per node and baseline diagnosis); off, it learns the whole rate.
     """
 
     grouping: str = "region"
@@ -61,6 +63,7 @@ class TrajectoryConfig:
     batch_size: int = 32
     eval_every: int = 50
     covariate_norm: dict | None = None
+    population_prior: bool = True
 
     @classmethod
     def from_dict(cls, d: dict | None) -> TrajectoryConfig:
@@ -180,6 +183,21 @@ def build_pairs(manifest: Manifest, split: str, atlas: Atlas, graph: AnatomyGrap
                    torch.from_numpy(ratio).float(), torch.from_numpy(mask), base_v, follow_v)
 
 
+def regional_population_rate(data: PairSet) -> np.ndarray:
+    """(R, 3) mean annual % change (100 · log ratio / Δt) of each node per baseline diagnosis
+    (CN, MCI, AD); a diagnosis without training pairs gets the mean over all pairs."""
+    annual = 100.0 * data.log_ratio.double().numpy() / data.years.double().numpy()[:, None]
+    mask = data.mask.numpy()
+    dx = np.array([p.earlier.diagnosis for p in data.pairs])
+
+    def masked_mean(rows: np.ndarray) -> np.ndarray:
+        m = mask[rows]
+        return (annual[rows] * m).sum(0) / np.maximum(m.sum(0), 1)
+
+    overall = masked_mean(np.ones(len(dx), dtype=bool))
+    return np.stack([masked_mean(dx == d) if (dx == d).any() else overall for d in DIAGNOSES], axis=1)
+
+
 def trajectory_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean squared error of node log volume ratios, in (%)², over valid nodes."""
     err = (pred - target) * 100.0 * mask
@@ -270,8 +288,9 @@ def _train(manifest: Manifest, atlas: Atlas, cfg: TrajectoryConfig, steps: int, 
     feature_norm = FeatureNorm.fit(train.features[list(baselines.values())].numpy())
     torch.manual_seed(seed)
     encoder = GraphEncoder.from_graph(graph, feature_norm, cov_norm, **cfg.encoder)
+    prior = regional_population_rate(train).tolist() if cfg.population_prior else None
     head = TrajectoryHead(embed_dim=encoder.config.embed_dim, num_nodes=graph.num_nodes,
-                          graph=graph.identity.to_dict(), **cfg.head)
+                          graph=graph.identity.to_dict(), prior_rate=prior, **cfg.head)
     model = TrajectoryModel(encoder, head)
     optim = torch.optim.AdamW(list(model.parameters()), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -280,6 +299,10 @@ def _train(manifest: Manifest, atlas: Atlas, cfg: TrajectoryConfig, steps: int, 
 
     history: list[dict] = []
     best: tuple[float, dict, dict] | None = None
+    if valid is not None:  # the untrained state (the population prior) competes too
+        start = evaluate_loss(model, valid)
+        history.append({"step": 0, "valid_loss": start})
+        best = (start, copy.deepcopy(encoder.state_dict()), copy.deepcopy(head.state_dict()))
     running = []
     bar = tqdm(range(1, steps + 1), desc="train trajectory", disable=None)
     for step in bar:

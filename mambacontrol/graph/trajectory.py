@@ -1,10 +1,12 @@
 """Regional trajectory head: each node's log volume ratio at age + Δt.
 
-The head predicts an annual rate per node (in % per year, from the node embedding, which already
-carries the covariates) and a curvature term, and scales them by the horizon:
-``log(V(t + Δt) / V(t)) = (Δt · rate + Δt² · curvature) / 100``. Stating the horizon in the output
-makes a zero horizon predict no change, exactly, and lets a few hundred training pairs cover
-horizons they did not contain.
+The head predicts an annual rate per node (% per year) and a curvature term, and scales them by
+the horizon: ``log(V(t + Δt) / V(t)) = (Δt · rate + Δt² · curvature) / 100``. The rate is a
+regional population prior (the mean annual change of each node per baseline diagnosis, fitted on
+training pairs and stored in the config) plus a learned departure from it, read from the node
+embedding (which carries the scan's features and the covariates). The learned part starts at
+zero, so an untrained head predicts the regional population rate, and a zero horizon predicts no
+change, exactly.
 """
 
 from __future__ import annotations
@@ -19,53 +21,68 @@ import torch
 from diffusers.configuration_utils import register_to_config
 from torch import nn
 
+from mambacontrol.data.covariates import NUM_COVARIATES
+from mambacontrol.data.manifest import DIAGNOSES
 from mambacontrol.errors import MambaControlError
 from mambacontrol.graph.anatomy import AnatomyGraph
 from mambacontrol.graph.encoder import GraphEncoder, check_graph_identity
 from mambacontrol.nn.component import Component
 
+_DX_COLUMNS = slice(3, 3 + len(DIAGNOSES))  # one-hot CN/MCI/AD in encode_covariates' output
+
 
 class TrajectoryHead(Component):
-    """Node embeddings (B, R, E) and horizons (B,) → log volume ratios (B, R).
+    """Node embeddings (B, R, E), covariates (B, 6) and horizons (B,) → log volume ratios (B, R).
 
     Args:
         embed_dim: E.
+        num_nodes: R.
         hidden: width of the per-node MLP.
-        num_nodes: R (a learned per-node rate offset).
         graph: the graph identity, as in :class:`GraphEncoder`.
         curvature: also predict a Δt² term (acceleration).
+        prior_rate: (R, 3) annual % change of each node per baseline diagnosis (CN, MCI, AD)
+            (None: zero, the head learns the whole rate).
     """
 
     @register_to_config
     def __init__(self, embed_dim: int, num_nodes: int, hidden: int = 64, graph: dict | None = None,
-                 curvature: bool = True):
+                 curvature: bool = True, prior_rate: list | None = None):
         super().__init__()
         if embed_dim < 1 or num_nodes < 1 or hidden < 1:
             raise ValueError(f"embed_dim {embed_dim}, num_nodes {num_nodes} and hidden {hidden} must be positive")
-        outputs = 2 if curvature else 1
-        self.mlp = nn.Sequential(nn.Linear(embed_dim, hidden), nn.GELU(), nn.Linear(hidden, outputs))
-        self.node_rate = nn.Parameter(torch.zeros(num_nodes))
+        prior = torch.zeros(num_nodes, len(DIAGNOSES)) if prior_rate is None else torch.tensor(prior_rate)
+        if prior.shape != (num_nodes, len(DIAGNOSES)):
+            raise ValueError(f"prior_rate must be ({num_nodes}, {len(DIAGNOSES)}); got {tuple(prior.shape)}")
+        self.register_buffer("prior", prior.float(), persistent=False)
+        self.mlp = nn.Sequential(nn.Linear(embed_dim, hidden), nn.GELU(), nn.Linear(hidden, 2 if curvature else 1))
+        nn.init.zeros_(self.mlp[-1].weight)
+        nn.init.zeros_(self.mlp[-1].bias)
 
     def check_graph(self, graph: AnatomyGraph) -> None:
         """Raise :class:`ModelError` unless this head was built for ``graph``."""
         check_graph_identity(self.config.graph, graph, "this TrajectoryHead")
 
-    def forward(self, node_embeddings: torch.Tensor, years: torch.Tensor) -> torch.Tensor:
+    def forward(self, node_embeddings: torch.Tensor, covariates: torch.Tensor, years: torch.Tensor) -> torch.Tensor:
         """Predict.
 
         Args:
             node_embeddings: (B, R, E).
+            covariates: (B, 6) from :func:`encode_covariates` (the diagnosis selects the prior).
             years: (B,) horizons Δt in years.
 
         Returns:
             (B, R) predicted ``log(V(t + Δt) / V(t))`` per node.
         """
-        if node_embeddings.dim() != 3 or node_embeddings.shape[1] != self.node_rate.shape[0]:
-            raise MambaControlError(f"node_embeddings of shape {tuple(node_embeddings.shape)} are not "
-                                    f"(B, {self.node_rate.shape[0]}, E)")
+        r = self.prior.shape[0]
+        if node_embeddings.dim() != 3 or node_embeddings.shape[1] != r:
+            raise MambaControlError(f"node_embeddings of shape {tuple(node_embeddings.shape)} are not (B, {r}, E)")
+        if covariates.shape != (node_embeddings.shape[0], NUM_COVARIATES):
+            raise MambaControlError(f"covariates of shape {tuple(covariates.shape)} are not "
+                                    f"({node_embeddings.shape[0]}, {NUM_COVARIATES})")
         out = self.mlp(node_embeddings)
+        prior = covariates[:, _DX_COLUMNS].to(out.dtype) @ self.prior.T  # (B, R)
         t = years.to(out.dtype).reshape(-1, 1)
-        log_ratio = t * (out[..., 0] + self.node_rate)
+        log_ratio = t * (prior + out[..., 0])
         if out.shape[-1] == 2:
             log_ratio = log_ratio + t**2 * out[..., 1]
         return log_ratio / 100.0
@@ -108,7 +125,7 @@ class TrajectoryModel:
     def __call__(self, node_features: torch.Tensor, covariates: torch.Tensor, years: torch.Tensor) -> torch.Tensor:
         """(B, R, F) features, (B, 6) covariates, (B,) horizons → (B, R) log volume ratios."""
         emb, _ = self.encoder(node_features, covariates)
-        return self.head(emb, years)
+        return self.head(emb, covariates, years)
 
     @torch.no_grad()
     def predict(self, node_features, age, years, sex, diagnosis) -> np.ndarray:

@@ -148,27 +148,31 @@ def best_methods(summary: dict, key: str) -> list[str]:
     return [m for m, v in means.items() if math.isclose(v, best, rel_tol=1e-12, abs_tol=1e-15)]
 
 
-def compare_with_copy(summary: dict) -> list[dict]:
-    """Each model against the copy-baseline on the change metrics and key-group volume errors.
+def compare_with(summary: dict, reference: str = COPY_BASELINE) -> list[dict]:
+    """Each model against a reference method on the change metrics and key-group volume errors.
+
+    Args:
+        summary: from :func:`summarize`.
+        reference: the method to compare with (the copy-baseline by default).
 
     Returns:
         One dict per (model, key) where both have a mean: ``model``, ``key``, ``model_mean``,
-        ``copy_mean``, ``beats`` (strictly better in the metric's direction). Empty when there is
-        no copy-baseline.
+        ``reference_mean``, ``beats`` (strictly better in the metric's direction). Empty when the
+        reference was not evaluated.
     """
-    if COPY_BASELINE not in summary["overall"]:
+    if reference not in summary["overall"]:
         return []
-    copy = summary["overall"][COPY_BASELINE]
+    ref = summary["overall"][reference]
     keys = [k for k in summary["keys"] if k in CHANGE_METRICS or k.startswith(VOLUME_PREFIX)]
     rows = []
     for m in summary["methods"]:
         if summary["method_kinds"][m] != "model":
             continue
         for k in keys:
-            mine, ref = summary["overall"][m].get(k, {}).get("mean"), copy.get(k, {}).get("mean")
-            if mine is None or ref is None:
+            mine, theirs = summary["overall"][m].get(k, {}).get("mean"), ref.get(k, {}).get("mean")
+            if mine is None or theirs is None:
                 continue
-            better = mine > ref if metric_spec(k).higher_is_better else mine < ref
-            rows.append({"model": m, "key": k, "model_mean": mine, "copy_mean": ref,
+            better = mine > theirs if metric_spec(k).higher_is_better else mine < theirs
+            rows.append({"model": m, "key": k, "model_mean": mine, "reference_mean": theirs,
                          "beats": bool(better)})
     return rows

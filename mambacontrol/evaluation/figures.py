@@ -83,6 +83,10 @@ def _grouped_bars(ax, names: Sequence[str], methods: Sequence[str], means: Mappi
     ax.set_axisbelow(True)
 
 
+def _legend_above(ax) -> None:
+    ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)
+
+
 def key_group_error_chart(summary: dict) -> bytes:
     """Mean absolute volume change error (% of baseline volume, ± sd) per key group and method."""
     methods = summary["methods"]
@@ -95,7 +99,7 @@ def key_group_error_chart(summary: dict) -> bytes:
     fig, ax = plt.subplots(figsize=(7.5, 0.55 * len(groups) * max(1, len(methods) / 3) + 1.4))
     _grouped_bars(ax, [g.replace("_", " ") for g in groups], methods, means, sds, colours)
     ax.set_xlabel("absolute volume change error (% of baseline volume), mean ± sd over pairs")
-    ax.legend(fontsize=8, loc="lower right", frameon=False)
+    _legend_above(ax)
     return to_png(fig)
 
 
@@ -120,7 +124,7 @@ def region_error_chart(summary: dict, region_names: Mapping[int, str] | None = N
     _grouped_bars(ax, names, methods, means, sds, colours)
     ax.tick_params(axis="y", labelsize=8)
     ax.set_xlabel("absolute volume change error (% of baseline volume), mean ± sd over pairs")
-    ax.legend(fontsize=8, loc="lower right", frameon=False)
+    _legend_above(ax)
     return to_png(fig)
 
 

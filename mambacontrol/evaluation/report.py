@@ -17,13 +17,14 @@ from pathlib import Path
 
 import jinja2
 
+from mambacontrol.data.manifest import DIAGNOSES
 from mambacontrol.evaluation import figures
 from mambacontrol.evaluation.aggregate import (
     CHANGE_METRICS,
     VOLUME_PREFIX,
     YEAR_BINS,
     best_methods,
-    compare_with_copy,
+    compare_with,
     metric_spec,
 )
 from mambacontrol.evaluation.baselines import LinearRates
@@ -55,13 +56,39 @@ def _cell(stat: Mapping | None, digits: int) -> dict:
             "n": stat.get("n", 0), "best": False}
 
 
+SECTIONS = {"image": "Whole image", "change": "Change",
+            "volume": "Regional volume change error (% of baseline volume)"}
+
+
+def _section(key: str) -> str:
+    if key.startswith(VOLUME_PREFIX):
+        return "volume"
+    return "change" if key in CHANGE_METRICS else "image"
+
+
 def _headers(keys: Sequence[str]) -> list[dict]:
+    """Column headings: ``short`` is the label under a section heading (the structure's name for
+    volume errors)."""
     out = []
     for k in keys:
         spec = metric_spec(k)
-        out.append({"key": k, "label": spec.label, "unit": spec.unit,
+        section = _section(k)
+        out.append({"key": k, "label": spec.label, "unit": spec.unit, "section": section,
+                    "short": _structure(k) if section == "volume" else
+                    spec.label + (f" ({spec.unit})" if spec.unit else ""),
                     "direction": "higher is better" if spec.higher_is_better else "lower is better",
                     "arrow": "↑" if spec.higher_is_better else "↓", "description": spec.description})
+    return out
+
+
+def _sections(headers: Sequence[dict]) -> list[dict]:
+    """Runs of consecutive columns of one section: ``{"label", "span"}``."""
+    out: list[dict] = []
+    for h in headers:
+        if out and out[-1]["key"] == h["section"]:
+            out[-1]["span"] += 1
+        else:
+            out.append({"key": h["section"], "label": SECTIONS[h["section"]], "span": 1})
     return out
 
 
@@ -78,7 +105,8 @@ def summary_table(summary: dict) -> dict:
             cells.append(c)
         rows.append({"method": m, "kind": summary["method_kinds"][m],
                      "n": summary["n_pairs"][m], "cells": cells})
-    return {"headers": _headers(keys), "rows": rows}
+    headers = _headers(keys)
+    return {"headers": headers, "sections": _sections(headers), "rows": rows}
 
 
 def breakdown_table(summary: dict, by: str) -> dict:
@@ -90,14 +118,20 @@ def breakdown_table(summary: dict, by: str) -> dict:
         subgroups = [s for s in order if s in subgroups]
     rows = []
     for s in subgroups:
+        block = []
         for m in summary["methods"]:
             stats = summary[by][m].get(s)
             if not stats:
                 continue
             n = max((v["n"] for v in stats.values()), default=0)
-            rows.append({"group": s, "method": m, "kind": summary["method_kinds"][m], "n": n,
-                         "cells": [_cell(stats.get(k), metric_spec(k).digits) for k in keys]})
-    return {"headers": _headers(keys), "rows": rows}
+            block.append({"group": s, "method": m, "kind": summary["method_kinds"][m], "n": n,
+                          "span": 0,
+                          "cells": [_cell(stats.get(k), metric_spec(k).digits) for k in keys]})
+        if block:
+            block[0]["span"] = len(block)
+        rows += block
+    headers = _headers(keys)
+    return {"headers": headers, "sections": _sections(headers), "rows": rows}
 
 
 def region_table(summary: dict, region_names: Mapping[int, str] | None) -> dict:
@@ -118,44 +152,65 @@ def region_table(summary: dict, region_names: Mapping[int, str] | None) -> dict:
 
 
 def verdict(summary: dict) -> list[dict]:
-    """Plain sentences on each model against the copy-baseline; ``level`` is ``ok`` or ``warn``."""
+    """Plain sentences on each model against the copy-baseline, one entry per model:
+    ``{"level": "ok" | "warn", "method", "text"}``."""
     models = [m for m in summary["methods"] if summary["method_kinds"][m] == "model"]
     if not models:
-        return [{"level": "warn", "text": "No model was evaluated: the tables compare the baselines "
-                                          "only."}]
-    comparisons = compare_with_copy(summary)
+        return [{"level": "warn", "method": "", "text": "No model was evaluated: the tables compare "
+                                                        "the baselines only."}]
+    comparisons = compare_with(summary, COPY_BASELINE)
+    against_linear = compare_with(summary, LINEAR_BASELINE)
     if not comparisons:
-        return [{"level": "warn", "text": "The copy-baseline was not evaluated, so no model can be "
-                                          "judged against it on the change metrics."}]
+        return [{"level": "warn", "method": "", "text": "The copy-baseline was not evaluated, so no "
+                 "model can be judged against it on the change metrics."}]
+    floor = summary["overall"].get(MEASUREMENT_FLOOR, {})
     out = []
     for m in models:
         mine = [c for c in comparisons if c["model"] == m]
         change = [c for c in mine if c["key"] in CHANGE_METRICS]
         volume = [c for c in mine if c["key"].startswith(VOLUME_PREFIX)]
         lost = [c for c in change if not c["beats"]]
-
-        def listing(cs):
-            return ", ".join(f"{metric_spec(c['key']).label} ({_fmt(c['model_mean'], 3)} vs "
-                             f"{_fmt(c['copy_mean'], 3)})" for c in cs)
-
+        sentences = []
         if lost:
-            out.append({"level": "warn", "method": m, "text":
-                        f"does NOT beat copying the baseline on {listing(lost)}. A model that does "
-                        "not beat copy-baseline on the change metrics has not learned progression, "
-                        "whatever its PSNR says."})
+            sentences.append(
+                f"does NOT beat copying the baseline on {_listing(lost)}. A model that does not "
+                "beat copy-baseline on the change metrics has not learned progression, whatever "
+                "its PSNR says.")
         elif change:
-            out.append({"level": "ok", "method": m,
-                        "text": f"beats copying the baseline on every change metric: {listing(change)}."})
+            sentences.append(f"beats copying the baseline on every change metric: {_listing(change)}.")
         if volume:
-            won = [c for c in volume if c["beats"]]
-            text = (f"predicts regional volume change better than copy-baseline in {len(won)} of "
-                    f"{len(volume)} key groups")
             worse = [c for c in volume if not c["beats"]]
+            text = (f"{'Its regional' if sentences else 'has regional'} volume change closer to "
+                    f"the truth than copy-baseline's in {len(volume) - len(worse)} of "
+                    f"{len(volume)} key structures")
             if worse:
-                text += "; not in " + ", ".join(
-                    metric_spec(c["key"]).label.replace(" volume error", "") for c in worse)
-            out.append({"level": "ok" if not worse else "warn", "method": m, "text": text + "."})
+                text += " (not in " + ", ".join(_structure(c["key"]) for c in worse) + ")"
+            blurred = [c for c in volume if abs(c["model_mean"] - c["reference_mean"])
+                       < (floor.get(c["key"], {}).get("mean") or 0.0)]
+            if blurred:
+                text += ("; the difference is smaller than the measurement floor, so not "
+                         "resolved, in " + ", ".join(_structure(c["key"]) for c in blurred))
+            sentences.append(text + ".")
+        linear = [c for c in against_linear if c["model"] == m and c["key"].startswith(VOLUME_PREFIX)]
+        if linear:
+            won = sum(c["beats"] for c in linear)
+            sentences.append(f"Against the linear extrapolation of population rates it is better in "
+                             f"{won} of {len(linear)} key structures"
+                             + (": it adds nothing over population rates there." if won == 0
+                                else "."))
+        behind = (lost or any(not c["beats"] for c in volume)
+                  or (linear and not any(c["beats"] for c in linear)))
+        out.append({"level": "warn" if behind else "ok", "method": m, "text": " ".join(sentences)})
     return out
+
+
+def _listing(comparisons: Sequence[dict]) -> str:
+    return ", ".join(f"{metric_spec(c['key']).label} ({_fmt(c['model_mean'], 3)} vs "
+                     f"{_fmt(c['reference_mean'], 3)})" for c in comparisons)
+
+
+def _structure(key: str) -> str:
+    return key[len(VOLUME_PREFIX):].replace("_", " ")
 
 
 def floor_rows(summary: dict) -> list[dict]:
@@ -176,7 +231,8 @@ def rates_table(rates: LinearRates | None) -> dict | None:
     """Key-group population rates (%/year) per diagnosis, for the methods section."""
     if rates is None or not rates.group_rates:
         return None
-    dxs = list(rates.group_rates)
+    dxs = [d for d in DIAGNOSES if d in rates.group_rates]
+    dxs += sorted(set(rates.group_rates) - set(dxs))
     groups = list(dict.fromkeys(g for r in rates.group_rates.values() for g in r))
     return {"diagnoses": [{"name": d, "n": rates.n_pairs.get(d, 0)} for d in dxs],
             "rows": [{"group": g.replace("_", " "),
@@ -236,6 +292,8 @@ def render_report(summary: dict, results: Sequence[PairResult], *, provenance: M
                     "uncertainty": p.uncertainty is not None,
                     "image": figures.data_uri(figures.slice_figure(p))} for p in panels],
         "year_bins": [label for _, _, label in YEAR_BINS],
+        "definitions": [h for h in _headers(keys) if h["section"] != "volume"],
+        "volume_groups": [_structure(k) for k in keys if k.startswith(VOLUME_PREFIX)],
         "settings": {str(k): str(v) for k, v in (settings or {}).items()},
         "provenance": provenance,
         "copy_name": COPY_BASELINE, "linear_name": LINEAR_BASELINE, "floor_name": MEASUREMENT_FLOOR,

@@ -4,7 +4,7 @@ import pytest
 
 from mambacontrol.evaluation.aggregate import (
     best_methods,
-    compare_with_copy,
+    compare_with,
     describe,
     order_methods,
     summarize,
@@ -95,9 +95,15 @@ def test_order_puts_models_first():
         ["m2", "m1", COPY_BASELINE, LINEAR_BASELINE, MEASUREMENT_FLOOR]
 
 
-def test_compare_with_copy_on_change_metrics_only():
-    rows = compare_with_copy(summarize(results()))
+def test_compare_with_on_change_metrics_only():
+    rows = compare_with(summarize(results()))
     assert {r["key"]: r["beats"] for r in rows} == {"change_mae": True, "vol_err_hippocampus": True}
+    assert rows[0]["reference_mean"] == pytest.approx(0.05)
+    assert compare_with(summarize(results()), LINEAR_BASELINE) == []  # not evaluated
+    linear = [PairResult(p, LINEAR_BASELINE, groups={"hippocampus": VolumeChange(-1.0, -1.2)})
+              for p in PAIRS]
+    rows = compare_with(summarize(results() + linear), LINEAR_BASELINE)
+    assert [(r["key"], r["beats"]) for r in rows] == [("vol_err_hippocampus", False)]
     worse = [PairResult(p, "model", {"change_mae": 0.09}) for p in PAIRS]
     worse += [PairResult(p, COPY_BASELINE, {"change_mae": 0.05}) for p in PAIRS]
-    assert compare_with_copy(summarize(worse))[0]["beats"] is False
+    assert compare_with(summarize(worse))[0]["beats"] is False

@@ -65,9 +65,12 @@ def test_report_is_self_contained_and_marks_the_best(tmp_path, tiny_run):
     assert links and all(v.startswith(("data:image/png;base64,", "#")) for _, v in links)
     assert sum(t == "img" for t, _ in page.tags) == 3 + 2  # three charts, two slice panels
     assert not any(t in ("script", "link", "iframe") for t, _ in page.tags)
-    header, *rows = page.rows
-    columns = [c["text"].split("↑")[0].split("↓")[0].strip() for c in header]
-    assert columns[:4] == ["method", "pairs", "MAE", "MSE"]
+    sections, header, *rows = page.rows
+    assert [c["text"] for c in sections[2:]] == [
+        "Whole image", "Change", "Regional volume change error (% of baseline volume)"]
+    columns = ["method", "pairs"] + [c["text"].strip(" ↑↓") for c in header]
+    assert columns[:5] == ["method", "pairs", "MAE", "MSE", "PSNR (dB)"]
+    assert columns[-2:] == ["hippocampus", "lateral ventricles"]
     by_method = {r[0]["text"].split(" (")[0].strip(): r for r in rows}
     assert set(by_method) == {"model", COPY_BASELINE, "linear-extrapolation", MEASUREMENT_FLOOR}
     change_dice = columns.index("Change Dice")
@@ -78,6 +81,7 @@ def test_report_is_self_contained_and_marks_the_best(tmp_path, tiny_run):
     assert not any("best" in c["class"] for c in by_method[MEASUREMENT_FLOOR])
     assert "Measurement floor: truth measured by registration vs exact truth" in html
     assert "beats copying the baseline on every change metric" in html
+    assert "Against the linear extrapolation of population rates it is better in" in html
     assert "mambacontrol evaluate --out report/" in html and "monai" in html
 
 

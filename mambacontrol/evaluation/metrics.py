@@ -135,11 +135,16 @@ def masked_ssim(prediction: ArrayLike, target: ArrayLike, mask: ArrayLike,
     return float(ssim_map[0, 0][centres].double().mean().item())
 
 
+def _changed(image: torch.Tensor, baseline: torch.Tensor, mask: torch.Tensor,
+             threshold: float) -> torch.Tensor:
+    return ((image - baseline).abs() > threshold) & mask
+
+
 def change_region(baseline: ArrayLike, image: ArrayLike, mask: ArrayLike,
                   threshold: float = DEFAULT_CHANGE_THRESHOLD) -> np.ndarray:
     """The voxels that changed: ``mask ∩ {|image − baseline| > threshold}``, bool ``(X, Y, Z)``."""
     m, t = _check_inputs(mask, baseline=baseline, image=image)
-    return ((t["image"] - t["baseline"]).abs() > threshold).logical_and(m).numpy()
+    return _changed(t["image"], t["baseline"], m, threshold).numpy()
 
 
 def change_mae(prediction: ArrayLike, baseline: ArrayLike, target: ArrayLike, mask: ArrayLike,
@@ -150,11 +155,10 @@ def change_mae(prediction: ArrayLike, baseline: ArrayLike, target: ArrayLike, ma
     Arrays are ``(X, Y, Z)``; see the module docstring for why the region is not the whole mask.
     """
     m, t = _check_inputs(mask, prediction=prediction, baseline=baseline, target=target)
-    true_change = t["target"] - t["baseline"]
-    region = (true_change.abs() > threshold) & m
+    region = _changed(t["target"], t["baseline"], m, threshold)
     if not bool(region.any()):
         return math.nan
-    p, y = _masked_vectors(region, t["prediction"] - t["baseline"], true_change)
+    p, y = _masked_vectors(region, t["prediction"] - t["baseline"], t["target"] - t["baseline"])
     return float(MAEMetric(reduction="none")(p, y).item())
 
 
@@ -166,8 +170,8 @@ def change_dice(prediction: ArrayLike, baseline: ArrayLike, target: ArrayLike, m
     nothing changed); exactly one empty gives 0. Arrays are ``(X, Y, Z)``.
     """
     m, t = _check_inputs(mask, prediction=prediction, baseline=baseline, target=target)
-    predicted = ((t["prediction"] - t["baseline"]).abs() > threshold) & m
-    true = ((t["target"] - t["baseline"]).abs() > threshold) & m
+    predicted = _changed(t["prediction"], t["baseline"], m, threshold)
+    true = _changed(t["target"], t["baseline"], m, threshold)
     dice = compute_dice(predicted[None, None].float(), true[None, None].float(), ignore_empty=False)
     return float(dice.item())
 

@@ -51,11 +51,6 @@ class PairInfo:
     age: float = math.nan
     sex: str = ""
 
-    @property
-    def pair_id(self) -> str:
-        """``baseline_uid → followup_uid``, unique within a manifest."""
-        return f"{self.baseline_uid} → {self.followup_uid}"
-
     @classmethod
     def from_visit_pair(cls, pair: VisitPair) -> PairInfo:
         return cls(pair.subject_id, pair.earlier.image_uid, pair.later.image_uid,

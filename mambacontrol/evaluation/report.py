@@ -53,7 +53,7 @@ def _cell(stat: Mapping | None, digits: int) -> dict:
     stat = stat or {}
     mean, sd = stat.get("mean"), stat.get("sd")
     return {"mean": _fmt(mean, digits), "sd": None if sd is None else _fmt(sd, digits),
-            "n": stat.get("n", 0), "best": False}
+            "best": False}
 
 
 SECTIONS = {"image": "Whole image", "change": "Change",
@@ -214,7 +214,8 @@ def _structure(key: str) -> str:
 
 
 def floor_rows(summary: dict) -> list[dict]:
-    """The measurement floor per key group beside the best model or baseline error."""
+    """The measurement floor per key group: its mean absolute and signed error, and the mean true
+    change it is measured against (all % of baseline volume)."""
     if MEASUREMENT_FLOOR not in summary["key_groups"]:
         return []
     rows = []

@@ -2,6 +2,7 @@ import math
 
 import pytest
 
+from mambacontrol.data import Visit, VisitPair
 from mambacontrol.evaluation.aggregate import (
     best_methods,
     compare_with,
@@ -107,3 +108,10 @@ def test_compare_with_on_change_metrics_only():
     worse = [PairResult(p, "model", {"change_mae": 0.09}) for p in PAIRS]
     worse += [PairResult(p, COPY_BASELINE, {"change_mae": 0.05}) for p in PAIRS]
     assert compare_with(summarize(worse))[0]["beats"] is False
+
+
+def test_pair_info_from_a_visit_pair(tmp_path):
+    early = Visit("s1", "v0", tmp_path / "a.nii.gz", 70.0, "F", "MCI", "test")
+    late = Visit("s1", "v1", tmp_path / "b.nii.gz", 72.5, "F", "AD", "test")
+    info = PairInfo.from_visit_pair(VisitPair(early, late))
+    assert info == PairInfo("s1", "v0", "v1", "MCI", 2.5, 70.0, "F")  # baseline diagnosis

@@ -3,10 +3,15 @@ from html.parser import HTMLParser
 from mambacontrol.evaluation import (
     COPY_BASELINE,
     MEASUREMENT_FLOOR,
+    PairInfo,
+    PairResult,
+    VolumeChange,
     collect_provenance,
     render_report,
+    summarize,
     write_report,
 )
+from mambacontrol.evaluation.report import verdict
 from tests.evaluation.fabricate import REGION_NAMES, build_tiny_run
 
 HOSTILE = ['<script>alert(1)</script>', '"><img src=x onerror=alert(1)>']
@@ -104,3 +109,28 @@ def test_hostile_strings_are_escaped():
     assert not any(t == "script" for t, _ in page.tags)
     assert all(a["src"].startswith("data:image/png") for t, a in page.tags if t == "img")
     assert not any(k.startswith("on") for _, a in page.tags for k in a)
+
+
+def test_verdict_flags_differences_below_the_measurement_floor():
+    pairs = [PairInfo(f"s{i}", "a", "b", "AD", 2.0) for i in range(3)]
+    results = []
+    for p in pairs:
+        results.append(PairResult(p, "model", {"change_mae": 0.01},
+                                  groups={"hippocampus": VolumeChange(-5.0, -1.1)}))
+        results.append(PairResult(p, COPY_BASELINE, {"change_mae": 0.05},
+                                  groups={"hippocampus": VolumeChange(-5.0, 0.0)}))
+        results.append(PairResult(p, MEASUREMENT_FLOOR,
+                                  groups={"hippocampus": VolumeChange(-5.0, -3.5)}))
+    (only,) = verdict(summarize(results))
+    assert only["method"] == "model" and only["level"] == "ok"
+    assert "closer to the truth than copy-baseline's in 1 of 1 key structures" in only["text"]
+    # 3.9 % vs 5.0 % differ by less than the 1.5 % floor
+    assert "smaller than the measurement floor, so not resolved, in hippocampus" in only["text"]
+
+
+def test_verdict_without_a_model_or_a_copy_baseline():
+    pair = PairInfo("s", "a", "b", "CN", 1.0)
+    assert "No model was evaluated" in verdict(summarize([PairResult(pair, COPY_BASELINE,
+                                                                     {"mae": 0.1})]))[0]["text"]
+    assert "copy-baseline was not evaluated" in verdict(summarize([PairResult(pair, "m",
+                                                                              {"mae": 0.1})]))[0]["text"]

@@ -1,0 +1,81 @@
+"""What one evaluated pair holds: the pair's facts and one method's measurements.
+
+A *method* is anything that predicts a follow-up: a model (named by the caller, e.g. its run
+directory), the copy-baseline (:data:`COPY_BASELINE`), the regional linear extrapolation
+(:data:`LINEAR_BASELINE`), or the measurement floor (:data:`MEASUREMENT_FLOOR`: the true follow-up
+measured by registration, compared with the synthetic cohort's exact ground truth).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from mambacontrol.data.manifest import VisitPair
+from mambacontrol.evaluation.metrics import VolumeChange
+
+COPY_BASELINE = "copy-baseline"
+LINEAR_BASELINE = "linear-extrapolation"
+MEASUREMENT_FLOOR = "measurement-floor"
+BASELINES = (COPY_BASELINE, LINEAR_BASELINE)
+
+
+def method_kind(method: str) -> str:
+    """``"baseline"``, ``"floor"`` or ``"model"``."""
+    if method in BASELINES:
+        return "baseline"
+    if method == MEASUREMENT_FLOOR:
+        return "floor"
+    return "model"
+
+
+@dataclass(frozen=True)
+class PairInfo:
+    """The facts of one (baseline, follow-up) pair.
+
+    Attributes:
+        subject_id: the subject.
+        baseline_uid: ``image_uid`` of the earlier scan.
+        followup_uid: ``image_uid`` of the later scan.
+        diagnosis: diagnosis at the baseline visit (``CN``/``MCI``/``AD``).
+        years: Δt between the scans, in years.
+        age: age at baseline in years (NaN when unknown).
+        sex: ``F``/``M`` (empty when unknown).
+    """
+
+    subject_id: str
+    baseline_uid: str
+    followup_uid: str
+    diagnosis: str
+    years: float
+    age: float = math.nan
+    sex: str = ""
+
+    @classmethod
+    def from_visit_pair(cls, pair: VisitPair) -> PairInfo:
+        return cls(pair.subject_id, pair.earlier.image_uid, pair.later.image_uid,
+                   pair.earlier.diagnosis, pair.years, pair.earlier.age, pair.earlier.sex)
+
+
+@dataclass
+class PairResult:
+    """One method's measurements on one pair.
+
+    Attributes:
+        pair: the pair.
+        method: the method's name.
+        metrics: voxel metrics (``metrics.METRICS`` keys); empty for methods that predict volumes
+            only (the linear extrapolation) and for the measurement floor.
+        regions: label → :class:`VolumeChange` (true vs this method's change, % of baseline).
+        groups: key group → :class:`VolumeChange`.
+    """
+
+    pair: PairInfo
+    method: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    regions: dict[int, VolumeChange] = field(default_factory=dict)
+    groups: dict[str, VolumeChange] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        return method_kind(self.method)

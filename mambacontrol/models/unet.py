@@ -1,0 +1,108 @@
+"""Latent denoising UNet: MONAI's ``DiffusionModelUNet`` (3D) with covariate and graph context."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from diffusers.configuration_utils import register_to_config
+from monai.networks.nets import DiffusionModelUNet
+from torch import nn
+
+from mambacontrol.data.covariates import NUM_COVARIATES
+from mambacontrol.nn.component import Component
+
+
+def covariate_mlp(num_covariates: int, width: int) -> nn.Sequential:
+    """Two-layer MLP embedding (B, K) covariates into (B, width)."""
+    return nn.Sequential(nn.Linear(num_covariates, width), nn.SiLU(), nn.Linear(width, width))
+
+
+class DenoisingUNet(Component):
+    """Denoises the latent target (the change Δz, or the follow-up latent) given the baseline latent.
+
+    Cross-attention context = one covariate token (age, Δt, sex, diagnosis through an MLP) followed
+    by the graph encoder's pooled tokens when given. With ``concat_base`` the baseline latent is
+    concatenated to the noisy input, so the UNet alone (no ControlNet) still sees the subject.
+
+    Args:
+        latent_channels: channels of the latent (the autoencoder's ``latent_channels``).
+        concat_base: concatenate the baseline latent to the input.
+        channels: feature channels per level (each divisible by ``norm_num_groups``).
+        attention_levels: cross-attention transformer per level (the mid block always has one).
+        num_res_blocks: residual blocks per level.
+        norm_num_groups: group-norm groups.
+        num_head_channels: channels per attention head.
+        context_dim: width of the context tokens (graph tokens must have this width).
+        transformer_num_layers: transformer layers per attention block.
+        num_covariates: length of the covariate vector.
+    """
+
+    @register_to_config
+    def __init__(self, latent_channels: int = 3, concat_base: bool = True,
+                 channels: Sequence[int] = (64, 128, 128),
+                 attention_levels: Sequence[bool] = (False, True, True), num_res_blocks: int = 1,
+                 norm_num_groups: int = 16, num_head_channels: int = 32, context_dim: int = 64,
+                 transformer_num_layers: int = 1, num_covariates: int = NUM_COVARIATES):
+        super().__init__()
+        channels = tuple(int(c) for c in channels)
+        if len(attention_levels) != len(channels):
+            raise ValueError(f"attention_levels has {len(attention_levels)} entries for "
+                             f"{len(channels)} levels (channels={channels})")
+        if any(c % norm_num_groups for c in channels):
+            raise ValueError(f"norm_num_groups={norm_num_groups} must divide every channel count {channels}")
+        if context_dim < 1 or latent_channels < 1:
+            raise ValueError(f"context_dim and latent_channels must be ≥ 1, got {context_dim}, {latent_channels}")
+        self.covariate_embed = covariate_mlp(num_covariates, context_dim)
+        self.net = DiffusionModelUNet(
+            spatial_dims=3, in_channels=self.input_channels, out_channels=latent_channels,
+            num_res_blocks=num_res_blocks, channels=channels, attention_levels=tuple(attention_levels),
+            norm_num_groups=norm_num_groups, num_head_channels=num_head_channels,
+            with_conditioning=True, cross_attention_dim=context_dim,
+            transformer_num_layers=transformer_num_layers)
+
+    @property
+    def input_channels(self) -> int:
+        """Channels of the network input (noisy latent, plus the baseline latent if concatenated)."""
+        return self.config.latent_channels * (2 if self.config.concat_base else 1)
+
+    @property
+    def downsample_factor(self) -> int:
+        return 2 ** (len(self.config.channels) - 1)
+
+    def network_input(self, noisy: torch.Tensor, z_base: torch.Tensor | None) -> torch.Tensor:
+        """(B, C_z, x, y, z) noisy latent [+ baseline] -> (B, input_channels, x, y, z)."""
+        if self.config.concat_base:
+            if z_base is None:
+                raise ValueError("this UNet concatenates the baseline latent: pass z_base")
+            return torch.cat([noisy, z_base], dim=1)
+        return noisy
+
+    def context(self, covariates: torch.Tensor, graph_tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, K) covariates [+ (B, T, E) graph tokens] -> (B, 1 [+ T], E) context."""
+        tok = self.covariate_embed(covariates).unsqueeze(1)
+        if graph_tokens is None:
+            return tok
+        if graph_tokens.shape[-1] != self.config.context_dim:
+            raise ValueError(f"graph tokens have width {graph_tokens.shape[-1]}, the UNet's context_dim "
+                             f"is {self.config.context_dim}")
+        return torch.cat([tok, graph_tokens.to(tok.dtype)], dim=1)
+
+    def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, covariates: torch.Tensor,
+                z_base: torch.Tensor | None = None, graph_tokens: torch.Tensor | None = None,
+                down_block_additional_residuals: Sequence[torch.Tensor] | None = None,
+                mid_block_additional_residual: torch.Tensor | None = None) -> torch.Tensor:
+        """Predict noise (or v) for (B, C_z, x, y, z) ``noisy`` at integer ``timesteps`` (B,).
+
+        ControlNet residuals, when given, are added MONAI's way.
+        """
+        x = self.network_input(noisy, z_base)
+        f = self.downsample_factor
+        if any(s % f for s in x.shape[2:]):
+            raise ValueError(f"latent grid {tuple(x.shape[2:])} is not divisible by the UNet's "
+                             f"downsampling factor {f}")
+        return self.net(
+            x, timesteps, context=self.context(covariates, graph_tokens),
+            down_block_additional_residuals=(tuple(down_block_additional_residuals)
+                                             if down_block_additional_residuals is not None else None),
+            mid_block_additional_residual=mid_block_additional_residual)

@@ -5,7 +5,6 @@ Imports torch and torch-geometric; ``import mambacontrol`` does not import this 
 """
 
 from mambacontrol.graph.anatomy import GROUPINGS, AnatomyGraph, GraphIdentity, fixed_sign_eigh
-from mambacontrol.graph.baselines import PopulationRateBaseline
 from mambacontrol.graph.encoder import GraphEncoder
 from mambacontrol.graph.features import FEATURE_NAMES, FeatureCache, FeatureNorm, node_features
 from mambacontrol.graph.raster import majority_nodes, rasterize, region_fractions
@@ -22,7 +21,6 @@ __all__ = [
     "GraphEncoder",
     "GraphFourierRefine",
     "GraphIdentity",
-    "PopulationRateBaseline",
     "SpectralFilterBank",
     "TrajectoryConfig",
     "TrajectoryHead",

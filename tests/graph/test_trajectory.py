@@ -8,7 +8,6 @@ from mambacontrol.data.covariates import encode_covariates
 from mambacontrol.errors import ConfigError, ManifestError, ModelError
 from mambacontrol.graph import (
     AnatomyGraph,
-    PopulationRateBaseline,
     TrajectoryHead,
     TrajectoryModel,
     group_percent_change,
@@ -109,13 +108,3 @@ def test_group_percent_change_uses_each_labels_node(atlas4):
     out = group_percent_change(graph, log_ratio, vols, labels, {"hippocampus": [47, 48], "brainstem": [35]})
     assert out["hippocampus"][0] == pytest.approx(-10.0)
     assert out["brainstem"][0] == pytest.approx(0.0)
-
-
-def test_population_rate_baseline():
-    years = np.array([1.0, 2.0, 4.0, 2.0])
-    pct = np.array([[-1.0, 2.0], [-2.0, 4.0], [-16.0, 24.0], [-8.0, 12.0]])
-    base = PopulationRateBaseline.fit(pct, years, ["CN", "CN", "AD", "AD"])
-    np.testing.assert_allclose(base.rates["CN"], [-1.0, 2.0])
-    np.testing.assert_allclose(base.rates["AD"], [-4.0, 6.0])
-    np.testing.assert_allclose(base.rates["MCI"], [-2.5, 4.0])  # unseen: the mean over all pairs
-    np.testing.assert_allclose(base.predict([3.0], ["AD"]), [[-12.0, 18.0]])

@@ -40,6 +40,7 @@ class GraphIdentity:
         grid: grid name, e.g. ``2mm``.
         grouping: one of :data:`GROUPINGS`.
         homologue_edges: whether left/right homologue edges were added.
+        homologue_weight: their weight as asked for (None: the median contact area).
     """
 
     atlas_id: str
@@ -47,10 +48,12 @@ class GraphIdentity:
     grid: str
     grouping: str
     homologue_edges: bool
+    homologue_weight: float | None = None
 
     def to_dict(self) -> dict:
         return {"atlas_id": self.atlas_id, "atlas_checksum": self.atlas_checksum, "grid": self.grid,
-                "grouping": self.grouping, "homologue_edges": self.homologue_edges}
+                "grouping": self.grouping, "homologue_edges": self.homologue_edges,
+                "homologue_weight": self.homologue_weight}
 
     def mismatch(self, other: dict) -> str | None:
         """The first field where ``other`` (a saved identity) differs, described; None if equal."""
@@ -277,7 +280,8 @@ class AnatomyGraph:
         vox_centroid = np.stack([np.bincount(idx, weights=c, minlength=len(names)) for c in coords], 1)
         vox_centroid /= np.maximum(counts, 1)[:, None]
         centroids = vox_centroid @ atlas.grid.affine[:3, :3].T + atlas.grid.affine[:3, 3]
-        identity = GraphIdentity(atlas.id, atlas.checksum, atlas.grid_name, grouping, homologue_edges)
+        identity = GraphIdentity(atlas.id, atlas.checksum, atlas.grid_name, grouping, homologue_edges,
+                                 None if homologue_weight is None else float(homologue_weight))
         tissue = {r.label: r.tissue for r in atlas.regions}
         graph = cls(identity, atlas.grid, names, node_labels, tissue, weights,
                     np.array(pairs, dtype=np.int64), centroids, counts * voxel_volume)

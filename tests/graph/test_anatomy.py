@@ -1,3 +1,7 @@
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import scipy.sparse.csgraph as csgraph
@@ -134,3 +138,16 @@ def test_node_map_and_bad_input(atlas2, graph2):
         graph2.node_map(-lab)
     with pytest.raises(MambaControlError, match="grouping 'lobes' is unknown"):
         AnatomyGraph.from_atlas(atlas2, "lobes")
+
+
+def test_eigenbasis_agrees_across_processes_and_thread_counts(tmp_path, graph2):
+    """Another process with another BLAS thread count (as on another machine) gets the same basis."""
+    out = tmp_path / "basis.npz"
+    code = ("import numpy as np; from mambacontrol.atlas import load_atlas; "
+            "from mambacontrol.graph import AnatomyGraph; g = AnatomyGraph.from_atlas(load_atlas(grid='2mm')); "
+            f"np.savez(r'{out}', vals=g.eigenvalues, vecs=g.eigenvectors)")
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120)
+    other = np.load(out)
+    np.testing.assert_allclose(other["vals"], graph2.eigenvalues, atol=1e-12)
+    np.testing.assert_allclose(other["vecs"], graph2.eigenvectors, atol=1e-9)

@@ -260,6 +260,7 @@ class Trainer:
             accelerator = Accelerator(mixed_precision=_resolve_precision(mixed_precision),
                                       gradient_accumulation_steps=int(gradient_accumulation_steps))
         self.accelerator = accelerator
+        self._accumulation = int(accelerator.gradient_accumulation_steps)
         names = list(models)
         prepared = accelerator.prepare(*[models[n] for n in names], optimizer)
         self._prepared = dict(zip(names, prepared[:-1]))
@@ -324,6 +325,9 @@ class Trainer:
             TrainingDivergedError: the loss or the gradients became NaN or infinite.
         """
         acc = self.accelerator
+        # Accelerate keeps one gradient-accumulation state per process: claim it for this run.
+        acc.gradient_accumulation_steps = self._accumulation
+        acc.step = 0
         latest = latest_checkpoint(self.checkpoint_root)
         if latest is not None and not resume:
             raise ConfigError(f"{self.checkpoint_root} already holds checkpoints (latest "

@@ -44,6 +44,16 @@ logger = logging.getLogger(__name__)
 _MAX_SEED = 2**32
 
 
+def process_state() -> Any:
+    """Accelerate's ``PartialState`` of this process, on the CPU when there is no GPU.
+
+    Under ``torchrun`` without GPUs Accelerate needs ``cpu=True`` to start its gloo process group;
+    the engine's ``Accelerator`` makes the same choice, so both agree on ranks and devices.
+    """
+    from accelerate import PartialState
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
 def item_seed(seed: int, epoch: int, position: int) -> int:
     """The seed of the item at ``position`` of epoch ``epoch``'s permutation, in ``[0, 2**32)``."""
     return int(np.random.SeedSequence([int(seed), int(epoch), int(position)]).generate_state(1)[0])
@@ -157,15 +167,16 @@ class ResumableBatches:
         augment: an optional MONAI randomizable transform applied to each item after loading.
         collate_fn: merges a list of items into a batch (default: ``monai.data.list_data_collate``).
         num_workers: background loader processes (0 loads in this process).
-        rank: this process's index (see :class:`BatchOrder`).
-        world_size: number of processes.
+        rank: this process's index (see :class:`BatchOrder`); ``None`` asks Accelerate
+            (``PartialState().process_index``), which is 0 outside ``accelerate launch``/``torchrun``.
+        world_size: number of processes; ``None`` asks Accelerate (``PartialState().num_processes``).
         shuffle: ``False`` keeps the dataset order.
     """
 
     def __init__(self, dataset: Sequence[Any], batch_size: int, seed: int = 0,
                  augment: Callable[[Any], Any] | None = None,
                  collate_fn: Callable[[list[Any]], Any] | None = None, num_workers: int = 0,
-                 rank: int = 0, world_size: int = 1, shuffle: bool = True):
+                 rank: int | None = None, world_size: int | None = None, shuffle: bool = True):
         if augment is not None and not hasattr(augment, "set_random_state"):
             raise ValueError(f"augment must be a MONAI randomizable transform (with "
                              f"set_random_state), got {type(augment).__name__}; wrap it in "
@@ -175,6 +186,10 @@ class ResumableBatches:
         if collate_fn is None:
             from monai.data import list_data_collate
             collate_fn = list_data_collate
+        if rank is None or world_size is None:
+            state = process_state()
+            rank = state.process_index if rank is None else rank
+            world_size = state.num_processes if world_size is None else world_size
         self.order = BatchOrder(len(dataset), batch_size, seed, rank, world_size, shuffle)
         self.items = SeededItems(dataset, augment)
         self.collate_fn = collate_fn

@@ -258,7 +258,8 @@ class Trainer:
         if accelerator is None:
             from accelerate import Accelerator
             accelerator = Accelerator(mixed_precision=_resolve_precision(mixed_precision),
-                                      gradient_accumulation_steps=int(gradient_accumulation_steps))
+                                      gradient_accumulation_steps=int(gradient_accumulation_steps),
+                                      cpu=not torch.cuda.is_available())
         self.accelerator = accelerator
         self._accumulation = int(accelerator.gradient_accumulation_steps)
         names = list(models)
@@ -272,7 +273,8 @@ class Trainer:
             self._frozen[name] = module
         self._params = [p for n in names for p in self.unwrap(n).parameters() if p.requires_grad]
         from diffusers.training_utils import EMAModel
-        self._ema = {n: EMAModel(self.unwrap(n).parameters(), decay=ema_decay) for n in ema}
+        self._ema = {n: EMAModel(self.unwrap(n).parameters(), decay=ema_decay, foreach=True)
+                     for n in ema}
 
     # --- public helpers ---------------------------------------------------------------------------
 

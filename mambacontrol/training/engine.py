@@ -237,7 +237,10 @@ class Trainer:
                                  f"load_state_dict, e.g. ResumableBatches); "
                                  f"{type(batches).__name__} has no {attr}")
         if config is not None:
-            json.dumps(config)   # must be JSON-able: it goes into every checkpoint
+            try:
+                json.dumps(config)   # it goes into every checkpoint
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"config must be JSON-able (e.g. config_to_dict(cfg)): {exc}") from None
 
         self.stage = stage
         self.out_dir = Path(out_dir)

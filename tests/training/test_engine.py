@@ -11,6 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from mambacontrol.errors import ConfigError, ModelError
 from mambacontrol.nn.component import Component
+from mambacontrol.training import checkpoint as ckpt_mod
 from mambacontrol.training.checkpoint import list_checkpoints, read_checkpoint
 from mambacontrol.training.data_order import ResumableBatches
 from mambacontrol.training.engine import (
@@ -110,6 +111,26 @@ def test_killed_run_resumed_gives_the_same_losses_weights_and_ema(full_run, tmp_
     assert opt_a["param_groups"] == opt_b["param_groups"]
     assert all(torch.equal(opt_a["state"][i]["exp_avg_sq"], opt_b["state"][i]["exp_avg_sq"])
                for i in opt_a["state"])
+
+
+def test_crash_while_saving_keeps_the_previous_checkpoint_and_resumes_exactly(
+        full_run, tmp_path, monkeypatch):
+    _, full, _ = full_run
+    real = ckpt_mod.save_file
+
+    def crash_at_step_10(tensors, path):
+        if "step-000010" in path and path.endswith("optimizer.safetensors"):
+            raise OSError("killed while writing")
+        real(tensors, path)
+
+    monkeypatch.setattr(ckpt_mod, "save_file", crash_at_step_10)
+    with pytest.raises(OSError, match="killed while writing"):
+        make_trainer(tmp_path).run()
+    monkeypatch.setattr(ckpt_mod, "save_file", real)
+    assert [p.name for p in (tmp_path / "checkpoints/toy").iterdir()] == ["step-000005"]
+    resumed = make_trainer(tmp_path, init_seed=7)
+    assert resumed.run(resume=True).resumed_from == 5
+    assert resumed.history == full.history and same(weights(resumed), weights(full))
 
 
 def test_layout_summary_and_kept_checkpoints(full_run):
@@ -242,5 +263,8 @@ def test_bad_arguments(tmp_path):
         Trainer("t", {"net": net}, opt, lambda *a: None, batches, tmp_path, steps=1, ema=("other",))
     with pytest.raises(ValueError, match="batches must be resumable"):
         Trainer("t", {"net": net}, opt, lambda *a: None, [1, 2], tmp_path, steps=1)
+    with pytest.raises(ValueError, match="config must be JSON-able"):
+        Trainer("t", {"net": net}, opt, lambda *a: None, batches, tmp_path, steps=1,
+                config={"x": object()})
     with pytest.raises(ValueError, match="steps must be ≥ 1"):
         Trainer("t", {"net": net}, opt, lambda *a: None, batches, tmp_path, steps=0)

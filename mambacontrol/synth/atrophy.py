@@ -40,6 +40,8 @@ from mambacontrol.synth.poisson import PoissonSolver
 
 log = logging.getLogger(__name__)
 
+WARN_ERROR = 0.05  # a calibration error worth a warning (the fidelity bound is 0.2)
+
 
 @dataclass(frozen=True)
 class AtrophyModel:
@@ -186,7 +188,7 @@ class AtrophySimulator:
                 break
             coef[self.free] += self._solve(ratio - realised, np.zeros_like(coef), None)
         if error >= self.model.tolerance:
-            log.warning("regional calibration stopped at %.1f %% error after %d rounds",
-                        100 * error, rounds)
+            log.log(logging.WARNING if error > WARN_ERROR else logging.DEBUG,
+                    "regional calibration stopped at %.1f %% error after %d rounds", 100 * error, rounds)
         self._coef, self._coef_target = coef.copy(), change
         return Deformation(u, jac, volumes, error, rounds, max_gradient_norm(u))

@@ -86,6 +86,10 @@ def summarize_cohort(manifest: Manifest) -> CohortSummary:
     return CohortSummary(len(by_subject), len(manifest), len(manifest.pairs()), splits, groups, rows)
 
 
+def _cell(value: float) -> str:
+    return "-" if np.isnan(value) else f"{value:+.2f}"
+
+
 def format_summary(summary: CohortSummary) -> str:
     """The summary as a plain-text table."""
     split_text = ", ".join(f"{s} {n}" for s, n in summary.splits.items())
@@ -98,7 +102,7 @@ def format_summary(summary: CohortSummary) -> str:
     header = f"  {'diagnosis':<9} {'subjects':>8} {'visits':>6} {'years':>5} {'converted':>9}"
     lines.append(header + "".join(f"  {n:>{w}}" for n, w in zip(names, widths)))
     for r in summary.rows:
-        cells = "".join(f"  {r.annual_change[g]:>+{w}.2f}" for g, w in zip(summary.groups, widths))
+        cells = "".join(f"  {_cell(r.annual_change[g]):>{w}}" for g, w in zip(summary.groups, widths))
         lines.append(f"  {r.diagnosis:<9} {r.subjects:>8} {r.visits:>6} {r.mean_years:>5.1f} "
                      f"{r.converted:>9}" + cells)
     return "\n".join(lines)

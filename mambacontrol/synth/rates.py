@@ -9,7 +9,9 @@ and Leung et al. 2013; ventricles about +2 / +4 / +6 %/yr, Nestor et al. 2008; w
 
 with ``age = exp(age_slope · (age − 72))`` (faster when older), ``m_aging`` and ``m_disease``
 log-normal subject effects, ``ε`` normal effects shared by a structure's hemispheres
-(``ε_group``) or not (``ε_region``), and a slight sex effect (women faster).
+(``ε_group``) or not (``ε_region``), and a slight sex effect (women faster). Every normal draw
+(the logs of the multipliers included) is truncated at two standard deviations, so no subject
+changes implausibly fast.
 """
 
 from __future__ import annotations
@@ -69,19 +71,25 @@ def region_mean_rates(regions: Sequence[Region]) -> np.ndarray:
     return np.asarray(table, dtype=np.float64).T
 
 
+def _normal(rng: np.random.Generator, sd: float, size: int) -> np.ndarray:
+    """Normal draws with mean 0, truncated (clipped) at two standard deviations."""
+    return np.clip(rng.normal(0.0, sd, size), -2.0 * sd, 2.0 * sd)
+
+
 @dataclass(frozen=True)
 class RateModel:
     """Parameters of the subject random effects (see the module docstring).
 
     Attributes:
-        aging_sd, disease_sd: log-normal sd of the subject's aging and disease multipliers.
+        aging_sd, disease_sd: log-normal sd of the subject's aging and disease multipliers
+            (every draw is truncated at two sd).
         group_sd, region_sd: sd of the structure-level and region-level log multipliers.
         age_slope: log rate change per year of baseline age (reference 72 years).
         female_factor, male_factor: sex multipliers.
     """
 
     aging_sd: float = 0.25
-    disease_sd: float = 0.3
+    disease_sd: float = 0.25
     group_sd: float = 0.15
     region_sd: float = 0.05
     age_slope: float = 0.02
@@ -104,10 +112,10 @@ class RateModel:
         """
         mean = region_mean_rates(regions)
         groups = sorted({r.group for r in regions})
-        group_effect = dict(zip(groups, rng.normal(0.0, self.group_sd, len(groups))))
-        region_effect = rng.normal(0.0, self.region_sd, len(regions))
-        aging = float(np.exp(rng.normal(0.0, self.aging_sd)))
-        disease = float(np.exp(rng.normal(0.0, self.disease_sd)))
+        group_effect = dict(zip(groups, _normal(rng, self.group_sd, len(groups))))
+        region_effect = _normal(rng, self.region_sd, len(regions))
+        aging = float(np.exp(_normal(rng, self.aging_sd, 1)[0]))
+        disease = float(np.exp(_normal(rng, self.disease_sd, 1)[0]))
         age_factor = float(np.exp(self.age_slope * (age - self.age_reference)))
         sex_factor = self.female_factor if sex == "F" else self.male_factor
         effect = sex_factor * np.exp(np.array([group_effect[r.group] for r in regions]) + region_effect)

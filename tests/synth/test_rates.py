@@ -52,3 +52,17 @@ def test_log_ratio_follows_the_timeline(atlas):
     np.testing.assert_allclose(rates.log_ratio(timeline, 3.5), expected)
     np.testing.assert_allclose(rates.log_ratio(timeline, 0.0), 0.0)
     np.testing.assert_allclose(rates.log_ratio(((0.0, "CN"),), 1.0), np.log1p(rates.annual[0] / 100))
+
+
+def test_random_effects_are_truncated(atlas):
+    model = RateModel()
+    mean = region_mean_rates(atlas.regions)
+    age = 90.0
+    age_factor = np.exp(model.age_slope * (age - model.age_reference))
+    wide = np.exp(2 * (model.group_sd + model.region_sd)) * model.female_factor
+    bound = wide * (np.abs(mean[0]) * age_factor * np.exp(2 * model.aging_sd)
+                    + np.abs(mean[2] - mean[0]) * np.exp(2 * model.disease_sd))
+    for s in range(200):
+        rates = model.draw(np.random.default_rng(s), age, "F", atlas.regions)
+        assert np.all(np.abs(rates.annual[2]) <= bound + 1e-9)
+        assert np.all(np.sign(rates.annual) == np.sign(mean))

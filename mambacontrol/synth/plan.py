@@ -105,7 +105,8 @@ class SubjectPlan:
         return f"{self.subject_id}_ses-{visit + 1:02d}"
 
     def rng(self, stream: str) -> np.random.Generator:
-        """The subject's generator for one purpose (``plan``, ``rates``, ``anatomy``, ``appearance``)."""
+        """A fresh generator at the start of one of the subject's streams (``plan``, ``rates``,
+        ``anatomy``, ``appearance``): the same numbers in every process and on every call."""
         return subject_generators(self.seed)[stream]
 
     def to_dict(self) -> dict:

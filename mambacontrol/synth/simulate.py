@@ -160,6 +160,7 @@ class SubjectSimulator:
                                       streams["anatomy"], config.anatomy)
         self._appearance_rng = streams["appearance"]
         self.gamma = config.appearance.subject_gamma(self._appearance_rng)
+        self.bias_field = config.appearance.subject_bias(context.shape, self._appearance_rng)
         self.atrophy = AtrophySimulator(context.labels, context.label_ids, self.anatomy.forward,
                                         self.anatomy.jacobian, context.voxel_volume, context.solver,
                                         config.atrophy)
@@ -195,7 +196,8 @@ class SubjectSimulator:
         warped = np.zeros(ctx.shape, dtype=np.float32)
         warped[self.roi] = sample(ctx.template_coefficients, points, order=3, outside=0.0,
                                   prefiltered=True)
-        image = self.config.appearance.render(warped, mask, self.gamma, self._appearance_rng)
+        image = self.config.appearance.render(warped, mask, self.gamma, self.bias_field,
+                                              self._appearance_rng)
         pv = partial_volume_volumes(ctx.labels, points, ctx.label_ids, ctx.voxel_volume)
         return SimulatedVisit(
             index=k, years=years, age=round(self.plan.baseline_age + years, 2),

@@ -1,0 +1,44 @@
+"""Synthetic longitudinal cohort on real anatomy: the package's embedded default data.
+
+``generate_cohort(out, subjects=..., seed=..., grid=...)`` writes a cohort and returns its
+:class:`~mambacontrol.data.Manifest`; ``summarize_cohort`` / ``format_summary`` describe it.
+
+Every subject is the atlas template and labels under a random smooth diffeomorphism (affine plus a
+low-frequency stationary velocity field), with a contrast, bias field and Rician noise of its
+own. Subjects have an age, a sex and a diagnosis (CN/MCI/AD, converting CN→MCI about 5 %/yr and
+MCI→AD about 15 %/yr) and 2-5 visits at irregular intervals over up to 8 years. Each region
+changes volume at a subject-specific annual rate drawn around published means
+(:mod:`~mambacontrol.synth.rates`); the change is produced by a smooth deformation whose
+divergence is prescribed region by region (a spectral Poisson solve) and calibrated until the
+realised change matches (:mod:`~mambacontrol.synth.atrophy`).
+
+Ground truth, extra manifest columns (kept in :attr:`mambacontrol.data.Visit.extra`):
+
+=========================  =====================================================================
+column                     meaning
+=========================  =====================================================================
+``vol_r<label>``           volume (mm³) of every atlas region at the visit: the integral of the
+                           Jacobian determinant of the template→visit map over the template
+                           region. Baseline and follow-ups are measured the same way, so the
+                           change between visits is exact (sub-voxel; label maps at 2 mm barely
+                           change, so never count label voxels as truth)
+``vol_<group>``            the same for each ``Atlas.key_groups`` group (sum of its regions):
+                           hippocampus, amygdala, entorhinal, lateral_ventricles, whole_brain
+``rate_<group>``           the subject's prescribed annual volume change of the group at its
+                           baseline diagnosis, % per year (baseline-volume-weighted mean of its
+                           regions' rates; after a conversion the next stage's rates apply, see
+                           ``cohort.json``); the same on every row of a subject
+``mask_path``              the visit's brain mask (the image is zero outside it)
+``visit``, ``years``       visit number (1 = baseline) and years since baseline
+``baseline_diagnosis``     diagnosis at the first visit (``diagnosis`` is the visit's own)
+=========================  =====================================================================
+"""
+
+from mambacontrol.synth.cohort import SPACING_GRIDS, generate_cohort, grid_for_spacing
+from mambacontrol.synth.plan import CohortDesign, SubjectPlan, plan_cohort
+from mambacontrol.synth.simulate import GridContext, SimulatedVisit, SubjectSimulator, SynthConfig
+from mambacontrol.synth.summary import CohortSummary, format_summary, summarize_cohort
+
+__all__ = ["SPACING_GRIDS", "CohortDesign", "CohortSummary", "GridContext", "SimulatedVisit",
+           "SubjectPlan", "SubjectSimulator", "SynthConfig", "format_summary", "generate_cohort",
+           "grid_for_spacing", "plan_cohort", "summarize_cohort"]

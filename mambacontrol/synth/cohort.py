@@ -1,0 +1,268 @@
+"""Write a synthetic cohort: NIfTI files, ``manifest.csv``, ``cohort.json`` and ``overview.png``.
+
+Layout of ``DIR``::
+
+    manifest.csv                       one row per visit (the manifest schema + ground truth)
+    cohort.json                        generator parameters, seed, per-subject draws and checks
+    overview.png                       a few subjects' slices and volume trajectories
+    sub-001/sub-001_ses-01_T1w.nii.gz  image: RAS, atlas grid, brain-extracted, normalised
+    sub-001/sub-001_ses-01_dseg.nii.gz label map (atlas label ids)
+    sub-001/sub-001_ses-01_mask.nii.gz brain mask
+
+Same seed, same bytes: each subject draws from its own ``SeedSequence`` child, so neither the
+number of workers nor their order changes a file; NIfTI gzip headers carry no time, and
+``cohort.json`` and the PNG carry no timestamp.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import os
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from mambacontrol._version import __version__
+from mambacontrol.atlas import load_atlas
+from mambacontrol.data import Manifest, Visit
+from mambacontrol.errors import ConfigError, InputFileError
+from mambacontrol.io import save_nifti, write_text_atomic
+from mambacontrol.synth.plan import CohortDesign, SubjectPlan, plan_cohort
+from mambacontrol.synth.rates import STAGES
+from mambacontrol.synth.simulate import GridContext, SimulatedVisit, SubjectSimulator, SynthConfig
+
+log = logging.getLogger(__name__)
+
+SPACING_GRIDS = {"2": "2mm", "1.5": "1p5mm", "4": "4mm"}
+FIDELITY_MIN_MM3 = 1000.0
+
+_CONTEXTS: dict[tuple[str, str], GridContext] = {}
+
+
+def grid_for_spacing(spacing: str | float) -> str:
+    """Atlas grid name for a spacing in mm (``2`` → ``2mm``, ``1.5`` → ``1p5mm``, ``4`` → ``4mm``)."""
+    key = f"{float(spacing):g}" if not isinstance(spacing, str) else spacing.strip().rstrip("m")
+    if key not in SPACING_GRIDS:
+        raise ConfigError(f"spacing '{spacing}' is not available; choose one of "
+                          f"{', '.join(SPACING_GRIDS)} (mm)")
+    return SPACING_GRIDS[key]
+
+
+def _context(config: SynthConfig) -> GridContext:
+    key = (config.atlas, config.grid)
+    if key not in _CONTEXTS:
+        _CONTEXTS[key] = GridContext(load_atlas(config.atlas, config.grid))
+    return _CONTEXTS[key]
+
+
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _fmt(x: float, digits: int = 3) -> str:
+    return f"{x:.{digits}f}"
+
+
+def _round(x: float, sig: int = 6) -> float:
+    return float(f"{x:.{sig}g}")
+
+
+def _visit_paths(out: Path, plan: SubjectPlan, k: int) -> dict[str, Path]:
+    stem = out / plan.subject_id / plan.visit_id(k)
+    return {"image": Path(f"{stem}_T1w.nii.gz"), "segm": Path(f"{stem}_dseg.nii.gz"),
+            "mask": Path(f"{stem}_mask.nii.gz")}
+
+
+def _label_index(ctx: GridContext) -> dict[int, int]:
+    return {int(lab): i for i, lab in enumerate(ctx.label_ids)}
+
+
+def _manifest_row(plan: SubjectPlan, visit: SimulatedVisit, ctx: GridContext, out: Path,
+                  paths: dict[str, Path], rates: dict[str, float]) -> dict:
+    """The visit's manifest fields (image paths absolute) and its ``extra`` ground-truth columns."""
+    index = _label_index(ctx)
+    extra = {"mask_path": paths["mask"].relative_to(out).as_posix(), "visit": str(visit.index + 1),
+             "years": f"{visit.years:.2f}", "baseline_diagnosis": plan.baseline_diagnosis}
+    for key, labels in ctx.atlas.key_groups.items():
+        extra[f"vol_{key}"] = _fmt(sum(visit.volumes[index[lab]] for lab in labels))
+    for key in ctx.atlas.key_groups:
+        extra[f"rate_{key}"] = _fmt(rates[key], 4)
+    for lab, v in zip(ctx.label_ids, visit.volumes):
+        extra[f"vol_r{lab}"] = _fmt(v)
+    return {"subject_id": plan.subject_id, "image_uid": plan.visit_id(visit.index),
+            "image_path": str(paths["image"]), "segm_path": str(paths["segm"]),
+            "age": visit.age, "sex": plan.sex, "diagnosis": visit.diagnosis, "split": plan.split,
+            "extra": extra}
+
+
+def _visit_checks(visit: SimulatedVisit, baseline: SimulatedVisit, ctx: GridContext) -> dict:
+    """Fidelity numbers of one visit for ``cohort.json``: realised vs prescribed change, and the
+    partial-volume cross-check, over regions of at least ``FIDELITY_MIN_MM3``."""
+    checks: dict = {"visit": visit.index + 1, "years": visit.years, "diagnosis": visit.diagnosis,
+                    "min_jacobian": _round(visit.min_jacobian, 4)}
+    if visit.index == 0:
+        return checks
+    big = baseline.volumes >= FIDELITY_MIN_MM3
+    realised = visit.volumes / baseline.volumes - 1.0
+    prescribed = np.expm1(visit.prescribed_log_ratio)
+    pv = visit.pv_volumes / baseline.pv_volumes - 1.0
+    rel = np.abs(realised - prescribed) / np.maximum(np.abs(prescribed), 1e-12)
+    pv_rel = np.abs(pv - realised) / np.maximum(np.abs(realised), 1e-12)
+    checks.update({
+        "max_gradient_norm": _round(visit.max_gradient_norm, 4),
+        "calibration_error": _round(visit.calibration_error, 4),
+        "inverse_step_voxels": _round(visit.inverse_step, 3),
+        "regions_checked": int(big.sum()),
+        "realised_vs_prescribed_max_rel_error": _round(float(rel[big].max()), 4),
+        "pv_vs_jacobian_rel_error": {"median": _round(float(np.median(pv_rel[big])), 4),
+                                     "p90": _round(float(np.percentile(pv_rel[big], 90)), 4),
+                                     "max": _round(float(pv_rel[big].max()), 4)},
+        "change_pct": {}})
+    index = _label_index(ctx)
+    for key, labels in ctx.atlas.key_groups.items():
+        ids = [index[lab] for lab in labels]
+        b, bpv = baseline.volumes[ids].sum(), baseline.pv_volumes[ids].sum()
+        target = (np.exp(visit.prescribed_log_ratio[ids]) * baseline.volumes[ids]).sum() / b
+        checks["change_pct"][key] = {
+            "prescribed": _round(100 * float(target - 1.0), 5),
+            "realised": _round(100 * float(visit.volumes[ids].sum() / b - 1.0), 5),
+            "partial_volume": _round(100 * float(visit.pv_volumes[ids].sum() / bpv - 1.0), 5)}
+    return checks
+
+
+def _stage_rates(sim: SubjectSimulator, ctx: GridContext, baseline: SimulatedVisit) -> dict:
+    """Annual % change of every key group at every stage (weighted by the baseline volumes)."""
+    index = _label_index(ctx)
+    return {stage: {key: _round(sim.rates.group_rate(
+        stage, labels, [baseline.volumes[index[lab]] for lab in labels]), 6)
+        for key, labels in ctx.atlas.key_groups.items()} for stage in STAGES}
+
+
+def simulate_and_write(plan: SubjectPlan, out: Path, config: SynthConfig) -> dict:
+    """Simulate one subject and write its files into ``out`` (an absolute folder).
+
+    Returns:
+        ``{"rows": [...], "subject": {...}}``: manifest rows (image paths absolute) and the
+        subject's entry for ``cohort.json``.
+    """
+    ctx = _context(config)
+    sim = SubjectSimulator(plan, ctx, config)
+    affine = ctx.atlas.grid.affine
+    rows, checks = [], []
+    for visit in sim.visits():
+        if visit.index == 0:
+            baseline, stage_rates = visit, _stage_rates(sim, ctx, visit)
+        paths = _visit_paths(out, plan, visit.index)
+        save_nifti(paths["image"], visit.image, affine, dtype=np.float32)
+        save_nifti(paths["segm"], visit.labels, affine, dtype=np.int16)
+        save_nifti(paths["mask"], visit.mask, affine, dtype=np.uint8)
+        rows.append(_manifest_row(plan, visit, ctx, out, paths, stage_rates[plan.baseline_diagnosis]))
+        checks.append(_visit_checks(visit, baseline, ctx))
+    subject = plan.to_dict()
+    subject.update({"contrast_gamma": _round(sim.gamma, 5),
+                    "anatomy": {k: _round(v, 5) for k, v in sim.anatomy.summary().items()},
+                    "annual_change_pct_by_stage": stage_rates, "visits": checks})
+    return {"rows": rows, "subject": subject}
+
+
+def _check_output(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise InputFileError(f"{out}: exists and is not a folder; choose another --out")
+    if (out / "manifest.csv").exists() and not overwrite:
+        raise InputFileError(f"{out}: already holds a cohort (manifest.csv); choose another --out "
+                             "or pass --overwrite")
+
+
+def generate_cohort(out: str | os.PathLike, *, subjects: int = 20, seed: int = 0, grid: str = "2mm",
+                    visits: Sequence[int] = (2, 5), split: Sequence[float] = (0.7, 0.1, 0.2),
+                    workers: int = 1, figure: bool = True, overwrite: bool = False,
+                    config: SynthConfig | None = None) -> Manifest:
+    """Simulate a longitudinal cohort on the atlas and write it to ``out``.
+
+    Args:
+        out: output folder (created).
+        subjects: number of subjects.
+        seed: cohort seed; the same seed gives the same files.
+        grid: atlas grid, ``2mm``, ``1p5mm`` or ``4mm`` (quick).
+        visits: (fewest, most) visits per subject.
+        split: train/valid/test fractions of the subjects.
+        workers: processes simulating subjects in parallel (results do not depend on it).
+        figure: also write ``overview.png``.
+        overwrite: replace an existing cohort's files in ``out``.
+        config: every generator parameter (overrides ``subjects``, ``grid``, ``visits``, ``split``).
+
+    Returns:
+        The written manifest, read back and validated.
+
+    Raises:
+        ConfigError: for an invalid size, visit range, split or worker count.
+        InputFileError: when ``out`` already holds a cohort and ``overwrite`` is false.
+    """
+    out = Path(out)
+    if workers < 1:
+        raise ConfigError(f"workers={workers} must be at least 1")
+    if config is None:
+        try:
+            design = CohortDesign(subjects=int(subjects), visits=tuple(int(v) for v in visits),
+                                  split=tuple(float(s) for s in split))
+        except ValueError as exc:
+            raise ConfigError(f"{exc}; fix the cohort size, --visits or --split") from None
+        config = SynthConfig(grid=grid, design=design)
+    _check_output(out, overwrite)
+    atlas = load_atlas(config.atlas, config.grid)
+    out.mkdir(parents=True, exist_ok=True)
+    plans = plan_cohort(config.design, seed)
+    log.info("simulating %d subjects on %s %s into %s (%d worker%s)", len(plans), atlas.id,
+             config.grid, out, workers, "s" if workers > 1 else "")
+    results = _run(plans, out.resolve(), config, workers)
+    visits_list = [Visit(row["subject_id"], row["image_uid"], Path(row["image_path"]), row["age"],
+                         row["sex"], row["diagnosis"], row["split"], Path(row["segm_path"]), row["extra"])
+                   for result in results for row in result["rows"]]
+    Manifest(visits_list).to_csv(out / "manifest.csv")
+    meta = {"generator": "mambacontrol.synth", "mambacontrol_version": __version__, "seed": seed,
+            "atlas": {"id": atlas.id, "grid": atlas.grid_name, "checksum": atlas.checksum},
+            "truth": ("vol_* = integral of the Jacobian determinant of the template-to-visit map "
+                      "over each template region (mm3); rate_* = prescribed annual % change of the "
+                      "group at the baseline diagnosis"),
+            "config": config.to_dict(),
+            "subjects": [r["subject"] for r in results]}
+    write_text_atomic(out / "cohort.json", json.dumps(meta, indent=1) + "\n")
+    manifest = Manifest.from_csv(out / "manifest.csv")
+    if figure:
+        from mambacontrol.synth.overview import plot_overview
+
+        plot_overview(manifest, out / "overview.png", atlas)
+    return manifest
+
+
+def _run(plans: list[SubjectPlan], out: Path, config: SynthConfig, workers: int) -> list[dict]:
+    bar = tqdm(total=len(plans), desc="synth", unit="subject", disable=None)
+    results: dict[int, dict] = {}
+    try:
+        if workers == 1:
+            for plan in plans:
+                results[plan.index] = simulate_and_write(plan, out, config)
+                bar.update()
+        else:
+            ctx = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=min(workers, len(plans)), mp_context=ctx,
+                                     initializer=_init_worker) as pool:
+                futures = {pool.submit(simulate_and_write, plan, out, config): plan.index
+                           for plan in plans}
+                try:
+                    for fut in as_completed(futures):
+                        results[futures[fut]] = fut.result()
+                        bar.update()
+                except BaseException:
+                    pool.shutdown(cancel_futures=True)
+                    raise
+    finally:
+        bar.close()
+    return [results[p.index] for p in plans]

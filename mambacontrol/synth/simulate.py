@@ -1,0 +1,207 @@
+"""One synthetic subject: baseline anatomy, progression, and each visit's scan, labels and truth.
+
+Maps, in template voxel coordinates:
+
+- ``F0`` template → subject baseline (:class:`~mambacontrol.synth.anatomy.SubjectAnatomy`);
+- ``P_k = id + u_k`` the progression up to visit ``k`` (:class:`~mambacontrol.synth.atrophy.AtrophySimulator`);
+- ``T_k = F0 ∘ P_k`` template → visit ``k`` (``P_0 = id``).
+
+A visit's image, mask and labels are the template's pulled back through ``T_k⁻¹ = P_k⁻¹ ∘ F0⁻¹``
+(cubic, linear and nearest-neighbour interpolation); its regional volumes are the Jacobian
+integral of ``T_k`` over each template region, and the same regions measured by warped
+partial-volume labels are kept as a cross-check.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
+
+import numpy as np
+from scipy import ndimage
+
+from mambacontrol.atlas import Atlas
+from mambacontrol.synth.anatomy import AnatomyModel, SubjectAnatomy
+from mambacontrol.synth.appearance import AppearanceModel
+from mambacontrol.synth.atrophy import AtrophyModel, AtrophySimulator
+from mambacontrol.synth.fields import identity, invert_at, sample
+from mambacontrol.synth.plan import CohortDesign, SubjectPlan
+from mambacontrol.synth.poisson import PoissonSolver
+from mambacontrol.synth.rates import RateModel, SubjectRates
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """Every parameter of the generator (written to ``cohort.json``)."""
+
+    atlas: str = "icbm152-2009a-nmm"
+    grid: str = "2mm"
+    design: CohortDesign = field(default_factory=CohortDesign)
+    rates: RateModel = field(default_factory=RateModel)
+    anatomy: AnatomyModel = field(default_factory=AnatomyModel)
+    atrophy: AtrophyModel = field(default_factory=AtrophyModel)
+    appearance: AppearanceModel = field(default_factory=AppearanceModel)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class GridContext:
+    """What every subject on one atlas grid shares (built once per process).
+
+    Args:
+        atlas: the atlas on the cohort's grid.
+    """
+
+    def __init__(self, atlas: Atlas):
+        self.atlas = atlas
+        self.shape = tuple(int(s) for s in atlas.grid.shape)
+        self.label_ids = np.asarray(atlas.label_ids)
+        self.labels = np.asarray(atlas.labels)
+        self.mask = np.asarray(atlas.mask, dtype=np.float32)
+        self.voxel_volume = atlas.voxel_volume
+        self.solver = PoissonSolver(self.shape)
+
+    @cached_property
+    def template_coefficients(self) -> np.ndarray:
+        """(X, Y, Z) cubic spline coefficients of the template (for repeated cubic sampling)."""
+        return ndimage.spline_filter(np.asarray(self.atlas.template, dtype=np.float32), order=3,
+                                     output=np.float32, mode="constant")
+
+
+@dataclass
+class SimulatedVisit:
+    """One visit of one subject.
+
+    Attributes:
+        index: 0-based visit number.
+        years: time since baseline.
+        age: age at the visit.
+        diagnosis: stage at the visit.
+        image: (X, Y, Z) float32 normalised, brain-extracted scan.
+        labels: (X, Y, Z) int16 label map (atlas label ids, 0 outside the brain).
+        mask: (X, Y, Z) uint8 brain mask.
+        volumes: (R,) regional volumes in mm³: Jacobian integral of ``T_k`` (the truth).
+        pv_volumes: (R,) the same regions measured by warped partial-volume labels (cross-check).
+        prescribed_log_ratio: (R,) prescribed log volume ratio over baseline.
+        min_jacobian: smallest Jacobian determinant of ``T_k`` on the grid.
+        max_gradient_norm: largest ``‖∇u_k‖`` (Frobenius; below 1 means ``P_k`` is injective).
+        calibration_error: largest relative error of a calibrated region's change.
+        inverse_step: last fixed-point update of ``P_k⁻¹`` (voxels; its accuracy).
+    """
+
+    index: int
+    years: float
+    age: float
+    diagnosis: str
+    image: np.ndarray
+    labels: np.ndarray
+    mask: np.ndarray
+    volumes: np.ndarray
+    pv_volumes: np.ndarray
+    prescribed_log_ratio: np.ndarray
+    min_jacobian: float
+    max_gradient_norm: float = 0.0
+    calibration_error: float = 0.0
+    inverse_step: float = 0.0
+
+
+def partial_volume_volumes(labels: np.ndarray, points: np.ndarray, label_ids: np.ndarray,
+                           voxel_volume: float) -> np.ndarray:
+    """Regional volumes of a label map pulled back through a map, counted with partial volumes.
+
+    Equivalent to trilinearly interpolating every region's indicator at ``points`` and summing,
+    in one pass over the eight neighbours.
+
+    Args:
+        labels: (X, Y, Z) label map.
+        points: (3, N) voxel coordinates in ``labels`` (the map's value at each output voxel).
+        label_ids: (R,) labels to report.
+        voxel_volume: mm³ per output voxel.
+
+    Returns:
+        (R,) float64 volumes in mm³.
+    """
+    base = np.floor(points).astype(np.int64)
+    frac = (points - base).astype(np.float64)
+    shape = labels.shape
+    total = np.zeros(int(labels.max()) + 1)
+    for corner in range(8):
+        offs = [(corner >> k) & 1 for k in range(3)]
+        idx = [base[k] + offs[k] for k in range(3)]
+        valid = np.ones(points.shape[1], dtype=bool)
+        weight = np.ones(points.shape[1])
+        for k in range(3):
+            valid &= (idx[k] >= 0) & (idx[k] < shape[k])
+            weight *= frac[k] if offs[k] else 1.0 - frac[k]
+        lab = labels[tuple(np.clip(idx[k], 0, shape[k] - 1) for k in range(3))]
+        total += np.bincount(lab, weights=weight * valid, minlength=total.size)
+    return total[np.asarray(label_ids)] * voxel_volume
+
+
+class SubjectSimulator:
+    """Simulates every visit of one planned subject.
+
+    Args:
+        plan: the subject's covariates and schedule.
+        context: the grid's shared data.
+        config: generator parameters.
+    """
+
+    def __init__(self, plan: SubjectPlan, context: GridContext, config: SynthConfig):
+        self.plan = plan
+        self.context = context
+        self.config = config
+        streams = {name: plan.rng(name) for name in ("rates", "anatomy", "appearance")}
+        self.rates: SubjectRates = config.rates.draw(streams["rates"], plan.baseline_age, plan.sex,
+                                                     context.atlas.regions)
+        self.anatomy = SubjectAnatomy(context.atlas.mask, context.atlas.spacing, plan.sex,
+                                      streams["anatomy"], config.anatomy)
+        self._appearance_rng = streams["appearance"]
+        self.gamma = config.appearance.subject_gamma(self._appearance_rng)
+        self.bias_field = config.appearance.subject_bias(context.shape, self._appearance_rng)
+        self.atrophy = AtrophySimulator(context.labels, context.label_ids, self.anatomy.forward,
+                                        self.anatomy.jacobian, context.voxel_volume, context.solver,
+                                        config.atrophy)
+        grid = identity(context.shape)
+        baseline_mask = sample(context.mask, self.anatomy.inverse_at(grid), order=1, outside=0.0) > 0.5
+        self.roi = ndimage.binary_dilation(baseline_mask, iterations=2)
+        self._roi_points = grid[:, self.roi]
+        self._baseline_points = self.anatomy.inverse_at(self._roi_points)
+
+    def visits(self) -> Iterator[SimulatedVisit]:
+        """Every visit, in order (each costs one calibration and one set of warps)."""
+        for k, years in enumerate(self.plan.visit_years):
+            yield self.visit(k, years)
+
+    def visit(self, k: int, years: float) -> SimulatedVisit:
+        ctx = self.context
+        log_ratio = self.rates.log_ratio(self.plan.timeline, years)
+        if k == 0:
+            points, step = self._baseline_points, 0.0
+            jac = self.anatomy.jacobian
+            volumes = self.atrophy.baseline_volumes.copy()
+            grad_norm, calib = 0.0, 0.0
+        else:
+            deformation = self.atrophy.deform(log_ratio)
+            points, step = invert_at(deformation.displacement, self._baseline_points)
+            jac, volumes = deformation.jacobian, deformation.volumes
+            grad_norm, calib = deformation.max_gradient_norm, deformation.calibration_error
+        mask = np.zeros(ctx.shape, dtype=bool)
+        mask[self.roi] = sample(ctx.mask, points, order=1, outside=0.0) > 0.5
+        labels = np.zeros(ctx.shape, dtype=np.int16)
+        labels[self.roi] = sample(ctx.labels, points, order=0, outside=0)
+        labels[~mask] = 0
+        warped = np.zeros(ctx.shape, dtype=np.float32)
+        warped[self.roi] = sample(ctx.template_coefficients, points, order=3, outside=0.0,
+                                  prefiltered=True)
+        image = self.config.appearance.render(warped, mask, self.gamma, self.bias_field,
+                                              self._appearance_rng)
+        pv = partial_volume_volumes(ctx.labels, points, ctx.label_ids, ctx.voxel_volume)
+        return SimulatedVisit(
+            index=k, years=years, age=round(self.plan.baseline_age + years, 2),
+            diagnosis=self.plan.diagnosis_at(years), image=image, labels=labels,
+            mask=mask.astype(np.uint8), volumes=volumes, pv_volumes=pv,
+            prescribed_log_ratio=log_ratio, min_jacobian=float(jac.min()),
+            max_gradient_norm=grad_norm, calibration_error=calib, inverse_step=step)

@@ -1,0 +1,117 @@
+"""Fidelity of the generator (issue item 4) on three subjects at 4 mm over eight years."""
+
+import numpy as np
+import pytest
+
+from mambacontrol.atlas import load_atlas
+from mambacontrol.synth.plan import SubjectPlan
+from mambacontrol.synth.simulate import (
+    GridContext,
+    SubjectSimulator,
+    SynthConfig,
+    partial_volume_volumes,
+)
+
+TIMELINES = {"CN": ((0.0, "CN"),), "MCI": ((0.0, "MCI"), (3.0, "AD")), "AD": ((0.0, "AD"),)}
+VISITS = (0.0, 3.5, 8.0)
+
+
+@pytest.fixture(scope="module")
+def atlas():
+    return load_atlas(grid="4mm")
+
+
+@pytest.fixture(scope="module")
+def cohort(atlas):
+    ctx = GridContext(atlas)
+    config = SynthConfig(grid="4mm")
+    out = {}
+    for i, (dx, timeline) in enumerate(TIMELINES.items()):
+        plan = SubjectPlan(i, f"sub-{i + 1:03d}", "train", "F" if i % 2 else "M", 72.0, dx, VISITS,
+                           timeline, (11, (i,)))
+        out[dx] = list(SubjectSimulator(plan, ctx, config).visits())
+    return out
+
+
+def group_change(atlas, visit, baseline, key, which="volumes"):
+    index = {lab: i for i, lab in enumerate(atlas.label_ids)}
+    ids = [index[lab] for lab in atlas.key_groups[key]]
+    return getattr(visit, which)[ids].sum() / getattr(baseline, which)[ids].sum() - 1.0
+
+
+def test_realised_change_matches_prescription(cohort):
+    for dx, visits in cohort.items():
+        baseline = visits[0]
+        big = baseline.volumes >= 1000.0
+        assert big.sum() >= 120
+        for v in visits[1:]:
+            prescribed = np.expm1(v.prescribed_log_ratio)
+            realised = v.volumes / baseline.volumes - 1.0
+            rel = np.abs(realised - prescribed) / np.abs(prescribed)
+            assert rel[big].max() < 0.2, (dx, v.years)
+            assert np.median(rel[big]) < 0.01, (dx, v.years)
+            assert v.calibration_error < 0.05
+
+
+def test_partial_volume_labels_agree_with_jacobian(atlas, cohort):
+    for dx, visits in cohort.items():
+        baseline = visits[0]
+        big = baseline.volumes >= 1000.0
+        for v in visits[1:]:
+            jac = v.volumes / baseline.volumes - 1.0
+            pv = v.pv_volumes / baseline.pv_volumes - 1.0
+            assert np.median(np.abs(pv - jac)[big] / np.abs(jac[big])) < 0.15, (dx, v.years)
+            for key in atlas.key_groups:
+                j = group_change(atlas, v, baseline, key)
+                p = group_change(atlas, v, baseline, key, "pv_volumes")
+                assert abs(p - j) < 0.2 * abs(j), (dx, v.years, key, p, j)
+
+
+def test_disease_ordering_and_direction(atlas, cohort):
+    last = {dx: group_change(atlas, vs[-1], vs[0], "hippocampus") for dx, vs in cohort.items()}
+    assert last["AD"] < last["MCI"] < last["CN"] < 0
+    for visits in cohort.values():
+        changes = [group_change(atlas, v, visits[0], "lateral_ventricles") for v in visits[1:]]
+        assert 0 < changes[0] < changes[1]
+        assert group_change(atlas, visits[-1], visits[0], "whole_brain") < 0
+
+
+def test_no_folding_and_accurate_inverse(cohort):
+    for visits in cohort.values():
+        for v in visits:
+            assert v.min_jacobian > 0.2
+            assert v.max_gradient_norm < 1.0  # the progression map is injective
+            assert v.inverse_step < 1e-2
+
+
+def mean_in(visit, labels):
+    return float(visit.image[np.isin(visit.labels, labels)].mean())
+
+
+def test_images_align_with_labels(atlas, cohort):
+    for visits in cohort.values():
+        for v in visits:
+            assert v.image.shape == atlas.grid.shape and v.image.dtype == np.float32
+            assert np.all(v.image[v.mask == 0] == 0) and np.all(v.labels[v.mask == 0] == 0)
+            assert 0.0 <= v.image.min() and v.image.max() <= 1.0
+
+            ventricles = mean_in(v, atlas.key_groups["lateral_ventricles"])
+            hippocampus = mean_in(v, atlas.key_groups["hippocampus"])
+            wm = mean_in(v, atlas.labels_in_group("cerebral white matter"))
+            assert ventricles < 0.8 * hippocampus < 0.8 * wm
+
+
+def test_truth_agrees_with_label_counts_at_baseline(atlas, cohort):
+    """The sub-voxel truth and the voxel count of the warped labels describe the same anatomy."""
+    for visits in cohort.values():
+        b = visits[0]
+        counts = np.array([(b.labels == lab).sum() for lab in atlas.label_ids]) * atlas.voxel_volume
+        big = b.volumes >= 5000.0
+        assert np.median(np.abs(counts[big] / b.volumes[big] - 1.0)) < 0.05
+
+
+def test_partial_volume_volumes_of_identity_are_label_counts(atlas):
+    labels = np.asarray(atlas.labels)
+    points = np.stack(np.nonzero(labels >= 0)).astype(np.float32)
+    vols = partial_volume_volumes(labels, points, np.asarray(atlas.label_ids), atlas.voxel_volume)
+    np.testing.assert_allclose(vols, [atlas.region_volumes()[lab] for lab in atlas.label_ids])

@@ -9,8 +9,8 @@ error of the predicted % volume change beside two baselines on the same pairs: n
 per-diagnosis population rate (mean annual % change per key group and baseline diagnosis on the
 train pairs, times Δt), and, for reference, the evaluation module's regional linear extrapolation
 (least-squares rate per label and diagnosis, ``mambacontrol.evaluation.fit_linear_rates``). Truth: ``100 · (Σ vol_follow / Σ vol_base − 1)`` from the manifest's
-``vol_r<label>`` columns. Also shown: the head's regional prior alone (the untrained head: each
-region's mean annual change per baseline diagnosis, fitted on the train pairs). ``--ablation``
+``vol_r<label>`` columns. Also shown: the head's regional prior alone (the untrained head: per region
+and diagnosis, a rate linear in age, fitted by least squares on the train pairs). ``--ablation``
 repeats the training with the spectral parts switched off.
 
     python benchmarks/bench_graph.py --grid 4mm --manifest COHORT/manifest.csv --steps 1500 \\
@@ -43,6 +43,7 @@ from mambacontrol.graph import (
 )
 from mambacontrol.graph.features import FeatureCache
 from mambacontrol.graph.training import build_pairs
+from mambacontrol.graph.trajectory import num_prior_columns, prior_design
 
 ABLATIONS = {
     "full": {},
@@ -101,11 +102,10 @@ def key_group_truth(pairs_set, atlas) -> dict[str, np.ndarray]:
     return out
 
 
-def quality(manifest_path: Path, grid: str, steps: int, seed: int, encoder_args: dict,
+def quality(manifest_path: Path, grid: str, steps: int, seed: int, config: dict,
             cache_dir: Path | None) -> dict:
     atlas = load_atlas(grid=grid)
     manifest = Manifest.from_csv(manifest_path)
-    config = {"encoder": encoder_args, "eval_every": 50}
     t = time.perf_counter()
     res = train_trajectory(manifest, atlas, config, steps=steps, seed=seed, cache_dir=cache_dir)
     train_s = time.perf_counter() - t
@@ -131,8 +131,10 @@ def quality(manifest_path: Path, grid: str, steps: int, seed: int, encoder_args:
         res.model.train(False)
         log_ratio = res.model(test.features, test.covariates, test.years).double().numpy()
     pred = group_percent_change(graph, log_ratio, test.base_volumes, atlas.label_ids, atlas.key_groups)
-    prior = np.asarray(res.model.head.config.prior_rate or np.zeros((graph.num_nodes, 3)))
-    prior_log_ratio = test.years.double().numpy()[:, None] * (test.covariates[:, 3:6].double().numpy() @ prior.T) / 100
+    terms = res.model.head.prior_terms
+    coef = np.asarray(res.model.head.config.prior_coef or np.zeros((graph.num_nodes, num_prior_columns(terms))))
+    design = prior_design(test.covariates.double(), test.years.double(), terms).numpy()
+    prior_log_ratio = test.years.double().numpy()[:, None] * (design @ coef.T) / 100
     prior_pred = group_percent_change(graph, prior_log_ratio, test.base_volumes, atlas.label_ids,
                                       atlas.key_groups)
 
@@ -169,7 +171,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ablation", action="store_true", help="also train with spectral parts off")
+    parser.add_argument("--config", type=json.loads, default={},
+                        help="TrajectoryConfig fields as JSON, e.g. '{\"lr\": 1e-3}'")
     parser.add_argument("--out", type=Path, default=Path("runs/bench_graph"))
+    parser.add_argument("--cache", type=Path, help="node-feature cache folder (default: OUT/features)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -179,7 +184,10 @@ def main() -> None:
         variants = ABLATIONS if args.ablation else {"full": {}}
         results["quality"] = {}
         for name, enc in variants.items():
-            q = quality(args.manifest, args.grid, args.steps, args.seed, enc, args.out / "features")
+            config = {"eval_every": 50, **args.config}
+            config["encoder"] = {**config.get("encoder", {}), **enc}
+            q = quality(args.manifest, args.grid, args.steps, args.seed, config, args.cache or args.out / "features")
+            q["config"] = config
             results["quality"][name] = q
             print(f"\n{name}: {q['test_pairs']} test pairs, {q['train_pairs']} train pairs, "
                   f"{q['subjects']} subjects, trained in {q['train_s']:.0f} s\n{table(q['key_groups'])}")

@@ -23,12 +23,17 @@ from tqdm.auto import tqdm
 
 from mambacontrol.atlas import Atlas
 from mambacontrol.data.covariates import CovariateNorm, encode_covariates
-from mambacontrol.data.manifest import DIAGNOSES, Manifest, Visit, VisitPair
+from mambacontrol.data.manifest import Manifest, Visit, VisitPair
 from mambacontrol.errors import ConfigError, ManifestError
 from mambacontrol.graph.anatomy import AnatomyGraph
 from mambacontrol.graph.encoder import GraphEncoder
 from mambacontrol.graph.features import FeatureCache, FeatureNorm
-from mambacontrol.graph.trajectory import TrajectoryHead, TrajectoryModel
+from mambacontrol.graph.trajectory import (
+    DEFAULT_PRIOR_TERMS,
+    TrajectoryHead,
+    TrajectoryModel,
+    fit_prior,
+)
 from mambacontrol.io import load_nifti
 
 log = logging.getLogger(__name__)
@@ -50,8 +55,10 @@ class TrajectoryConfig:
         batch_size: pairs per step.
         eval_every: steps between validation passes (the best validation state is kept).
         covariate_norm: :class:`CovariateNorm` fields (None: the defaults).
-        population_prior: start the head at the regional population rate of the training pairs
-            (per node and baseline diagnosis); off, it learns the whole rate.
+        population_prior: start the head at the regional population prior fitted on the training
+            pairs (:func:`fit_prior`); off, it learns the whole rate.
+        prior_terms: optional covariate terms of the prior (:data:`PRIOR_TERMS`).
+        prior_ridge: relative ridge of that fit.
     """
 
     grouping: str = "region"
@@ -64,6 +71,8 @@ class TrajectoryConfig:
     eval_every: int = 50
     covariate_norm: dict | None = None
     population_prior: bool = True
+    prior_terms: list = field(default_factory=lambda: list(DEFAULT_PRIOR_TERMS))
+    prior_ridge: float = 1e-3
 
     @classmethod
     def from_dict(cls, d: dict | None) -> TrajectoryConfig:
@@ -183,21 +192,6 @@ def build_pairs(manifest: Manifest, split: str, atlas: Atlas, graph: AnatomyGrap
                    torch.from_numpy(ratio).float(), torch.from_numpy(mask), base_v, follow_v)
 
 
-def regional_population_rate(data: PairSet) -> np.ndarray:
-    """(R, 3) mean annual % change (100 · log ratio / Δt) of each node per baseline diagnosis
-    (CN, MCI, AD); a diagnosis without training pairs gets the mean over all pairs."""
-    annual = 100.0 * data.log_ratio.double().numpy() / data.years.double().numpy()[:, None]
-    mask = data.mask.numpy()
-    dx = np.array([p.earlier.diagnosis for p in data.pairs])
-
-    def masked_mean(rows: np.ndarray) -> np.ndarray:
-        m = mask[rows]
-        return (annual[rows] * m).sum(0) / np.maximum(m.sum(0), 1)
-
-    overall = masked_mean(np.ones(len(dx), dtype=bool))
-    return np.stack([masked_mean(dx == d) if (dx == d).any() else overall for d in DIAGNOSES], axis=1)
-
-
 def trajectory_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean squared error of node log volume ratios, in (%)², over valid nodes."""
     err = (pred - target) * 100.0 * mask
@@ -288,9 +282,13 @@ def _train(manifest: Manifest, atlas: Atlas, cfg: TrajectoryConfig, steps: int, 
     feature_norm = FeatureNorm.fit(train.features[list(baselines.values())].numpy())
     torch.manual_seed(seed)
     encoder = GraphEncoder.from_graph(graph, feature_norm, cov_norm, **cfg.encoder)
-    prior = regional_population_rate(train).tolist() if cfg.population_prior else None
+    prior = None
+    if cfg.population_prior:
+        prior = fit_prior(train.covariates, train.years, train.log_ratio, train.mask, cfg.prior_terms,
+                          cfg.prior_ridge).tolist()
     head = TrajectoryHead(embed_dim=encoder.config.embed_dim, num_nodes=graph.num_nodes,
-                          graph=graph.identity.to_dict(), prior_rate=prior, **cfg.head)
+                          graph=graph.identity.to_dict(), prior_terms=list(cfg.prior_terms),
+                          prior_coef=prior, **cfg.head)
     model = TrajectoryModel(encoder, head)
     optim = torch.optim.AdamW(list(model.parameters()), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(

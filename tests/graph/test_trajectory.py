@@ -14,25 +14,29 @@ from mambacontrol.graph import (
     train_trajectory,
 )
 from mambacontrol.graph.training import evaluate_loss
+from mambacontrol.graph.trajectory import fit_prior, prior_design
 from tests.graph.conftest import make_cohort, region_rates
 
 SMALL = {"encoder": {"embed_dim": 16, "num_layers": 1, "num_tokens": 2, "token_heads": 2},
          "head": {"hidden": 16}, "eval_every": 25, "lr": 3e-3}
 
 
-def _covariates(n, dx="AD"):
-    return encode_covariates([70.0] * n, [1.0] * n, ["F"] * n, [dx] * n)
+def _covariates(n, dx="AD", age=70.0):
+    return encode_covariates([age] * n, [1.0] * n, ["F"] * n, [dx] * n)
 
 
 def test_untrained_head_predicts_the_prior_and_no_change_at_zero_horizon():
     torch.manual_seed(0)
-    prior = [[-1.0, -2.0, -4.0]] * 4 + [[2.0, 3.0, 6.0]]
-    head = TrajectoryHead(embed_dim=8, num_nodes=5, prior_rate=prior)
+    # design (default terms: age): CN, MCI, AD intercepts, then CN, MCI, AD age slopes (per age sd)
+    coef = [[-1.0, -2.0, -4.0, 0.0, 0.0, -0.5]] * 4 + [[2.0, 3.0, 6.0, 0.0, 0.0, 1.0]]
+    head = TrajectoryHead(embed_dim=8, num_nodes=5, prior_coef=coef)
     emb = torch.randn(3, 5, 8)
     out = head(emb, _covariates(3), torch.tensor([0.0, 1.0, 2.5]))
     assert out.shape == (3, 5) and torch.all(out[0] == 0)
     torch.testing.assert_close(out[2], torch.tensor([-4.0] * 4 + [6.0]) * 2.5 / 100)
-    mci = head(emb[:1], _covariates(1, "MCI"), torch.tensor([1.0]))
+    older = head(emb[:1], _covariates(1, age=80.0), torch.tensor([1.0]))  # one sd older
+    torch.testing.assert_close(older[0], torch.tensor([-4.5] * 4 + [7.0]) / 100)
+    mci = head(emb[:1], _covariates(1, "MCI", age=80.0), torch.tensor([1.0]))
     torch.testing.assert_close(mci[0], torch.tensor([-2.0] * 4 + [3.0]) / 100)
     linear = TrajectoryHead(embed_dim=8, num_nodes=5, curvature=False)
     with torch.no_grad():
@@ -40,25 +44,46 @@ def test_untrained_head_predicts_the_prior_and_no_change_at_zero_horizon():
     y = linear(emb[:1].expand(2, -1, -1), _covariates(2), torch.tensor([1.0, 3.0]))
     assert not torch.all(y == 0)
     torch.testing.assert_close(y[1], 3 * y[0])  # without curvature the change is linear in Δt
-    with pytest.raises(ValueError, match="prior_rate"):
-        TrajectoryHead(embed_dim=8, num_nodes=5, prior_rate=[[0.0, 0.0]])
+    with pytest.raises(ValueError, match="prior_coef"):
+        TrajectoryHead(embed_dim=8, num_nodes=5, prior_coef=[[0.0, 0.0]])
+    with pytest.raises(ValueError, match="prior terms"):
+        TrajectoryHead(embed_dim=8, num_nodes=5, prior_terms=["height"])
+    assert TrajectoryHead(embed_dim=8, num_nodes=5, prior_terms=["age", "sex", "years"]).prior.shape == (5, 12)
+
+
+def test_fit_prior_recovers_a_linear_rate_model():
+    g = torch.Generator().manual_seed(0)
+    n = 60
+    dx = ["CN", "MCI", "AD"] * 20
+    ages = 60 + 25 * torch.rand(n, generator=g)
+    years = 0.5 + 4 * torch.rand(n, generator=g)
+    cov = encode_covariates(ages.tolist(), years.tolist(), ["F", "M"] * 30, dx)
+    true = torch.tensor([[-1.0, -3.0, -4.5, -0.2, -0.4, -0.6], [2.0, 4.0, 6.0, 0.3, 0.5, 0.9]]).double()
+    design = prior_design(cov.double(), years.double())
+    log_ratio = years.double()[:, None] * (design @ true.T) / 100
+    coef = fit_prior(cov, years, log_ratio, torch.ones(n, 2, dtype=torch.bool), ridge=1e-9)
+    np.testing.assert_allclose(coef, true.numpy(), atol=1e-5)
+    cn = torch.arange(0, n, 3)
+    only_cn = fit_prior(cov[cn], years[cn], log_ratio[cn], torch.ones(len(cn), 2, dtype=torch.bool))
+    assert np.all(np.isfinite(only_cn)) and np.all(only_cn[:, [1, 2, 4, 5]] == 0)  # absent diagnoses
 
 
 def test_head_overfits_a_tiny_cohort(tmp_path, atlas4):
     manifest = make_cohort(tmp_path / "c", atlas4, n_subjects=6)
-    result = train_trajectory(manifest, atlas4, {**SMALL, "population_prior": False}, steps=300, seed=0)
+    result = train_trajectory(manifest, atlas4, {**SMALL, "population_prior": False}, steps=200, seed=0)
     first, last = result.history[0]["train_loss"], result.history[-1]["train_loss"]
     assert last < first / 10
     assert evaluate_loss(result.model, result.train) < first / 10
 
 
-def test_population_prior_is_the_regional_mean_rate(tmp_path, atlas4):
+def test_population_prior_reproduces_a_linear_cohort(tmp_path, atlas4):
     manifest = make_cohort(tmp_path / "c", atlas4, n_subjects=3)
     result = train_trajectory(manifest, atlas4, SMALL, steps=1)
-    prior = np.array(result.model.head.config.prior_rate)
-    for j, dx in enumerate(["CN", "MCI", "AD"]):
-        rate = region_rates(atlas4, dx)  # the cohort's exact rates: log ratio = Δt · rate / 100
-        np.testing.assert_allclose(prior[:, j], rate, rtol=1e-4)
+    head = TrajectoryHead.from_config(result.model.head.config)  # an untrained head with the fitted prior
+    emb = torch.zeros(len(result.train), 134, 16)
+    pred = head(emb, result.train.covariates, result.train.years)
+    # the cohort's rates depend on the diagnosis only: the prior reproduces every pair
+    torch.testing.assert_close(pred, result.train.log_ratio, atol=2e-4, rtol=1e-3)
 
 
 def test_trained_model_round_trip_and_truth(tmp_path, atlas4):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 
 import torch
@@ -14,16 +13,17 @@ from mambacontrol.errors import MambaControlError
 class FourierRefine(nn.Module):
     """``x + irfftn(W * rfftn(x))`` with one complex weight per channel and low-frequency mode.
 
-    ``W`` covers the ``modes[i]`` lowest frequencies of each axis, positive and negative (except
-    along the last axis, where the real FFT keeps only non-negative ones), and is zero elsewhere.
-    It starts at zero, so the block starts as the identity. Works on (B, C, *spatial) tensors
-    with ``len(modes)`` spatial axes, in float32 whatever the autocast setting.
+    ``W`` covers the frequencies ``|k| < modes[i]`` of each axis (along the last axis, where the
+    real FFT keeps only ``k >= 0``, the frequencies ``0 <= k < modes[-1]``) and is zero elsewhere.
+    The kept set is symmetric, so a Hermitian ``W`` (for instance a real, even one) gives exactly
+    the filter it describes. ``W`` starts at zero: the block starts as the identity. Works on
+    (B, C, *spatial) tensors with ``len(modes)`` spatial axes, in float32 (float64 for float64
+    inputs) whatever the autocast setting.
 
     Args:
         channels: C.
-        modes: number of frequencies kept per spatial axis. A grid needs at least
-            ``2 * modes[i]`` voxels along each axis but the last, and ``2 * modes[-1] - 2`` along
-            the last.
+        modes: frequencies kept per spatial axis. A grid needs at least ``2 * modes[i] - 1``
+            voxels along each axis but the last, and ``2 * modes[-1] - 2`` along the last.
     """
 
     def __init__(self, channels: int, modes: Sequence[int]):
@@ -34,8 +34,9 @@ class FourierRefine(nn.Module):
         if not 1 <= len(modes) <= 3 or not all(isinstance(m, int) and m >= 1 for m in modes):
             raise ValueError(f"modes={modes!r} must hold 1 to 3 positive integers, one per axis")
         self.channels, self.modes = channels, modes
-        corners = 2 ** (len(modes) - 1)  # sign combinations of the frequencies on the full axes
-        self.weight = nn.Parameter(torch.zeros(corners, channels, *modes, 2))  # (real, imaginary)
+        kept = [2 * m - 1 for m in modes[:-1]] + [modes[-1]]
+        # W as (real, imaginary) pairs; frequencies in FFT order: 0, 1, .., m-1, -(m-1), .., -1
+        self.weight = nn.Parameter(torch.zeros(channels, *kept, 2))
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, C, *spatial) -> same shape and dtype.
@@ -49,20 +50,19 @@ class FourierRefine(nn.Module):
             raise MambaControlError(f"{type(self).__name__} got shape {tuple(x.shape)}; needs "
                                     f"(B, C, {dims} spatial axes) with C = {self.channels}")
         grid = tuple(x.shape[2:])
-        needed = tuple(2 * m for m in self.modes[:-1]) + (max(1, 2 * self.modes[-1] - 2),)
+        needed = tuple(2 * m - 1 for m in self.modes[:-1]) + (max(1, 2 * self.modes[-1] - 2),)
         if any(n < k for n, k in zip(grid, needed)):
             raise MambaControlError(f"grid {grid} is too small for modes {self.modes} (needs at "
                                     f"least {needed}); use fewer modes")
         axes = tuple(range(-dims, 0))
+        kept = [torch.cat([torch.arange(m), torch.arange(n - m + 1, n)])
+                for m, n in zip(self.modes[:-1], grid)] + [torch.arange(self.modes[-1])]
+        window = (..., *torch.meshgrid(*[k.to(x.device) for k in kept], indexing="ij"))
         with torch.autocast(device_type=x.device.type, enabled=False):
-            spectrum = torch.fft.rfftn(x.float(), dim=axes)
+            spectrum = torch.fft.rfftn(x.to(torch.promote_types(x.dtype, torch.float32)), dim=axes)
             filtered = torch.zeros_like(spectrum)
-            weight = torch.view_as_complex(self.weight)
-            for corner, signs in enumerate(itertools.product((1, -1), repeat=dims - 1)):
-                window = [slice(0, m) if s > 0 else slice(n - m, n)
-                          for s, m, n in zip(signs, self.modes, grid)]
-                window = (..., *window, slice(0, self.modes[-1]))
-                filtered[window] = spectrum[window] * weight[corner]
+            weight = torch.view_as_complex(self.weight.to(spectrum.real.dtype))
+            filtered[window] = spectrum[window] * weight
             update = torch.fft.irfftn(filtered, s=grid, dim=axes)
         return x + update.to(x.dtype)
 

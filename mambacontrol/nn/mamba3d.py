@@ -19,8 +19,8 @@ class MambaBlock3d(nn.Module):
     Mamba outputs go back to their voxels through the exact inverse permutation and are averaged.
     With ``share_weights`` one mixer serves every direction: its input projection then runs once
     and its (affine) output projection once on the average, which is the same as averaging full
-    mixer outputs, at a fraction of the cost. The block runs in float32 whatever the autocast
-    setting, and returns the input's dtype.
+    mixer outputs, at a fraction of the cost. The block runs in float32 (float64 for float64
+    inputs) whatever the autocast setting, and returns the input's dtype.
 
     Args:
         channels: C, the token width (``d_model`` of the mixer).
@@ -57,7 +57,7 @@ class MambaBlock3d(nn.Module):
         length, count = grid[0] * grid[1] * grid[2], len(self.directions)
         gather, merge = stacked_orders(tuple(grid), self.directions, x.device)
         with torch.autocast(device_type=x.device.type, enabled=False):
-            volume = x.float()
+            volume = x.to(torch.promote_types(x.dtype, torch.float32))
             tokens = self.norm(volume.flatten(2).transpose(1, 2))  # (B, L, C)
             if self.share_weights:
                 mixer = self.mixers[0]

@@ -105,11 +105,12 @@ class Mamba(nn.Module):
         """
         x, z = xz.chunk(2, dim=1)
         length = x.shape[-1]
-        x = F.silu(self.conv1d(x)[..., :length])
-        x_dbl = self.x_proj(x.transpose(1, 2))  # (B, L, R + 2N)
+        # (B, L, E) tokens, the layout of the projections (and the fastest for the scan)
+        x = F.silu(self.conv1d(x)[..., :length].transpose(1, 2).contiguous())
+        x_dbl = self.x_proj(x)  # (B, L, R + 2N)
         dt, B, C = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # bias goes in as delta_bias
+        dt = F.linear(dt, self.dt_proj.weight)  # its bias goes in as delta_bias
         A = -torch.exp(self.A_log.float())
-        return selective_scan(x, dt, A, B.transpose(1, 2), C.transpose(1, 2), D=self.D.float(),
-                              z=z, delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
+        return selective_scan(x.mT, dt.mT, A, B.mT, C.mT, D=self.D.float(), z=z,
+                              delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
                               backend=self.backend)

@@ -8,7 +8,7 @@ above what the process held before its first forward pass.
     .venv/bin/pip install --target /tmp/mambapy-bench mambapy --no-deps   # never a dependency
     .venv/bin/python benchmarks/bench_mamba.py scan --mambapy /tmp/mambapy-bench
 
-    # MambaBlock3d vs a self-attention block of the same width
+    # MambaBlock3d vs self-attention blocks of the same width (fused and explicit attention)
     .venv/bin/python benchmarks/bench_mamba.py block --grids 8 16 24 32 --channels 64
 """
 
@@ -95,8 +95,10 @@ def measure_scan(method, batch, dim, dstate, length, repeats, threads, mambapy_p
 # ---------------------------------------------------------------------------- block
 
 
-def attention_block(channels, head_dim=32):
-    """x + MultiHeadAttention(LayerNorm(x)) over the voxels, with PyTorch's fused attention."""
+def attention_block(channels, fused, head_dim=32):
+    """x + MultiHeadAttention(LayerNorm(x)) over the voxels: with PyTorch's fused attention
+    (``scaled_dot_product_attention``, memory linear in the tokens) or written out as
+    softmax(Q K^T / sqrt(d)) V (memory quadratic, as MONAI's ``SABlock`` by default)."""
     import torch
     from torch import nn
 
@@ -109,10 +111,13 @@ def attention_block(channels, head_dim=32):
             self.out = nn.Linear(channels, channels)
 
         def forward(self, x):
-            batch, c, *grid = x.shape
             tokens = self.norm(x.flatten(2).mT)
             q, k, v = self.qkv(tokens).unflatten(-1, (3, self.heads, -1)).permute(2, 0, 3, 1, 4)
-            y = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+            if fused:
+                y = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+            else:
+                weights = torch.softmax(q @ k.mT * q.shape[-1] ** -0.5, dim=-1)
+                y = weights @ v
             y = self.out(y.transpose(1, 2).flatten(2))
             return x + y.mT.reshape(x.shape)
 
@@ -126,10 +131,10 @@ def measure_block(method, channels, grid, batch, repeats, threads, directions):
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    if method == "attention":
-        block = attention_block(channels)
-    else:
+    if method == "mamba":
         block = MambaBlock3d(channels, directions=directions, backend="torch")
+    else:
+        block = attention_block(channels, fused=method == "fused attention")
     x = torch.randn(batch, channels, *grid, requires_grad=True)
 
     def step():
@@ -183,22 +188,27 @@ def run_scan(args):
 
 def run_block(args):
     directions = tuple(args.directions)
+    methods = ("fused attention", "explicit attention", "mamba")
     print(header(args))
     print(f"\nblock forward + backward, B={args.batch}, C={args.channels}, Mamba directions "
           f"{','.join(directions)}, best of {args.repeats}: seconds (peak MB)\n")
-    print("| grid | tokens | self-attention | MambaBlock3d | attention / Mamba |")
-    print("|---|---|---|---|---|")
+    print("| grid | tokens | self-attention, fused | self-attention, explicit | MambaBlock3d "
+          "| fused attention / Mamba |")
+    print("|---|---|---|---|---|---|")
     times = {}
     for size in args.grids:
-        grid = (size, size, size)
+        grid, tokens = (size, size, size), size ** 3
         cells = []
-        for method in ("attention", "mamba"):
+        for method in methods:
+            if method == "explicit attention" and tokens > args.explicit_max_tokens:
+                cells.append("not run")
+                continue
             sec, mb = in_fresh_process(measure_block, method, args.channels, grid, args.batch,
                                        args.repeats, args.threads, directions)
             times[method, size] = sec
             cells.append(f"{sec:.3f} ({mb:.0f})")
-        ratio = times["attention", size] / times["mamba", size]
-        print(f"| {size}³ | {size ** 3} | " + " | ".join(cells) + f" | {ratio:.2f} |", flush=True)
+        ratio = times["fused attention", size] / times["mamba", size]
+        print(f"| {size}³ | {tokens} | " + " | ".join(cells) + f" | {ratio:.2f} |", flush=True)
     sizes = sorted(args.grids)
     for a, b in zip(sizes, sizes[1:]):
         print(f"\nMamba: time({b}³) / time({a}³) = {times['mamba', b] / times['mamba', a]:.2f} "
@@ -218,11 +228,13 @@ def main(argv=None):
                       help="folder holding the mambapy package (pip install --target PATH mambapy)")
     scan.add_argument("--sequential-max", type=int, default=16384,
                       help="skip the sequential backend above this length")
-    block = sub.add_parser("block", help="MambaBlock3d vs a self-attention block")
+    block = sub.add_parser("block", help="MambaBlock3d vs self-attention blocks")
     block.add_argument("--grids", type=int, nargs="+", default=[8, 16, 24, 32])
     block.add_argument("--channels", type=int, default=64)
     block.add_argument("--batch", type=int, default=1)
     block.add_argument("--directions", nargs="+", default=["x+", "x-", "y+", "y-", "z+", "z-"])
+    block.add_argument("--explicit-max-tokens", type=int, default=8192,
+                       help="skip the explicit (quadratic-memory) attention above this many tokens")
     for p in (scan, block):
         p.add_argument("--repeats", type=int, default=3)
         p.add_argument("--threads", type=int, default=os.cpu_count())

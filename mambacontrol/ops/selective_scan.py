@@ -93,20 +93,33 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
     if backend == "cuda":
         return load_kernel()(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     dtype = torch.float64 if u.dtype == torch.float64 else torch.float32
-    u_c, step = u.to(dtype), delta.to(dtype)
-    if delta_bias is not None:
-        step = step + delta_bias.to(dtype).unsqueeze(-1)
-    if delta_softplus:
-        step = F.softplus(step)
+
+    def cast(x):
+        return None if x is None else x.to(dtype)
+
     B4, C4 = _common_groups(B.to(dtype), C.to(dtype))
-    core = chunked_scan if backend == "torch" else sequential_scan
-    y, last = core(u_c, step, A.to(dtype), B4, C4)
-    if D is not None:
-        y = y + u_c * D.to(dtype).unsqueeze(-1)
-    if z is not None:
-        y = y * F.silu(z.to(dtype))
+    if backend == "torch":
+        y, last = chunked_scan(cast(u), cast(delta), cast(A), B4, C4, D=cast(D), z=cast(z),
+                               delta_bias=cast(delta_bias), delta_softplus=delta_softplus)
+    else:
+        y, last = _sequential_with_options(cast(u), cast(delta), cast(A), B4, C4, cast(D), cast(z),
+                                           cast(delta_bias), delta_softplus)
     out = y.to(u.dtype)
     return (out, last) if return_last_state else out
+
+
+def _sequential_with_options(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+    """:func:`sequential_scan` with the step-size bias and softplus, the skip and the gate."""
+    if delta_bias is not None:
+        delta = delta + delta_bias.unsqueeze(-1)
+    if delta_softplus:
+        delta = F.softplus(delta)
+    y, last = sequential_scan(u, delta, A, B, C)
+    if D is not None:
+        y = y + u * D.unsqueeze(-1)
+    if z is not None:
+        y = y * F.silu(z)
+    return y, last
 
 
 def sequential_scan(u: Tensor, delta: Tensor, A: Tensor, Bm: Tensor, Cm: Tensor) -> tuple[Tensor, Tensor]:

@@ -8,7 +8,7 @@ import torch
 from mambacontrol.errors import MambaControlError
 from mambacontrol.ops import BACKENDS, resolve_backend, selective_scan
 from mambacontrol.ops.chunked_scan import chunked_scan, plan
-from mambacontrol.ops.selective_scan import sequential_scan
+from mambacontrol.ops.selective_scan import _sequential_with_options
 
 TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-10}
 
@@ -88,16 +88,22 @@ def test_torch_matches_sequential(case):
 @pytest.mark.parametrize("chunk,segment", [(1, 1), (4, 4), (4, 12), (5, 25), (16, 48)])
 def test_chunk_and_segment_sizes(dtype, chunk, segment):
     """Every layout of the two-level scan: one or many chunks per segment, padded last chunk,
-    many segments, and a gradient flowing into the last state."""
+    many segments, and a gradient flowing into the last state; with every option on."""
     g = torch.Generator().manual_seed(chunk * 100 + segment)
-    u, C = torch.randn(2, 6, 71, generator=g, dtype=dtype), torch.randn(2, 3, 5, 71, generator=g, dtype=dtype)
-    delta = torch.rand(2, 6, 71, generator=g, dtype=dtype) * 0.5
-    A, B = -torch.rand(6, 5, generator=g, dtype=dtype) * 3, torch.randn(2, 3, 5, 71, generator=g, dtype=dtype)
-    leaves = [t.requires_grad_() for t in (u, delta, A, B, C)]
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g, dtype=dtype).requires_grad_()
+
+    leaves = [rand(2, 6, 71), rand(2, 6, 71), (-torch.rand(6, 5, generator=g, dtype=dtype) * 3),
+              rand(2, 3, 5, 71), rand(2, 3, 5, 71), rand(6), rand(2, 6, 71), rand(6)]
+    leaves[2].requires_grad_()
+    weights = [torch.randn(2, 6, 71, generator=g, dtype=dtype),
+               torch.randn(2, 6, 5, generator=g, dtype=dtype)]
     results = []
-    for core in (sequential_scan, lambda *a: chunked_scan(*a, chunk=chunk, segment=segment)):
-        y, last = core(*leaves)
-        loss = (y * y.detach().sin()).sum() + (last * last.detach().cos()).sum()
+    for core in (_sequential_with_options,
+                 lambda *a: chunked_scan(*a, chunk=chunk, segment=segment)):
+        y, last = core(*leaves, True)
+        loss = (y * weights[0]).sum() + (last * weights[1]).sum()
         results.append((y, last, *torch.autograd.grad(loss, leaves)))
     for got, want in zip(results[1], results[0]):
         assert relative_error(got, want) < TOLERANCE[dtype]

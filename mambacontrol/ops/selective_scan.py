@@ -69,7 +69,8 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
         A: (D, N) real state matrix (diagonal per channel; negative for a stable scan).
         B: (B, N, L) or (B, G, N, L) input matrix; with G groups, channel d uses group
             d // (D / G).
-        C: (B, N, L) or (B, G, N, L) output matrix, grouped like ``B``.
+        C: (B, N, L) or (B, G', N, L) output matrix, grouped like ``B`` (G' may differ from G
+            for the ``torch`` and ``sequential`` backends).
         D: (D,) skip connection, optional.
         z: (B, D, L) gate, optional: the output is multiplied by ``silu(z)``.
         delta_bias: (D,) added to ``delta`` before the softplus, optional.
@@ -89,7 +90,12 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
         ValueError: an unknown backend.
     """
     _check_shapes(u, delta, A, B, C, D, z, delta_bias)
-    backend = resolve_backend(backend, u)
+    requested, backend = backend, resolve_backend(backend, u)
+    if backend == "cuda" and _groups(B) != _groups(C):  # the kernel needs one group count
+        if requested == "cuda":
+            raise MambaControlError(f"backend='cuda' needs B and C with the same number of groups "
+                                    f"(got {_groups(B)} and {_groups(C)}); use backend='torch'")
+        backend = "torch"
     if backend == "cuda":
         return load_kernel()(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     dtype = torch.float64 if u.dtype == torch.float64 else torch.float32
@@ -140,11 +146,15 @@ def sequential_scan(u: Tensor, delta: Tensor, A: Tensor, Bm: Tensor, Cm: Tensor)
     return torch.stack(ys, dim=-1), h
 
 
+def _groups(m: Tensor) -> int:
+    return m.shape[1] if m.dim() == 4 else 1
+
+
 def _common_groups(B: Tensor, C: Tensor) -> tuple[Tensor, Tensor]:
     """B and C as (Bt, G, N, L) with the same number of groups (the least common multiple)."""
     B = B if B.dim() == 4 else B.unsqueeze(1)
     C = C if C.dim() == 4 else C.unsqueeze(1)
-    groups = math.lcm(B.shape[1], C.shape[1])
+    groups = math.lcm(_groups(B), _groups(C))
     return (B.repeat_interleave(groups // B.shape[1], dim=1),
             C.repeat_interleave(groups // C.shape[1], dim=1))
 

@@ -149,6 +149,18 @@ def test_low_precision_inputs_compute_in_float32():
     assert torch.equal(out, ref.bfloat16()) and torch.equal(last, ref_last)
 
 
+def test_different_group_counts_for_B_and_C():
+    inputs = make_inputs(1, 8, 3, 20, 2, torch.float64, 4,
+                         {"D": False, "z": False, "delta_bias": False, "delta_softplus": False})
+    inputs["C"] = torch.randn(1, 4, 3, 20, dtype=torch.float64, requires_grad=True)
+    ref, ref_grads = run_with_grads(inputs, "sequential", False, True, 4)
+    out, grads = run_with_grads(inputs, "torch", False, True, 4)
+    for o, r in zip(out, ref):
+        assert relative_error(o, r) < 1e-10
+    for name in inputs:
+        assert relative_error(grads[name], ref_grads[name]) < 1e-10
+
+
 def test_inputs_are_not_modified():
     inputs = make_inputs(2, 4, 3, 37, 2, torch.float32, 3,
                          {"D": True, "z": True, "delta_bias": True, "delta_softplus": True})

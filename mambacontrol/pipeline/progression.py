@@ -328,6 +328,7 @@ class ProgressionPipeline:
             out.append(Prediction(y, mean, std, node_ratio, m))
         return out
 
+    @torch.no_grad()
     def _sample_target(self, z_base: torch.Tensor, cov: torch.Tensor, years: float, graph_in,
                        m: int, steps: int, scheduler, generator: torch.Generator,
                        progress: bool) -> tuple[torch.Tensor, np.ndarray | None]:
@@ -360,6 +361,7 @@ class ProgressionPipeline:
                         device=self.device, progress=progress)
         return target, node_ratio
 
+    @torch.no_grad()
     def _decode(self, x_base: torch.Tensor, z_base: torch.Tensor, base_decoded: torch.Tensor | None,
                 target: torch.Tensor, brain: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Decode each sample (one at a time, to bound memory) and reduce to mean and sd."""

@@ -110,13 +110,13 @@ def train_autoencoder(cfg: RunConfig, data: RunData, out: Path, resume: bool,
         l1 = F.l1_loss(rec, x)
         kl = kl_divergence(mu, sigma)
         loss = l1 + t.kl_weight * kl
-        metrics = {"l1": float(l1), "kl": float(kl)}
+        metrics = {"l1": l1.item(), "kl": kl.item()}
         if gan is not None and step >= t.adversarial_start:
             disc = mods["discriminator"]
             g_adv = disc.generator_term(rec)
             d_loss = disc.discriminator_term(x, rec)
             loss = loss + t.adversarial_weight * g_adv + d_loss
-            metrics.update(adv_g=float(g_adv), adv_d=float(d_loss))
+            metrics.update(adv_g=g_adv.item(), adv_d=d_loss.item())
         return loss, metrics
 
     trainer = Trainer("autoencoder", models, optimizer, step_fn, batches, out, steps=t.steps,

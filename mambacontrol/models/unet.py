@@ -12,7 +12,6 @@ from torch import nn
 from mambacontrol.data.covariates import NUM_COVARIATES
 from mambacontrol.nn.component import Component
 
-
 TARGETS = ("delta", "absolute")
 
 

@@ -18,7 +18,12 @@ from pathlib import Path
 
 from mambacontrol.errors import ConfigError, ModelError
 from mambacontrol.io import write_text_atomic
-from mambacontrol.training.config import config_differences, config_to_dict, dump_config, load_config
+from mambacontrol.training.config import (
+    config_differences,
+    config_to_dict,
+    dump_config,
+    load_config,
+)
 from mambacontrol.training.engine import StageSummary, read_stage_summary, write_stage_summary
 from mambacontrol.training.run_config import RunConfig
 
@@ -143,7 +148,11 @@ class TrainingRun:
         from mambacontrol.models.autoencoder import Autoencoder
         from mambacontrol.models.controlnet import MambaControlNet
         from mambacontrol.models.unet import DenoisingUNet
-        from mambacontrol.pipeline.progression import INDEX_NAME, ProgressionPipeline, SamplingDefaults
+        from mambacontrol.pipeline.progression import (
+            INDEX_NAME,
+            ProgressionPipeline,
+            SamplingDefaults,
+        )
         from mambacontrol.training.stage_diffusion import noise_schedule
 
         parts = {}

@@ -23,9 +23,9 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from mambacontrol.models.autoencoder import Autoencoder
+from mambacontrol.training.common import engine_settings, make_optimizer
 from mambacontrol.training.data import RunData
 from mambacontrol.training.data_order import ResumableBatches
-from mambacontrol.training.common import engine_settings, make_optimizer
 from mambacontrol.training.engine import StageSummary, Trainer, TrainingDivergedError
 from mambacontrol.training.run_config import RunConfig
 

@@ -11,10 +11,10 @@ import sys
 from collections.abc import Sequence
 
 from mambacontrol._version import __version__
-from mambacontrol.cli import atlas_cmd, demo_cmd, manifest_cmd, synth_cmd
+from mambacontrol.cli import atlas_cmd, demo_cmd, manifest_cmd, synth_cmd, train_cmd
 from mambacontrol.errors import MambaControlError
 
-COMMANDS = (atlas_cmd, manifest_cmd, synth_cmd, demo_cmd)
+COMMANDS = (atlas_cmd, manifest_cmd, synth_cmd, train_cmd, demo_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,7 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may follow options (`train all --config X a.b=1`); argparse leaves them
+    if extra and hasattr(args, "overrides") and not any(e.startswith("-") for e in extra):
+        args.overrides = list(args.overrides) + extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

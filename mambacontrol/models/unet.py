@@ -12,6 +12,8 @@ from torch import nn
 from mambacontrol.data.covariates import NUM_COVARIATES
 from mambacontrol.nn.component import Component
 
+TARGETS = ("delta", "absolute")
+
 
 def covariate_mlp(num_covariates: int, width: int) -> nn.Sequential:
     """Two-layer MLP embedding (B, K) covariates into (B, width)."""
@@ -36,6 +38,10 @@ class DenoisingUNet(Component):
         context_dim: width of the context tokens (graph tokens must have this width).
         transformer_num_layers: transformer layers per attention block.
         num_covariates: length of the covariate vector.
+        target: what the diffusion generates: ``delta`` (the latent change z_follow − z_base) or
+            ``absolute`` (the follow-up latent).
+        target_scale: multiplies the target so it has unit variance; computed once from the
+            training pairs and saved (:meth:`set_target_scale`).
     """
 
     @register_to_config
@@ -43,9 +49,14 @@ class DenoisingUNet(Component):
                  channels: Sequence[int] = (64, 128, 128),
                  attention_levels: Sequence[bool] = (False, True, True), num_res_blocks: int = 1,
                  norm_num_groups: int = 16, num_head_channels: int = 32, context_dim: int = 64,
-                 transformer_num_layers: int = 1, num_covariates: int = NUM_COVARIATES):
+                 transformer_num_layers: int = 1, num_covariates: int = NUM_COVARIATES,
+                 target: str = "delta", target_scale: float = 1.0):
         super().__init__()
         channels = tuple(int(c) for c in channels)
+        if target not in TARGETS:
+            raise ValueError(f"target '{target}' is not one of {', '.join(TARGETS)}")
+        if not target_scale > 0:
+            raise ValueError(f"target_scale must be > 0, got {target_scale}")
         if len(attention_levels) != len(channels):
             raise ValueError(f"attention_levels has {len(attention_levels)} entries for "
                              f"{len(channels)} levels (channels={channels})")
@@ -60,6 +71,22 @@ class DenoisingUNet(Component):
             norm_num_groups=norm_num_groups, num_head_channels=num_head_channels,
             with_conditioning=True, cross_attention_dim=context_dim,
             transformer_num_layers=transformer_num_layers)
+
+    def set_target_scale(self, value: float) -> None:
+        """Record the target scale (1 / std of the training targets) in the saved config."""
+        if not value > 0:
+            raise ValueError(f"target_scale must be > 0, got {value}")
+        self.register_to_config(target_scale=float(value))
+
+    def target_from_latents(self, z_base: torch.Tensor, z_follow: torch.Tensor) -> torch.Tensor:
+        """The scaled diffusion target for a pair of (B, C_z, x, y, z) latents."""
+        raw = z_follow - z_base if self.config.target == "delta" else z_follow
+        return raw * self.config.target_scale
+
+    def latents_from_target(self, z_base: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The follow-up latent from a (scaled) generated target; inverts :meth:`target_from_latents`."""
+        raw = target / self.config.target_scale
+        return z_base + raw if self.config.target == "delta" else raw
 
     @property
     def input_channels(self) -> int:

@@ -1,0 +1,246 @@
+"""Speed and memory of the selective scan and of MambaBlock3d, printed as markdown tables.
+
+Every measurement runs in a fresh process (so its peak memory is its own): wall-clock time of
+forward + backward, the best of ``--repeats`` after one warm-up, and the peak resident memory
+above what the process held before its first forward pass.
+
+    # the scan: ours (backend "torch") vs "sequential" vs mambapy's parallel scan
+    .venv/bin/pip install --target /tmp/mambapy-bench mambapy --no-deps   # never a dependency
+    .venv/bin/python benchmarks/bench_mamba.py scan --mambapy /tmp/mambapy-bench
+
+    # MambaBlock3d vs self-attention blocks of the same width (fused and explicit attention)
+    .venv/bin/python benchmarks/bench_mamba.py block --grids 8 16 24 32 --channels 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import multiprocessing
+import os
+import platform
+import resource
+import sys
+import time
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+
+
+def timed(step, repeats: int) -> tuple[float, float]:
+    """(best seconds, peak MB above the starting RSS) of ``step()`` run 1 + ``repeats`` times."""
+    before = peak_rss_mb()
+    step()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        best = min(best, time.perf_counter() - start)
+    return best, peak_rss_mb() - before
+
+
+# ----------------------------------------------------------------------------- scan
+
+
+def scan_inputs(batch, dim, dstate, length, seed=0):
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "u": torch.randn(batch, dim, length, generator=g),
+        "delta": torch.nn.functional.softplus(torch.randn(batch, dim, length, generator=g) - 3),
+        "A": -torch.exp(torch.randn(dim, dstate, generator=g) * 0.5),
+        "B": torch.randn(batch, dstate, length, generator=g),
+        "C": torch.randn(batch, dstate, length, generator=g),
+        "D": torch.randn(dim, generator=g),
+    }
+
+
+def mambapy_scan(mambapy_path):
+    """mambapy's own selective scan (``MambaBlock.selective_scan``, which calls its ``pscan``) on
+    our (B, D, L) layout; it works in (B, L, D), so the inputs are transposed first."""
+    sys.path.insert(0, mambapy_path)
+    from mambapy.mamba import MambaBlock
+
+    def run(u, delta, A, B, C, D):
+        y = MambaBlock.selective_scan(None, u.mT, delta.mT, A, B.mT, C.mT, D)
+        return y.mT
+
+    return run
+
+
+def measure_scan(method, batch, dim, dstate, length, repeats, threads, mambapy_path):
+    import torch
+
+    torch.set_num_threads(threads)
+    inputs = {k: v.requires_grad_() for k, v in scan_inputs(batch, dim, dstate, length).items()}
+    if method == "mambapy":
+        run = mambapy_scan(mambapy_path)
+    else:
+        from mambacontrol.ops import selective_scan
+
+        def run(u, delta, A, B, C, D):
+            return selective_scan(u, delta, A, B, C, D=D, backend=method)
+
+    weight = torch.randn(batch, dim, length)
+
+    def step():
+        y = run(**inputs)
+        torch.autograd.grad((y * weight).sum(), list(inputs.values()))
+
+    return timed(step, repeats)
+
+
+# ---------------------------------------------------------------------------- block
+
+
+def attention_block(channels, fused, head_dim=32):
+    """x + MultiHeadAttention(LayerNorm(x)) over the voxels: with PyTorch's fused attention
+    (``scaled_dot_product_attention``, memory linear in the tokens) or written out as
+    softmax(Q K^T / sqrt(d)) V (memory quadratic, as MONAI's ``SABlock`` by default)."""
+    import torch
+    from torch import nn
+
+    class AttentionBlock3d(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.heads = max(1, channels // head_dim)
+            self.norm = nn.LayerNorm(channels)
+            self.qkv = nn.Linear(channels, 3 * channels)
+            self.out = nn.Linear(channels, channels)
+
+        def forward(self, x):
+            tokens = self.norm(x.flatten(2).mT)
+            q, k, v = self.qkv(tokens).unflatten(-1, (3, self.heads, -1)).permute(2, 0, 3, 1, 4)
+            if fused:
+                y = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+            else:
+                weights = torch.softmax(q @ k.mT * q.shape[-1] ** -0.5, dim=-1)
+                y = weights @ v
+            y = self.out(y.transpose(1, 2).flatten(2))
+            return x + y.mT.reshape(x.shape)
+
+    return AttentionBlock3d()
+
+
+def measure_block(method, channels, grid, batch, repeats, threads, directions):
+    import torch
+
+    from mambacontrol.nn import MambaBlock3d
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    if method == "mamba":
+        block = MambaBlock3d(channels, directions=directions, backend="torch")
+    else:
+        block = attention_block(channels, fused=method == "fused attention")
+    x = torch.randn(batch, channels, *grid, requires_grad=True)
+
+    def step():
+        block.zero_grad(set_to_none=True)
+        block(x).square().mean().backward()
+
+    return timed(step, repeats)
+
+
+# ------------------------------------------------------------------------------ main
+
+
+def in_fresh_process(fn, *args):
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+        return pool.submit(fn, *args).result()
+
+
+def header(args) -> str:
+    load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    return (f"machine: {platform.machine()} {os.cpu_count()} cores, torch threads {args.threads}; "
+            f"load average before: {load}")
+
+
+def run_scan(args):
+    methods = ["torch", "sequential"] + (["mambapy"] if args.mambapy else [])
+    print(header(args))
+    print(f"\nselective scan forward + backward, B={args.batch}, D={args.dim}, N={args.dstate}, "
+          f"best of {args.repeats}: seconds (peak MB)\n")
+    print("| L | " + " | ".join(methods) + " | mambapy / ours |")
+    print("|---" * (len(methods) + 2) + "|")
+    times = {}
+    for length in args.lengths:
+        cells = []
+        for method in methods:
+            if method == "sequential" and length > args.sequential_max:
+                cells.append("not run")
+                continue
+            sec, mb = in_fresh_process(measure_scan, method, args.batch, args.dim, args.dstate,
+                                       length, args.repeats, args.threads, args.mambapy)
+            times[method, length] = sec
+            cells.append(f"{sec:.3f} ({mb:.0f})")
+        ratio = (f"{times['mambapy', length] / times['torch', length]:.1f}x"
+                 if ("mambapy", length) in times else "")
+        print(f"| {length} | " + " | ".join(cells) + f" | {ratio} |", flush=True)
+    lengths = sorted(args.lengths)
+    for a, b in zip(lengths, lengths[1:]):
+        print(f"\nours: time({b}) / time({a}) = {times['torch', b] / times['torch', a]:.2f}")
+    print(f"load average after: {', '.join(f'{v:.2f}' for v in os.getloadavg())}")
+
+
+def run_block(args):
+    directions = tuple(args.directions)
+    methods = ("fused attention", "explicit attention", "mamba")
+    print(header(args))
+    print(f"\nblock forward + backward, B={args.batch}, C={args.channels}, Mamba directions "
+          f"{','.join(directions)}, best of {args.repeats}: seconds (peak MB)\n")
+    print("| grid | tokens | self-attention, fused | self-attention, explicit | MambaBlock3d "
+          "| fused attention / Mamba |")
+    print("|---|---|---|---|---|---|")
+    times = {}
+    for size in args.grids:
+        grid, tokens = (size, size, size), size ** 3
+        cells = []
+        for method in methods:
+            if method == "explicit attention" and tokens > args.explicit_max_tokens:
+                cells.append("not run")
+                continue
+            sec, mb = in_fresh_process(measure_block, method, args.channels, grid, args.batch,
+                                       args.repeats, args.threads, directions)
+            times[method, size] = sec
+            cells.append(f"{sec:.3f} ({mb:.0f})")
+        ratio = times["fused attention", size] / times["mamba", size]
+        print(f"| {size}³ | {tokens} | " + " | ".join(cells) + f" | {ratio:.2f} |", flush=True)
+    sizes = sorted(args.grids)
+    for a, b in zip(sizes, sizes[1:]):
+        print(f"\nMamba: time({b}³) / time({a}³) = {times['mamba', b] / times['mamba', a]:.2f} "
+              f"for {b ** 3 / a ** 3:.2f}x the tokens")
+    print(f"load average after: {', '.join(f'{v:.2f}' for v in os.getloadavg())}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    scan = sub.add_parser("scan", help="selective scan: ours vs sequential vs mambapy")
+    scan.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096, 16384])
+    scan.add_argument("--batch", type=int, default=2)
+    scan.add_argument("--dim", type=int, default=128)
+    scan.add_argument("--dstate", type=int, default=16)
+    scan.add_argument("--mambapy", metavar="PATH",
+                      help="folder holding the mambapy package (pip install --target PATH mambapy)")
+    scan.add_argument("--sequential-max", type=int, default=16384,
+                      help="skip the sequential backend above this length")
+    block = sub.add_parser("block", help="MambaBlock3d vs self-attention blocks")
+    block.add_argument("--grids", type=int, nargs="+", default=[8, 16, 24, 32])
+    block.add_argument("--channels", type=int, default=64)
+    block.add_argument("--batch", type=int, default=1)
+    block.add_argument("--directions", nargs="+", default=["x+", "x-", "y+", "y-", "z+", "z-"])
+    block.add_argument("--explicit-max-tokens", type=int, default=8192,
+                       help="skip the explicit (quadratic-memory) attention above this many tokens")
+    for p in (scan, block):
+        p.add_argument("--repeats", type=int, default=3)
+        p.add_argument("--threads", type=int, default=os.cpu_count())
+    args = parser.parse_args(argv)
+    (run_scan if args.what == "scan" else run_block)(args)
+
+
+if __name__ == "__main__":
+    main()

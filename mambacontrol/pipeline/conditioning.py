@@ -1,0 +1,93 @@
+"""What steers the denoiser, built one way for training and for inference.
+
+- the UNet's cross-attention context: a covariate token and the graph encoder's pooled tokens;
+- the ControlNet's hint on the latent grid: the baseline latent ⊕ the graph's node embeddings
+  painted onto the latent grid through the baseline's labels ⊕ a constant Δt map.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mambacontrol.data.covariates import CovariateNorm
+
+
+@dataclass(eq=False)
+class GraphScanInputs:
+    """A scan's inputs to the graph encoder.
+
+    Attributes:
+        features: (R, F) raw node features (``mambacontrol.graph.node_features``).
+        assignment: (x, y, z) int64 node index of each latent voxel (−1 background), the
+            majority node of its block of image voxels.
+    """
+
+    features: torch.Tensor
+    assignment: torch.Tensor
+
+
+def graph_scan_inputs(image: np.ndarray, labels: np.ndarray, graph, factor: int,
+                      affine: np.ndarray | None = None) -> GraphScanInputs:
+    """Node features and the latent-grid node assignment of one scan.
+
+    Args:
+        image: (X, Y, Z) normalised image on the graph's grid.
+        labels: (X, Y, Z) atlas label ids.
+        graph: the :class:`~mambacontrol.graph.AnatomyGraph`.
+        factor: image grid size / latent grid size.
+        affine: the image's affine (default: the graph's grid).
+    """
+    from mambacontrol.graph import majority_nodes, node_features
+
+    feats = node_features(image, labels, graph, affine)
+    return GraphScanInputs(torch.from_numpy(np.asarray(feats, dtype=np.float32)),
+                           majority_nodes(labels, graph, factor))
+
+
+def delta_t_map(years: torch.Tensor, norm: CovariateNorm, like: torch.Tensor) -> torch.Tensor:
+    """(B,) horizons -> (B, 1, x, y, z) constant maps of the normalised horizon, shaped like ``like``."""
+    b = like.shape[0]
+    yrs = years.to(like.device, like.dtype).reshape(-1)
+    if yrs.numel() == 1:
+        yrs = yrs.expand(b)
+    return (yrs / norm.years_scale).view(b, 1, 1, 1, 1).expand(b, 1, *like.shape[2:])
+
+
+def hint_channels(latent_channels: int, graph_dim: int) -> int:
+    """Channels of the ControlNet hint: latent + graph embedding (0 without a graph) + Δt."""
+    return latent_channels + graph_dim + 1
+
+
+def build_hint(z_base: torch.Tensor, years: torch.Tensor, norm: CovariateNorm,
+               graph_map: torch.Tensor | None) -> torch.Tensor:
+    """(B, C_z, x, y, z) baseline latent ⊕ (B, E, x, y, z) graph map ⊕ Δt map -> the hint."""
+    parts = [z_base]
+    if graph_map is not None:
+        if graph_map.shape[2:] != z_base.shape[2:]:
+            raise ValueError(f"graph map grid {tuple(graph_map.shape[2:])} differs from the latent "
+                             f"grid {tuple(z_base.shape[2:])}")
+        parts.append(graph_map.to(z_base.dtype))
+    parts.append(delta_t_map(years, norm, z_base))
+    return torch.cat(parts, dim=1)
+
+
+def encode_graph(encoder, features: torch.Tensor, assignment: torch.Tensor,
+                 covariates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Run the graph encoder and paint its node embeddings onto the latent grid.
+
+    Args:
+        encoder: a :class:`~mambacontrol.graph.GraphEncoder`.
+        features: (B, R, F) raw node features.
+        assignment: (B, x, y, z) or (x, y, z) node index per latent voxel.
+        covariates: (B, 6).
+
+    Returns:
+        node embeddings (B, R, E), pooled tokens (B, T, E), graph map (B, E, x, y, z).
+    """
+    from mambacontrol.graph import rasterize
+
+    nodes, tokens = encoder(features, covariates)
+    return nodes, tokens, rasterize(nodes, assignment.to(nodes.device))

@@ -1,0 +1,180 @@
+"""Bring a scan onto the model's atlas grid: image, brain mask, labels, and the way back.
+
+A scan already on the atlas grid (the synthetic cohort, or data preprocessed by us earlier) is
+used as it is: brain-extracted, intensity-normalised. Any other scan is affinely registered to the
+atlas template (:func:`mambacontrol.registration.align_to_atlas`); its labels come from its own
+segmentation carried along the same transform, or, without one, from the atlas by deformable
+registration (:func:`mambacontrol.registration.propagate_labels`). For training and evaluation,
+:func:`prepare_manifest` does this once per scan and writes the results as NIfTI on the grid, so
+every later step reads scans that are already on the grid.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+from tqdm.auto import tqdm
+
+from mambacontrol.atlas import Atlas
+from mambacontrol.data import Manifest, normalize_intensity
+from mambacontrol.errors import InputFileError
+from mambacontrol.io import Grid, Volume, load_nifti, save_nifti
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class PreparedScan:
+    """A scan on the atlas grid.
+
+    Attributes:
+        image: (X, Y, Z) float32, brain-extracted and normalised to [0, 1].
+        mask: (X, Y, Z) bool brain mask.
+        labels: (X, Y, Z) int32 atlas label ids.
+        label_source: ``segmentation`` (the scan's own) or ``propagated`` (atlas by registration).
+        transform: the map back to the scan's own space, as
+            :meth:`AtlasTransform.to_dict` (None when the scan was already on the grid).
+        similarity: the registration's similarity to the template (None when not registered).
+    """
+
+    image: np.ndarray
+    mask: np.ndarray
+    labels: np.ndarray
+    label_source: str
+    transform: dict | None = None
+    similarity: float | None = None
+
+    def to_native(self, array: np.ndarray, order: int = 1, native: Volume | None = None) -> Volume:
+        """Map an (X, Y, Z) array on the atlas grid into the scan's own space.
+
+        For a scan that was already on the grid, that is the array itself with the grid's affine
+        (``native`` gives it).
+        """
+        if self.transform is None:
+            if native is None:
+                raise ValueError("a scan prepared on the atlas grid needs its own volume to map back")
+            return Volume(np.asarray(array), native.affine.copy())
+        from mambacontrol.registration import AtlasTransform
+
+        return AtlasTransform.from_dict(self.transform).to_native(array, order)
+
+
+def load_on_grid(image_path: str | os.PathLike, segm_path: str | os.PathLike,
+                 mask_path: str | os.PathLike | None, atlas: Atlas) -> PreparedScan:
+    """A scan already prepared on the atlas grid (image, labels, optional mask file).
+
+    Raises:
+        InputFileError: when a file is bad or not on the atlas grid.
+    """
+    image = load_nifti(image_path)
+    labels = load_nifti(segm_path, labels=True)
+    for vol, p in ((image, image_path), (labels, segm_path)):
+        if not Grid.of(vol).same_as(atlas.grid):
+            raise InputFileError(f"{p}: grid {vol.shape} is not the atlas grid {atlas.grid.shape} "
+                                 f"({atlas.id} {atlas.grid_name}); prepare the scan first")
+    if mask_path:
+        mask = load_nifti(mask_path, labels=True).data > 0
+    else:
+        mask = on_grid_mask(image.data, labels.data)
+    img = np.asarray(image.data, dtype=np.float32)
+    if img.min() < 0 or img.max() > 1:
+        img = normalize_intensity(img, mask)
+    return PreparedScan(img, mask, labels.data.astype(np.int32), "segmentation")
+
+
+def on_grid_mask(image: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
+    """Brain mask of a brain-extracted scan on the grid: non-zero voxels (and labelled ones),
+    holes filled."""
+    support = np.asarray(image) != 0
+    if labels is not None:
+        support |= np.asarray(labels) > 0
+    return ndimage.binary_fill_holes(support)
+
+
+def prepare_scan(image_path: str | os.PathLike, atlas: Atlas,
+                 segm_path: str | os.PathLike | None = None, *, seed: int = 0) -> PreparedScan:
+    """Load a scan (and optional segmentation) and bring both onto ``atlas.grid``.
+
+    Raises:
+        InputFileError: for a bad file (see :func:`mambacontrol.io.load_nifti`) or a segmentation
+            that does not overlay its scan.
+        RegistrationError: when the scan does not register to the template.
+    """
+    scan = load_nifti(image_path)
+    seg = load_nifti(segm_path, labels=True) if segm_path else None
+    if Grid.of(scan).same_as(atlas.grid):
+        if seg is not None and not Grid.of(seg).same_as(atlas.grid):
+            raise InputFileError(f"{segm_path}: segmentation grid {seg.shape} differs from its scan's "
+                                 f"(the atlas grid {atlas.grid.shape}); give them on one grid")
+        image = np.asarray(scan.data, dtype=np.float32)
+        mask = on_grid_mask(image, seg.data if seg is not None else None)
+        if image.min() < 0 or image.max() > 1:
+            image = normalize_intensity(image, mask)
+        if seg is not None:
+            return PreparedScan(image, mask, seg.data.astype(np.int32), "segmentation")
+        from mambacontrol.registration import propagate_labels
+
+        labels = propagate_labels(image, atlas, seed=seed)
+        return PreparedScan(image, mask, np.where(mask, labels, 0).astype(np.int32), "propagated")
+
+    from mambacontrol.registration import align_to_atlas, propagate_labels
+
+    aligned = align_to_atlas(scan, atlas, seed=seed)
+    if seg is not None:
+        labels = aligned.transform.to_atlas(seg, order=0).astype(np.int32)
+        source = "segmentation"
+    else:
+        labels = propagate_labels(aligned.image, atlas, seed=seed)
+        source = "propagated"
+    labels = np.where(aligned.mask, labels, 0).astype(np.int32)
+    return PreparedScan(aligned.image.astype(np.float32), aligned.mask, labels, source,
+                        aligned.transform.to_dict(), float(aligned.similarity))
+
+
+def prepare_manifest(manifest: Manifest, atlas: Atlas, folder: str | os.PathLike, *,
+                     seed: int = 0) -> Manifest:
+    """A manifest whose every scan is on the atlas grid, with its labels.
+
+    Visits already on the grid with a segmentation are kept as they are. Every other visit is
+    prepared once (:func:`prepare_scan`) into ``folder`` as ``<uid>_t1.nii.gz``,
+    ``<uid>_labels.nii.gz`` and ``<uid>_mask.nii.gz``; a visit whose three files exist is not
+    prepared again. Extra columns (ground truth) are kept; ``mask_path`` points to the mask.
+
+    Raises:
+        InputFileError, RegistrationError: naming the scan that could not be prepared.
+    """
+    out = Path(folder)
+    visits = []
+    todo = {v.image_uid for v in manifest
+            if not (v.segm_path is not None and scan_on_grid(v.image_path, atlas.grid))}
+    for v in tqdm(manifest.visits, desc="preparing scans", disable=None if todo else True, leave=False):
+        if v.image_uid not in todo:
+            visits.append(v)
+            continue
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in v.image_uid)
+        paths = {k: out / f"{safe}_{k}.nii.gz" for k in ("t1", "labels", "mask")}
+        if not all(p.is_file() for p in paths.values()):
+            scan = prepare_scan(v.image_path, atlas, v.segm_path, seed=seed)
+            save_nifti(paths["mask"], scan.mask.astype(np.uint8), atlas.grid.affine, dtype=np.uint8)
+            save_nifti(paths["labels"], scan.labels, atlas.grid.affine, dtype=np.int16)
+            save_nifti(paths["t1"], scan.image, atlas.grid.affine)
+        extra = dict(v.extra)
+        extra["mask_path"] = str(paths["mask"].resolve())
+        visits.append(replace(v, image_path=paths["t1"], segm_path=paths["labels"], extra=extra))
+    return Manifest(visits, manifest.path)
+
+
+def scan_on_grid(path: str | os.PathLike, grid: Grid) -> bool:
+    """Whether a NIfTI file's header puts it on ``grid`` (reads the header only)."""
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(path))
+    except Exception:  # noqa: BLE001 - unreadable files are reported by load_nifti later
+        return False
+    return Grid(tuple(int(s) for s in img.shape[:3]), np.asarray(img.affine)).same_as(grid)

@@ -1,0 +1,384 @@
+"""ProgressionPipeline: a trained model's components, and prediction of follow-up scans.
+
+One call predicts several horizons for one baseline scan, reusing its encoding:
+
+1. encode the baseline image: ``z_base`` (B, C_z, x, y, z);
+2. graph: node features of the baseline (image + labels) → node embeddings, pooled tokens, and
+   the embeddings painted onto the latent grid through the labels;
+3. for each horizon Δt: ControlNet hint = ``z_base`` ⊕ graph map ⊕ Δt map, context = covariate
+   token ⊕ graph tokens; draw M samples of the target (the latent change) with the sampler;
+4. decode: ``x̂ = x_base + D(z_base + Δẑ) − D(z_base)`` (difference of decodes, which cancels the
+   autoencoder's reconstruction error; ``decode="direct"`` gives ``D(z_base + Δẑ)``); the mean of
+   the M samples is the prediction, their voxel-wise standard deviation the uncertainty;
+5. the trajectory head's regional prediction (log volume ratio per graph node).
+
+A model directory holds ``model_index.json`` and one folder per component (``config.json`` +
+``diffusion_pytorch_model.safetensors``); the index names the components, the package version,
+the atlas (id, grid, checksum), the noise schedule and the sampling defaults.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mambacontrol._version import __version__
+from mambacontrol.atlas import Atlas, load_atlas
+from mambacontrol.data.covariates import CovariateNorm, encode_covariates
+from mambacontrol.errors import MambaControlError, ModelError
+from mambacontrol.io import write_text_atomic
+from mambacontrol.models.autoencoder import Autoencoder
+from mambacontrol.models.controlnet import MambaControlNet
+from mambacontrol.models.schedulers import SAMPLERS, NoiseSchedule, sampling_scheduler
+from mambacontrol.models.unet import DenoisingUNet
+from mambacontrol.pipeline.conditioning import build_hint, encode_graph, graph_scan_inputs
+from mambacontrol.pipeline.sampling import sample
+
+log = logging.getLogger(__name__)
+
+INDEX_NAME = "model_index.json"
+DECODE_MODES = ("difference", "direct")
+
+
+@dataclass
+class SamplingDefaults:
+    """Sampling settings saved with a model (each can be overridden per call)."""
+
+    sampler: str = "ddim"
+    num_inference_steps: int = 25
+    num_samples: int = 4
+    decode: str = "difference"
+
+    def __post_init__(self):
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler '{self.sampler}' is not one of {', '.join(SAMPLERS)}")
+        if self.decode not in DECODE_MODES:
+            raise ValueError(f"decode '{self.decode}' is not one of {', '.join(DECODE_MODES)}")
+        if self.num_inference_steps < 1 or self.num_samples < 1:
+            raise ValueError("num_inference_steps and num_samples must be ≥ 1")
+
+
+@dataclass(eq=False)
+class Prediction:
+    """The predicted follow-up of one baseline at one horizon, on the model grid.
+
+    Attributes:
+        years: the horizon Δt.
+        image: (X, Y, Z) float32 mean of the samples (zero outside the brain mask).
+        uncertainty: (X, Y, Z) float32 voxel-wise standard deviation of the samples.
+        node_log_ratio: (R,) the trajectory head's predicted log volume ratio per graph node
+            (None without a head).
+        num_samples: M.
+    """
+
+    years: float
+    image: np.ndarray
+    uncertainty: np.ndarray
+    node_log_ratio: np.ndarray | None = None
+    num_samples: int = 1
+    extra: dict = field(default_factory=dict)
+
+
+class ProgressionPipeline:
+    """The components of a trained model.
+
+    Args:
+        autoencoder: the image autoencoder.
+        unet: the latent denoiser.
+        schedule: the forward noise process both were trained with.
+        atlas: the atlas (and grid) the model works on.
+        controlnet: the Mamba ControlNet (None: UNet only).
+        graph_encoder: graph encoder (None: no graph conditioning).
+        trajectory_head: regional trajectory head (None: no regional prediction).
+        covariate_norm: covariate normalisation used in training.
+        sampling: sampling defaults.
+    """
+
+    def __init__(self, autoencoder: Autoencoder, unet: DenoisingUNet, schedule: NoiseSchedule,
+                 atlas: Atlas, controlnet: MambaControlNet | None = None, graph_encoder=None,
+                 trajectory_head=None, covariate_norm: CovariateNorm | None = None,
+                 sampling: SamplingDefaults | None = None):
+        self.autoencoder = autoencoder.eval()
+        self.unet = unet.eval()
+        self.controlnet = controlnet.eval() if controlnet is not None else None
+        self.graph_encoder = graph_encoder.eval() if graph_encoder is not None else None
+        self.trajectory_head = trajectory_head.eval() if trajectory_head is not None else None
+        self.schedule = schedule
+        self.atlas = atlas
+        self.covariate_norm = covariate_norm or CovariateNorm()
+        self.sampling = sampling or SamplingDefaults()
+        self._graph = None
+        self._check_compatible()
+
+    # ---- construction, saving, loading -------------------------------------------------------
+    def _check_compatible(self) -> None:
+        if self.unet.config.latent_channels != self.autoencoder.config.latent_channels:
+            raise ModelError(f"UNet latent_channels {self.unet.config.latent_channels} differ from the "
+                             f"autoencoder's {self.autoencoder.config.latent_channels}")
+        self.autoencoder.check_shape(self.atlas.grid.shape)
+        latent = [s // self.autoencoder.downsample_factor for s in self.atlas.grid.shape]
+        if any(s % self.unet.downsample_factor for s in latent):
+            raise ModelError(f"latent grid {tuple(latent)} is not divisible by the UNet's "
+                             f"downsampling factor {self.unet.downsample_factor}")
+        if self.trajectory_head is not None and self.graph_encoder is None:
+            raise ModelError("a trajectory head needs the graph encoder it was trained with")
+        if self.graph_encoder is not None:
+            self.graph_encoder.check_graph(self.graph)
+        if self.trajectory_head is not None:
+            self.trajectory_head.check_graph(self.graph)
+
+    @property
+    def graph(self):
+        """The anatomy graph the graph encoder was built for (None without one)."""
+        if self.graph_encoder is None:
+            return None
+        if self._graph is None:
+            from mambacontrol.graph import AnatomyGraph
+
+            ident = self.graph_encoder.config.graph or {}
+            self._graph = AnatomyGraph.from_atlas(
+                self.atlas, grouping=ident.get("grouping", "region"),
+                homologue_edges=ident.get("homologue_edges", True),
+                homologue_weight=ident.get("homologue_weight"))
+        return self._graph
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    def to(self, device: str | torch.device) -> ProgressionPipeline:
+        for m in (self.autoencoder, self.unet, self.controlnet, self.graph_encoder, self.trajectory_head):
+            if m is not None:
+                m.to(device)
+        return self
+
+    def index(self) -> dict:
+        """The contents of ``model_index.json``."""
+        comps = {"autoencoder": "Autoencoder", "unet": "DenoisingUNet"}
+        if self.controlnet is not None:
+            comps["controlnet"] = "MambaControlNet"
+        if self.graph_encoder is not None:
+            comps["graph_encoder"] = "GraphEncoder"
+        if self.trajectory_head is not None:
+            comps["trajectory_head"] = "TrajectoryHead"
+        return {
+            "_class_name": "ProgressionPipeline",
+            "mambacontrol_version": __version__,
+            "components": comps,
+            "atlas": {"id": self.atlas.id, "grid": self.atlas.grid_name, "checksum": self.atlas.checksum},
+            "grid": self.atlas.grid.to_dict(),
+            "noise_schedule": self.schedule.to_dict(),
+            "covariate_norm": self.covariate_norm.to_dict(),
+            "sampling": dict(self.sampling.__dict__),
+        }
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write every component and ``model_index.json`` (last, so a folder with an index is complete)."""
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        for name in self.index()["components"]:
+            getattr(self, name).save(out / name)
+        write_text_atomic(out / INDEX_NAME, json.dumps(self.index(), indent=2) + "\n")
+        return out
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike,
+                        device: str | torch.device = "cpu") -> ProgressionPipeline:
+        """Load a model directory.
+
+        Raises:
+            ModelError: when the folder is not a model, a component is missing or corrupt, or the
+                model was trained on an atlas or grid that differs from the installed one.
+        """
+        folder = Path(directory)
+        idx_path = folder / INDEX_NAME
+        if not idx_path.is_file():
+            raise ModelError(f"{folder}: not a mambacontrol model (no {INDEX_NAME}); point --model to "
+                             "a training run's output folder")
+        try:
+            idx = json.loads(idx_path.read_text())
+            comps = idx["components"]
+            atlas_info = idx["atlas"]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ModelError(f"{idx_path}: corrupt model index ({exc}); re-save the model") from None
+        try:
+            atlas = load_atlas(atlas_info["id"], atlas_info["grid"])
+        except MambaControlError as exc:
+            raise ModelError(f"{folder}: the model was trained on atlas {atlas_info['id']} grid "
+                             f"{atlas_info['grid']}, which is not installed ({exc})") from None
+        if atlas.checksum != atlas_info["checksum"]:
+            raise ModelError(f"{folder}: the model was trained on another version of atlas "
+                             f"{atlas.id} grid {atlas.grid_name} (checksum differs); retrain or "
+                             "install the matching atlas")
+        from mambacontrol.graph import GraphEncoder, TrajectoryHead
+
+        classes = {"autoencoder": Autoencoder, "unet": DenoisingUNet, "controlnet": MambaControlNet,
+                   "graph_encoder": GraphEncoder, "trajectory_head": TrajectoryHead}
+        unknown = sorted(set(comps) - set(classes))
+        if unknown or "autoencoder" not in comps or "unet" not in comps:
+            raise ModelError(f"{idx_path}: components {sorted(comps)} are not a ProgressionPipeline's")
+        loaded = {name: classes[name].load(folder / name, device) for name in comps}
+        try:
+            schedule = NoiseSchedule(**idx["noise_schedule"])
+            sampling = SamplingDefaults(**idx.get("sampling", {}))
+        except (TypeError, ValueError) as exc:
+            raise ModelError(f"{idx_path}: invalid settings ({exc})") from None
+        return cls(loaded["autoencoder"], loaded["unet"], schedule, atlas,
+                   controlnet=loaded.get("controlnet"), graph_encoder=loaded.get("graph_encoder"),
+                   trajectory_head=loaded.get("trajectory_head"),
+                   covariate_norm=CovariateNorm.from_dict(idx.get("covariate_norm")), sampling=sampling)
+
+    # ---- prediction ---------------------------------------------------------------------------
+    def _check_inputs(self, image: np.ndarray, labels: np.ndarray | None, age: float,
+                      years: Sequence[float]) -> None:
+        shape = tuple(self.atlas.grid.shape)
+        if tuple(np.shape(image)) != shape:
+            raise MambaControlError(f"image shape {np.shape(image)} is not the model grid {shape}; "
+                                    "prepare the scan first (mambacontrol.pipeline.prepare_scan)")
+        if labels is not None and tuple(np.shape(labels)) != shape:
+            raise MambaControlError(f"labels shape {np.shape(labels)} is not the model grid {shape}")
+        if self.graph_encoder is not None and labels is None:
+            raise MambaControlError("this model uses the anatomy graph: pass the scan's labels")
+        if not np.isfinite(age):
+            raise MambaControlError(f"age {age} is not a number")
+        if any((not np.isfinite(y)) or y < 0 for y in years):
+            raise MambaControlError(f"horizons {list(years)} must be finite and ≥ 0 years")
+
+    @torch.no_grad()
+    def encode(self, image: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """(X, Y, Z) image -> (the image tensor (1, 1, X, Y, Z), its latent (1, C_z, x, y, z))."""
+        x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].to(self.device)
+        return x, self.autoencoder.encode(x)
+
+    @torch.no_grad()
+    def predict(self, image: np.ndarray, labels: np.ndarray | None, age: float, sex: str,
+                diagnosis: str, years: float | Sequence[float], *, mask: np.ndarray | None = None,
+                num_samples: int | None = None, num_inference_steps: int | None = None,
+                sampler: str | None = None, decode: str | None = None,
+                generator: torch.Generator | None = None, seed: int | None = None,
+                progress: bool = False, timings: dict | None = None) -> list[Prediction]:
+        """Predict the follow-up scan at one or several horizons.
+
+        Args:
+            image: (X, Y, Z) baseline on the model grid, brain-extracted and normalised
+                (see :func:`mambacontrol.pipeline.prepare_scan`).
+            labels: (X, Y, Z) its atlas label ids (needed when the model uses the graph).
+            age: age in years at the baseline.
+            sex: ``F``/``M``. diagnosis: ``CN``/``MCI``/``AD``.
+            years: one horizon or several (years after the baseline).
+            mask: (X, Y, Z) brain mask; the prediction is zero outside (default: image ≠ 0).
+            num_samples: M (default: the model's).
+            num_inference_steps: sampler steps (default: the model's).
+            sampler: ``ddim``, ``dpm-solver`` or ``ddpm`` (default: the model's).
+            decode: ``difference`` or ``direct`` (default: the model's).
+            generator / seed: randomness of the samples; the same seed gives the same prediction.
+            progress: show sampling progress.
+            timings: if a dict is given, seconds spent per phase are added to it
+                (``encoding``, ``sampling``, ``decoding``).
+
+        Returns:
+            One :class:`Prediction` per horizon, in the given order.
+        """
+        import time
+
+        hz = [float(years)] if np.isscalar(years) else [float(y) for y in years]
+        if not hz:
+            raise MambaControlError("give at least one horizon (years)")
+        self._check_inputs(image, labels, float(age), hz)
+        m = int(num_samples or self.sampling.num_samples)
+        steps = int(num_inference_steps or self.sampling.num_inference_steps)
+        mode = decode or self.sampling.decode
+        if mode not in DECODE_MODES:
+            raise MambaControlError(f"decode '{mode}' is not one of {', '.join(DECODE_MODES)}")
+        if m < 1 or steps < 1:
+            raise MambaControlError("num_samples and num_inference_steps must be ≥ 1")
+        scheduler = sampling_scheduler(self.schedule, sampler or self.sampling.sampler)
+        if generator is None:
+            generator = torch.Generator().manual_seed(0 if seed is None else int(seed))
+        clock = timings if timings is not None else {}
+
+        t0 = time.perf_counter()
+        x_base, z_base = self.encode(image)
+        brain = (np.asarray(image) != 0) if mask is None else np.asarray(mask, dtype=bool)
+        graph_in = None
+        if self.graph_encoder is not None:
+            graph_in = graph_scan_inputs(np.asarray(image), np.asarray(labels), self.graph,
+                                         self.autoencoder.downsample_factor)
+        base_decoded = self.autoencoder.decode(z_base) if mode == "difference" else None
+        clock["encoding"] = clock.get("encoding", 0.0) + time.perf_counter() - t0
+
+        out = []
+        for y in hz:
+            cov = encode_covariates(age, y, sex, diagnosis, self.covariate_norm).to(self.device)
+            t1 = time.perf_counter()
+            target, node_ratio = self._sample_target(z_base, cov, y, graph_in, m, steps, scheduler,
+                                                     generator, progress)
+            t2 = time.perf_counter()
+            mean, std = self._decode(x_base, z_base, base_decoded, target, brain)
+            t3 = time.perf_counter()
+            clock["sampling"] = clock.get("sampling", 0.0) + t2 - t1
+            clock["decoding"] = clock.get("decoding", 0.0) + t3 - t2
+            out.append(Prediction(y, mean, std, node_ratio, m))
+        return out
+
+    @torch.no_grad()
+    def _sample_target(self, z_base: torch.Tensor, cov: torch.Tensor, years: float, graph_in,
+                       m: int, steps: int, scheduler, generator: torch.Generator,
+                       progress: bool) -> tuple[torch.Tensor, np.ndarray | None]:
+        zb = z_base.expand(m, *z_base.shape[1:])
+        covs = cov.expand(m, -1)
+        tokens = graph_map = None
+        node_ratio = None
+        if graph_in is not None:
+            feats = graph_in.features[None].to(self.device)
+            nodes, tok, gmap = encode_graph(self.graph_encoder, feats, graph_in.assignment, cov)
+            tokens, graph_map = tok.expand(m, -1, -1), gmap.expand(m, -1, -1, -1, -1)
+            if self.trajectory_head is not None:
+                yrs = torch.tensor([years], device=self.device)
+                node_ratio = self.trajectory_head(nodes, cov, yrs)[0].cpu().numpy()
+        context = self.unet.context(covs, tokens) if self.controlnet is not None else None
+        hint = None
+        if self.controlnet is not None:
+            yrs = torch.full((m,), float(years), device=self.device)
+            hint = build_hint(zb, yrs, self.covariate_norm, graph_map)
+
+        def denoise(noisy: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            res, mid = None, None
+            if self.controlnet is not None:
+                res, mid = self.controlnet(self.unet.network_input(noisy, zb), t, hint, covs,
+                                           context=context)
+            return self.unet(noisy, t, covs, z_base=zb, graph_tokens=tokens,
+                             down_block_additional_residuals=res, mid_block_additional_residual=mid)
+
+        target = sample(denoise, scheduler, tuple(zb.shape), steps, generator=generator,
+                        device=self.device, progress=progress)
+        return target, node_ratio
+
+    @torch.no_grad()
+    def _decode(self, x_base: torch.Tensor, z_base: torch.Tensor, base_decoded: torch.Tensor | None,
+                target: torch.Tensor, brain: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Decode each sample (one at a time, to bound memory) and reduce to mean and sd."""
+        total = None
+        total_sq = None
+        for i in range(target.shape[0]):
+            z = self.unet.latents_from_target(z_base, target[i:i + 1])
+            img = self.autoencoder.decode(z)
+            if base_decoded is not None:
+                img = x_base + img - base_decoded
+            img = img[0, 0].double()
+            total = img if total is None else total + img
+            total_sq = img**2 if total_sq is None else total_sq + img**2
+        n = target.shape[0]
+        mean = total / n
+        var = (total_sq / n - mean**2).clamp_min(0) * (n / max(n - 1, 1))
+        keep = torch.from_numpy(brain).to(mean.device)
+        mean = torch.where(keep, mean.clamp(0, 1), torch.zeros_like(mean))
+        std = torch.where(keep, var.sqrt(), torch.zeros_like(var))
+        return mean.float().cpu().numpy(), std.float().cpu().numpy()

@@ -1,0 +1,32 @@
+"""Pieces every stage shares: the optimizer and LR schedule, and the engine settings."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+from mambacontrol.training.run_config import OptimConfig, RunConfig
+
+
+def make_optimizer(params: Iterable[torch.nn.Parameter], opt: OptimConfig):
+    """AdamW with linear warm-up then cosine decay to zero (diffusers' schedule).
+
+    Returns:
+        (optimizer, lr_scheduler)
+    """
+    from diffusers.optimization import get_cosine_schedule_with_warmup
+
+    optimizer = torch.optim.AdamW(list(params), lr=opt.lr, weight_decay=opt.weight_decay)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=min(opt.warmup_steps, opt.steps),
+                                                num_training_steps=opt.steps)
+    return optimizer, scheduler
+
+
+def engine_settings(cfg: RunConfig) -> dict:
+    """Keyword arguments of :class:`~mambacontrol.training.engine.Trainer` from ``cfg.engine``."""
+    e = cfg.engine
+    return dict(checkpoint_every=e.checkpoint_every, keep_checkpoints=e.keep_checkpoints,
+                log_every=e.log_every, mixed_precision=e.mixed_precision,
+                gradient_accumulation_steps=e.gradient_accumulation_steps,
+                max_grad_norm=e.max_grad_norm, seed=cfg.seed)

@@ -1,0 +1,155 @@
+"""Training data: the run's manifest, scans prepared on the atlas grid, cached latents, pairs.
+
+Scans not on the atlas grid are prepared once (:func:`~mambacontrol.pipeline.prepare.prepare_manifest`:
+registration, labels) and latents encoded once (the ``latents`` stage) into
+``<run>/cache/latents/<image_uid>.safetensors``, tagged with the autoencoder's weights hash so a
+retrained autoencoder invalidates them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from mambacontrol.atlas import Atlas, load_atlas
+from mambacontrol.data import Manifest, Visit, VisitPair
+from mambacontrol.data.covariates import CovariateNorm, encode_covariates
+from mambacontrol.errors import ConfigError, ModelError
+from mambacontrol.io import atomic_path
+from mambacontrol.pipeline.prepare import PreparedScan, load_on_grid, prepare_manifest
+
+log = logging.getLogger(__name__)
+
+
+def weights_hash(component_dir: Path) -> str:
+    """SHA-256 (16 hex) of a saved component's weights file."""
+    from mambacontrol.nn.component import WEIGHTS_NAME
+
+    return hashlib.sha256((Path(component_dir) / WEIGHTS_NAME).read_bytes()).hexdigest()[:16]
+
+
+class RunData:
+    """The scans of a training run, all on the atlas grid.
+
+    Args:
+        manifest_path: the manifest CSV (scans anywhere; those not on the grid are prepared once
+            into ``<cache_dir>/prepared``).
+        atlas_name, grid: the atlas grid the model works on.
+        cache_dir: ``<run>/cache``.
+        seed: registration seed for scans that need preparing.
+    """
+
+    def __init__(self, manifest_path: str | Path, atlas_name: str, grid: str, cache_dir: str | Path,
+                 seed: int = 0):
+        self.atlas: Atlas = load_atlas(atlas_name, grid)
+        self.cache_dir = Path(cache_dir)
+        self.manifest = prepare_manifest(Manifest.from_csv(manifest_path), self.atlas,
+                                         self.cache_dir / "prepared", seed=seed)
+        if not self.manifest.select("train").visits:
+            raise ConfigError(f"{manifest_path}: no visit is in the train split; a run needs training data")
+
+    def mask_path(self, visit: Visit) -> Path | None:
+        raw = visit.extra.get("mask_path", "").strip()
+        if not raw:
+            return None
+        p = Path(raw)
+        return p if p.is_absolute() or self.manifest.path is None else self.manifest.path.parent / p
+
+    def prepared(self, visit: Visit) -> PreparedScan:
+        """The visit's image, labels and mask on the atlas grid."""
+        return load_on_grid(visit.image_path, visit.segm_path, self.mask_path(visit), self.atlas)
+
+    @cached_property
+    def train_visits(self) -> list[Visit]:
+        return self.manifest.select("train").visits
+
+    def pairs(self, split: str = "train") -> list[VisitPair]:
+        return self.manifest.select(split).pairs()
+
+    # ---- latents --------------------------------------------------------------------------
+    def latent_path(self, visit: Visit) -> Path:
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in visit.image_uid)
+        return self.cache_dir / "latents" / f"{safe}.safetensors"
+
+    def has_latent(self, visit: Visit, ae_hash: str) -> bool:
+        path = self.latent_path(visit)
+        if not path.is_file():
+            return False
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                return (fh.metadata() or {}).get("autoencoder") == ae_hash
+        except (SafetensorError, OSError):
+            return False
+
+    def save_latent(self, visit: Visit, z: torch.Tensor, ae_hash: str) -> None:
+        with atomic_path(self.latent_path(visit)) as tmp:
+            save_file({"z": z.detach().cpu().contiguous()}, str(tmp),
+                      metadata={"autoencoder": ae_hash, "image_uid": visit.image_uid})
+
+    def load_latent(self, visit: Visit, ae_hash: str) -> torch.Tensor:
+        """(C_z, x, y, z) cached latent.
+
+        Raises:
+            ModelError: when it is missing or was made by another autoencoder.
+        """
+        if not self.has_latent(visit, ae_hash):
+            raise ModelError(f"no latent of {visit.image_uid} from this autoencoder in "
+                             f"{self.cache_dir / 'latents'}; run the `latents` stage first")
+        with safe_open(str(self.latent_path(visit)), framework="pt") as fh:
+            return fh.get_tensor("z")
+
+
+@dataclass(eq=False)
+class PairItem:
+    """One training pair's tensors (what the diffusion stages batch)."""
+
+    z_base: torch.Tensor  # (C_z, x, y, z)
+    z_follow: torch.Tensor  # (C_z, x, y, z)
+    covariates: torch.Tensor  # (6,)
+    years: torch.Tensor  # ()
+    features: torch.Tensor | None = None  # (R, F)
+    assignment: torch.Tensor | None = None  # (x, y, z) int64
+
+    def as_dict(self) -> dict[str, torch.Tensor]:
+        d = {"z_base": self.z_base, "z_follow": self.z_follow, "covariates": self.covariates,
+             "years": self.years}
+        if self.features is not None:
+            d["features"] = self.features
+            d["assignment"] = self.assignment
+        return d
+
+
+def pair_items(data: RunData, pairs: list[VisitPair], ae_hash: str, norm: CovariateNorm,
+               graph=None, factor: int = 1) -> list[dict[str, torch.Tensor]]:
+    """Tensors of every pair: cached latents, covariates at the earlier visit, and (with a graph)
+    the earlier scan's node features and latent-grid node assignment."""
+    from mambacontrol.pipeline.conditioning import graph_scan_inputs
+
+    latents: dict[str, torch.Tensor] = {}
+    graph_inputs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def latent(v: Visit) -> torch.Tensor:
+        if v.image_uid not in latents:
+            latents[v.image_uid] = data.load_latent(v, ae_hash)
+        return latents[v.image_uid]
+
+    items = []
+    for p in pairs:
+        a, b = p.earlier, p.later
+        cov = encode_covariates(a.age, p.years, a.sex, a.diagnosis, norm)[0]
+        item = PairItem(latent(a), latent(b), cov, torch.tensor(float(p.years)))
+        if graph is not None:
+            if a.image_uid not in graph_inputs:
+                scan = data.prepared(a)
+                g = graph_scan_inputs(scan.image, scan.labels, graph, factor)
+                graph_inputs[a.image_uid] = (g.features, g.assignment)
+            item.features, item.assignment = graph_inputs[a.image_uid]
+        items.append(item.as_dict())
+    return items

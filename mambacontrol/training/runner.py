@@ -1,0 +1,176 @@
+"""A training run: its directory, its resolved config, and the stages in order.
+
+Run directory::
+
+    <out>/config.yaml                 the resolved config (a later call must match it)
+    <out>/model_index.json            written once the autoencoder and UNet exist, so
+                                      ProgressionPipeline.from_pretrained(<out>) loads the model
+    <out>/autoencoder/ graph_encoder/ trajectory_head/ unet/ controlnet/    components
+    <out>/cache/prepared/ cache/latents/ cache/features/                    caches
+    <out>/checkpoints/<stage>/ logs/<stage>/ stages/<stage>.json           engine (see engine.py)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from mambacontrol.errors import ConfigError, ModelError
+from mambacontrol.io import write_text_atomic
+from mambacontrol.training.config import (
+    config_differences,
+    config_to_dict,
+    dump_config,
+    load_config,
+)
+from mambacontrol.training.engine import StageSummary, read_stage_summary, write_stage_summary
+from mambacontrol.training.run_config import RunConfig
+
+log = logging.getLogger(__name__)
+
+STAGES = ("autoencoder", "latents", "graph", "unet", "controlnet")
+REQUIRES = {"latents": ("autoencoder",), "graph": (), "unet": ("latents",),
+            "controlnet": ("unet",), "autoencoder": ()}
+
+
+def resolve_config(config_path: str | Path, overrides: list[str] | None = None,
+                   manifest: str | None = None) -> RunConfig:
+    """Load a run config; ``manifest`` (e.g. from the demo) replaces ``data.manifest``."""
+    extra = list(overrides or [])
+    if manifest is not None:
+        extra.append(f"data.manifest={json.dumps(str(manifest))}")
+    cfg = load_config(RunConfig, config_path, overrides=extra)
+    if cfg.data.manifest is None:
+        raise ConfigError(f"{config_path}: data.manifest is not set; add `data.manifest=PATH` to the "
+                          "command or the config")
+    return cfg
+
+
+class TrainingRun:
+    """Runs stages into one output folder.
+
+    Args:
+        cfg: the resolved config.
+        out: the run directory.
+    """
+
+    def __init__(self, cfg: RunConfig, out: str | Path):
+        self.cfg = cfg
+        self.out = Path(out)
+        self._data = None
+
+    @property
+    def data(self):
+        if self._data is None:
+            from mambacontrol.training.data import RunData
+
+            self._data = RunData(self.cfg.data.manifest, self.cfg.data.atlas, self.cfg.data.grid,
+                                 self.out / "cache", self.cfg.seed)
+        return self._data
+
+    def enabled(self, stage: str) -> bool:
+        if stage == "graph":
+            return self.cfg.graph.enabled
+        if stage == "controlnet":
+            return self.cfg.controlnet.enabled
+        return True
+
+    def finished(self, stage: str) -> StageSummary | None:
+        return read_stage_summary(self.out, stage)
+
+    def record_config(self) -> None:
+        """Write ``config.yaml``, or check that the one already there is the same."""
+        path = self.out / "config.yaml"
+        if path.is_file():
+            saved = load_config(RunConfig, path)
+            diff = config_differences(saved, self.cfg)
+            if diff:
+                raise ConfigError(f"{self.out} holds a run with another config ({'; '.join(diff[:4])}); "
+                                  "use another --out, or the same config to resume")
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, dump_config(self.cfg))
+
+    def run(self, stage: str, resume: bool = False) -> list[StageSummary]:
+        """Run one stage, or ``all`` (in order, skipping finished and disabled ones).
+
+        Raises:
+            ConfigError: unknown stage, a disabled stage asked for, or a stage whose inputs
+                (earlier stages) are missing.
+        """
+        if stage != "all" and stage not in STAGES:
+            raise ConfigError(f"stage '{stage}' is not one of {', '.join(STAGES)}, all")
+        self.record_config()
+        todo = [s for s in STAGES if self.enabled(s)] if stage == "all" else [stage]
+        if stage != "all" and not self.enabled(stage):
+            raise ConfigError(f"stage '{stage}' is switched off in this config ({stage}.enabled: false)")
+        done = []
+        for s in todo:
+            if stage == "all" and self.finished(s) is not None:
+                log.info("%s: already finished, skipped", s)
+                continue
+            for need in REQUIRES[s] + (("graph",) if s in ("unet", "controlnet") and self.cfg.graph.enabled else ()):
+                if self.finished(need) is None:
+                    raise ConfigError(f"stage '{s}' needs stage '{need}' first: "
+                                      f"mambacontrol train {need} --config ... --out {self.out}")
+            summary = self._run_stage(s, resume)
+            write_stage_summary(self.out, summary)
+            log.info(summary.line())
+            done.append(summary)
+            self.write_index()
+        return done
+
+    def _run_stage(self, stage: str, resume: bool) -> StageSummary:
+        cfg_dict = config_to_dict(self.cfg)
+        if stage == "autoencoder":
+            from mambacontrol.training.stage_autoencoder import train_autoencoder
+
+            return train_autoencoder(self.cfg, self.data, self.out, resume, cfg_dict)
+        if stage == "latents":
+            from mambacontrol.training.stage_latents import encode_latents
+
+            return encode_latents(self.data, self.out)
+        if stage == "graph":
+            from mambacontrol.training.stage_graph import train_graph
+
+            return train_graph(self.cfg, self.data, self.out, resume, cfg_dict)
+        from mambacontrol.training.stage_diffusion import train_controlnet, train_unet
+
+        fn = train_unet if stage == "unet" else train_controlnet
+        return fn(self.cfg, self.data, self.out, resume, cfg_dict)
+
+    def write_index(self) -> Path | None:
+        """Write ``model_index.json`` from the components present (needs autoencoder and UNet)."""
+        if not (self.out / "autoencoder").is_dir() or not (self.out / "unet").is_dir():
+            return None
+        from mambacontrol.atlas import load_atlas
+        from mambacontrol.models.autoencoder import Autoencoder
+        from mambacontrol.models.controlnet import MambaControlNet
+        from mambacontrol.models.unet import DenoisingUNet
+        from mambacontrol.pipeline.progression import (
+            INDEX_NAME,
+            ProgressionPipeline,
+            SamplingDefaults,
+        )
+        from mambacontrol.training.stage_diffusion import noise_schedule
+
+        parts = {}
+        if self.cfg.graph.enabled and (self.out / "graph_encoder").is_dir():
+            from mambacontrol.graph import GraphEncoder, TrajectoryHead
+
+            parts["graph_encoder"] = GraphEncoder.load(self.out / "graph_encoder")
+            if (self.out / "trajectory_head").is_dir():
+                parts["trajectory_head"] = TrajectoryHead.load(self.out / "trajectory_head")
+        if self.cfg.controlnet.enabled and self.finished("controlnet") is not None:
+            parts["controlnet"] = MambaControlNet.load(self.out / "controlnet")
+        s = self.cfg.sampling
+        try:
+            pipe = ProgressionPipeline(
+                Autoencoder.load(self.out / "autoencoder"), DenoisingUNet.load(self.out / "unet"),
+                noise_schedule(self.cfg), load_atlas(self.cfg.data.atlas, self.cfg.data.grid),
+                sampling=SamplingDefaults(s.sampler, s.num_inference_steps, s.num_samples, s.decode),
+                **parts)
+        except ModelError as exc:
+            raise ModelError(f"{self.out}: the trained components do not fit together ({exc})") from None
+        return write_text_atomic(self.out / INDEX_NAME, json.dumps(pipe.index(), indent=2) + "\n")

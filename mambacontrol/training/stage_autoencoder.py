@@ -1,0 +1,164 @@
+"""Stage ``autoencoder``: train the 3D autoencoder on random patches, then fix its latent scale.
+
+Loss: L1 reconstruction + ``kl_weight`` · KL divergence of the posterior, optionally
++ ``adversarial_weight`` · a patch-adversarial term with MONAI's ``PatchDiscriminator`` (no loss
+needs weights downloaded at run time). The generator and the discriminator are updated in the
+same optimizer step: the discriminator sees detached reconstructions, and the generator's
+adversarial term is computed through a parameter-detached copy of the discriminator, so each
+term's gradient reaches only its own network.
+
+After training, the latent scale factor (1 / std of the posterior means of up to ``scale_scans``
+whole training scans) is written into the autoencoder's config.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from mambacontrol.models.autoencoder import Autoencoder
+from mambacontrol.training.common import engine_settings, make_optimizer
+from mambacontrol.training.data import RunData
+from mambacontrol.training.data_order import ResumableBatches
+from mambacontrol.training.engine import StageSummary, Trainer, TrainingDivergedError
+from mambacontrol.training.run_config import RunConfig
+
+log = logging.getLogger(__name__)
+
+
+def build_autoencoder(cfg: RunConfig) -> Autoencoder:
+    m = cfg.autoencoder.model
+    return Autoencoder(channels=list(m.channels), latent_channels=m.latent_channels,
+                       num_res_blocks=m.num_res_blocks, norm_num_groups=m.norm_num_groups)
+
+
+def kl_divergence(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of KL(N(mu, sigma²) || N(0, 1)), summed over latent voxels."""
+    var = sigma.pow(2)
+    kl = 0.5 * (mu.pow(2) + var - torch.log(var.clamp_min(1e-12)) - 1.0)
+    return kl.flatten(1).sum(1).mean()
+
+
+class PatchGAN(nn.Module):
+    """MONAI's PatchDiscriminator and least-squares patch adversarial loss."""
+
+    def __init__(self, channels: int = 32, num_layers: int = 3):
+        super().__init__()
+        from monai.losses import PatchAdversarialLoss
+        from monai.networks.nets import PatchDiscriminator
+
+        self.net = PatchDiscriminator(spatial_dims=3, num_layers_d=num_layers, channels=channels,
+                                      in_channels=1, out_channels=1)
+        self.loss = PatchAdversarialLoss(criterion="least_squares")
+
+    def generator_term(self, fake: torch.Tensor) -> torch.Tensor:
+        detached = {k: v.detach() for k, v in self.net.named_parameters()}
+        logits = torch.func.functional_call(self.net, detached, (fake,))
+        return self.loss(logits, target_is_real=True, for_discriminator=False)
+
+    def discriminator_term(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        fake_l = self.loss(self.net(fake.detach()), target_is_real=False, for_discriminator=True)
+        real_l = self.loss(self.net(real.detach()), target_is_real=True, for_discriminator=True)
+        return 0.5 * (fake_l + real_l)
+
+
+def patch_dataset(data: RunData, patch: list[int]):
+    """MONAI Dataset of the training scans with a seeded random crop (re-seeded per item by
+    :class:`ResumableBatches`)."""
+    from monai.data import Dataset
+    from monai.transforms import RandSpatialCropd
+
+    images = []
+    for v in tqdm(data.train_visits, desc="loading training scans", disable=None, leave=False):
+        images.append({"image": data.prepared(v).image[None].astype(np.float32)})
+    shape = images[0]["image"].shape[1:]
+    roi = [min(int(p), int(s)) for p, s in zip(patch, shape)]
+    return Dataset(images, transform=RandSpatialCropd(keys=["image"], roi_size=roi, random_size=False))
+
+
+def train_autoencoder(cfg: RunConfig, data: RunData, out: Path, resume: bool,
+                      config_dict: dict) -> StageSummary:
+    """Train, compute the scale factor, save ``<out>/autoencoder``."""
+    t = cfg.autoencoder.train
+    factor = 2 ** (len(cfg.autoencoder.model.channels) - 1)
+    if any(int(p) % factor for p in t.patch_size):
+        from mambacontrol.errors import ConfigError
+
+        raise ConfigError(f"autoencoder.train.patch_size {t.patch_size} must be divisible by the "
+                          f"autoencoder's downsampling factor {factor}")
+    torch.manual_seed(cfg.seed)
+    ae = build_autoencoder(cfg)
+    ae.check_shape(data.atlas.grid.shape)
+    models: dict[str, nn.Module] = {"autoencoder": ae}
+    gan = None
+    if t.adversarial_weight > 0:
+        gan = PatchGAN()
+        models["discriminator"] = gan
+    params = [p for m in models.values() for p in m.parameters()]
+    optimizer, scheduler = make_optimizer(params, t)
+    batches = ResumableBatches(patch_dataset(data, t.patch_size), t.batch_size, seed=cfg.seed)
+
+    def step_fn(batch, mods, step):
+        x = batch["image"]
+        rec, mu, sigma = mods["autoencoder"](x)
+        l1 = F.l1_loss(rec, x)
+        kl = kl_divergence(mu, sigma)
+        loss = l1 + t.kl_weight * kl
+        metrics = {"l1": l1.item(), "kl": kl.item()}
+        if gan is not None and step >= t.adversarial_start:
+            disc = mods["discriminator"]
+            g_adv = disc.generator_term(rec)
+            d_loss = disc.discriminator_term(x, rec)
+            loss = loss + t.adversarial_weight * g_adv + d_loss
+            metrics.update(adv_g=g_adv.item(), adv_d=d_loss.item())
+        return loss, metrics
+
+    trainer = Trainer("autoencoder", models, optimizer, step_fn, batches, out, steps=t.steps,
+                      lr_scheduler=scheduler, config=config_dict, image_every=cfg.engine.image_every,
+                      image_logger=_reconstruction_logger(data), **engine_settings(cfg))
+    summary = trainer.run(resume=resume)
+    ae = trainer.unwrap("autoencoder")
+    ae.set_scaling_factor(latent_scale(ae, data, t.scale_scans))
+    ae.save(out / "autoencoder")
+    return summary
+
+
+@torch.no_grad()
+def latent_scale(ae: Autoencoder, data: RunData, max_scans: int) -> float:
+    """1 / std of the unscaled posterior means of up to ``max_scans`` whole training scans."""
+    ae.eval()
+    device = next(ae.parameters()).device
+    visits = data.train_visits
+    idx = np.linspace(0, len(visits) - 1, num=min(max_scans, len(visits))).round().astype(int)
+    values = []
+    for i in tqdm(sorted(set(idx.tolist())), desc="latent scale", disable=None, leave=False):
+        x = torch.from_numpy(data.prepared(visits[i]).image)[None, None].to(device)
+        mu, _ = ae.encode_moments(x)
+        values.append(mu.double().flatten())
+    std = float(torch.cat(values).std())
+    if not std > 0:
+        raise TrainingDivergedError("the autoencoder's latents are constant; train longer or lower "
+                                    "kl_weight")
+    log.info("latent scale factor 1/%.4g", std)
+    return 1.0 / std
+
+
+def _reconstruction_logger(data: RunData):
+    scan = data.prepared(data.train_visits[0]).image
+
+    def log_images(models, step):
+        ae = models["autoencoder"]
+        device = next(ae.parameters()).device
+        x = torch.from_numpy(scan)[None, None].to(device)
+        rec = ae(x)[0][0, 0].clamp(0, 1).cpu().numpy()
+        mid = scan.shape[1] // 2
+        return {"reconstruction": np.concatenate([scan[:, mid].T, rec[:, mid].T], axis=1)[::-1]}
+
+    return log_images
+

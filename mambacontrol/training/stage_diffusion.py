@@ -1,0 +1,191 @@
+"""Stages ``unet`` and ``controlnet``: denoising the latent target of visit pairs.
+
+Both draw a random diffusion step per pair, noise the scaled target (the latent change, or the
+follow-up latent), and regress the network output onto the noise (``epsilon``) or the velocity
+(``v_prediction``) with a mean squared error. The ``unet`` stage trains the denoiser with the
+covariate token and the frozen graph encoder's tokens as context; the ``controlnet`` stage freezes
+that UNet and trains a ControlNet initialised from it, whose hint is the baseline latent, the
+graph map and the Δt map. Both keep an EMA of the trained weights and save the EMA weights.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+
+from mambacontrol.data.covariates import CovariateNorm
+from mambacontrol.errors import ConfigError
+from mambacontrol.models.autoencoder import Autoencoder
+from mambacontrol.models.controlnet import MambaControlNet
+from mambacontrol.models.schedulers import NoiseSchedule, training_scheduler
+from mambacontrol.models.unet import DenoisingUNet
+from mambacontrol.pipeline.conditioning import build_hint, encode_graph, hint_channels
+from mambacontrol.training.common import engine_settings, make_optimizer
+from mambacontrol.training.data import RunData, pair_items, weights_hash
+from mambacontrol.training.data_order import ResumableBatches
+from mambacontrol.training.engine import StageSummary, Trainer
+from mambacontrol.training.run_config import RunConfig
+
+log = logging.getLogger(__name__)
+
+
+def noise_schedule(cfg: RunConfig) -> NoiseSchedule:
+    d = cfg.diffusion
+    return NoiseSchedule(num_train_timesteps=d.num_train_timesteps, beta_schedule=d.beta_schedule,
+                         beta_start=d.beta_start, beta_end=d.beta_end, prediction_type=d.prediction_type)
+
+
+def build_unet(cfg: RunConfig, latent_channels: int, context_dim: int) -> DenoisingUNet:
+    m = cfg.unet.model
+    return DenoisingUNet(latent_channels=latent_channels, concat_base=m.concat_base,
+                         channels=list(m.channels), attention_levels=list(m.attention_levels),
+                         num_res_blocks=m.num_res_blocks, norm_num_groups=m.norm_num_groups,
+                         num_head_channels=m.num_head_channels, context_dim=context_dim,
+                         target=cfg.diffusion.target)
+
+
+def build_controlnet(cfg: RunConfig, unet: DenoisingUNet, graph_dim: int) -> MambaControlNet:
+    m = cfg.controlnet.model
+    return MambaControlNet.from_unet(
+        unet, hint_channels=hint_channels(unet.config.latent_channels, graph_dim), mixer=m.mixer,
+        mamba_levels=m.mamba_levels, mamba_directions=list(m.mamba_directions),
+        mamba_d_state=m.mamba_d_state, mamba_expand=m.mamba_expand,
+        share_mamba_weights=m.share_mamba_weights, fourier_levels=m.fourier_levels,
+        fourier_modes=list(m.fourier_modes), hint_width=m.hint_width)
+
+
+class DiffusionObjective:
+    """Noise a scaled target at random steps; the loss of a prediction of noise or velocity."""
+
+    def __init__(self, schedule: NoiseSchedule):
+        self.scheduler = training_scheduler(schedule)
+        self.prediction_type = schedule.prediction_type
+        self.num_steps = schedule.num_train_timesteps
+
+    def noisy(self, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(noisy target, timesteps (B,), regression target) for a (B, C, x, y, z) target."""
+        noise = torch.randn_like(target)
+        t = torch.randint(0, self.num_steps, (target.shape[0],), device=target.device)
+        noisy = self.scheduler.add_noise(target, noise, t)
+        goal = noise if self.prediction_type == "epsilon" else self.scheduler.get_velocity(target, noise, t)
+        return noisy, t, goal
+
+
+def _graph_parts(models: dict, batch: dict):
+    encoder = models.get("graph_encoder")
+    if encoder is None:
+        return None, None
+    with torch.no_grad():
+        _, tokens, gmap = encode_graph(encoder, batch["features"], batch["assignment"], batch["covariates"])
+    return tokens, gmap
+
+
+def _load_frozen(out: Path, cfg: RunConfig, device) -> dict:
+    frozen = {}
+    if cfg.graph.enabled:
+        from mambacontrol.graph import GraphEncoder
+
+        frozen["graph_encoder"] = GraphEncoder.load(out / "graph_encoder", device)
+    return frozen
+
+
+def _items(cfg: RunConfig, data: RunData, out: Path, frozen: dict, factor: int) -> list[dict]:
+    ae_hash = weights_hash(out / "autoencoder")
+    norm = CovariateNorm()
+    graph = None
+    if "graph_encoder" in frozen:
+        from mambacontrol.graph import AnatomyGraph
+
+        ident = frozen["graph_encoder"].config.graph
+        graph = AnatomyGraph.from_atlas(data.atlas, grouping=ident["grouping"],
+                                        homologue_edges=ident["homologue_edges"],
+                                        homologue_weight=ident.get("homologue_weight"))
+        frozen["graph_encoder"].check_graph(graph)
+    pairs = data.pairs("train")
+    if not pairs:
+        raise ConfigError("the train split has no subject with two visits; the diffusion stages "
+                          "train on visit pairs")
+    return pair_items(data, pairs, ae_hash, norm, graph, factor)
+
+
+def target_scale(unet: DenoisingUNet, items: list[dict]) -> float:
+    """1 / std of the unscaled targets over the training pairs."""
+    raw = torch.stack([unet.target_from_latents(i["z_base"], i["z_follow"]) / unet.config.target_scale
+                       for i in items])
+    std = float(raw.double().std())
+    return 1.0 / std if std > 0 else 1.0
+
+
+def train_unet(cfg: RunConfig, data: RunData, out: Path, resume: bool, config_dict: dict) -> StageSummary:
+    """Train the denoiser; save ``<out>/unet`` (EMA weights)."""
+    ae = Autoencoder.load(out / "autoencoder")
+    frozen = _load_frozen(out, cfg, "cpu")
+    context_dim = frozen["graph_encoder"].config.embed_dim if frozen else cfg.graph.model.embed_dim
+    torch.manual_seed(cfg.seed)
+    unet = build_unet(cfg, ae.config.latent_channels, context_dim)
+    items = _items(cfg, data, out, frozen, ae.downsample_factor)
+    unet.set_target_scale(target_scale(unet, items))
+    objective = DiffusionObjective(noise_schedule(cfg))
+    t = cfg.unet.train
+    optimizer, scheduler = make_optimizer(unet.parameters(), t)
+
+    def step_fn(batch, models, step):
+        tokens, _ = _graph_parts(models, batch)
+        target = unet.target_from_latents(batch["z_base"], batch["z_follow"])  # config only
+        noisy, ts, goal = objective.noisy(target)
+        pred = models["unet"](noisy, ts, batch["covariates"], z_base=batch["z_base"], graph_tokens=tokens)
+        loss = F.mse_loss(pred.float(), goal.float())
+        return loss, {}
+
+    trainer = Trainer("unet", {"unet": unet}, optimizer, step_fn,
+                      ResumableBatches(items, t.batch_size, seed=cfg.seed), out, steps=t.steps,
+                      lr_scheduler=scheduler, frozen=frozen, ema=("unet",), ema_decay=t.ema_decay,
+                      config=config_dict, **engine_settings(cfg))
+    summary = trainer.run(resume=resume)
+    with trainer.ema_weights() as models:
+        models["unet"].save(out / "unet")
+    return summary
+
+
+def train_controlnet(cfg: RunConfig, data: RunData, out: Path, resume: bool,
+                     config_dict: dict) -> StageSummary:
+    """Train the ControlNet on the frozen UNet; save ``<out>/controlnet`` (EMA weights)."""
+    ae = Autoencoder.load(out / "autoencoder")
+    unet = DenoisingUNet.load(out / "unet")
+    frozen = _load_frozen(out, cfg, "cpu")
+    graph_dim = frozen["graph_encoder"].config.embed_dim if frozen else 0
+    torch.manual_seed(cfg.seed)
+    controlnet = build_controlnet(cfg, unet, graph_dim)
+    items = _items(cfg, data, out, frozen, ae.downsample_factor)
+    frozen["unet"] = unet
+    objective = DiffusionObjective(noise_schedule(cfg))
+    norm = CovariateNorm()
+    t = cfg.controlnet.train
+    optimizer, scheduler = make_optimizer(controlnet.parameters(), t)
+
+    def step_fn(batch, models, step):
+        u = models["unet"]
+        tokens, gmap = _graph_parts(models, batch)
+        target = u.target_from_latents(batch["z_base"], batch["z_follow"])
+        noisy, ts, goal = objective.noisy(target)
+        cov = batch["covariates"]
+        hint = build_hint(batch["z_base"], batch["years"], norm, gmap)
+        context = u.context(cov, tokens)
+        res, mid = models["controlnet"](u.network_input(noisy, batch["z_base"]), ts, hint, cov,
+                                        context=context)
+        pred = u(noisy, ts, cov, z_base=batch["z_base"], graph_tokens=tokens,
+                 down_block_additional_residuals=res, mid_block_additional_residual=mid)
+        loss = F.mse_loss(pred.float(), goal.float())
+        return loss, {}
+
+    trainer = Trainer("controlnet", {"controlnet": controlnet}, optimizer, step_fn,
+                      ResumableBatches(items, t.batch_size, seed=cfg.seed), out, steps=t.steps,
+                      lr_scheduler=scheduler, frozen=frozen, ema=("controlnet",),
+                      ema_decay=t.ema_decay, config=config_dict, **engine_settings(cfg))
+    summary = trainer.run(resume=resume)
+    with trainer.ema_weights() as models:
+        models["controlnet"].save(out / "controlnet")
+    return summary

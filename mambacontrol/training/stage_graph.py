@@ -1,0 +1,40 @@
+"""Stage ``graph``: the anatomy-graph encoder and the regional trajectory head.
+
+Trained together on the regional volume change of the training pairs
+(:func:`mambacontrol.graph.train_trajectory`; the truth comes from the manifest's ``vol_r<label>``
+columns when present). With a ``valid`` split the state with the lowest validation loss is kept.
+The stage takes seconds to minutes, so it is not checkpointed: an interrupted run repeats it.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from mambacontrol.training.data import RunData
+from mambacontrol.training.engine import StageSummary
+from mambacontrol.training.run_config import RunConfig
+
+
+def train_graph(cfg: RunConfig, data: RunData, out: Path, resume: bool, config_dict: dict) -> StageSummary:
+    """Train and save ``<out>/graph_encoder`` and ``<out>/trajectory_head``."""
+    from mambacontrol.graph import TrajectoryConfig, train_trajectory
+
+    m, t = cfg.graph.model, cfg.graph.train
+    tc = TrajectoryConfig(
+        grouping=m.grouping, homologue_edges=m.homologue_edges, lr=t.lr,
+        weight_decay=t.weight_decay, batch_size=t.batch_size,
+        encoder=dict(embed_dim=m.embed_dim, num_layers=m.num_layers, conv=m.conv,
+                     num_tokens=m.num_tokens, spectral_filters=m.spectral_filters,
+                     filter_kind=m.filter_kind, fourier_refine=m.fourier_refine,
+                     dropout=m.dropout, feature_dropout=m.feature_dropout),
+        head=dict(hidden=m.head_hidden))
+    start = time.perf_counter()
+    result = train_trajectory(data.manifest, data.atlas, tc, steps=t.steps, seed=cfg.seed,
+                              cache_dir=out / "cache" / "features")
+    result.model.encoder.save(out / "graph_encoder")
+    result.model.head.save(out / "trajectory_head")
+    wall = time.perf_counter() - start
+    last = [h for h in result.history if "train_loss" in h]
+    final = last[-1]["train_loss"] if last else float("nan")
+    return StageSummary("graph", t.steps, wall, t.steps * min(t.batch_size, len(result.train)) / wall, final)

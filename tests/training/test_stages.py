@@ -1,0 +1,111 @@
+"""Every training stage on a tiny config: order, outputs, resume, refusals."""
+
+import shutil
+
+import pytest
+import torch
+
+from mambacontrol.errors import ConfigError, ModelError
+from mambacontrol.models.unet import DenoisingUNet
+from mambacontrol.pipeline.progression import ProgressionPipeline
+from mambacontrol.training.runner import STAGES, TrainingRun, resolve_config
+
+
+def test_all_stages_write_a_loadable_model(tiny_model):
+    for stage in STAGES:
+        assert (tiny_model / "stages" / f"{stage}.json").is_file()
+    for comp in ("autoencoder", "unet", "controlnet", "graph_encoder", "trajectory_head"):
+        assert (tiny_model / comp / "config.json").is_file()
+    assert (tiny_model / "config.yaml").is_file()
+    assert list((tiny_model / "logs" / "unet").iterdir())
+    pipe = ProgressionPipeline.from_pretrained(tiny_model)
+    assert pipe.controlnet is not None and pipe.graph_encoder is not None
+    assert pipe.autoencoder.scaling_factor != 1.0
+    assert DenoisingUNet.load(tiny_model / "unet").config.target_scale != 1.0
+
+
+def test_all_skips_finished_stages(tiny_model, tiny_cohort, tiny_run_config):
+    cfg = resolve_config(tiny_run_config, [], manifest=tiny_cohort)
+    assert TrainingRun(cfg, tiny_model).run("all") == []
+
+
+def test_other_config_in_same_folder_is_refused(tiny_model, tiny_cohort, tiny_run_config):
+    cfg = resolve_config(tiny_run_config, ["unet.train.lr=0.5"], manifest=tiny_cohort)
+    with pytest.raises(ConfigError, match="another config.*unet.train.lr"):
+        TrainingRun(cfg, tiny_model).run("unet")
+
+
+def test_stage_needs_its_inputs(tmp_path, tiny_cohort, tiny_run_config):
+    cfg = resolve_config(tiny_run_config, [], manifest=tiny_cohort)
+    with pytest.raises(ConfigError, match="stage 'unet' needs stage 'latents' first"):
+        TrainingRun(cfg, tmp_path / "run").run("unet")
+    with pytest.raises(ConfigError, match="stage 'decoder' is not one of"):
+        TrainingRun(cfg, tmp_path / "run").run("decoder")
+
+
+def test_disabled_stage_refused(tmp_path, tiny_cohort, tiny_run_config):
+    cfg = resolve_config(tiny_run_config, ["controlnet.enabled=false"], manifest=tiny_cohort)
+    with pytest.raises(ConfigError, match="switched off"):
+        TrainingRun(cfg, tmp_path / "run").run("controlnet")
+
+
+def test_unknown_key_and_missing_manifest(tiny_run_config, tiny_cohort):
+    with pytest.raises(ConfigError, match="unet.train.lrr"):
+        resolve_config(tiny_run_config, ["unet.train.lrr=1"], manifest=tiny_cohort)
+    with pytest.raises(ConfigError, match="data.manifest is not set"):
+        resolve_config(tiny_run_config, [])
+
+
+def _copy_through_latents(tiny_model, dest):
+    """A run folder holding the tiny model's stages up to the UNet's inputs."""
+    dest.mkdir()
+    for name in ("config.yaml", "autoencoder", "graph_encoder", "trajectory_head", "cache"):
+        src = tiny_model / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, dest / name)
+    (dest / "stages").mkdir()
+    for s in ("autoencoder", "latents", "graph"):
+        shutil.copy(tiny_model / "stages" / f"{s}.json", dest / "stages" / f"{s}.json")
+
+
+def test_killed_unet_stage_resumes_to_the_same_weights(tiny_model, tiny_cohort, tiny_run_config,
+                                                       tmp_path, monkeypatch):
+    from mambacontrol.training import stage_diffusion
+
+    overrides = ["unet.train.steps=4"]
+    cfg = resolve_config(tiny_run_config, overrides, manifest=tiny_cohort)
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    for d in (full, killed):
+        _copy_through_latents(tiny_model, d)
+        (d / "config.yaml").unlink()
+    TrainingRun(cfg, full).run("unet")
+
+    calls = {"n": 0}
+    original = stage_diffusion.DiffusionObjective.noisy
+
+    def dying(self, target):
+        calls["n"] += 1
+        if calls["n"] == 3:  # during step 3, after the step-2 checkpoint
+            raise KeyboardInterrupt
+        return original(self, target)
+
+    monkeypatch.setattr(stage_diffusion.DiffusionObjective, "noisy", dying)
+    with pytest.raises(KeyboardInterrupt):
+        TrainingRun(cfg, killed).run("unet")
+    monkeypatch.setattr(stage_diffusion.DiffusionObjective, "noisy", original)
+    assert not (killed / "unet").exists()
+    TrainingRun(cfg, killed).run("unet", resume=True)
+    a = DenoisingUNet.load(full / "unet").state_dict()
+    b = DenoisingUNet.load(killed / "unet").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_corrupt_checkpoint_is_refused(tiny_model, tiny_cohort, tiny_run_config, tmp_path):
+    cfg = resolve_config(tiny_run_config, [], manifest=tiny_cohort)
+    run = tmp_path / "run"
+    _copy_through_latents(tiny_model, run)
+    shutil.copytree(tiny_model / "checkpoints", run / "checkpoints")
+    latest = sorted((run / "checkpoints" / "unet").glob("step-*"))[-1]
+    weights = next(latest.glob("model.*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ModelError, match="step-"):
+        TrainingRun(cfg, run).run("unet", resume=True)

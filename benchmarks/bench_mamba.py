@@ -10,6 +10,7 @@ above what the process held before its first forward pass.
 
     # MambaBlock3d vs self-attention blocks of the same width (fused and explicit attention)
     .venv/bin/python benchmarks/bench_mamba.py block --grids 8 16 24 32 --channels 64
+    .venv/bin/python benchmarks/bench_mamba.py block --grids 12x14x12 24x28x24 --channels 32
 """
 
 from __future__ import annotations
@@ -186,6 +187,20 @@ def run_scan(args):
     print(f"load average after: {', '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
 
+def grid_size(text: str) -> tuple[int, int, int]:
+    """``"16"`` -> (16, 16, 16); ``"12x14x12"`` -> (12, 14, 12)."""
+    parts = [int(p) for p in text.lower().split("x")]
+    if len(parts) == 1:
+        parts *= 3
+    if len(parts) != 3 or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a grid: give N or XxYxZ")
+    return tuple(parts)
+
+
+def grid_name(grid: tuple[int, int, int]) -> str:
+    return f"{grid[0]}³" if len(set(grid)) == 1 else "×".join(map(str, grid))
+
+
 def run_block(args):
     directions = tuple(args.directions)
     methods = ("fused attention", "explicit attention", "mamba")
@@ -196,8 +211,8 @@ def run_block(args):
           "| fused attention / Mamba |")
     print("|---|---|---|---|---|---|")
     times = {}
-    for size in args.grids:
-        grid, tokens = (size, size, size), size ** 3
+    for grid in args.grids:
+        tokens = grid[0] * grid[1] * grid[2]
         cells = []
         for method in methods:
             if method == "explicit attention" and tokens > args.explicit_max_tokens:
@@ -205,14 +220,15 @@ def run_block(args):
                 continue
             sec, mb = in_fresh_process(measure_block, method, args.channels, grid, args.batch,
                                        args.repeats, args.threads, directions)
-            times[method, size] = sec
+            times[method, tokens] = sec
             cells.append(f"{sec:.3f} ({mb:.0f})")
-        ratio = times["fused attention", size] / times["mamba", size]
-        print(f"| {size}³ | {tokens} | " + " | ".join(cells) + f" | {ratio:.2f} |", flush=True)
-    sizes = sorted(args.grids)
-    for a, b in zip(sizes, sizes[1:]):
-        print(f"\nMamba: time({b}³) / time({a}³) = {times['mamba', b] / times['mamba', a]:.2f} "
-              f"for {b ** 3 / a ** 3:.2f}x the tokens")
+        ratio = times["fused attention", tokens] / times["mamba", tokens]
+        print(f"| {grid_name(grid)} | {tokens} | " + " | ".join(cells) + f" | {ratio:.2f} |",
+              flush=True)
+    counts = sorted({g[0] * g[1] * g[2] for g in args.grids})
+    for a, b in zip(counts, counts[1:]):
+        print(f"\nMamba: time({b} tokens) / time({a} tokens) = "
+              f"{times['mamba', b] / times['mamba', a]:.2f} for {b / a:.2f}x the tokens")
     print(f"load average after: {', '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
 
@@ -229,7 +245,9 @@ def main(argv=None):
     scan.add_argument("--sequential-max", type=int, default=16384,
                       help="skip the sequential backend above this length")
     block = sub.add_parser("block", help="MambaBlock3d vs self-attention blocks")
-    block.add_argument("--grids", type=int, nargs="+", default=[8, 16, 24, 32])
+    block.add_argument("--grids", type=grid_size, nargs="+",
+                       default=[grid_size(n) for n in ("8", "16", "24", "32")],
+                       help="grids as N (a cube) or XxYxZ")
     block.add_argument("--channels", type=int, default=64)
     block.add_argument("--batch", type=int, default=1)
     block.add_argument("--directions", nargs="+", default=["x+", "x-", "y+", "y-", "z+", "z-"])

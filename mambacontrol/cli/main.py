@@ -11,10 +11,18 @@ import sys
 from collections.abc import Sequence
 
 from mambacontrol._version import __version__
-from mambacontrol.cli import atlas_cmd, demo_cmd, manifest_cmd, predict_cmd, synth_cmd, train_cmd
+from mambacontrol.cli import (
+    atlas_cmd,
+    demo_cmd,
+    evaluate_cmd,
+    manifest_cmd,
+    predict_cmd,
+    synth_cmd,
+    train_cmd,
+)
 from mambacontrol.errors import MambaControlError
 
-COMMANDS = (atlas_cmd, manifest_cmd, synth_cmd, train_cmd, predict_cmd, demo_cmd)
+COMMANDS = (atlas_cmd, manifest_cmd, synth_cmd, train_cmd, predict_cmd, evaluate_cmd, demo_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -89,6 +89,7 @@ def bench_speed(atlas: Atlas, repeats: int) -> list[dict]:
             aligned, t_align, c_align = timed(align_to_atlas, scan, atlas, seed=0)
             labels, t_labels, c_labels = timed(propagate_labels, aligned.image, atlas, seed=0)
             _, t_back, c_back = timed(aligned.to_native, aligned.image)
+            repeatable = bool(np.array_equal(propagate_labels(aligned.image, atlas, seed=0), labels))
             err_mean, err_max = brain_error_mm(aligned.transform.atlas_to_scan, motion, atlas)
             rows.append({
                 "case": name, "repeat": r, "scan_shape": list(scan.shape),
@@ -100,14 +101,15 @@ def bench_speed(atlas: Atlas, repeats: int) -> list[dict]:
                 "dice_atlas": mean_dice(atlas.labels, truth, atlas.label_ids),
                 "dice_propagated": mean_dice(labels, truth, atlas.label_ids),
                 "dice_hippocampus": mean_dice(labels, truth, atlas.key_groups["hippocampus"]),
-                "load": load(),
+                "labels_deterministic": repeatable, "load": load(),
             })
             row = rows[-1]
             print(f"| {name} {tuple(scan.shape)} | {t_align:.1f} ({c_align:.1f}) | "
                   f"{t_labels:.1f} ({c_labels:.1f}) | {t_back:.1f} | {row['total_s']:.1f} | "
                   f"{err_mean:.2f} / {err_max:.2f} | {row['dice_atlas']:.3f} → "
                   f"{row['dice_propagated']:.3f} ({row['dice_hippocampus']:.3f}) | "
-                  f"{aligned.similarity:.3f} | {row['load']} |", flush=True)
+                  f"{aligned.similarity:.3f} | {'yes' if repeatable else 'NO'} | {row['load']} |",
+                  flush=True)
     return rows
 
 
@@ -150,8 +152,8 @@ def bench_calibrate(atlas: Atlas) -> list[dict]:
     return rows
 
 
-def measurement_cases(atlas: Atlas) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """(other image, exact Jacobian determinant of baseline → other) pairs on the atlas grid."""
+def measurement_cases(atlas: Atlas) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(baseline, other, exact Jacobian determinant of baseline → other) on the atlas grid."""
     a = atlas.grid.affine
 
     def centre(labels):
@@ -159,16 +161,22 @@ def measurement_cases(atlas: Atlas) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         return tuple(float(v) for v in (a @ np.r_[ijk, 1.0])[:3])
 
     rng = np.random.default_rng(0)
+
+    def noisy(image):  # 2 % noise inside the brain, as in a scan
+        return np.where(atlas.mask, np.clip(image + rng.normal(0, 0.02, image.shape), 0, 1),
+                        0).astype(np.float32)
+
     t = atlas.template
-    hippo_left = atlas.key_groups["hippocampus"][0]
-    noisy = np.where(atlas.mask, np.clip(t + rng.normal(0, 0.02, t.shape), 0, 1), 0)
+    ones = np.ones_like(t)
+    hippo = radial_warp(t, a, centre(atlas.key_groups["hippocampus"][:1]), 0.08, 10.0)
     return {
-        "identical": (t.copy(), np.ones_like(t)),
-        "same anatomy, noise 2 %": (noisy.astype(np.float32), np.ones_like(t)),
-        "global scaling 0.97": radial_warp(t, a, (0.0, -16.0, 6.0), 0.03),
-        "left hippocampus shrink": radial_warp(t, a, centre([hippo_left]), 0.08, 10.0),
-        "ventricles grow": radial_warp(t, a, centre(atlas.key_groups["lateral_ventricles"]),
-                                       -0.06, 25.0),
+        "identical": (t, t.copy(), ones),
+        "same anatomy, independent noise 2 %": (noisy(t), noisy(t), ones),
+        "global scaling 0.97": (t, *radial_warp(t, a, (0.0, -16.0, 6.0), 0.03)),
+        "left hippocampus shrink": (t, *hippo),
+        "left hippocampus shrink, noise 2 %": (noisy(t), noisy(hippo[0]), hippo[1]),
+        "ventricles grow": (t, *radial_warp(t, a, centre(atlas.key_groups["lateral_ventricles"]),
+                                             -0.06, 25.0)),
     }
 
 
@@ -177,19 +185,19 @@ def bench_measure(atlas: Atlas, settings: SyNSettings) -> list[dict]:
     groups = dict(atlas.key_groups)
     regions = [i for i in atlas.label_ids if (atlas.labels == i).sum() >= MIN_REGION_VOXELS]
     rows = []
-    for name, (other, jac) in measurement_cases(atlas).items():
-        result, wall, cpu = timed(measure_regional_volumes, atlas.template, other, atlas.labels,
+    for name, (baseline, other, jac) in measurement_cases(atlas).items():
+        result, wall, cpu = timed(measure_regional_volumes, baseline, other, atlas.labels,
                                   atlas.grid, atlas.label_ids, seed=0, settings=settings)
-        again = measure_regional_volumes(atlas.template, other, atlas.labels, atlas.grid,
+        again = measure_regional_volumes(baseline, other, atlas.labels, atlas.grid,
                                          atlas.label_ids, seed=0, settings=settings)
-        truth = {i: 100.0 * (jac[atlas.labels == i].mean() - 1.0) for i in regions}
+        truth = {i: 100.0 * (float(jac[atlas.labels == i].mean()) - 1.0) for i in regions}
         measured = dict(zip(result.label_ids, result.percent_change))
         errors = np.array([measured[i] - truth[i] for i in regions])
         group_rows = {}
         for g, ids in groups.items():
             region = np.isin(atlas.labels, ids)
             base, out = result.groups({g: ids})[g]
-            group_rows[g] = (100.0 * (jac[region].mean() - 1.0), 100.0 * (out / base - 1.0))
+            group_rows[g] = (100.0 * (float(jac[region].mean()) - 1.0), 100.0 * (out / base - 1.0))
         row = {
             "case": name, "wall_s": wall, "cpu_s": cpu,
             "deterministic": bool(np.array_equal(again.jacobian, result.jacobian)),
@@ -211,7 +219,8 @@ def main() -> None:
     parser.add_argument("--grid", default="2mm", help="atlas grid (default 2mm)")
     parser.add_argument("--repeats", type=int, default=1, help="speed: scans per case")
     parser.add_argument("--syn", default=None,
-                        help="measure: SyN settings metric/it1,it2,it3/grad_step/flow_sigma/total_sigma")
+                        help="measure: SyN settings "
+                             "metric/it1,it2,it3/grad_step/flow_sigma/total_sigma")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args()
     atlas = load_atlas(grid=args.grid)
@@ -219,8 +228,9 @@ def main() -> None:
     results: dict = {}
     if args.what in ("speed", "all"):
         print("\n| scan | align s (CPU s) | labels s (CPU s) | back s | total s | affine error "
-              "mean / max mm | mean Dice atlas → propagated (hippocampus) | similarity | load |")
-        print("|---|---|---|---|---|---|---|---|---|")
+              "mean / max mm | mean Dice atlas → propagated (hippocampus) | similarity | labels "
+              "deterministic | load |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         results["speed"] = bench_speed(atlas, args.repeats)
     if args.what in ("calibrate", "all"):
         print("\n| kind | image | similarity | align s | load |\n|---|---|---|---|---|")
@@ -228,9 +238,9 @@ def main() -> None:
     if args.what in ("measure", "all"):
         settings = MEASUREMENT
         if args.syn:
-            metric, its, step, flow, total = args.syn.split("/")
-            settings = SyNSettings(metric, tuple(int(i) for i in its.split(",")), float(step),
-                                   float(flow), float(total))
+            metric, its, *numbers = args.syn.split("/")
+            settings = SyNSettings(metric, tuple(int(i) for i in its.split(",")),
+                                   *(float(v) for v in numbers))
         print(f"\nsettings: {settings}")
         names = " | ".join(f"{g} true / measured %" for g in atlas.key_groups)
         print(f"\n| case | {names} | all regions |error| mean / p90 (pp) | s per pair (CPU s) | "

@@ -118,6 +118,13 @@ class AtlasTransform:
         """(4, 4) map of world points (RAS mm) from the scan's space to atlas space."""
         return np.linalg.inv(self.atlas_to_scan)
 
+    @property
+    def volume_scale(self) -> float:
+        """Native mm³ per atlas mm³: multiply volumes measured on the atlas grid by this to
+        report them in the scan's own space (the affine registration scales heads to the
+        template)."""
+        return float(abs(np.linalg.det(self.atlas_to_scan[:3, :3])))
+
     def to_native(self, array: np.ndarray, order: int = 1) -> Volume:
         """Map an array on the atlas grid back to the scan's grid.
 
@@ -237,13 +244,16 @@ def align_to_atlas(scan: Volume, atlas: Atlas, *, seed: int = 0,
     except RuntimeError as exc:
         raise RegistrationError(f"{where}affine registration to the atlas template failed ({exc}); "
                                 "check that the file is a T1-weighted brain MRI") from None
+    uncovered = RegistrationError(f"{where}after registration the scan does not cover the "
+                                  "template brain; check that the file is a brain MRI with the "
+                                  "whole head in its field of view")
+    if not np.isfinite(matrix).all():
+        raise uncovered
     on_grid = resample_with_matrix(moving_full, fixed, matrix, order=1)
-    inside = on_grid[atlas.mask]
-    if not np.isfinite(matrix).all() or inside.size == 0 or inside.min() == inside.max():
-        raise RegistrationError(f"{where}after registration the scan does not cover the template "
-                                "brain; check that the file is a brain MRI with the whole head "
-                                "in its field of view")
-    image = normalize_intensity(on_grid, atlas.mask)
+    try:
+        image = normalize_intensity(on_grid, atlas.mask)
+    except ValueError:  # constant inside the brain mask: nothing of the scan landed there
+        raise uncovered from None
     similarity = template_similarity(image, atlas)
     log.info("aligned %s to %s: similarity %.3f in %.1f s", scan.path or "scan", atlas.id,
              similarity, time.perf_counter() - start)

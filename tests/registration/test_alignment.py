@@ -61,6 +61,16 @@ def test_to_native_keeps_label_dtype_and_to_atlas_inverts_it(aligned, atlas4):
     assert np.mean(again[inside] == atlas4.labels[inside]) > 0.95
 
 
+def test_volume_scale_converts_atlas_volumes_to_native_ones(atlas4):
+    grid = atlas4.grid
+    bigger = AtlasTransform(np.diag([1.1, 1.0, 0.9, 1.0]), grid, grid)
+    assert bigger.volume_scale == pytest.approx(0.99)
+    cube = np.zeros(grid.shape, np.uint8)
+    cube[20:30, 20:30, 20:30] = 1
+    native = bigger.to_native(cube, order=0)
+    assert native.data.sum() * 64.0 == pytest.approx(1000 * 64.0 * bigger.volume_scale, rel=0.15)
+
+
 def test_to_native_rejects_other_shapes(aligned):
     with pytest.raises(ValueError, match="atlas grid"):
         aligned.to_native(np.zeros((3, 3, 3)))
@@ -73,6 +83,7 @@ def test_transform_survives_json(aligned, standin_1mm):
     assert loaded.native_grid.same_as(Grid.of(standin_1mm), atol=0)
     assert loaded.atlas_grid.same_as(transform.atlas_grid, atol=0)
     np.testing.assert_allclose(loaded.scan_to_atlas @ loaded.atlas_to_scan, np.eye(4), atol=1e-9)
+    assert transform.volume_scale == pytest.approx(1.0, abs=0.03)  # the stand-in moved rigidly
     np.testing.assert_array_equal(loaded.to_native(aligned.image).data,
                                   aligned.to_native(aligned.image).data)
 
@@ -109,6 +120,13 @@ def test_non_brain_images_are_refused_in_one_line(atlas2, atlas4, kind):
     assert "\n" not in msg
     assert "similarity" in msg and "below 0.60" in msg and "not a T1-weighted brain MRI" in msg
     assert isinstance(info.value, MambaControlError)
+
+
+def test_an_image_that_misses_the_brain_is_refused(atlas4):
+    dot = np.zeros((40, 40, 40), np.float32)
+    dot[5, 5, 5] = 100.0
+    with pytest.raises(RegistrationError, match="does not cover the template brain"):
+        align_to_atlas(Volume(dot, np.diag([2.0, 2.0, 2.0, 1.0])), atlas4)
 
 
 def test_template_similarity(atlas4):

@@ -3,56 +3,65 @@ import pytest
 
 from mambacontrol.io import Grid
 from mambacontrol.registration import RegionalVolumes, measure_regional_volumes
+from mambacontrol.registration.deformable import crop_box, cropped_affine
 from mambacontrol.registration.standins import radial_warp
 
 
-def centroid_mm(atlas, labels) -> tuple[float, float, float]:
-    ijk = np.argwhere(np.isin(atlas.labels, labels)).mean(axis=0)
-    return tuple(float(v) for v in (atlas.grid.affine @ np.r_[ijk, 1.0])[:3])
+@pytest.fixture(scope="module")
+def hippocampi(atlas2):
+    """The 2 mm template cropped around both hippocampi (the measurement's own resolution,
+    a small box): (template, labels, grid, left id, right id)."""
+    left, right = atlas2.key_groups["hippocampus"]
+    box = crop_box(np.isin(atlas2.labels, [left, right]), margin=10)
+    grid = Grid(tuple(s.stop - s.start for s in box), cropped_affine(atlas2.grid.affine, box))
+    return atlas2.template[box], atlas2.labels[box], grid, left, right
 
 
-def true_change(jacobian: np.ndarray, atlas, labels) -> float:
-    region = np.isin(atlas.labels, labels)
-    return float(100.0 * (jacobian[region].mean() - 1.0))
+def centroid_mm(labels: np.ndarray, grid: Grid, label: int) -> tuple[float, float, float]:
+    ijk = np.argwhere(labels == label).mean(axis=0)
+    return tuple(float(v) for v in (grid.affine @ np.r_[ijk, 1.0])[:3])
 
 
-def measured_change(result: RegionalVolumes, labels) -> float:
-    base, other = result.groups({"g": labels})["g"]
-    return 100.0 * (other / base - 1.0)
+def measure(template, other, labels, grid, ids, seed=0) -> RegionalVolumes:
+    return measure_regional_volumes(template, other, labels, grid, ids, seed=seed)
 
 
-def measure(atlas, other, seed=0):
-    return measure_regional_volumes(atlas.template, other, atlas.labels, atlas.grid,
-                                    atlas.label_ids, seed=seed)
+def true_change(jacobian: np.ndarray, labels: np.ndarray, label: int) -> float:
+    return float(100.0 * (jacobian[labels == label].mean() - 1.0))
 
 
-def test_identical_images_give_no_change(atlas4):
-    result = measure(atlas4, atlas4.template)
-    assert np.nanmax(np.abs(result.percent_change)) < 0.05
-    np.testing.assert_allclose(result.jacobian, 1.0, atol=1e-3)
-    counts = np.bincount(atlas4.labels.ravel(), minlength=max(atlas4.label_ids) + 1)
-    np.testing.assert_allclose(result.baseline_mm3, counts[atlas4.label_ids] * 64.0)
+def test_identical_images_give_no_change(hippocampi):
+    template, labels, grid, left, right = hippocampi
+    result = measure(template, template.copy(), labels, grid, [left, right])
+    np.testing.assert_allclose(result.percent_change, 0.0, atol=0.3)
+    voxel = 8.0
+    np.testing.assert_allclose(result.baseline_mm3, [(labels == left).sum() * voxel,
+                                                     (labels == right).sum() * voxel])
 
 
-def test_global_shrink_is_recovered(atlas4):
-    other, jac = radial_warp(atlas4.template, atlas4.grid.affine, (0.0, -16.0, 6.0), 0.03)
-    assert true_change(jac, atlas4, atlas4.key_groups["whole_brain"]) == pytest.approx(-8.73, abs=0.01)
-    result = measure(atlas4, other)
-    whole = measured_change(result, atlas4.key_groups["whole_brain"])
-    assert whole == pytest.approx(-8.73, abs=1.0)  # 4 mm grid; 2 mm accuracy in docs/benchmarks.md
+def test_global_shrink_is_recovered(hippocampi):
+    template, labels, grid, left, right = hippocampi
+    other, jac = radial_warp(template, grid.affine, centroid_mm(labels, grid, left), 0.03)
+    assert true_change(jac, labels, left) == pytest.approx(-8.73, abs=0.01)
+    result = measure(template, other, labels, grid, [left, right])
+    # measured: -8.8 and -9.9 %; the benchmark's whole-brain figures are in docs/benchmarks.md
+    np.testing.assert_allclose(result.percent_change, -8.73, atol=1.5)
 
 
-def test_local_hippocampal_shrink_is_recovered_and_stays_local(atlas4):
-    left, right = atlas4.key_groups["hippocampus"]
-    other, jac = radial_warp(atlas4.template, atlas4.grid.affine, centroid_mm(atlas4, [left]),
-                             0.1, 12.0)
-    truth_left = true_change(jac, atlas4, [left])
-    assert truth_left < -10.0
-    result = measure(atlas4, other)
-    measured_left = measured_change(result, [left])
-    assert measured_left == pytest.approx(truth_left, abs=0.35 * abs(truth_left))
-    assert abs(measured_change(result, [right])) < 1.0
-    np.testing.assert_array_equal(measure(atlas4, other, seed=0).jacobian, result.jacobian)
+def test_local_hippocampal_shrink_is_recovered_and_stays_local(hippocampi):
+    template, labels, grid, left, right = hippocampi
+    other, jac = radial_warp(template, grid.affine, centroid_mm(labels, grid, left), 0.1, 12.0)
+    truth = true_change(jac, labels, left)
+    assert truth < -10.0 and abs(true_change(jac, labels, right)) < 0.1
+    result = measure(template, other, labels, grid, [left, right])
+    measured_left, measured_right = result.percent_change
+    # measured: 86 % of the true change (regularisation spreads it into the neighbours)
+    assert measured_left == pytest.approx(truth, abs=0.25 * abs(truth))
+    assert abs(measured_right) < 0.5
+    assert result.jacobian.shape == template.shape
+    assert result.jacobian[labels == left].mean() < 0.95
+    again = measure(template, other, labels, grid, [left, right], seed=0)
+    np.testing.assert_array_equal(again.jacobian, result.jacobian)
 
 
 def test_regional_volumes_sums_and_percentages():

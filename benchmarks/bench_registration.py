@@ -69,10 +69,11 @@ def mean_dice(a: np.ndarray, b: np.ndarray, ids) -> float:
     return float(np.mean(scores))
 
 
-def subject(atlas: Atlas, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A new "subject" on the atlas grid: the template and labels under a random smooth warp."""
+def subject(atlas: Atlas, seed: int, amplitude_mm: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
+    """A new "subject" on the atlas grid: the template and labels under a random smooth warp
+    (``amplitude_mm`` root-mean-square displacement, 15 mm smoothness)."""
     image, labels = random_smooth_warp(atlas.template, atlas.labels, atlas.grid.affine,
-                                       amplitude_mm=3.0, smoothness_mm=15.0, seed=seed)
+                                       amplitude_mm=amplitude_mm, smoothness_mm=15.0, seed=seed)
     return image * (labels > 0), labels
 
 
@@ -130,9 +131,10 @@ def bench_calibrate(atlas: Atlas) -> list[dict]:
         "atrophied (brain −11 %, ventricles up), 1 mm": standin_scan(atlas, g1, brain=atrophy,
                                                                     motion=motion),
     }
-    for s in range(3):
-        positives[f"new subject {s}, 1 mm, skull"] = standin_scan(
-            atlas, g_skull, brain=subject(atlas, seed=200 + s)[0], motion=motion, skull=True, seed=s)
+    for s, amplitude in enumerate((3.0, 5.0, 7.0, 9.0)):
+        positives[f"new subject {s} (warp {amplitude:g} mm rms), 1 mm, skull"] = standin_scan(
+            atlas, g_skull, brain=subject(atlas, 200 + s, amplitude)[0], motion=motion, skull=True,
+            seed=s)
     negatives = non_brain_images(lps_grid(atlas, 2.0), atlas)
     rows = []
     for kind, images in (("brain", positives), ("non-brain", negatives)):

@@ -24,8 +24,10 @@ class SyNSettings:
         iterations: iterations per level, coarse to fine; level k is shrunk by 2^(levels−1−k)
             and smoothed by (levels−1−k) voxels.
         grad_step: gradient step.
-        flow_sigma: smoothing of the update field (voxels): the elastic-like regularisation.
-        total_sigma: smoothing of the total field (voxels).
+        flow_sigma: variance (voxels²) of the Gaussian smoothing of each update field, the
+            fluid-like regularisation (ANTs' ``updateFieldVarianceInVoxelSpace``).
+        total_sigma: variance (voxels²) of the smoothing of the total field, the elastic-like
+            regularisation.
     """
 
     metric: str

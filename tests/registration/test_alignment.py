@@ -118,7 +118,7 @@ def test_non_brain_images_are_refused_in_one_line(atlas2, atlas4, kind):
         align_to_atlas(image, atlas4)
     msg = str(info.value)
     assert "\n" not in msg
-    assert "similarity" in msg and "below 0.60" in msg and "not a T1-weighted brain MRI" in msg
+    assert "similarity" in msg and "below 0.65" in msg and "not a T1-weighted brain MRI" in msg
     assert isinstance(info.value, MambaControlError)
 
 

@@ -12,6 +12,7 @@ from mambacontrol.errors import (
     MambaControlError,
     ManifestError,
     ModelError,
+    RegistrationError,
 )
 
 __all__ = [
@@ -21,4 +22,5 @@ __all__ = [
     "MambaControlError",
     "ManifestError",
     "ModelError",
+    "RegistrationError",
 ]

@@ -24,3 +24,7 @@ class ConfigError(MambaControlError):
 
 class ModelError(MambaControlError):
     """A model directory or checkpoint is missing, corrupt or incompatible."""
+
+
+class RegistrationError(MambaControlError):
+    """A scan could not be registered to the atlas (e.g. it is not a brain MRI)."""

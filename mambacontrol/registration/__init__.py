@@ -1,0 +1,54 @@
+"""Registration with ANTsPy: scans to the atlas and back, label propagation, sub-voxel volumes.
+
+Why ANTsPy (antspyx) rather than SimpleITK: both wrap ITK, but ANTs' SyN is the reference
+deformable method (top of the EMPIRE10 and Klein et al. 2009 comparisons) and ANTsPy ships it
+ready to use with the multi-resolution schedules, masks and seeding we need, with inverse
+transforms, label-preserving interpolation (``genericLabel``) and Jacobian determinants; with
+SimpleITK we would assemble and tune each of these from lower-level filters ourselves. Its wheel
+installs from PyPI with no external tools, which is what ``mambacontrol predict`` promises
+(nothing outside Python packages, unlike BrLP's FreeSurfer/SynthSeg preprocessing).
+
+Coordinates: the package speaks RAS affines (NIfTI); ANTs speaks LPS. ``_ants`` converts, and
+nothing else here touches ANTs' physical space. ``import mambacontrol`` does not import ANTs;
+importing this subpackage does.
+
+Public API:
+
+* :func:`align_to_atlas` → :class:`AtlasAlignment`: image and mask on the atlas grid, similarity,
+  and the :class:`AtlasTransform` (``to_native``, ``to_atlas``, ``to_dict``/``from_dict`` for
+  JSON); refuses failed registrations with :class:`~mambacontrol.errors.RegistrationError`.
+* :func:`propagate_labels`: atlas labels on an aligned image.
+* :func:`measure_regional_volumes` → :class:`RegionalVolumes`: sub-voxel regional volumes of
+  one image relative to a baseline.
+"""
+
+from mambacontrol.errors import RegistrationError
+from mambacontrol.registration.alignment import (
+    MIN_SIMILARITY,
+    AtlasAlignment,
+    AtlasTransform,
+    align_to_atlas,
+    template_similarity,
+)
+from mambacontrol.registration.deformable import SyNSettings
+from mambacontrol.registration.labels import LABEL_PROPAGATION, propagate_labels
+from mambacontrol.registration.morphometry import (
+    MEASUREMENT,
+    RegionalVolumes,
+    measure_regional_volumes,
+)
+
+__all__ = [
+    "LABEL_PROPAGATION",
+    "MEASUREMENT",
+    "MIN_SIMILARITY",
+    "AtlasAlignment",
+    "AtlasTransform",
+    "RegionalVolumes",
+    "RegistrationError",
+    "SyNSettings",
+    "align_to_atlas",
+    "measure_regional_volumes",
+    "propagate_labels",
+    "template_similarity",
+]

@@ -7,6 +7,7 @@ the weights with ``strict=True``; nothing is ever unpickled.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import shutil
@@ -71,6 +72,11 @@ class Component(ModelMixin, ConfigMixin):
             raise ModelError(f"{cfg_path}: corrupt config ({exc}); re-save the model") from None
         if config.get("_class_name") != cls.__name__:
             raise ModelError(f"{folder}: holds a {config.get('_class_name')}, not a {cls.__name__}")
+        accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
+        unknown = sorted(k for k in config if not k.startswith("_") and k not in accepted)
+        if unknown:
+            raise ModelError(f"{cfg_path}: unknown setting(s) {', '.join(unknown)} for {cls.__name__}; "
+                             "the model was saved by another version of mambacontrol")
         try:
             model = cls.from_config(config)
         except (TypeError, ValueError) as exc:

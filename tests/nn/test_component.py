@@ -68,3 +68,12 @@ def test_corrupt_weights(tmp_path):
     w.write_bytes(w.read_bytes()[:40])
     with pytest.raises(ModelError, match="corrupt weights"):
         Tiny.load(tmp_path / "t")
+
+
+def test_unknown_config_key_is_refused(tmp_path):
+    Tiny().save(tmp_path / "t")
+    cfg = json.loads((tmp_path / "t/config.json").read_text())
+    cfg["prior_rate"] = [1, 2]
+    (tmp_path / "t/config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelError, match="unknown setting.*prior_rate"):
+        Tiny.load(tmp_path / "t")

@@ -42,12 +42,3 @@ def test_parse_visits_and_split():
     for bad in ("70/30", "a/b/c", "-1/1/1"):
         with pytest.raises(ConfigError, match="--split"):
             parse_split(bad)
-
-
-def test_demo_builds_and_summarises_a_cohort(tmp_path, capsys):
-    assert main(["-q", "demo", "--out", str(tmp_path), "--subjects", "3", "--workers", "1"]) == 0
-    text = capsys.readouterr().out
-    assert "bundled atlas" in text and "synthetic cohort of 3 subjects" in text
-    assert "CN" in text and "AD" in text and "hippocampus" in text
-    assert (tmp_path / "cohort" / "overview.png").is_file()
-    Manifest.from_csv(tmp_path / "cohort" / "manifest.csv")

@@ -1,0 +1,137 @@
+"""``mambacontrol predict`` on a real-anatomy stand-in scan, bad input, and the batch form."""
+
+import json
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from mambacontrol.atlas import load_atlas
+from mambacontrol.cli.main import main
+from mambacontrol.io import save_nifti
+
+
+@pytest.fixture(scope="module")
+def standin(tmp_path_factory):
+    """The atlas template resampled to 2 mm in LPS orientation and cropped, in scanner units."""
+    from mambacontrol.registration.standins import lps_grid, standin_scan
+
+    atlas = load_atlas(grid="2mm")
+    scan = standin_scan(atlas, lps_grid(atlas, spacing=2.0), seed=1)
+    path = tmp_path_factory.mktemp("scan") / "native_lps.nii.gz"
+    save_nifti(path, scan.data, scan.affine)
+    return path
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "mambacontrol", "-q", *map(str, args)],
+                          capture_output=True, text=True)
+
+
+def test_prediction_comes_back_in_the_scans_own_space(tiny_model, standin, tmp_path):
+    out = tmp_path / "pred"
+    before = standin.read_bytes()
+    assert main(["-q", "predict", str(standin), "--age", "74", "--sex", "F", "--diagnosis", "MCI",
+                 "--years", "1", "2.5", "--model", str(tiny_model), "--out", str(out), "--png",
+                 "--samples", "2", "--steps", "2"]) == 0
+    assert standin.read_bytes() == before  # the input is never modified
+    src = nib.load(str(standin))
+    for folder in ("years_1", "years_2.5"):
+        for name in ("prediction.nii.gz", "uncertainty.nii.gz"):
+            img = nib.load(str(out / folder / name))
+            assert img.shape == src.shape
+            np.testing.assert_allclose(img.affine, src.affine, atol=1e-5)
+        assert nib.aff2axcodes(img.affine) == ("L", "P", "S")
+        pred = np.asarray(nib.load(str(out / folder / "prediction.nii.gz")).dataobj)
+        # the brain lands where the scan's brain is: correlation with the input inside it
+        native = np.asarray(src.dataobj)
+        inside = pred > 0
+        assert inside.mean() > 0.1 and np.corrcoef(pred[inside], native[inside])[0, 1] > 0.8
+        rows = (out / folder / "regions.csv").read_text().splitlines()
+        assert len(rows) == 135 and "predicted_mm3" in rows[0] and "head_change_pct" in rows[0]
+        assert (out / folder / "montage.png").stat().st_size > 10_000
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["preparation"]["registered"] and summary["preparation"]["labels"] == "propagated"
+    assert {"registration", "sampling", "decoding", "total"} <= set(summary["timings_s"])
+
+
+def _args(image, model, out, **over):
+    opts = {"--age": "70", "--sex": "M", "--diagnosis": "AD", "--years": "1"} | over
+    flat = [str(x) for kv in opts.items() for x in kv]
+    return ["predict", str(image), *flat, "--model", str(model), "--out", str(out)]
+
+
+@pytest.mark.parametrize("over,message", [
+    ({"--age": "30"}, "age 30 is outside 40–100"),
+    ({"--diagnosis": "LMCI"}, "diagnosis 'LMCI'"),
+    ({"--sex": "X"}, "sex 'X'"),
+    ({"--years": "-1"}, "horizon -1 years is negative"),
+])
+def test_bad_arguments(tiny_model, standin, tmp_path, over, message):
+    r = run_cli(*_args(standin, tiny_model, tmp_path / "o", **over))
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+    assert r.stderr.count("\n") == 1 and not (tmp_path / "o").exists()
+
+
+def test_bad_files_and_models(tiny_model, standin, tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    four_d = bad / "4d.nii.gz"
+    nib.save(nib.Nifti1Image(np.random.rand(8, 8, 8, 3).astype(np.float32), np.eye(4)), four_d)
+    nan = bad / "nan.nii.gz"
+    data = np.random.rand(8, 8, 8).astype(np.float32)
+    data[0, 0, 0] = np.nan
+    nib.save(nib.Nifti1Image(data, np.eye(4)), nan)
+    corrupt = bad / "corrupt.nii.gz"
+    corrupt.write_bytes(standin.read_bytes()[:2000])
+    cases = [(bad / "missing.nii.gz", tiny_model, "file not found"), (four_d, tiny_model, "is 4D"),
+             (nan, tiny_model, "non-finite"), (corrupt, tiny_model, "corrupt or truncated"),
+             (standin, bad, "not a mambacontrol model")]
+    other = tmp_path / "other_model"
+    import shutil
+
+    shutil.copytree(tiny_model, other, ignore=shutil.ignore_patterns("cache", "checkpoints", "logs"))
+    idx = json.loads((other / "model_index.json").read_text())
+    idx["atlas"]["grid"] = "2mm"
+    (other / "model_index.json").write_text(json.dumps(idx))
+    cases.append((standin, other, "another version of atlas"))
+    for image, model, message in cases:
+        out = tmp_path / f"o_{image.stem}_{model.name}"
+        r = run_cli(*_args(image, model, out))
+        assert r.returncode == 2, r.stderr
+        assert message in r.stderr and r.stderr.count("\n") == 1, r.stderr
+        assert not out.exists()
+
+
+def test_non_brain_image_is_refused(tiny_model, tmp_path):
+    noise = tmp_path / "noise.nii.gz"
+    rng = np.random.default_rng(0)
+    save_nifti(noise, rng.random((60, 70, 60)).astype(np.float32), np.diag([2.0, 2.0, 2.0, 1.0]))
+    out = tmp_path / "o"
+    r = run_cli(*_args(noise, tiny_model, out))
+    assert r.returncode == 2 and "registration to the atlas failed" in r.stderr
+    assert not out.exists()
+
+
+def test_batch_keeps_going_and_resumes(tiny_model, tiny_cohort, tmp_path):
+    from mambacontrol.data import Manifest
+
+    visits = Manifest.from_csv(tiny_cohort).visits[:2]
+    broken = tmp_path / "broken.nii.gz"
+    broken.write_bytes(b"not an image")
+    csv = tmp_path / "batch.csv"
+    csv.write_text("subject_id,image_uid,image_path,age,sex,diagnosis,segm_path\n"
+                   f"a,{visits[0].image_uid},{visits[0].image_path},71,F,CN,{visits[0].segm_path}\n"
+                   f"b,broken,{broken},72,M,AD,\n")
+    out = tmp_path / "batch"
+    args = ["-q", "predict", "--manifest", str(csv), "--years", "2", "--model", str(tiny_model),
+            "--out", str(out), "--samples", "1", "--steps", "1", "--no-volumes"]
+    assert main(args) == 1
+    assert (out / visits[0].image_uid / "summary.json").is_file()
+    failures = json.loads((out / "failures.json").read_text())
+    assert list(failures) == ["broken"] and "broken.nii.gz" in failures["broken"]
+    stamp = (out / visits[0].image_uid / "summary.json").stat().st_mtime_ns
+    assert main(args) == 1
+    assert (out / visits[0].image_uid / "summary.json").stat().st_mtime_ns == stamp

@@ -187,7 +187,8 @@ class MambaControlNet(Component):
             unet: the trained denoiser.
             hint_channels: channels of the hint map.
             copy_weights: copy the matching UNet weights.
-            **kwargs: ControlNet-only settings (mixer, mamba_*, fourier_*, hint_width).
+            **kwargs: ControlNet-only settings (mixer, mamba_*, fourier_*, hint_width);
+                ``mamba_levels`` defaults to the UNet's attention levels.
         """
         uc = unet.config
         shared = dict(in_channels=unet.input_channels, channels=list(uc.channels),
@@ -198,6 +199,8 @@ class MambaControlNet(Component):
         clash = sorted(set(shared) & set(kwargs))
         if clash:
             raise ValueError(f"{', '.join(clash)} come from the UNet and cannot be overridden")
+        if kwargs.get("mamba_levels") is None:  # Mamba where the UNet has attention (and the mid block)
+            kwargs["mamba_levels"] = list(uc.attention_levels)
         net = cls(hint_channels=hint_channels, **shared, **kwargs)
         if copy_weights:
             report = net.copy_weights_from_unet(unet)

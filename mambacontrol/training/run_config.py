@@ -140,6 +140,9 @@ class UNetStage:
 
 @dataclass
 class ControlNetModel:
+    """ControlNet settings (``mamba_levels: null`` = Mamba where the UNet has attention, plus the
+    mid block; ``fourier_levels: null`` = Fourier refinement of the first level's features)."""
+
     mixer: Literal["mamba", "attention"] = "mamba"
     mamba_levels: list[bool] | None = None
     mamba_directions: list[str] = field(default_factory=lambda: ["x+", "x-", "y+", "y-", "z+", "z-"])

@@ -24,8 +24,9 @@ log = logging.getLogger(__name__)
 
 MEASUREMENT = SyNSettings(metric="mattes", iterations=(40, 20, 10))
 """SyN settings of the regional volume measurement. Mattes mutual information was as accurate as
-mean squares on clean pairs and half as sensitive to independent noise in the two images;
-shorter schedules lose local changes, presmoothing blurs them (docs/benchmarks.md)."""
+mean squares on clean pairs, did not overshoot local changes in noisy ones, and ignores global
+intensity differences between a prediction and a scan; shorter schedules lose local changes
+(docs/benchmarks.md)."""
 
 
 @dataclass(frozen=True, eq=False)

@@ -19,7 +19,7 @@ from mambacontrol.registration.standins import (
     rigid_motion,
     standin_scan,
 )
-from tests.registration.conftest import MOTION, transform_error_mm
+from tests.registration.helpers import MOTION, transform_error_mm
 
 
 @pytest.fixture(scope="module")

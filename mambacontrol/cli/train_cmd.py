@@ -35,7 +35,10 @@ def run(args: argparse.Namespace) -> int:
     cfg = resolve_config(args.config, args.overrides)
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     summaries = TrainingRun(cfg, out).run(args.stage, resume=args.resume)
-    for s in summaries:
-        print(s.line())
-    print(f"run folder: {out}")
+    from mambacontrol.training.data_order import process_state
+
+    if process_state().is_main_process:  # under torchrun / accelerate launch, one report
+        for s in summaries:
+            print(s.line())
+        print(f"run folder: {out}")
     return 0

@@ -24,6 +24,7 @@ from mambacontrol.training.config import (
     dump_config,
     load_config,
 )
+from mambacontrol.training.data_order import process_state
 from mambacontrol.training.engine import StageSummary, read_stage_summary, write_stage_summary
 from mambacontrol.training.run_config import RunConfig
 
@@ -81,6 +82,10 @@ class TrainingRun:
 
     def record_config(self) -> None:
         """Write ``config.yaml``, or check that the one already there is the same."""
+        state = process_state()
+        if not state.is_main_process:
+            state.wait_for_everyone()
+            return
         path = self.out / "config.yaml"
         if path.is_file():
             saved = load_config(RunConfig, path)
@@ -88,9 +93,10 @@ class TrainingRun:
             if diff:
                 raise ConfigError(f"{self.out} holds a run with another config ({'; '.join(diff[:4])}); "
                                   "use another --out, or the same config to resume")
-            return
-        self.out.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(path, dump_config(self.cfg))
+        else:
+            self.out.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(path, dump_config(self.cfg))
+        state.wait_for_everyone()
 
     def run(self, stage: str, resume: bool = False) -> list[StageSummary]:
         """Run one stage, or ``all`` (in order, skipping finished and disabled ones).
@@ -115,10 +121,13 @@ class TrainingRun:
                     raise ConfigError(f"stage '{s}' needs stage '{need}' first: "
                                       f"mambacontrol train {need} --config ... --out {self.out}")
             summary = self._run_stage(s, resume)
-            write_stage_summary(self.out, summary)
-            log.info(summary.line())
+            state = process_state()
+            if state.is_main_process:  # one process writes; the others wait for it
+                write_stage_summary(self.out, summary)
+                log.info(summary.line())
+                self.write_index()
+            state.wait_for_everyone()
             done.append(summary)
-            self.write_index()
         return done
 
     def _run_stage(self, stage: str, resume: bool) -> StageSummary:

@@ -123,9 +123,11 @@ def train_autoencoder(cfg: RunConfig, data: RunData, out: Path, resume: bool,
                       lr_scheduler=scheduler, config=config_dict, image_every=cfg.engine.image_every,
                       image_logger=_reconstruction_logger(data), **engine_settings(cfg))
     summary = trainer.run(resume=resume)
-    ae = trainer.unwrap("autoencoder")
-    ae.set_scaling_factor(latent_scale(ae, data, t.scale_scans))
-    ae.save(out / "autoencoder")
+    if trainer.accelerator.is_main_process:
+        ae = trainer.unwrap("autoencoder")
+        ae.set_scaling_factor(latent_scale(ae, data, t.scale_scans))
+        ae.save(out / "autoencoder")
+    trainer.accelerator.wait_for_everyone()
     return summary
 
 

@@ -145,8 +145,10 @@ def train_unet(cfg: RunConfig, data: RunData, out: Path, resume: bool, config_di
                       lr_scheduler=scheduler, frozen=frozen, ema=("unet",), ema_decay=t.ema_decay,
                       config=config_dict, **engine_settings(cfg))
     summary = trainer.run(resume=resume)
-    with trainer.ema_weights() as models:
-        models["unet"].save(out / "unet")
+    if trainer.accelerator.is_main_process:
+        with trainer.ema_weights() as models:
+            models["unet"].save(out / "unet")
+    trainer.accelerator.wait_for_everyone()
     return summary
 
 
@@ -186,6 +188,8 @@ def train_controlnet(cfg: RunConfig, data: RunData, out: Path, resume: bool,
                       lr_scheduler=scheduler, frozen=frozen, ema=("controlnet",),
                       ema_decay=t.ema_decay, config=config_dict, **engine_settings(cfg))
     summary = trainer.run(resume=resume)
-    with trainer.ema_weights() as models:
-        models["controlnet"].save(out / "controlnet")
+    if trainer.accelerator.is_main_process:
+        with trainer.ema_weights() as models:
+            models["controlnet"].save(out / "controlnet")
+    trainer.accelerator.wait_for_everyone()
     return summary

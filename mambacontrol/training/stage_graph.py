@@ -29,11 +29,18 @@ def train_graph(cfg: RunConfig, data: RunData, out: Path, resume: bool, config_d
                      filter_kind=m.filter_kind, fourier_refine=m.fourier_refine,
                      dropout=m.dropout, feature_dropout=m.feature_dropout),
         head=dict(hidden=m.head_hidden))
+    from mambacontrol.training.data_order import process_state
+
+    state = process_state()
+    if not state.is_main_process:  # small: one process trains it, the others wait
+        state.wait_for_everyone()
+        return StageSummary("graph", t.steps, 0.0, 0.0, float("nan"))
     start = time.perf_counter()
     result = train_trajectory(data.manifest, data.atlas, tc, steps=t.steps, seed=cfg.seed,
                               cache_dir=out / "cache" / "features")
     result.model.encoder.save(out / "graph_encoder")
     result.model.head.save(out / "trajectory_head")
+    state.wait_for_everyone()
     wall = time.perf_counter() - start
     last = [h for h in result.history if "train_loss" in h]
     final = last[-1]["train_loss"] if last else float("nan")

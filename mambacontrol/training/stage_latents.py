@@ -20,6 +20,12 @@ log = logging.getLogger(__name__)
 def encode_latents(data: RunData, out: Path, device: str | torch.device = "cpu") -> StageSummary:
     """Encode every visit (all splits) with ``<out>/autoencoder``; visits already cached with this
     autoencoder are skipped, so an interrupted stage resumes where it stopped."""
+    from mambacontrol.training.data_order import process_state
+
+    state = process_state()
+    if not state.is_main_process:  # one process encodes; the others wait for the cache
+        state.wait_for_everyone()
+        return StageSummary("latents", 0, 0.0, 0.0, 0.0)
     ae = Autoencoder.load(out / "autoencoder", device)
     ae_hash = weights_hash(out / "autoencoder")
     visits = data.manifest.visits
@@ -30,4 +36,5 @@ def encode_latents(data: RunData, out: Path, device: str | torch.device = "cpu")
         data.save_latent(v, ae.encode(x)[0], ae_hash)
     wall = time.perf_counter() - start
     log.info("encoded %d scans (%d already cached) in %.1f s", len(todo), len(visits) - len(todo), wall)
+    state.wait_for_everyone()
     return StageSummary("latents", len(todo), wall, len(todo) / wall if wall > 0 else 0.0, 0.0)

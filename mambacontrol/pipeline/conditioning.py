@@ -61,6 +61,11 @@ def hint_channels(latent_channels: int, graph_dim: int) -> int:
     return latent_channels + graph_dim + 1
 
 
+def hint_uses_graph(hint_channels_: int, latent_channels: int) -> bool:
+    """Whether a ControlNet with this many hint channels expects the graph map."""
+    return hint_channels_ > latent_channels + 1
+
+
 def build_hint(z_base: torch.Tensor, years: torch.Tensor, norm: CovariateNorm,
                graph_map: torch.Tensor | None) -> torch.Tensor:
     """(B, C_z, x, y, z) baseline latent ⊕ (B, E, x, y, z) graph map ⊕ Δt map -> the hint."""

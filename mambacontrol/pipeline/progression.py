@@ -38,7 +38,12 @@ from mambacontrol.models.autoencoder import Autoencoder
 from mambacontrol.models.controlnet import MambaControlNet
 from mambacontrol.models.schedulers import SAMPLERS, NoiseSchedule, sampling_scheduler
 from mambacontrol.models.unet import DenoisingUNet
-from mambacontrol.pipeline.conditioning import build_hint, encode_graph, graph_scan_inputs
+from mambacontrol.pipeline.conditioning import (
+    build_hint,
+    encode_graph,
+    graph_scan_inputs,
+    hint_uses_graph,
+)
 from mambacontrol.pipeline.sampling import sample
 
 log = logging.getLogger(__name__)
@@ -347,7 +352,8 @@ class ProgressionPipeline:
         hint = None
         if self.controlnet is not None:
             yrs = torch.full((m,), float(years), device=self.device)
-            hint = build_hint(zb, yrs, self.covariate_norm, graph_map)
+            uses_graph = hint_uses_graph(self.controlnet.config.hint_channels, zb.shape[1])
+            hint = build_hint(zb, yrs, self.covariate_norm, graph_map if uses_graph else None)
 
         def denoise(noisy: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             res, mid = None, None

@@ -3,7 +3,8 @@
 Every stage has a ``model`` (architecture, saved in the component's config) and a ``train``
 (optimisation) section. Ablations are switches here, not code forks:
 
-- no graph: ``graph.enabled: false`` (no graph hint, no graph tokens);
+- no graph: ``graph.enabled: false`` (no graph hint, no graph tokens; retrains the UNet), or
+  ``controlnet.model.graph_hint: false`` (the ControlNet alone loses the graph map);
 - no spectral features: ``graph.model.spectral_filters: false``;
 - no Fourier refinement: ``graph.model.fourier_refine: false`` and
   ``controlnet.model.fourier_levels: [false, ...]``;
@@ -141,7 +142,9 @@ class UNetStage:
 @dataclass
 class ControlNetModel:
     """ControlNet settings (``mamba_levels: null`` = Mamba where the UNet has attention, plus the
-    mid block; ``fourier_levels: null`` = Fourier refinement of the first level's features)."""
+    mid block; ``fourier_levels: null`` = Fourier refinement of the first level's features;
+    ``graph_hint: false`` leaves the graph map out of the hint, the ControlNet-level no-graph
+    ablation that keeps the UNet's graph tokens)."""
 
     mixer: Literal["mamba", "attention"] = "mamba"
     mamba_levels: list[bool] | None = None
@@ -152,6 +155,7 @@ class ControlNetModel:
     fourier_levels: list[bool] | None = None
     fourier_modes: list[int] = field(default_factory=lambda: [6, 6, 6])
     hint_width: int = 32
+    graph_hint: bool = True
 
 
 @dataclass

@@ -158,7 +158,7 @@ def train_controlnet(cfg: RunConfig, data: RunData, out: Path, resume: bool,
     ae = Autoencoder.load(out / "autoencoder")
     unet = DenoisingUNet.load(out / "unet")
     frozen = _load_frozen(out, cfg, "cpu")
-    graph_dim = frozen["graph_encoder"].config.embed_dim if frozen else 0
+    graph_dim = frozen["graph_encoder"].config.embed_dim if frozen and cfg.controlnet.model.graph_hint else 0
     torch.manual_seed(cfg.seed)
     controlnet = build_controlnet(cfg, unet, graph_dim)
     items = _items(cfg, data, out, frozen, ae.downsample_factor)
@@ -174,7 +174,7 @@ def train_controlnet(cfg: RunConfig, data: RunData, out: Path, resume: bool,
         target = u.target_from_latents(batch["z_base"], batch["z_follow"])
         noisy, ts, goal = objective.noisy(target)
         cov = batch["covariates"]
-        hint = build_hint(batch["z_base"], batch["years"], norm, gmap)
+        hint = build_hint(batch["z_base"], batch["years"], norm, gmap if graph_dim else None)
         context = u.context(cov, tokens)
         res, mid = models["controlnet"](u.network_input(noisy, batch["z_base"]), ts, hint, cov,
                                         context=context)

@@ -34,7 +34,7 @@ def _perturb(module, scale=0.05):
     return module
 
 
-def build(atlas, *, graph=True, controlnet=True, mixer="mamba"):
+def build(atlas, *, graph=True, controlnet=True, mixer="mamba", graph_hint=True):
     torch.manual_seed(0)
     ae = Autoencoder(channels=[8, 8, 8], latent_channels=2, norm_num_groups=4)
     unet = _perturb(DenoisingUNet(latent_channels=2, channels=[8, 16], attention_levels=[False, True],
@@ -45,7 +45,7 @@ def build(atlas, *, graph=True, controlnet=True, mixer="mamba"):
         enc = GraphEncoder.from_graph(g, embed_dim=8, num_layers=1, num_tokens=2, token_heads=2)
         head = TrajectoryHead(embed_dim=8, num_nodes=g.num_nodes, graph=g.identity.to_dict())
     if controlnet:
-        cn = _perturb(MambaControlNet.from_unet(unet, hint_channels=hint_channels(2, 8 if graph else 0),
+        cn = _perturb(MambaControlNet.from_unet(unet, hint_channels=hint_channels(2, 8 if graph and graph_hint else 0),
                                                 mixer=mixer, mamba_d_state=4, fourier_modes=[2, 2, 2],
                                                 hint_width=8))
     return ProgressionPipeline(ae, unet, NoiseSchedule(num_train_timesteps=100), atlas, controlnet=cn,
@@ -54,7 +54,8 @@ def build(atlas, *, graph=True, controlnet=True, mixer="mamba"):
 
 
 @pytest.mark.parametrize("kwargs", [dict(), dict(graph=False), dict(controlnet=False),
-                                    dict(mixer="attention"), dict(graph=False, controlnet=False)])
+                                    dict(mixer="attention"), dict(graph=False, controlnet=False),
+                                    dict(graph_hint=False)])
 def test_every_ablation_predicts(atlas, scan, kwargs):
     pipe = build(atlas, **kwargs)
     image, labels = scan

@@ -1,0 +1,114 @@
+"""Time and peak memory of each model component's forward + backward at a config's sizes.
+
+    python benchmarks/bench_models.py --config demo --threads 2
+    python benchmarks/bench_models.py --config synthetic-2mm --threads 2
+
+Each component runs in a fresh subprocess, so its peak resident memory (ru_maxrss) is its own:
+the autoencoder on one training patch batch, the UNet and the ControlNet (with the frozen UNet
+behind it, as in training) on one training batch of latents. Prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+COMPONENTS = ("autoencoder", "unet", "controlnet")
+
+
+def measure(config: str, component: str, threads: int, repeats: int) -> dict:
+    """Forward + backward of one component, in this process."""
+    from mambacontrol.atlas import load_atlas
+    from mambacontrol.pipeline.conditioning import hint_channels
+    from mambacontrol.training.config import load_config
+    from mambacontrol.training.configs import bundled_config
+    from mambacontrol.training.run_config import RunConfig
+    from mambacontrol.training.stage_autoencoder import build_autoencoder
+    from mambacontrol.training.stage_diffusion import build_controlnet, build_unet
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    cfg = load_config(RunConfig, bundled_config(config))
+    atlas = load_atlas(cfg.data.atlas, cfg.data.grid)
+    ae = build_autoencoder(cfg)
+    graph_dim = cfg.graph.model.embed_dim
+    latent = [s // ae.downsample_factor for s in atlas.grid.shape]
+    zc = cfg.autoencoder.model.latent_channels
+    if component == "autoencoder":
+        t = cfg.autoencoder.train
+        x = torch.rand(t.batch_size, 1, *[min(p, s) for p, s in zip(t.patch_size, atlas.grid.shape)])
+        params = ae.parameters()
+
+        def step():
+            rec, mu, sigma = ae(x)
+            return (rec - x).abs().mean() + 1e-6 * mu.square().mean()
+        batch = t.batch_size
+    else:
+        unet = build_unet(cfg, zc, graph_dim)
+        b = (cfg.unet.train if component == "unet" else cfg.controlnet.train).batch_size
+        z = torch.randn(b, zc, *latent)
+        cov = torch.randn(b, 6)
+        tok = torch.randn(b, cfg.graph.model.num_tokens, graph_dim)
+        ts = torch.randint(0, 1000, (b,))
+        batch = b
+        if component == "unet":
+            params = unet.parameters()
+
+            def step():
+                return unet(z, ts, cov, z_base=z, graph_tokens=tok).square().mean()
+        else:
+            cn = build_controlnet(cfg, unet, graph_dim)
+            unet.requires_grad_(False)
+            hint = torch.randn(b, hint_channels(zc, graph_dim), *latent)
+            params = cn.parameters()
+
+            def step():
+                res, mid = cn(unet.network_input(z, z), ts, hint, cov, context=unet.context(cov, tok))
+                return unet(z, ts, cov, z_base=z, graph_tokens=tok, down_block_additional_residuals=res,
+                            mid_block_additional_residual=mid).square().mean()
+    params = list(params)
+    n_params = sum(p.numel() for p in params)
+    step().backward()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        step().backward()
+        times.append(time.perf_counter() - t0)
+    return {"component": component, "params_m": n_params / 1e6, "batch": batch,
+            "step_s": min(times), "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="demo")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--component", choices=COMPONENTS, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.component:
+        print(json.dumps(measure(args.config, args.component, args.threads, args.repeats)))
+        return 0
+    rows = []
+    for comp in COMPONENTS:
+        out = subprocess.run([sys.executable, __file__, "--config", args.config, "--threads",
+                              str(args.threads), "--repeats", str(args.repeats), "--component", comp],
+                             capture_output=True, text=True, check=True)
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    print(f"config {args.config}, {args.threads} thread(s), {platform.machine()}, torch {torch.__version__}")
+    print("| component | parameters | batch | forward+backward | peak RSS |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for r in rows:
+        print(f"| {r['component']} | {r['params_m']:.2f} M | {r['batch']} | {r['step_s']:.2f} s | "
+              f"{r['peak_rss_gb']:.2f} GB |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

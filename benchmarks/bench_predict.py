@@ -1,0 +1,116 @@
+"""Wall time of ``mambacontrol predict`` on one native scan, split into phases, and peak memory.
+
+    python benchmarks/bench_predict.py --config synthetic-2mm --samples 4 --steps 25
+    python benchmarks/bench_predict.py --model runs/demo/model --samples 4 --steps 20
+    python benchmarks/bench_predict.py --config brain-1p5mm --samples 10 --steps 25  # BrLP's settings
+
+The scan is the atlas template as a 1 mm LPS scan with bias field and noise (a stand-in for a
+scan straight from a pipeline), so the timing includes registration to the atlas and label
+propagation. ``--config`` builds that config's architecture with random weights (speed does not
+depend on training); ``--model`` times a trained model. Runs in a subprocess so that the peak
+resident memory is the prediction's own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+
+def untrained_pipeline(config: str, out: Path) -> Path:
+    """Save a pipeline with ``config``'s architecture and random weights into ``out``."""
+    from mambacontrol.atlas import load_atlas
+    from mambacontrol.graph import AnatomyGraph, GraphEncoder, TrajectoryHead
+    from mambacontrol.pipeline.progression import ProgressionPipeline, SamplingDefaults
+    from mambacontrol.training.config import load_config
+    from mambacontrol.training.configs import bundled_config
+    from mambacontrol.training.run_config import RunConfig
+    from mambacontrol.training.stage_autoencoder import build_autoencoder
+    from mambacontrol.training.stage_diffusion import build_controlnet, build_unet, noise_schedule
+
+    torch.manual_seed(0)
+    cfg = load_config(RunConfig, bundled_config(config))
+    atlas = load_atlas(cfg.data.atlas, cfg.data.grid)
+    g = cfg.graph.model
+    graph = AnatomyGraph.from_atlas(atlas, g.grouping, g.homologue_edges)
+    enc = GraphEncoder.from_graph(graph, embed_dim=g.embed_dim, num_layers=g.num_layers,
+                                  num_tokens=g.num_tokens)
+    head = TrajectoryHead(embed_dim=g.embed_dim, num_nodes=graph.num_nodes,
+                          graph=graph.identity.to_dict())
+    unet = build_unet(cfg, cfg.autoencoder.model.latent_channels, g.embed_dim)
+    cn = build_controlnet(cfg, unet, g.embed_dim)
+    s = cfg.sampling
+    pipe = ProgressionPipeline(build_autoencoder(cfg), unet, noise_schedule(cfg), atlas,
+                               controlnet=cn, graph_encoder=enc, trajectory_head=head,
+                               sampling=SamplingDefaults(s.sampler, s.num_inference_steps,
+                                                         s.num_samples, s.decode))
+    return pipe.save_pretrained(out)
+
+
+def run_once(model: str, samples: int, steps: int, threads: int, measure: bool) -> dict:
+    from mambacontrol.atlas import load_atlas
+    from mambacontrol.io import save_nifti
+    from mambacontrol.pipeline.progression import ProgressionPipeline
+    from mambacontrol.pipeline.scan_prediction import PredictRequest, PredictSettings, predict_scan
+    from mambacontrol.registration.standins import lps_grid, standin_scan
+
+    torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        atlas2 = load_atlas(grid="2mm")
+        scan = standin_scan(atlas2, lps_grid(atlas2, spacing=1.0), seed=3)
+        path = Path(tmp) / "scan.nii.gz"
+        save_nifti(path, scan.data, scan.affine)
+        pipe = ProgressionPipeline.from_pretrained(model)
+        summary = predict_scan(pipe, PredictRequest(path, 72.0, "F", "MCI", [2.0]), Path(tmp) / "out",
+                               PredictSettings(samples=samples, steps=steps, measure_volumes=measure),
+                               model_dir=model)
+    return {"timings": summary["timings_s"], "grid": pipe.atlas.grid_name,
+            "scan_shape": list(scan.shape),
+            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--config", help="bundled config whose architecture to time (random weights)")
+    src.add_argument("--model", help="trained model folder")
+    parser.add_argument("--samples", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--no-volumes", action="store_true", help="skip the regional measurement")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(run_once(args.model, args.samples, args.steps, args.threads,
+                                  not args.no_volumes)))
+        return 0
+    with tempfile.TemporaryDirectory() as tmp:
+        model = args.model or str(untrained_pipeline(args.config, Path(tmp) / "model"))
+        cmd = [sys.executable, __file__, "--model", model, "--samples", str(args.samples),
+               "--steps", str(args.steps), "--threads", str(args.threads), "--child"]
+        if args.no_volumes:
+            cmd.append("--no-volumes")
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    t = r["timings"]
+    print(f"{args.config or args.model}: grid {r['grid']}, scan {r['scan_shape']} at 1 mm, "
+          f"M={args.samples}, {args.steps} steps, {args.threads} thread(s), {platform.machine()}")
+    print("| phase | seconds |")
+    print("| --- | ---: |")
+    for k in ("registration", "encoding", "sampling", "decoding", "measurement", "back_mapping", "total"):
+        if k in t:
+            print(f"| {k} | {t[k]:.1f} |")
+    print(f"peak RSS {r['peak_rss_gb']:.2f} GB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -97,7 +97,8 @@ class SimulatedVisit:
         max_gradient_norm: largest displacement gradient ``‖∇s‖`` (Frobenius) of the steps
             since the previous visit (at baseline: of the pre-baseline history); below 1 means
             each step is injective.
-        calibration_error: largest relative error of a calibrated region's change in those steps.
+        calibration_error: largest relative error of a calibrated region's change in the last
+            of those steps (calibrated to the visit's target volumes).
         inverse_step: largest last fixed-point update of those steps' inverses (voxels; the
             accuracy of the inverse map the images are resampled through).
         steps: number of those steps.

@@ -42,7 +42,9 @@ class Leg:
         displacements: each step's ``s_i`` of ``S_i = id + s_i``, (3, X, Y, Z) float32 (template
             voxels), in the order they were composed.
         max_gradient_norm: largest ``‖∇s_i‖`` (Frobenius; below 1: each step is injective).
-        calibration_error: largest relative error of a calibrated region's change in any step.
+        calibration_error: largest relative error of a calibrated region's change in the last
+            step, the one calibrated to the leg's targets (earlier steps accept
+            ``AtrophyModel.step_tolerance``).
     """
 
     displacements: list[np.ndarray] = field(default_factory=list)
@@ -119,10 +121,11 @@ class Trajectory:
         leg = Leg()
         for i in range(steps):
             sim = self.simulator
-            deformation = sim.deform(np.log(target / self.volumes) / (steps - i))
-            self.simulator = sim.rebased(sim.total_displacement(deformation.displacement),
-                                         deformation.jacobian)
+            last = i == steps - 1
+            deformation = sim.deform(np.log(target / self.volumes) / (steps - i),
+                                     None if last else sim.model.step_tolerance)
+            self.simulator = sim.rebased(deformation.forward, deformation.jacobian)
             leg.displacements.append(deformation.displacement)
             leg.max_gradient_norm = max(leg.max_gradient_norm, deformation.max_gradient_norm)
-            leg.calibration_error = max(leg.calibration_error, deformation.calibration_error)
+            leg.calibration_error = deformation.calibration_error
         return leg

@@ -185,7 +185,7 @@ def main() -> None:
     p.add_argument("--out", default=None, help="cohort folder (default: a temporary folder)")
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--no-history", action="store_true",
-                   help="baselines without pre-baseline atrophy (the generator before histories)")
+                   help="baselines without pre-baseline atrophy (for comparison)")
     args = p.parse_args()
     design = CohortDesign(subjects=args.subjects, visits=parse_visits(args.visits),
                           pre_baseline=not args.no_history)

@@ -41,7 +41,8 @@ class CohortDesign:
         age_mean: mean baseline age of CN, MCI, AD; ``age_sd`` their spread.
         conversion: annual probability of CN→MCI and of MCI→AD.
         pre_baseline: give subjects the atrophy they accumulated before baseline (``False``: every
-            baseline is the reference anatomy, the generator before histories existed).
+            baseline is the reference anatomy, so baselines say nothing beyond diagnosis and age;
+            for comparison).
         reference_age: the age the reference anatomy stands for; ageing history starts there.
         mci_years: range of years spent with MCI before baseline (MCI and AD at baseline),
             drawn uniformly.

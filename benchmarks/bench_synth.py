@@ -1,11 +1,15 @@
-"""Speed and fidelity of the synthetic cohort generator.
+"""Speed, fidelity and baseline signal of the synthetic cohort generator.
 
 Times ``generate_cohort`` (wall clock, CPU of this process and its workers, load average) and
 summarises the fidelity checks the generator records in ``cohort.json``: realised vs prescribed
 regional change (Jacobian integral), the partial-volume cross-check, folding, and how little a
-nearest-neighbour label count sees of the change.
+nearest-neighbour label count sees of the change. Then the baseline signal: within each baseline
+diagnosis, how a baseline volume deficit (relative to head size) correlates with the subject's
+future annual rate, plain and with age partialled out (``--no-history`` for a cohort whose
+baselines carry no pre-baseline atrophy, for comparison).
 
     python benchmarks/bench_synth.py --subjects 20 --visits 3 --spacing 2 --workers 2
+    python benchmarks/bench_synth.py --subjects 80 --visits 2-5 --spacing 4 --workers 2
 """
 
 from __future__ import annotations
@@ -24,13 +28,43 @@ import numpy as np
 from mambacontrol.cli.synth_cmd import parse_visits
 from mambacontrol.data import DIAGNOSES, Manifest
 from mambacontrol.io import load_nifti
-from mambacontrol.synth import format_summary, generate_cohort, grid_for_spacing, summarize_cohort
+from mambacontrol.synth import (
+    CohortDesign,
+    SynthConfig,
+    format_summary,
+    generate_cohort,
+    grid_for_spacing,
+    summarize_cohort,
+)
+
+SIGNAL_GROUPS = ("hippocampus", "amygdala", "entorhinal", "lateral_ventricles", "whole_brain")
 
 
 def cpu_seconds() -> float:
     own = resource.getrusage(resource.RUSAGE_SELF)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def pre_baseline_checks(meta: dict) -> dict:
+    """The pre-baseline histories in ``cohort.json``: steps, their checks, realised vs prescribed."""
+    histories = [s["pre_baseline"] for s in meta["subjects"]]
+    rel = [abs(c["realised"] - c["prescribed"]) / abs(c["prescribed"])
+           for h in histories for c in h["change_pct"].values() if c["prescribed"]]
+    out = {"steps_mean": float(np.mean([h["steps"] for h in histories])),
+           "steps_max": max(h["steps"] for h in histories),
+           "max_gradient_norm": max(h["max_gradient_norm"] for h in histories),
+           "key_group_change_max_rel_error": max(rel) if rel else 0.0, "by_diagnosis": {}}
+    for dx in DIAGNOSES:
+        sel = [s for s in meta["subjects"] if s["baseline_diagnosis"] == dx]
+        if sel:
+            out["by_diagnosis"][dx] = {
+                "years_mean": {stage: float(np.mean([s["pre_baseline"]["years"].get(stage, 0.0)
+                                                     for s in sel])) for stage in DIAGNOSES},
+                "change_pct_mean": {key: float(np.mean([s["pre_baseline"]["change_pct"][key]["realised"]
+                                                        for s in sel]))
+                                    for key in sel[0]["pre_baseline"]["change_pct"]}}
+    return out
 
 
 def fidelity(meta: dict) -> dict:
@@ -40,7 +74,9 @@ def fidelity(meta: dict) -> dict:
                  "min_jacobian": min(v["min_jacobian"] for s in meta["subjects"] for v in s["visits"]),
                  "max_gradient_norm": max(v["max_gradient_norm"] for _, v in rows),
                  "max_inverse_step_voxels": max(v["inverse_step_voxels"] for _, v in rows),
-                 "regions_checked": rows[0][1]["regions_checked"], "by_diagnosis": {}}
+                 "regions_checked": rows[0][1]["regions_checked"],
+                 "follow_up_steps_mean": float(np.mean([v["steps"] for _, v in rows])),
+                 "pre_baseline": pre_baseline_checks(meta), "by_diagnosis": {}}
     for dx in DIAGNOSES:
         sel = [v for d, v in rows if d == dx]
         if not sel:
@@ -76,6 +112,69 @@ def label_count_blindness(manifest: Manifest, key_labels: list[int]) -> dict:
             "correlation": float(np.corrcoef(seen_a, truth_a)[0, 1]) if len(seen) > 2 else float("nan")}
 
 
+def _pearson(x: np.ndarray, y: np.ndarray) -> float:
+    if len(x) < 3 or np.std(x) == 0 or np.std(y) == 0:
+        return float("nan")
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def _residual(values: np.ndarray, covariate: np.ndarray) -> np.ndarray:
+    design = np.column_stack([np.ones_like(covariate), covariate])
+    return values - design @ np.linalg.lstsq(design, values, rcond=None)[0]
+
+
+def baseline_signal(manifest: Manifest, meta: dict, atlas) -> dict:
+    """How much a subject's baseline volumes say about its future rate, within baseline diagnosis.
+
+    Per subject and key group: the deficit ``log((V_baseline / ICV) / (V_template / ICV_template))``
+    (baseline volume relative to head size, against the template's; ``ICV`` from ``cohort.json``,
+    the template's the volume of its brain mask) and the future rate: ``rate_<group>`` (prescribed,
+    % per year at the baseline diagnosis) and the realised annual change from first to last visit.
+    Returns Pearson's r of deficit and rate within each baseline diagnosis, plain and with age
+    partialled out (both regressed on age within the diagnosis), and pooled over diagnoses after
+    centring each diagnosis.
+    """
+    icv = {s["subject_id"]: s["intracranial_volume_mm3"] for s in meta["subjects"]}
+    template_icv = float((np.asarray(atlas.mask) > 0.5).sum() * atlas.voxel_volume)
+    template = atlas.key_group_volumes()
+    rows: dict[str, list] = {dx: [] for dx in DIAGNOSES}
+    for visits in manifest.by_subject().values():
+        first, last = visits[0], visits[-1]
+        years = last.age - first.age
+        row = {"age": first.age}
+        for key in SIGNAL_GROUPS:
+            v0, v1 = float(first.extra[f"vol_{key}"]), float(last.extra[f"vol_{key}"])
+            row[f"deficit_{key}"] = float(np.log((v0 / icv[first.subject_id]) / (template[key] / template_icv)))
+            row[f"rate_{key}"] = float(first.extra[f"rate_{key}"])
+            row[f"realised_{key}"] = 100.0 * ((v1 / v0) ** (1.0 / years) - 1.0)
+        rows[first.diagnosis].append(row)
+    out: dict = {"definition": "r(log((V_base/ICV)/(V_template/ICV_template)), future annual % change)",
+                 "by_diagnosis": {}, "pooled_within_diagnosis": {}}
+    centred: dict[str, list[np.ndarray]] = {}
+    for dx, sel in rows.items():
+        if len(sel) < 3:
+            continue
+        age = np.array([r["age"] for r in sel])
+        entry: dict = {"subjects": len(sel)}
+        for key in SIGNAL_GROUPS:
+            deficit = np.array([r[f"deficit_{key}"] for r in sel])
+            rate = np.array([r[f"rate_{key}"] for r in sel])
+            realised = np.array([r[f"realised_{key}"] for r in sel])
+            entry[key] = {"r_prescribed_rate": round(_pearson(deficit, rate), 3),
+                          "r_realised_rate": round(_pearson(deficit, realised), 3),
+                          "partial_r_age": round(_pearson(_residual(deficit, age), _residual(rate, age)), 3)
+                          if len(sel) >= 5 else float("nan"),
+                          "deficit_pct_mean": round(100.0 * float(np.expm1(deficit).mean()), 2)}
+            for name, values in (("deficit", deficit), ("rate", rate)):
+                centred.setdefault(f"{key}:{name}", []).append(values - values.mean())
+        out["by_diagnosis"][dx] = entry
+    for key in SIGNAL_GROUPS:
+        if f"{key}:deficit" in centred:
+            out["pooled_within_diagnosis"][key] = round(_pearson(
+                np.concatenate(centred[f"{key}:deficit"]), np.concatenate(centred[f"{key}:rate"])), 3)
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--subjects", type=int, default=20)
@@ -85,15 +184,19 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="cohort folder (default: a temporary folder)")
     p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--no-history", action="store_true",
+                   help="baselines without pre-baseline atrophy (for comparison)")
     args = p.parse_args()
+    design = CohortDesign(subjects=args.subjects, visits=parse_visits(args.visits),
+                          pre_baseline=not args.no_history)
+    config = SynthConfig(grid=grid_for_spacing(args.spacing), design=design)
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.out) if args.out else Path(tmp) / "cohort"
         load_before = os.getloadavg()
         t0, c0 = time.perf_counter(), cpu_seconds()
-        manifest = generate_cohort(out, subjects=args.subjects, seed=args.seed,
-                                   grid=grid_for_spacing(args.spacing), visits=parse_visits(args.visits),
-                                   workers=args.workers, overwrite=True)
+        manifest = generate_cohort(out, seed=args.seed, workers=args.workers, overwrite=True,
+                                   config=config)
         wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0
         load_after = os.getloadavg()
         meta = json.loads((out / "cohort.json").read_text())
@@ -102,7 +205,8 @@ def main() -> None:
         atlas = load_atlas(meta["atlas"]["id"], meta["atlas"]["grid"])
         result = {
             "command": (f"python benchmarks/bench_synth.py --subjects {args.subjects} --visits "
-                        f"{args.visits} --spacing {args.spacing} --workers {args.workers} --seed {args.seed}"),
+                        f"{args.visits} --spacing {args.spacing} --workers {args.workers} --seed {args.seed}"
+                        + (" --no-history" if args.no_history else "")),
             "machine": {"cpus_visible": os.cpu_count(), "cpus_usable": len(os.sched_getaffinity(0)),
                         "processor": platform.processor() or platform.machine(),
                         "python": platform.python_version()},
@@ -113,6 +217,7 @@ def main() -> None:
             "fidelity": fidelity(meta),
             "hippocampus_label_count_vs_truth": label_count_blindness(
                 manifest, list(atlas.key_groups["hippocampus"])),
+            "baseline_signal": baseline_signal(manifest, meta, atlas),
         }
         print(json.dumps(result, indent=2))
         print(format_summary(summarize_cohort(manifest)))

@@ -3,14 +3,21 @@
 ``generate_cohort(out, subjects=..., seed=..., grid=...)`` writes a cohort and returns its
 :class:`~mambacontrol.data.Manifest`; ``summarize_cohort`` / ``format_summary`` describe it.
 
-Every subject is the atlas template and labels under a random smooth diffeomorphism (affine plus a
-low-frequency stationary velocity field), with a contrast, bias field and Rician noise of its
-own. Subjects have an age, a sex and a diagnosis (CN/MCI/AD, converting CN→MCI about 5 %/yr and
-MCI→AD about 15 %/yr) and 2-5 visits at irregular intervals over up to 8 years. Each region
-changes volume at a subject-specific annual rate drawn around published means
-(:mod:`~mambacontrol.synth.rates`); the change is produced by a smooth deformation whose
-divergence is prescribed region by region (a spectral Poisson solve) and calibrated until the
-realised change matches (:mod:`~mambacontrol.synth.atrophy`).
+Every subject's reference anatomy is the atlas template and labels under a random smooth
+diffeomorphism (affine plus a low-frequency stationary velocity field); its scans have a contrast,
+bias field and Rician noise of its own. Subjects have an age, a sex and a diagnosis (CN/MCI/AD,
+converting CN→MCI about 5 %/yr and MCI→AD about 15 %/yr) and 2-5 visits at irregular intervals
+over up to 8 years. Each region changes volume at a subject-specific annual rate drawn around
+published means (:mod:`~mambacontrol.synth.rates`); the change is produced by smooth deformations
+whose divergence is prescribed region by region (a spectral Poisson solve) and calibrated until
+the realised change matches (:mod:`~mambacontrol.synth.atrophy`). The same rates act before the
+first visit: from age 60 every subject aged at its CN rates, an MCI subject spent 1-5 years at its
+MCI rates before baseline, an AD subject 1-5 years at MCI then 1-4 years at AD rates
+(:mod:`~mambacontrol.synth.plan`, :mod:`~mambacontrol.synth.trajectory`). So a baseline scan
+carries the atrophy accumulated before it, and a subject that looks atrophied at baseline is, in
+proportion, one that declines fast or has declined long; after baseline it continues the same
+trajectory. ``cohort.json`` records every subject's pre-baseline years and head size
+(``intracranial_volume_mm3``).
 
 Ground truth, extra manifest columns (kept in :attr:`mambacontrol.data.Visit.extra`):
 
@@ -19,9 +26,10 @@ column                     meaning
 =========================  =====================================================================
 ``vol_r<label>``           volume (mm³) of every atlas region at the visit: the integral of the
                            Jacobian determinant of the template→visit map over the template
-                           region. Baseline and follow-ups are measured the same way, so the
-                           change between visits is exact (sub-voxel; label maps at 2 mm barely
-                           change, so never count label voxels as truth)
+                           region (the map: subject shape, then the atrophy before baseline,
+                           then the change since). Baseline and follow-ups are measured the
+                           same way, so the change between visits is exact (sub-voxel; label
+                           maps at 2 mm barely change, so never count label voxels as truth)
 ``vol_<group>``            the same for each ``Atlas.key_groups`` group (sum of its regions):
                            hippocampus, amygdala, entorhinal, lateral_ventricles, whole_brain
 ``rate_<group>``           the subject's prescribed annual volume change of the group at its

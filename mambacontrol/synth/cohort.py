@@ -109,6 +109,7 @@ def _visit_checks(visit: SimulatedVisit, baseline: SimulatedVisit, ctx: GridCont
                     "min_jacobian": _round(visit.min_jacobian, 4)}
     if visit.index == 0:
         return checks
+    checks["steps"] = visit.steps
     big = baseline.volumes >= FIDELITY_MIN_MM3
     realised = visit.volumes / baseline.volumes - 1.0
     prescribed = np.expm1(visit.prescribed_log_ratio)
@@ -135,6 +136,24 @@ def _visit_checks(visit: SimulatedVisit, baseline: SimulatedVisit, ctx: GridCont
             "realised": _round(100 * float(visit.volumes[ids].sum() / b - 1.0), 5),
             "partial_volume": _round(100 * float(visit.pv_volumes[ids].sum() / bpv - 1.0), 5)}
     return checks
+
+
+def _pre_baseline(sim: SubjectSimulator, ctx: GridContext) -> dict:
+    """The subject's pre-baseline history for ``cohort.json``: years per stage, steps and their
+    checks, and each key group's change from the reference anatomy to baseline."""
+    history = sim.history
+    prescribed = sim.reference_volumes * np.exp(sim.rates.log_ratio(sim.plan.history, 0.0))
+    index = _label_index(ctx)
+    change = {}
+    for key, labels in ctx.atlas.key_groups.items():
+        ids = [index[lab] for lab in labels]
+        reference = sim.reference_volumes[ids].sum()
+        change[key] = {"prescribed": _round(100 * float(prescribed[ids].sum() / reference - 1.0), 5),
+                       "realised": _round(100 * float(sim.baseline_volumes[ids].sum() / reference - 1.0), 5)}
+    return {"years": sim.plan.pre_baseline_years(), "steps": history.steps,
+            "max_gradient_norm": _round(history.max_gradient_norm, 4),
+            "calibration_error": _round(history.calibration_error, 4),
+            "max_shift_voxels": _round(sim.max_shift, 4), "change_pct": change}
 
 
 def _stage_rates(sim: SubjectSimulator, ctx: GridContext, baseline: SimulatedVisit) -> dict:
@@ -168,6 +187,8 @@ def simulate_and_write(plan: SubjectPlan, out: Path, config: SynthConfig) -> dic
     subject = plan.to_dict()
     subject.update({"contrast_gamma": _round(sim.gamma, 5),
                     "anatomy": {k: _round(v, 5) for k, v in sim.anatomy.summary().items()},
+                    "intracranial_volume_mm3": _round(sim.intracranial_volume, 7),
+                    "pre_baseline": _pre_baseline(sim, ctx),
                     "annual_change_pct_by_stage": stage_rates, "visits": checks})
     return {"rows": rows, "subject": subject}
 
@@ -229,8 +250,9 @@ def generate_cohort(out: str | os.PathLike, *, subjects: int = 20, seed: int = 0
     meta = {"generator": "mambacontrol.synth", "mambacontrol_version": __version__, "seed": seed,
             "atlas": {"id": atlas.id, "grid": atlas.grid_name, "checksum": atlas.checksum},
             "truth": ("vol_* = integral of the Jacobian determinant of the template-to-visit map "
+                      "(subject shape, then the atrophy before baseline, then the progression since) "
                       "over each template region (mm3); rate_* = prescribed annual % change of the "
-                      "group at the baseline diagnosis"),
+                      "group at the baseline diagnosis, the same rates before and after baseline"),
             "config": config.to_dict(),
             "subjects": [r["subject"] for r in results]}
     write_text_atomic(out / "cohort.json", json.dumps(meta, indent=1) + "\n")

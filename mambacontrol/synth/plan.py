@@ -1,9 +1,16 @@
-"""Who is in the synthetic cohort: covariates, visit schedules, conversions and splits.
+"""Who is in the synthetic cohort: covariates, visit schedules, conversions, histories and splits.
 
 Cohort-level choices (the diagnosis mix and the train/valid/test split, both by largest remainder
 so that small cohorts still hold every diagnosis) come from the cohort's generator; everything
 about one subject comes from that subject's own seed, so a subject does not depend on how many
 workers run or in which order.
+
+A subject's life is one timeline of stages: ``history`` (before the first visit, negative years
+since baseline) then ``timeline`` (from baseline on). Everyone ages at CN-stage rates from
+``CohortDesign.reference_age``, the age its reference anatomy (the template under its shape map)
+stands for; a subject with MCI at baseline entered MCI ``mci_years`` before it; a subject with AD
+went through ``mci_years`` of MCI and then ``ad_years`` of AD. The disease years are never cut
+short: a subject too young for its reference age plus them starts its history at MCI onset.
 """
 
 from __future__ import annotations
@@ -33,6 +40,13 @@ class CohortDesign:
         age_range: every visit's age lies in it (years).
         age_mean: mean baseline age of CN, MCI, AD; ``age_sd`` their spread.
         conversion: annual probability of CN→MCI and of MCI→AD.
+        pre_baseline: give subjects the atrophy they accumulated before baseline (``False``: every
+            baseline is the reference anatomy, so baselines say nothing beyond diagnosis and age;
+            for comparison).
+        reference_age: the age the reference anatomy stands for; ageing history starts there.
+        mci_years: range of years spent with MCI before baseline (MCI and AD at baseline),
+            drawn uniformly.
+        ad_years: range of years spent with AD before baseline (AD at baseline), drawn uniformly.
     """
 
     subjects: int = 20
@@ -45,6 +59,10 @@ class CohortDesign:
     age_mean: tuple[float, float, float] = (71.0, 73.0, 75.0)
     age_sd: float = 7.0
     conversion: tuple[float, float] = (0.05, 0.15)
+    pre_baseline: bool = True
+    reference_age: float = 60.0
+    mci_years: tuple[float, float] = (1.0, 5.0)
+    ad_years: tuple[float, float] = (1.0, 4.0)
 
     def __post_init__(self) -> None:
         if self.subjects < 1:
@@ -60,6 +78,10 @@ class CohortDesign:
                 raise ValueError(f"{name}={fr} must be three non-negative fractions summing to 1")
         if self.age_range[1] - self.age_range[0] <= self.max_years:
             raise ValueError(f"age_range={self.age_range} is too narrow for max_years={self.max_years}")
+        for name in ("mci_years", "ad_years"):
+            lo_years, hi_years = getattr(self, name)
+            if not 0 <= lo_years <= hi_years:
+                raise ValueError(f"{name}={getattr(self, name)} must be a range 0 <= shortest <= longest")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -80,6 +102,9 @@ class SubjectPlan:
         timeline: ``(start_year, stage)`` pairs: the baseline stage at 0 and each conversion
             that happens before the last visit.
         seed: ``(entropy, spawn_key)`` of the subject's ``numpy.random.SeedSequence``.
+        history: ``(start_year, stage)`` pairs before baseline (negative years, sorted; each
+            stage lasts until the next one starts, the last until baseline): the ageing and
+            disease the subject went through before its first visit. Empty: none.
     """
 
     index: int
@@ -91,6 +116,15 @@ class SubjectPlan:
     visit_years: tuple[float, ...]
     timeline: tuple[tuple[float, str], ...]
     seed: tuple[int, tuple[int, ...]] = field(repr=False)
+    history: tuple[tuple[float, str], ...] = ()
+
+    def pre_baseline_years(self) -> dict[str, float]:
+        """Years spent in each stage before baseline, e.g. ``{"CN": 11.2, "MCI": 3.1}``."""
+        ends = [start for start, _ in self.history[1:]] + [0.0]
+        out: dict[str, float] = {}
+        for (start, stage), end in zip(self.history, ends):
+            out[stage] = round(out.get(stage, 0.0) + end - start, 2)
+        return out
 
     def diagnosis_at(self, years: float) -> str:
         """Stage at a time since baseline (a conversion counts from its own time on)."""
@@ -113,6 +147,7 @@ class SubjectPlan:
         d = asdict(self)
         d["timeline"] = [list(t) for t in self.timeline]
         d["visit_years"] = list(self.visit_years)
+        d["history"] = [list(t) for t in self.history]
         d["seed"] = {"entropy": self.seed[0], "spawn_key": list(self.seed[1])}
         return d
 
@@ -169,6 +204,23 @@ def _timeline(rng: np.random.Generator, design: CohortDesign, baseline: str,
     return tuple(timeline)
 
 
+def _history(rng: np.random.Generator, design: CohortDesign, baseline: str,
+             age: float) -> tuple[tuple[float, str], ...]:
+    """Pre-baseline stages (see the module docstring), the earliest first."""
+    if not design.pre_baseline:
+        return ()
+    disease = DIAGNOSES[1:DIAGNOSES.index(baseline) + 1]
+    years = {"MCI": design.mci_years, "AD": design.ad_years}
+    starts, now = [], 0.0
+    for stage in reversed(disease):
+        now = round(now - float(rng.uniform(*years[stage])), 2)
+        starts.append((now, stage))
+    ageing = round(age - design.reference_age + now, 2)
+    if ageing > 0:
+        starts.append((round(now - ageing, 2), "CN"))
+    return tuple(reversed(starts))
+
+
 def plan_cohort(design: CohortDesign, seed: int) -> list[SubjectPlan]:
     """Draw every subject's covariates, visits, conversions and split.
 
@@ -199,6 +251,7 @@ def plan_cohort(design: CohortDesign, seed: int) -> list[SubjectPlan]:
         lo, hi = design.age_range[0], design.age_range[1] - years[-1]
         age = float(np.clip(rng.normal(design.age_mean[DIAGNOSES.index(dx)], design.age_sd), lo, hi))
         timeline = _timeline(rng, design, dx, years[-1])
+        history = _history(rng, design, dx, round(age, 2))
         plans.append(SubjectPlan(i, f"sub-{i + 1:0{width}d}", splits[i], sex, round(age, 2), dx,
-                                 years, timeline, seed_key))
+                                 years, timeline, seed_key, history))
     return plans

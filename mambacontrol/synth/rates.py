@@ -137,14 +137,18 @@ class SubjectRates:
     annual: np.ndarray
 
     def log_ratio(self, timeline: Sequence[tuple[float, str]], years: float) -> np.ndarray:
-        """Prescribed log volume ratio (visit over baseline) of every region after ``years``.
+        """Prescribed log volume ratio of every region from the timeline's first start to ``years``.
+
+        With the follow-up ``timeline`` (first start 0) this is a visit's ratio over baseline; with
+        a pre-baseline history (negative starts) and ``years=0``, the baseline's ratio over the
+        reference anatomy. Rates are the subject's own, the same before and after baseline.
 
         Args:
-            timeline: ``(start_year, stage)`` pairs, the first at 0, sorted.
+            timeline: ``(start_year, stage)`` pairs, sorted; each stage lasts until the next starts.
             years: time since baseline.
 
         Returns:
-            (R,) ``Σ_segments duration · log(1 + rate / 100)``.
+            (R,) ``Σ_segments duration · log(1 + rate / 100)`` (zeros for an empty timeline).
         """
         out = np.zeros(len(self.labels))
         for i, (start, stage) in enumerate(timeline):

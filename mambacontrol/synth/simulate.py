@@ -2,18 +2,25 @@
 
 Maps, in template voxel coordinates:
 
-- ``F0`` template → subject baseline (:class:`~mambacontrol.synth.anatomy.SubjectAnatomy`);
-- ``P_k = id + u_k`` the progression up to visit ``k`` (:class:`~mambacontrol.synth.atrophy.AtrophySimulator`);
-- ``T_k = F0 ∘ P_k`` template → visit ``k`` (``P_0 = id``).
+- ``F0`` template → the subject's reference anatomy, its shape before any ageing or disease
+  (:class:`~mambacontrol.synth.anatomy.SubjectAnatomy`);
+- ``H`` the atrophy accumulated before baseline;
+- ``P_k`` the progression from baseline up to visit ``k``, visit after visit (``P_0 = id``);
+- ``T_k = F0 ∘ H ∘ P_k`` template → visit ``k``.
 
-A visit's image, mask and labels are the template's pulled back through ``T_k⁻¹ = P_k⁻¹ ∘ F0⁻¹``
-(cubic, linear and nearest-neighbour interpolation); its regional volumes are the Jacobian
-integral of ``T_k`` over each template region, and the same regions measured by warped
-partial-volume labels are kept as a cross-check.
+``H`` and each visit's increment of ``P_k`` are legs of the subject's
+:class:`~mambacontrol.synth.trajectory.Trajectory`: calibrated atrophy steps at the subject's own
+regional rates.
+
+A visit's image, mask and labels are the template's pulled back through
+``T_k⁻¹ = P_k⁻¹ ∘ H⁻¹ ∘ F0⁻¹`` (cubic, linear and nearest-neighbour interpolation); its regional
+volumes are the Jacobian integral of ``T_k`` over each template region (baseline included), and
+the same regions measured by warped partial-volume labels are kept as a cross-check.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
@@ -25,10 +32,11 @@ from mambacontrol.atlas import Atlas
 from mambacontrol.synth.anatomy import AnatomyModel, SubjectAnatomy
 from mambacontrol.synth.appearance import AppearanceModel
 from mambacontrol.synth.atrophy import AtrophyModel, AtrophySimulator
-from mambacontrol.synth.fields import identity, invert_at, sample
+from mambacontrol.synth.fields import identity, sample
 from mambacontrol.synth.plan import CohortDesign, SubjectPlan
 from mambacontrol.synth.poisson import PoissonSolver
 from mambacontrol.synth.rates import RateModel, SubjectRates
+from mambacontrol.synth.trajectory import Leg, Trajectory
 
 
 @dataclass(frozen=True)
@@ -86,9 +94,14 @@ class SimulatedVisit:
         pv_volumes: (R,) the same regions measured by warped partial-volume labels (cross-check).
         prescribed_log_ratio: (R,) prescribed log volume ratio over baseline.
         min_jacobian: smallest Jacobian determinant of ``T_k`` on the grid.
-        max_gradient_norm: largest ``‖∇u_k‖`` (Frobenius; below 1 means ``P_k`` is injective).
-        calibration_error: largest relative error of a calibrated region's change.
-        inverse_step: last fixed-point update of ``P_k⁻¹`` (voxels; its accuracy).
+        max_gradient_norm: largest displacement gradient ``‖∇s‖`` (Frobenius) of the steps
+            since the previous visit (at baseline: of the pre-baseline history); below 1 means
+            each step is injective.
+        calibration_error: largest relative error of a calibrated region's change in the last
+            of those steps (calibrated to the visit's target volumes).
+        inverse_step: largest last fixed-point update of those steps' inverses (voxels; the
+            accuracy of the inverse map the images are resampled through).
+        steps: number of those steps.
     """
 
     index: int
@@ -105,6 +118,7 @@ class SimulatedVisit:
     max_gradient_norm: float = 0.0
     calibration_error: float = 0.0
     inverse_step: float = 0.0
+    steps: int = 0
 
 
 def partial_volume_volumes(labels: np.ndarray, points: np.ndarray, label_ids: np.ndarray,
@@ -147,6 +161,17 @@ class SubjectSimulator:
         plan: the subject's covariates and schedule.
         context: the grid's shared data.
         config: generator parameters.
+
+    Attributes:
+        rates: the subject's regional rates, before and after baseline.
+        anatomy: its shape map ``F0`` (the reference anatomy).
+        history: the pre-baseline leg ``H`` (baseline = ``F0 ∘ H``).
+        reference_volumes, baseline_volumes: (R,) regional volumes (mm³) of the reference and
+            the baseline anatomy.
+        max_shift: largest distance (voxels) between a point of the reference anatomy and the
+            same point at baseline.
+        intracranial_volume: mm³ of the template brain mask under ``F0`` alone: the subject's
+            head size, which no atrophy changes (the normaliser of a volume, like a measured ICV).
     """
 
     def __init__(self, plan: SubjectPlan, context: GridContext, config: SynthConfig):
@@ -161,33 +186,41 @@ class SubjectSimulator:
         self._appearance_rng = streams["appearance"]
         self.gamma = config.appearance.subject_gamma(self._appearance_rng)
         self.bias_field = config.appearance.subject_bias(context.shape, self._appearance_rng)
-        self.atrophy = AtrophySimulator(context.labels, context.label_ids, self.anatomy.forward,
-                                        self.anatomy.jacobian, context.voxel_volume, context.solver,
-                                        config.atrophy)
+        reference = AtrophySimulator(context.labels, context.label_ids, self.anatomy.forward,
+                                     self.anatomy.jacobian, context.voxel_volume, context.solver,
+                                     config.atrophy)
+        self.reference_volumes = reference.baseline_volumes.copy()
+        life = Trajectory(reference, config.atrophy.max_step)
+        self.history: Leg = life.advance(
+            self.reference_volumes * np.exp(self.rates.log_ratio(plan.history, 0.0)))
+        self._baseline = life.simulator
+        self.baseline_volumes = life.volumes.copy()
+        self.intracranial_volume = float(
+            self.anatomy.jacobian[context.mask > 0.5].sum(dtype=np.float64) * context.voxel_volume)
+        self.max_shift = (float(np.sqrt(((life.forward - self.anatomy.forward) ** 2)
+                                        .sum(axis=0)).max()) if self.history.steps else 0.0)
         grid = identity(context.shape)
-        baseline_mask = sample(context.mask, self.anatomy.inverse_at(grid), order=1, outside=0.0) > 0.5
-        self.roi = ndimage.binary_dilation(baseline_mask, iterations=2)
-        self._roi_points = grid[:, self.roi]
-        self._baseline_points = self.anatomy.inverse_at(self._roi_points)
+        reference_mask = sample(context.mask, self.anatomy.inverse_at(grid), order=1, outside=0.0) > 0.5
+        self.roi = ndimage.binary_dilation(reference_mask, iterations=2 + math.ceil(self.max_shift))
+        self._baseline_points, self._history_inverse_step = self.history.inverse_at(
+            self.anatomy.inverse_at(grid[:, self.roi]))
 
     def visits(self) -> Iterator[SimulatedVisit]:
-        """Every visit, in order (each costs one calibration and one set of warps)."""
+        """Every visit, in order: each continues the anatomy from the previous one (one or more
+        calibrations) and costs one set of warps."""
+        follow_up = Trajectory(self._baseline, self.config.atrophy.max_step)
+        points, step = self._baseline_points, self._history_inverse_step
+        leg = self.history
         for k, years in enumerate(self.plan.visit_years):
-            yield self.visit(k, years)
+            log_ratio = self.rates.log_ratio(self.plan.timeline, years)
+            if k > 0:
+                leg = follow_up.advance(self.baseline_volumes * np.exp(log_ratio))
+                points, step = leg.inverse_at(points)
+            yield self._visit(k, years, points, follow_up, leg, step, log_ratio)
 
-    def visit(self, k: int, years: float) -> SimulatedVisit:
+    def _visit(self, k: int, years: float, points: np.ndarray, trajectory: Trajectory, leg: Leg,
+               inverse_step: float, log_ratio: np.ndarray) -> SimulatedVisit:
         ctx = self.context
-        log_ratio = self.rates.log_ratio(self.plan.timeline, years)
-        if k == 0:
-            points, step = self._baseline_points, 0.0
-            jac = self.anatomy.jacobian
-            volumes = self.atrophy.baseline_volumes.copy()
-            grad_norm, calib = 0.0, 0.0
-        else:
-            deformation = self.atrophy.deform(log_ratio)
-            points, step = invert_at(deformation.displacement, self._baseline_points)
-            jac, volumes = deformation.jacobian, deformation.volumes
-            grad_norm, calib = deformation.max_gradient_norm, deformation.calibration_error
         mask = np.zeros(ctx.shape, dtype=bool)
         mask[self.roi] = sample(ctx.mask, points, order=1, outside=0.0) > 0.5
         labels = np.zeros(ctx.shape, dtype=np.int16)
@@ -202,6 +235,7 @@ class SubjectSimulator:
         return SimulatedVisit(
             index=k, years=years, age=round(self.plan.baseline_age + years, 2),
             diagnosis=self.plan.diagnosis_at(years), image=image, labels=labels,
-            mask=mask.astype(np.uint8), volumes=volumes, pv_volumes=pv,
-            prescribed_log_ratio=log_ratio, min_jacobian=float(jac.min()),
-            max_gradient_norm=grad_norm, calibration_error=calib, inverse_step=step)
+            mask=mask.astype(np.uint8), volumes=trajectory.volumes.copy(), pv_volumes=pv,
+            prescribed_log_ratio=log_ratio, min_jacobian=float(trajectory.jacobian.min()),
+            max_gradient_norm=leg.max_gradient_norm, calibration_error=leg.calibration_error,
+            inverse_step=inverse_step, steps=leg.steps)

@@ -77,6 +77,16 @@ def test_cohort_json_and_overview(cohort):
     assert not re.search(r"\d{4}-\d{2}-\d{2}", (out / "cohort.json").read_text())
     follow_up = [v for s in meta["subjects"] for v in s["visits"][1:]]
     assert follow_up and all(v["realised_vs_prescribed_max_rel_error"] < 0.2 for v in follow_up)
+    assert all(v["steps"] >= 1 for v in follow_up)
+    assert meta["config"]["design"]["reference_age"] == 60.0
+    for s in meta["subjects"]:
+        history = s["pre_baseline"]
+        assert sum(history["years"].values()) == pytest.approx(-s["history"][0][0], abs=1e-6)
+        assert history["steps"] >= 1 and history["max_gradient_norm"] < 1.0
+        for key, change in history["change_pct"].items():
+            assert change["realised"] == pytest.approx(change["prescribed"], rel=0.05), key
+        assert history["change_pct"]["hippocampus"]["realised"] < 0
+        assert 1.0e6 < s["intracranial_volume_mm3"] < 2.5e6
     png = (out / "overview.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and b"Software" not in png and len(png) > 20_000
 

@@ -52,8 +52,38 @@ def test_conversion_rates_and_diagnosis_at():
     assert converter.diagnosis_at(t) == stage == converter.diagnosis_at(converter.visit_years[-1])
 
 
+def test_pre_baseline_history_follows_diagnosis_and_age():
+    design = CohortDesign(subjects=300)
+    plans = plan_cohort(design, seed=2)
+    stages = {"CN": ["CN"], "MCI": ["CN", "MCI"], "AD": ["CN", "MCI", "AD"]}
+    for p in plans:
+        starts = [t for t, _ in p.history]
+        assert starts == sorted(starts) and all(t < 0 for t in starts)
+        expected = stages[p.baseline_diagnosis]
+        assert [s for _, s in p.history] == expected[len(expected) - len(p.history):]
+        years = p.pre_baseline_years()
+        disease = years.get("MCI", 0.0) + years.get("AD", 0.0)
+        if p.baseline_diagnosis != "CN":
+            assert design.mci_years[0] - 0.01 <= years["MCI"] <= design.mci_years[1] + 0.01
+        if p.baseline_diagnosis == "AD":
+            assert design.ad_years[0] - 0.01 <= years["AD"] <= design.ad_years[1] + 0.01
+        # ageing runs from the reference age; disease years are never cut short
+        ageing = max(0.0, p.baseline_age - design.reference_age - disease)
+        assert years.get("CN", 0.0) == pytest.approx(ageing, abs=0.02)
+        assert sum(years.values()) == pytest.approx(-starts[0] if starts else 0.0, abs=1e-6)
+        assert p.to_dict()["history"] == [list(h) for h in p.history]
+    assert sum(not p.history for p in plans) < 0.1 * len(plans)  # only the youngest CN have none
+    mci = [p.pre_baseline_years()["MCI"] for p in plans if p.baseline_diagnosis == "MCI"]
+    assert np.mean(mci) == pytest.approx(np.mean(design.mci_years), abs=0.4)
+    unchanged = plan_cohort(CohortDesign(subjects=300, pre_baseline=False), seed=2)
+    assert all(q.history == () for q in unchanged)
+    assert [(q.sex, q.baseline_age, q.timeline) for q in unchanged] == [
+        (p.sex, p.baseline_age, p.timeline) for p in plans]
+
+
 @pytest.mark.parametrize("kwargs", [{"subjects": 0}, {"visits": (1, 3)}, {"visits": (4, 3)},
-                                    {"split": (0.5, 0.5, 0.5)}, {"diagnosis_mix": (1.0, 0.0)}])
+                                    {"split": (0.5, 0.5, 0.5)}, {"diagnosis_mix": (1.0, 0.0)},
+                                    {"mci_years": (3.0, 1.0)}, {"ad_years": (-1.0, 2.0)}])
 def test_design_rejects_bad_arguments(kwargs):
     with pytest.raises(ValueError):
         CohortDesign(**kwargs)

@@ -54,6 +54,19 @@ def test_log_ratio_follows_the_timeline(atlas):
     np.testing.assert_allclose(rates.log_ratio(((0.0, "CN"),), 1.0), np.log1p(rates.annual[0] / 100))
 
 
+def test_life_timeline_continues_across_baseline(atlas):
+    rates = RateModel().draw(np.random.default_rng(4), 78.0, "F", atlas.regions)
+    history = ((-14.0, "CN"), (-4.0, "MCI"), (-1.5, "AD"))
+    expected = (10.0 * np.log1p(rates.annual[0] / 100) + 2.5 * np.log1p(rates.annual[1] / 100)
+                + 1.5 * np.log1p(rates.annual[2] / 100))
+    np.testing.assert_allclose(rates.log_ratio(history, 0.0), expected)
+    np.testing.assert_array_equal(rates.log_ratio((), 0.0), 0.0)
+    follow_up = ((0.0, "AD"),)
+    # the whole life over the reference = before baseline + since baseline, at the same rates
+    np.testing.assert_allclose(rates.log_ratio(history + follow_up, 3.0),
+                               rates.log_ratio(history, 0.0) + rates.log_ratio(follow_up, 3.0))
+
+
 def test_random_effects_are_truncated(atlas):
     model = RateModel()
     mean = region_mean_rates(atlas.regions)

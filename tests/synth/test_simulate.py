@@ -1,4 +1,5 @@
-"""Fidelity of the generator (issue item 4) on three subjects at 4 mm over eight years."""
+"""Fidelity of the generator (issue item 4) on three subjects at 4 mm over eight years, each with
+its pre-baseline history; and the baseline's signal about the future."""
 
 import numpy as np
 import pytest
@@ -13,6 +14,8 @@ from mambacontrol.synth.simulate import (
 )
 
 TIMELINES = {"CN": ((0.0, "CN"),), "MCI": ((0.0, "MCI"), (3.0, "AD")), "AD": ((0.0, "AD"),)}
+HISTORIES = {"CN": ((-12.0, "CN"),), "MCI": ((-12.0, "CN"), (-3.0, "MCI")),
+             "AD": ((-12.0, "CN"), (-5.5, "MCI"), (-2.5, "AD"))}
 VISITS = (0.0, 3.5, 8.0)
 
 
@@ -22,15 +25,24 @@ def atlas():
 
 
 @pytest.fixture(scope="module")
-def cohort(atlas):
-    ctx = GridContext(atlas)
+def context(atlas):
+    return GridContext(atlas)
+
+
+@pytest.fixture(scope="module")
+def simulators(context):
     config = SynthConfig(grid="4mm")
     out = {}
     for i, (dx, timeline) in enumerate(TIMELINES.items()):
         plan = SubjectPlan(i, f"sub-{i + 1:03d}", "train", "F" if i % 2 else "M", 72.0, dx, VISITS,
-                           timeline, (11, (i,)))
-        out[dx] = list(SubjectSimulator(plan, ctx, config).visits())
+                           timeline, (11, (i,)), HISTORIES[dx])
+        out[dx] = SubjectSimulator(plan, context, config)
     return out
+
+
+@pytest.fixture(scope="module")
+def cohort(simulators):
+    return {dx: list(sim.visits()) for dx, sim in simulators.items()}
 
 
 def group_change(atlas, visit, baseline, key, which="volumes"):
@@ -74,6 +86,64 @@ def test_disease_ordering_and_direction(atlas, cohort):
         changes = [group_change(atlas, v, visits[0], "lateral_ventricles") for v in visits[1:]]
         assert 0 < changes[0] < changes[1]
         assert group_change(atlas, visits[-1], visits[0], "whole_brain") < 0
+
+
+def relative_error(volumes, reference, log_ratio, big):
+    """Largest error of the realised change relative to the prescribed one, over big regions."""
+    prescribed = np.expm1(log_ratio)
+    return float((np.abs(volumes / reference - 1.0 - prescribed) / np.abs(prescribed))[big].max())
+
+
+def test_baseline_carries_the_pre_baseline_atrophy(atlas, cohort, simulators):
+    for dx, sim in simulators.items():
+        baseline = cohort[dx][0]
+        np.testing.assert_array_equal(baseline.volumes, sim.baseline_volumes)
+        big = sim.reference_volumes >= 1000.0
+        history = sim.rates.log_ratio(sim.plan.history, 0.0)
+        assert relative_error(sim.baseline_volumes, sim.reference_volumes, history, big) < 0.02, dx
+        assert sim.history.steps == int(np.ceil(np.abs(history).max() / 0.25)) >= 1
+        assert sim.history.max_gradient_norm < 0.5 and baseline.inverse_step < 1e-2
+        for key, sign in (("hippocampus", -1), ("lateral_ventricles", 1)):
+            ids = [list(atlas.label_ids).index(lab) for lab in atlas.key_groups[key]]
+            change = sim.baseline_volumes[ids].sum() / sim.reference_volumes[ids].sum() - 1.0
+            assert sign * change > 0.05, (dx, key, change)
+
+
+def test_follow_up_continues_the_same_trajectory(cohort, simulators):
+    """A visit's volume over the reference anatomy is the whole life's ratio: history, then follow-up."""
+    for dx, sim in simulators.items():
+        big = sim.reference_volumes >= 1000.0
+        life = sim.plan.history + sim.plan.timeline
+        for v in cohort[dx][1:]:
+            log_ratio = sim.rates.log_ratio(life, v.years)
+            np.testing.assert_allclose(log_ratio, sim.rates.log_ratio(sim.plan.history, 0.0)
+                                       + v.prescribed_log_ratio, atol=1e-12)
+            assert relative_error(v.volumes, sim.reference_volumes, log_ratio, big) < 0.02, (dx, v.years)
+
+
+def test_baseline_deficit_predicts_the_future_rate_within_diagnosis_and_age(atlas, context):
+    """Subjects of one diagnosis, age and sex: the smaller the hippocampus (larger the ventricles)
+    at baseline, relative to head size, the faster it changes after baseline."""
+    config = SynthConfig(grid="4mm")
+    index = {lab: i for i, lab in enumerate(atlas.label_ids)}
+    template = atlas.region_volumes()
+    template_icv = float((np.asarray(atlas.mask) > 0.5).sum() * atlas.voxel_volume)
+    rows = {"hippocampus": [], "lateral_ventricles": []}
+    for i in range(10):
+        history = ((-12.0, "CN"), (-1.0 - 0.4 * i, "MCI"))
+        plan = SubjectPlan(i, f"sub-{i + 1:03d}", "train", "F", 72.0, "MCI", (0.0, 1.0),
+                           ((0.0, "MCI"),), (23, (i,)), history)
+        sim = SubjectSimulator(plan, context, config)
+        for key, labels in atlas.key_groups.items():
+            if key in rows:
+                ids = [index[lab] for lab in labels]
+                share = sim.baseline_volumes[ids].sum() / sim.intracranial_volume
+                rate = sim.rates.group_rate("MCI", labels, sim.baseline_volumes[ids])
+                rows[key].append((np.log(share / (sum(template[lab] for lab in labels) / template_icv)),
+                                  rate))
+    for key, pairs in rows.items():
+        deficit, rate = np.array(pairs).T
+        assert np.corrcoef(deficit, rate)[0, 1] > 0.6, key
 
 
 def test_no_folding_and_accurate_inverse(cohort):

@@ -104,6 +104,7 @@ class MambaControlNet(Component):
         fourier_modes: low-frequency modes kept per axis by each FourierRefine3d.
         hint_width: width of the hint embedding.
         num_covariates: length of the covariate vector.
+        use_flash_attention: fused attention kernels (the ``attention`` mixer), as the UNet's.
     """
 
     @register_to_config
@@ -115,7 +116,8 @@ class MambaControlNet(Component):
                  mamba_directions: Sequence[str] = DEFAULT_DIRECTIONS, mamba_d_state: int = 16,
                  mamba_expand: int = 2, share_mamba_weights: bool = True,
                  fourier_levels: Sequence[bool] | None = None, fourier_modes: Sequence[int] = (6, 6, 6),
-                 hint_width: int = 32, num_covariates: int = NUM_COVARIATES):
+                 hint_width: int = 32, num_covariates: int = NUM_COVARIATES,
+                 use_flash_attention: bool = True):
         super().__init__()
         channels = tuple(int(c) for c in channels)
         n = len(channels)
@@ -163,7 +165,7 @@ class MambaControlNet(Component):
                 add_downsample=not last, resblock_updown=False, with_attn=False,
                 with_cross_attn=use_attention and bool(attention_levels[i]),
                 num_head_channels=num_head_channels, transformer_num_layers=transformer_num_layers,
-                cross_attention_dim=context_dim))
+                cross_attention_dim=context_dim, use_flash_attention=use_flash_attention))
             for _ in range(num_res_blocks + (0 if last else 1)):
                 self.controlnet_down_blocks.append(zero_module(_conv(cout, cout, 1)))
             cin = cout
@@ -172,7 +174,7 @@ class MambaControlNet(Component):
                 spatial_dims=3, in_channels=channels[-1], temb_channels=temb,
                 norm_num_groups=norm_num_groups, norm_eps=1e-6, with_conditioning=True,
                 num_head_channels=num_head_channels, transformer_num_layers=transformer_num_layers,
-                cross_attention_dim=context_dim)
+                cross_attention_dim=context_dim, use_flash_attention=use_flash_attention)
         else:
             self.middle_block = MambaMidBlock(channels[-1], temb, norm_num_groups, mamba(channels[-1]))
         self.controlnet_mid_block = zero_module(_conv(channels[-1], channels[-1], 1))
@@ -195,7 +197,7 @@ class MambaControlNet(Component):
                       num_res_blocks=uc.num_res_blocks, norm_num_groups=uc.norm_num_groups,
                       attention_levels=list(uc.attention_levels), num_head_channels=uc.num_head_channels,
                       context_dim=uc.context_dim, transformer_num_layers=uc.transformer_num_layers,
-                      num_covariates=uc.num_covariates)
+                      num_covariates=uc.num_covariates, use_flash_attention=uc.use_flash_attention)
         clash = sorted(set(shared) & set(kwargs))
         if clash:
             raise ValueError(f"{', '.join(clash)} come from the UNet and cannot be overridden")

@@ -69,13 +69,18 @@ def _args(image, model, out, **over):
     ({"--sex": "X"}, "sex 'X'"),
     ({"--years": "-1"}, "horizon -1 years is negative"),
 ])
-def test_bad_arguments(tiny_model, standin, tmp_path, over, message):
-    r = run_cli(*_args(standin, tiny_model, tmp_path / "o", **over))
-    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
-    assert r.stderr.count("\n") == 1 and not (tmp_path / "o").exists()
+def test_bad_arguments(tiny_model, standin, tmp_path, capsys, over, message):
+    assert main(["-q", *_args(standin, tiny_model, tmp_path / "o", **over)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and not (tmp_path / "o").exists()
 
 
-def test_bad_files_and_models(tiny_model, standin, tmp_path):
+def test_error_exit_has_no_traceback(tiny_model, standin, tmp_path):
+    r = run_cli(*_args(standin, tiny_model, tmp_path / "o", **{"--age": "30"}))
+    assert r.returncode == 2 and "Traceback" not in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_bad_files_and_models(tiny_model, standin, tmp_path, capsys):
     bad = tmp_path / "bad"
     bad.mkdir()
     four_d = bad / "4d.nii.gz"
@@ -99,19 +104,19 @@ def test_bad_files_and_models(tiny_model, standin, tmp_path):
     cases.append((standin, other, "another version of atlas"))
     for image, model, message in cases:
         out = tmp_path / f"o_{image.stem}_{model.name}"
-        r = run_cli(*_args(image, model, out))
-        assert r.returncode == 2, r.stderr
-        assert message in r.stderr and r.stderr.count("\n") == 1, r.stderr
+        assert main(["-q", *_args(image, model, out)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
         assert not out.exists()
 
 
-def test_non_brain_image_is_refused(tiny_model, tmp_path):
+def test_non_brain_image_is_refused(tiny_model, tmp_path, capsys):
     noise = tmp_path / "noise.nii.gz"
     rng = np.random.default_rng(0)
     save_nifti(noise, rng.random((60, 70, 60)).astype(np.float32), np.diag([2.0, 2.0, 2.0, 1.0]))
     out = tmp_path / "o"
-    r = run_cli(*_args(noise, tiny_model, out))
-    assert r.returncode == 2 and "registration to the atlas failed" in r.stderr
+    assert main(["-q", *_args(noise, tiny_model, out)]) == 2
+    assert "registration to the atlas failed" in capsys.readouterr().err
     assert not out.exists()
 
 

@@ -40,6 +40,7 @@ class PreparedScan:
         transform: the map back to the scan's own space, as
             :meth:`AtlasTransform.to_dict` (None when the scan was already on the grid).
         similarity: the registration's similarity to the template (None when not registered).
+        affine: (4, 4) the scan's own affine when it was already on the grid.
     """
 
     image: np.ndarray
@@ -48,17 +49,15 @@ class PreparedScan:
     label_source: str
     transform: dict | None = None
     similarity: float | None = None
+    affine: np.ndarray | None = None
 
-    def to_native(self, array: np.ndarray, order: int = 1, native: Volume | None = None) -> Volume:
-        """Map an (X, Y, Z) array on the atlas grid into the scan's own space.
-
-        For a scan that was already on the grid, that is the array itself with the grid's affine
-        (``native`` gives it).
-        """
+    def to_native(self, array: np.ndarray, order: int = 1) -> Volume:
+        """Map an (X, Y, Z) array on the atlas grid into the scan's own space: its exact shape and
+        affine (for a scan that was already on the grid, the array itself)."""
         if self.transform is None:
-            if native is None:
-                raise ValueError("a scan prepared on the atlas grid needs its own volume to map back")
-            return Volume(np.asarray(array), native.affine.copy())
+            if self.affine is None:
+                raise ValueError("this prepared scan records no way back to its own space")
+            return Volume(np.asarray(array), np.asarray(self.affine, dtype=np.float64).copy())
         from mambacontrol.registration import AtlasTransform
 
         return AtlasTransform.from_dict(self.transform).to_native(array, order)
@@ -84,7 +83,7 @@ def load_on_grid(image_path: str | os.PathLike, segm_path: str | os.PathLike,
     img = np.asarray(image.data, dtype=np.float32)
     if img.min() < 0 or img.max() > 1:
         img = normalize_intensity(img, mask)
-    return PreparedScan(img, mask, labels.data.astype(np.int32), "segmentation")
+    return PreparedScan(img, mask, labels.data.astype(np.int32), "segmentation", affine=image.affine)
 
 
 def on_grid_mask(image: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
@@ -116,11 +115,13 @@ def prepare_scan(image_path: str | os.PathLike, atlas: Atlas,
         if image.min() < 0 or image.max() > 1:
             image = normalize_intensity(image, mask)
         if seg is not None:
-            return PreparedScan(image, mask, seg.data.astype(np.int32), "segmentation")
+            return PreparedScan(image, mask, seg.data.astype(np.int32), "segmentation",
+                                affine=scan.affine)
         from mambacontrol.registration import propagate_labels
 
         labels = propagate_labels(image, atlas, seed=seed)
-        return PreparedScan(image, mask, np.where(mask, labels, 0).astype(np.int32), "propagated")
+        return PreparedScan(image, mask, np.where(mask, labels, 0).astype(np.int32), "propagated",
+                            affine=scan.affine)
 
     from mambacontrol.registration import align_to_atlas, propagate_labels
 

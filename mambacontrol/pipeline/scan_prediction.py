@@ -183,7 +183,7 @@ def predict_scan(pipe: ProgressionPipeline, request: PredictRequest, out: str | 
         raise InputFileError(f"{out}: output folder exists and is not empty; choose another --out")
     start = time.perf_counter()
     timings: dict[str, float] = {}
-    native = load_nifti(request.image)
+    load_nifti(request.image)
     if request.segmentation is not None:
         load_nifti(request.segmentation, labels=True)
     for p in (request.image, request.segmentation):
@@ -218,8 +218,8 @@ def predict_scan(pipe: ProgressionPipeline, request: PredictRequest, out: str | 
                                                     seed=s.registration_seed)
                 timings["measurement"] = timings.get("measurement", 0.0) + time.perf_counter() - t
             t = time.perf_counter()
-            image = scan.to_native(pred.image, order=1, native=native)
-            spread = scan.to_native(pred.uncertainty, order=1, native=native)
+            image = scan.to_native(pred.image, order=1)
+            spread = scan.to_native(pred.uncertainty, order=1)
             save_nifti(folder / "prediction.nii.gz", image.data, image.affine, inputs=[request.image])
             save_nifti(folder / "uncertainty.nii.gz", spread.data, spread.affine, inputs=[request.image])
             timings["back_mapping"] = timings.get("back_mapping", 0.0) + time.perf_counter() - t

@@ -39,7 +39,7 @@ def tiny_cohort(tmp_path_factory):
 TINY_RUN_YAML = """
 seed: 0
 data: {grid: 4mm}
-engine: {mixed_precision: "no", checkpoint_every: 2, keep_checkpoints: 2, log_every: 1}
+engine: {mixed_precision: "no", checkpoint_every: 2, keep_checkpoints: 2, log_every: 1, image_every: 2}
 autoencoder:
   model: {channels: [8, 8, 8], latent_channels: 2, num_res_blocks: 1, norm_num_groups: 4}
   train: {steps: 2, batch_size: 1, lr: 1.0e-3, warmup_steps: 0, patch_size: [16, 16, 16], scale_scans: 2}

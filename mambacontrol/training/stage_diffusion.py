@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 
@@ -111,6 +112,38 @@ def _items(cfg: RunConfig, data: RunData, out: Path, frozen: dict, factor: int) 
     return pair_items(data, pairs, ae_hash, norm, graph, factor)
 
 
+def _as_panel(volumes: list[torch.Tensor]) -> np.ndarray:
+    """Coronal middle slices of (C, x, y, z) latents side by side, channel 0, scaled to [0, 1]."""
+    slices = [v[0, :, v.shape[2] // 2, :].T.flip(0).float().cpu().numpy() for v in volumes]
+    joined = np.concatenate(slices, axis=1)
+    lo, hi = float(joined.min()), float(joined.max())
+    return (joined - lo) / (hi - lo) if hi > lo else np.zeros_like(joined)
+
+
+def denoising_logger(objective: DiffusionObjective, item: dict, denoise):
+    """TensorBoard images: a training pair's target beside the network's one-step estimate of it
+    from noise level t = T/2 (a cheap view of what the model has learned)."""
+    def log_images(models, step):
+        batch = {k: v[None] for k, v in item.items()}
+        target = batch.pop("target")
+        g = torch.Generator().manual_seed(0)
+        noise = torch.randn(target.shape, generator=g)
+        device = next(next(iter(models.values())).parameters()).device
+        batch = {k: v.to(device) for k, v in batch.items()}
+        target, noise = target.to(device), noise.to(device)
+        t = torch.full((1,), objective.num_steps // 2, device=device, dtype=torch.long)
+        noisy = objective.scheduler.add_noise(target, noise, t)
+        pred = denoise(models, batch, noisy, t)
+        a = objective.scheduler.alphas_cumprod.to(device)[t].view(-1, 1, 1, 1, 1)
+        if objective.prediction_type == "epsilon":
+            estimate = (noisy - (1 - a).sqrt() * pred) / a.sqrt()
+        else:
+            estimate = a.sqrt() * noisy - (1 - a).sqrt() * pred
+        return {"target_vs_estimate": _as_panel([target[0], estimate[0]])}
+
+    return log_images
+
+
 def target_scale(unet: DenoisingUNet, items: list[dict]) -> float:
     """1 / std of the unscaled targets over the training pairs."""
     raw = torch.stack([unet.target_from_latents(i["z_base"], i["z_follow"]) / unet.config.target_scale
@@ -140,10 +173,16 @@ def train_unet(cfg: RunConfig, data: RunData, out: Path, resume: bool, config_di
         loss = F.mse_loss(pred.float(), goal.float())
         return loss, {}
 
+    def denoise(models, batch, noisy, ts):
+        tokens, _ = _graph_parts(models, batch)
+        return models["unet"](noisy, ts, batch["covariates"], z_base=batch["z_base"], graph_tokens=tokens)
+
+    preview = {**items[0], "target": unet.target_from_latents(items[0]["z_base"], items[0]["z_follow"])}
     trainer = Trainer("unet", {"unet": unet}, optimizer, step_fn,
                       ResumableBatches(items, t.batch_size, seed=cfg.seed), out, steps=t.steps,
                       lr_scheduler=scheduler, frozen=frozen, ema=("unet",), ema_decay=t.ema_decay,
-                      config=config_dict, **engine_settings(cfg))
+                      config=config_dict, image_every=cfg.engine.image_every,
+                      image_logger=denoising_logger(objective, preview, denoise), **engine_settings(cfg))
     summary = trainer.run(resume=resume)
     if trainer.accelerator.is_main_process:
         with trainer.ema_weights() as models:
@@ -168,25 +207,29 @@ def train_controlnet(cfg: RunConfig, data: RunData, out: Path, resume: bool,
     t = cfg.controlnet.train
     optimizer, scheduler = make_optimizer(controlnet.parameters(), t)
 
-    def step_fn(batch, models, step):
+    def denoise(models, batch, noisy, ts):
         u = models["unet"]
         tokens, gmap = _graph_parts(models, batch)
-        target = u.target_from_latents(batch["z_base"], batch["z_follow"])
-        noisy, ts, goal = objective.noisy(target)
         cov = batch["covariates"]
         hint = build_hint(batch["z_base"], batch["years"], norm, gmap if graph_dim else None)
-        context = u.context(cov, tokens)
         res, mid = models["controlnet"](u.network_input(noisy, batch["z_base"]), ts, hint, cov,
-                                        context=context)
-        pred = u(noisy, ts, cov, z_base=batch["z_base"], graph_tokens=tokens,
+                                        context=u.context(cov, tokens))
+        return u(noisy, ts, cov, z_base=batch["z_base"], graph_tokens=tokens,
                  down_block_additional_residuals=res, mid_block_additional_residual=mid)
+
+    def step_fn(batch, models, step):
+        target = unet.target_from_latents(batch["z_base"], batch["z_follow"])
+        noisy, ts, goal = objective.noisy(target)
+        pred = denoise(models, batch, noisy, ts)
         loss = F.mse_loss(pred.float(), goal.float())
         return loss, {}
 
+    preview = {**items[0], "target": unet.target_from_latents(items[0]["z_base"], items[0]["z_follow"])}
     trainer = Trainer("controlnet", {"controlnet": controlnet}, optimizer, step_fn,
                       ResumableBatches(items, t.batch_size, seed=cfg.seed), out, steps=t.steps,
                       lr_scheduler=scheduler, frozen=frozen, ema=("controlnet",),
-                      ema_decay=t.ema_decay, config=config_dict, **engine_settings(cfg))
+                      ema_decay=t.ema_decay, config=config_dict, image_every=cfg.engine.image_every,
+                      image_logger=denoising_logger(objective, preview, denoise), **engine_settings(cfg))
     summary = trainer.run(resume=resume)
     if trainer.accelerator.is_main_process:
         with trainer.ema_weights() as models:

@@ -17,7 +17,14 @@ def test_all_stages_write_a_loadable_model(tiny_model):
     for comp in ("autoencoder", "unet", "controlnet", "graph_encoder", "trajectory_head"):
         assert (tiny_model / comp / "config.json").is_file()
     assert (tiny_model / "config.yaml").is_file()
-    assert list((tiny_model / "logs" / "unet").iterdir())
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for stage, tag in (("autoencoder", "samples/reconstruction"), ("unet", "samples/target_vs_estimate"),
+                       ("controlnet", "samples/target_vs_estimate")):
+        events = EventAccumulator(str(tiny_model / "logs" / stage))
+        events.Reload()
+        assert tag in events.Tags()["images"], events.Tags()
+        assert "train/loss" in events.Tags()["scalars"]
     pipe = ProgressionPipeline.from_pretrained(tiny_model)
     assert pipe.controlnet is not None and pipe.graph_encoder is not None
     assert pipe.autoencoder.scaling_factor != 1.0

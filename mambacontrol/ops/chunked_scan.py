@@ -35,7 +35,9 @@ function, so that only the inputs and the step sizes are kept for the backward p
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -166,6 +168,26 @@ def _step_sizes(delta4: Tensor, bias: Tensor | None, softplus: bool, length: int
     return step
 
 
+@contextlib.contextmanager
+def one_cpu_thread(device: torch.device) -> Iterator[None]:
+    """Run the enclosed torch ops on one intra-op thread when on a CPU, then restore the count.
+
+    The scan is thousands of small ops (a segment is about 1M elements); splitting each across
+    threads gains little, and on a machine where another process is busy every op waits for its
+    threads to be scheduled: measured on 2 cores beside another 2-thread job, a (24, 128, 16, 2016)
+    scan took 35–44 s with 2 threads and 0.2 s with one.
+    """
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _silu_grad(x: Tensor) -> Tensor:
     sig = torch.sigmoid(x)
     return sig * (1 + x * (1 - sig))
@@ -182,6 +204,17 @@ class ChunkedScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, delta, A, Bm, Cm, D, z, delta_bias, delta_softplus, chunk, segment):
+        with one_cpu_thread(u.device):
+            return ChunkedScan._forward(ctx, u, delta, A, Bm, Cm, D, z, delta_bias,
+                                        delta_softplus, chunk, segment)
+
+    @staticmethod
+    def backward(ctx, dout, dlast):
+        with one_cpu_thread(dout.device):
+            return ChunkedScan._backward(ctx, dout, dlast)
+
+    @staticmethod
+    def _forward(ctx, u, delta, A, Bm, Cm, D, z, delta_bias, delta_softplus, chunk, segment):
         bt, dim, length = u.shape
         groups, dstate = Bm.shape[1], Bm.shape[2]
         heads = dim // groups
@@ -218,7 +251,7 @@ class ChunkedScan(torch.autograd.Function):
         return out.flatten(1, 2)[..., :length], last
 
     @staticmethod
-    def backward(ctx, dout, dlast):
+    def _backward(ctx, dout, dlast):
         u4, delta4, step, At, Bm, Cm, D, z4, delta_bias, starts = ctx.saved_tensors
         length, delta_softplus, chunk, segment = ctx.options
         bt, groups, heads, padded = u4.shape

@@ -217,3 +217,27 @@ def test_optional_shape_errors():
         selective_scan(*args, delta_bias=torch.zeros(1, 2))
     with pytest.raises(MambaControlError, match="z has shape"):
         selective_scan(*args, z=torch.zeros(1, 2, 4))
+
+
+def test_cpu_scan_runs_on_one_thread_and_restores_the_count():
+    from mambacontrol.ops import chunked_scan as cs
+
+    seen = []
+    original = cs.ChunkedScan._forward
+
+    def spy(*args):
+        seen.append(torch.get_num_threads())
+        return original(*args)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        cs.ChunkedScan._forward = staticmethod(spy)
+        u = torch.randn(2, 4, 40, requires_grad=True)
+        out = selective_scan(u, torch.rand(2, 4, 40), -torch.rand(4, 3), torch.randn(2, 3, 40),
+                             torch.randn(2, 3, 40), backend="torch")
+        out.sum().backward()
+        assert seen == [1] and torch.get_num_threads() == 2 and u.grad is not None
+    finally:
+        cs.ChunkedScan._forward = staticmethod(original)
+        torch.set_num_threads(threads)

@@ -1,0 +1,40 @@
+"""The package's layers (docs/architecture.md): a subpackage imports only from lower layers."""
+
+import ast
+from pathlib import Path
+
+import mambacontrol
+
+LAYERS = {
+    "errors": 0, "_version": 0,
+    "io": 1, "ops": 1,
+    "atlas": 2, "data": 2, "nn": 2,
+    "registration": 3, "graph": 3, "models": 3,
+    "synth": 4, "pipeline": 4,
+    "training": 5, "evaluation": 5,
+    "demo": 6, "cli": 7, "__main__": 8, "__init__": 8,
+}
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("mambacontrol."):
+            names.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            names.update(a.name.split(".")[1] for a in node.names if a.name.startswith("mambacontrol."))
+    return names
+
+
+def test_every_module_imports_downwards_only():
+    root = Path(mambacontrol.__file__).parent
+    problems = []
+    for path in sorted(root.rglob("*.py")):
+        part = path.relative_to(root).parts[0].removesuffix(".py")
+        assert part in LAYERS, f"{part} has no layer: add it to docs/architecture.md and here"
+        for target in _imports(path) - {part}:
+            if LAYERS[target] >= LAYERS[part] and part != "__init__":
+                problems.append(f"{path.relative_to(root)} (layer {LAYERS[part]}) imports "
+                                f"mambacontrol.{target} (layer {LAYERS[target]})")
+    assert not problems, "\n".join(problems)

@@ -10,7 +10,8 @@ Steps (each skipped when its output exists, so the script resumes):
 2. ``mambacontrol train all`` with ``train/configs/synthetic-2mm.yaml`` → ``<out>/full``;
 3. ablations sharing the full model's autoencoder, graph and UNet, each retraining only the
    ControlNet: ``attention`` (attention instead of Mamba), ``no-fourier`` (no Fourier refinement),
-   ``no-graph-hint`` (no graph map in the ControlNet hint); plus ``unet-only`` (no ControlNet);
+   ``no-graph-hint`` (no graph map in the ControlNet hint) (``--skip-ablations`` leaves these out);
+   plus ``unet-only`` (the full model without its ControlNet: no training, always evaluated);
 4. ``mambacontrol evaluate --model full --compare <ablations>`` → ``<out>/evaluation``;
 5. prints the table for ``docs/benchmarks.md`` (targets: regional volume-change error ≤ 50 % of
    copy-baseline's on the key groups; change-image MAE ≥ 20 % below copy-baseline's; PSNR and
@@ -107,7 +108,8 @@ def main() -> int:
     parser.add_argument("--pairs", choices=("all", "last"), default="last")
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--config", default="train/configs/synthetic-2mm.yaml")
-    parser.add_argument("--skip-ablations", action="store_true")
+    parser.add_argument("--skip-ablations", action="store_true",
+                        help="skip the ablations that retrain a ControlNet (unet-only is kept)")
     args = parser.parse_args()
     out = args.out
     start = time.perf_counter()
@@ -122,7 +124,7 @@ def main() -> int:
     compare = []
     if not args.skip_ablations:
         compare = [ablation_run(full, n, o, manifest, args.config) for n, o in ABLATIONS.items()]
-        compare.append(unet_only(full))
+    compare.append(unet_only(full))
     evaluation = out / "evaluation"
     if not (evaluation / "metrics.json").is_file():
         mc("evaluate", "--manifest", str(manifest), "--model", str(full), "--out", str(evaluation),

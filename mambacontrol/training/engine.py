@@ -20,7 +20,9 @@ rest:
 - **divergence**: a non-finite loss (or, outside fp16, a non-finite gradient norm) stops the run
   before the weights are touched with :class:`TrainingDivergedError`; checkpoints already written
   are kept.
-- **people**: a tqdm bar (loss, samples/s), TensorBoard scalars (``train/loss``, ``train/lr``,
+- **people**: a tqdm bar (loss, samples/s) on a terminal, or, where the output is not a terminal
+  (a log file, a batch job), a log line about every 5 % of the run (step, loss, samples/s, time
+  left); TensorBoard scalars (``train/loss``, ``train/lr``,
   ``train/samples_per_s``, ``train/grad_norm`` and every metric ``step_fn`` returns) every
   ``log_every`` steps, images from ``image_logger`` every ``image_every`` steps, and a one-line
   :class:`StageSummary` at the end, also written to ``<out_dir>/stages/<stage>.json``.
@@ -354,6 +356,9 @@ class Trainer:
             writer = SummaryWriter(str(self.log_dir), purge_step=start if start else None)
         bar = tqdm(total=self.steps, initial=start, desc=self.stage, unit="step", dynamic_ncols=True,
                    disable=None if acc.is_main_process else True)
+        # Without a terminal the bar is off: log a line about every 5 % of the run instead.
+        line_every = (self.log_every * math.ceil(self.steps / 20 / self.log_every)
+                      if bar.disable and acc.is_main_process else 0)
         for module in self._prepared.values():
             module.train()
         window: dict[str, list[float]] = {}
@@ -377,6 +382,11 @@ class Trainer:
                                     samples_s=f"{rate:.3g}", refresh=False)
                     if writer is not None:
                         self._log_scalars(writer, window, rate, done)
+                    if line_every and (done % line_every == 0 or done == self.steps):
+                        spent = time.perf_counter() - run_start
+                        left = spent / (done - start) * (self.steps - done)
+                        logger.info("%s: step %d/%d, loss %.4g, %.3g samples/s, %s left", self.stage,
+                                    done, self.steps, np.mean(window["loss"]), rate, _duration(left))
                     window, window_start, window_samples = {}, time.perf_counter(), 0
                 if writer is not None and self.image_logger and self.image_every \
                         and done % self.image_every == 0:
@@ -651,3 +661,4 @@ def _duration(seconds: float) -> str:
     minutes, secs = divmod(int(round(seconds)), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+

@@ -268,3 +268,12 @@ def test_bad_arguments(tmp_path):
                 config={"x": object()})
     with pytest.raises(ValueError, match="steps must be ≥ 1"):
         Trainer("t", {"net": net}, opt, lambda *a: None, batches, tmp_path, steps=0)
+
+
+def test_without_a_terminal_progress_goes_to_the_log(tmp_path, caplog):
+    caplog.set_level("INFO", logger="mambacontrol.training.engine")
+    make_trainer(tmp_path / "run", steps=20).run()     # pytest's output is not a terminal
+    lines = [r.getMessage() for r in caplog.records if ": step " in r.getMessage()]
+    assert [line.split(",")[0] for line in lines] == ["toy: step 5/20", "toy: step 10/20",
+                                                      "toy: step 15/20", "toy: step 20/20"]
+    assert all("samples/s" in line and "left" in line for line in lines)

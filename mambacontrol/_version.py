@@ -1,1 +1,18 @@
 __version__ = "0.1.0"
+
+PACKAGES = ("mambacontrol", "torch", "monai", "numpy", "scipy", "nibabel", "diffusers",
+            "torch-geometric", "antspyx", "matplotlib", "jinja2")
+
+
+def package_versions(packages=PACKAGES) -> dict[str, str]:
+    """Installed version of each package (``"not installed"`` when absent), plus Python's."""
+    import importlib.metadata
+    import platform
+
+    out = {"python": platform.python_version()}
+    for name in packages:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out

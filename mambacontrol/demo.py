@@ -6,12 +6,9 @@ stopped (``mambacontrol demo --out DIR`` again).
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-
-log = logging.getLogger(__name__)
 
 DEMO_SUBJECTS = 24
 DEMO_GRID = "4mm"

@@ -14,6 +14,7 @@ import numpy as np
 
 from mambacontrol.errors import InputFileError, MambaControlError
 from mambacontrol.io import Grid, Volume, load_nifti
+from mambacontrol.io.digest import sha256_file
 
 DEFAULT_ATLAS = "icbm152-2009a-nmm"
 DEFAULT_GRID = "2mm"
@@ -58,10 +59,6 @@ def _find(name: str) -> Path:
     raise MambaControlError(
         f"unknown atlas '{name}'; available: {', '.join(list_atlases()) or 'none'} "
         f"(add folders to ${ATLAS_PATH_ENV} to find others)")
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 class Atlas:
@@ -205,10 +202,10 @@ class Atlas:
         """
         expected = self.meta["grids"][self.grid_name]["sha256"]
         for m in MAPS:
-            if _sha256(self.path(m)) != expected[m]:
+            if sha256_file(self.path(m)) != expected[m]:
                 raise InputFileError(f"{self.path(m)}: checksum differs from atlas.json; "
                                      "rebuild with atlases/build_atlas.py")
-        if _sha256(self.root / "regions.csv") != self.meta["regions_sha256"]:
+        if sha256_file(self.root / "regions.csv") != self.meta["regions_sha256"]:
             raise InputFileError(f"{self.root / 'regions.csv'}: checksum differs from atlas.json")
 
 

@@ -19,7 +19,6 @@ Writes ``metrics.json``, ``pairs.csv``, ``regions.csv`` and a self-contained ``r
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -51,8 +50,6 @@ from mambacontrol.evaluation.records import (
     PairResult,
 )
 from mambacontrol.evaluation.report import render_report, write_report
-
-log = logging.getLogger(__name__)
 
 BASELINE_NAMES = {"copy": COPY_BASELINE, "linear": LINEAR_BASELINE}
 CHANGE_THRESHOLD = 0.05

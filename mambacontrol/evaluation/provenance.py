@@ -3,26 +3,13 @@
 from __future__ import annotations
 
 import datetime as _dt
-import importlib.metadata
 import os
 import platform
 import shlex
 import sys
 from collections.abc import Mapping, Sequence
 
-PACKAGES = ("mambacontrol", "torch", "monai", "numpy", "scipy", "nibabel", "diffusers",
-            "torch-geometric", "antspyx", "matplotlib", "jinja2")
-
-
-def package_versions(packages: Sequence[str] = PACKAGES) -> dict[str, str]:
-    """Installed version of each package (``"not installed"`` when absent), plus Python's."""
-    out = {"python": platform.python_version()}
-    for name in packages:
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
+from mambacontrol._version import package_versions
 
 
 def collect_provenance(*, command: Sequence[str] | str | None = None,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +22,6 @@ import numpy as np
 from mambacontrol.errors import InputFileError, MambaControlError
 from mambacontrol.graph.anatomy import AnatomyGraph
 from mambacontrol.io import Grid, load_nifti, write_bytes_atomic
-
-log = logging.getLogger(__name__)
 
 FEATURE_NAMES = ("log_volume", "volume_fraction", "intensity_mean", "intensity_std",
                  "centroid_x", "centroid_y", "centroid_z", "gm", "wm", "csf")
@@ -157,9 +154,6 @@ class FeatureNorm:
     def identity(cls, num_nodes: int, num_features: int = NUM_FEATURES) -> FeatureNorm:
         """Zero mean, unit spread (features pass unchanged)."""
         return cls(np.zeros((num_nodes, num_features)).tolist(), np.ones((num_nodes, num_features)).tolist())
-
-    def to_dict(self) -> dict:
-        return {"mean": self.mean, "std": self.std}
 
 
 class FeatureCache:

@@ -35,6 +35,7 @@ from mambacontrol.graph.trajectory import (
     fit_prior,
 )
 from mambacontrol.io import load_nifti
+from mambacontrol.ops.threads import torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -119,13 +120,12 @@ def has_volume_columns(manifest: Manifest, label_ids: list[int]) -> bool:
     return all(all(f"{VOLUME_PREFIX}{lab}" in v.extra for lab in label_ids) for v in manifest)
 
 
-def visit_label_volumes(visit: Visit, label_ids: list[int], atlas: Atlas, from_columns: bool) -> np.ndarray:
+def visit_label_volumes(visit: Visit, label_ids: list[int], from_columns: bool) -> np.ndarray:
     """(L,) volume of every label of one visit (mm³).
 
     Args:
         visit: the visit.
         label_ids: the labels, in order.
-        atlas: the atlas (for the voxel volume of label counts).
         from_columns: read ``vol_r<label>`` columns; otherwise count voxels of ``segm_path``.
 
     Raises:
@@ -179,8 +179,8 @@ def build_pairs(manifest: Manifest, split: str, atlas: Atlas, graph: AnatomyGrap
             raise ManifestError(f"visit {b.image_uid}: no segm_path; node features need the scan's "
                                 "label map (propagate the atlas labels by registration first)")
         feats.append(cache(b.image_path, b.segm_path))
-        base.append(visit_label_volumes(b, label_ids, atlas, from_columns))
-        follow.append(visit_label_volumes(pair.later, label_ids, atlas, from_columns))
+        base.append(visit_label_volumes(b, label_ids, from_columns))
+        follow.append(visit_label_volumes(pair.later, label_ids, from_columns))
     base_v, follow_v = np.stack(base), np.stack(follow)
     nb, nf = node_volumes(graph, base_v, label_ids), node_volumes(graph, follow_v, label_ids)
     mask = (nb > 0) & (nf > 0)
@@ -256,13 +256,8 @@ def train_trajectory(manifest: Manifest, atlas: Atlas, config: TrajectoryConfig 
     cfg = config if isinstance(config, TrajectoryConfig) else TrajectoryConfig.from_dict(config)
     if steps < 1:
         raise ConfigError(f"steps {steps} must be ≥ 1")
-    previous_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         return _train(manifest, atlas, cfg, steps, seed, cache_dir, out_dir)
-    finally:
-        torch.set_num_threads(previous_threads)
 
 
 def _train(manifest: Manifest, atlas: Atlas, cfg: TrajectoryConfig, steps: int, seed: int,
@@ -300,7 +295,7 @@ def _train(manifest: Manifest, atlas: Atlas, cfg: TrajectoryConfig, steps: int, 
     if valid is not None:  # the untrained state (the population prior) competes too
         start = evaluate_loss(model, valid)
         history.append({"step": 0, "valid_loss": start})
-        best = (start, copy.deepcopy(encoder.state_dict()), copy.deepcopy(head.state_dict()))
+        best = (start, copy.deepcopy(encoder.state_dict()), copy.deepcopy(head.state_dict()), 0)
     running = []
     bar = tqdm(range(1, steps + 1), desc="train trajectory", disable=None)
     for step in bar:
@@ -320,13 +315,15 @@ def _train(manifest: Manifest, atlas: Atlas, cfg: TrajectoryConfig, steps: int, 
                 entry["valid_loss"] = evaluate_loss(model, valid)
                 if best is None or entry["valid_loss"] < best[0]:
                     best = (entry["valid_loss"], copy.deepcopy(encoder.state_dict()),
-                            copy.deepcopy(head.state_dict()))
+                            copy.deepcopy(head.state_dict()), step)
             history.append(entry)
             bar.set_postfix({k: f"{v:.4g}" for k, v in entry.items() if k != "step"})
-            log.info("step %d: %s", step, entry)
+            log.info("trajectory step %d/%d: %s", step, steps,
+                     ", ".join(f"{k.replace('_', ' ')} {v:.4g}" for k, v in entry.items() if k != "step"))
     if best is not None:
         encoder.load_state_dict(best[1])
         head.load_state_dict(best[2])
+        log.info("trajectory: kept the state of step %d (lowest validation loss, %.4g)", best[3], best[0])
     model.train(False)
     if out_dir is not None:
         model.save(Path(out_dir))

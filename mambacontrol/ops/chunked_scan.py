@@ -43,6 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mambacontrol.ops.threads import torch_threads
+
 #: Elements (batch * channels * states * steps) per segment: bounds the working memory (a few
 #: full-size temporaries of this many elements) and keeps them close to the CPU caches.
 DEFAULT_SEGMENT_ELEMENTS = 1 << 20
@@ -177,15 +179,8 @@ def one_cpu_thread(device: torch.device) -> Iterator[None]:
     threads to be scheduled: measured on 2 cores beside another 2-thread job, a (24, 128, 16, 2016)
     scan took 35–44 s with 2 threads and 0.2 s with one.
     """
-    threads = torch.get_num_threads()
-    if device.type != "cpu" or threads == 1:
+    with torch_threads(1 if device.type == "cpu" else None):
         yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _silu_grad(x: Tensor) -> Tensor:

@@ -11,7 +11,6 @@ every later step reads scans that are already on the grid.
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -24,8 +23,6 @@ from mambacontrol.atlas import Atlas
 from mambacontrol.data import Manifest, normalize_intensity
 from mambacontrol.errors import InputFileError
 from mambacontrol.io import Grid, Volume, load_nifti, save_nifti
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(eq=False)

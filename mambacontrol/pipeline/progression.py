@@ -20,7 +20,6 @@ the atlas (id, grid, checksum), the noise schedule and the sampling defaults.
 from __future__ import annotations
 
 import json
-import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -45,8 +44,6 @@ from mambacontrol.pipeline.conditioning import (
     hint_uses_graph,
 )
 from mambacontrol.pipeline.sampling import sample
-
-log = logging.getLogger(__name__)
 
 INDEX_NAME = "model_index.json"
 DECODE_MODES = ("difference", "direct")

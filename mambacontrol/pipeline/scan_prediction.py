@@ -20,12 +20,10 @@ failure leaves nothing behind.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import logging
 import os
-import platform
 import shutil
 import time
 import uuid
@@ -35,10 +33,11 @@ from pathlib import Path
 
 import numpy as np
 
-from mambacontrol._version import __version__
+from mambacontrol._version import package_versions
 from mambacontrol.data.manifest import normalize_diagnosis, normalize_sex
 from mambacontrol.errors import InputFileError, MambaControlError
 from mambacontrol.io import load_nifti, save_nifti, write_text_atomic
+from mambacontrol.io.digest import sha256_file
 from mambacontrol.pipeline.prepare import PreparedScan, prepare_scan
 from mambacontrol.pipeline.progression import Prediction, ProgressionPipeline
 
@@ -103,26 +102,6 @@ class PredictSettings:
 
 def horizon_folder(years: float) -> str:
     return f"years_{years:g}"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"mambacontrol": __version__, "python": platform.python_version()}
-    for pkg in ("torch", "monai", "diffusers", "torch-geometric", "antspyx", "nibabel", "numpy"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = None
-    return out
 
 
 def region_rows(pipe: ProgressionPipeline, scan: PreparedScan, pred: Prediction,
@@ -234,7 +213,7 @@ def predict_scan(pipe: ProgressionPipeline, request: PredictRequest, out: str | 
                              "mean_uncertainty": float(pred.uncertainty[scan.mask].mean())})
         timings["total"] = time.perf_counter() - start
         summary = {
-            "inputs": {"image": str(request.image), "image_sha256": _sha256(request.image),
+            "inputs": {"image": str(request.image), "image_sha256": sha256_file(request.image),
                        "segmentation": str(request.segmentation) if request.segmentation else None,
                        "age": request.age, "sex": request.sex, "diagnosis": request.diagnosis,
                        "years": request.years},
@@ -247,7 +226,7 @@ def predict_scan(pipe: ProgressionPipeline, request: PredictRequest, out: str | 
                             "labels": scan.label_source, "native_mm3_per_atlas_mm3": volume_scale},
             "outputs": horizons,
             "timings_s": {k: round(v, 3) for k, v in timings.items()},
-            "versions": _versions(),
+            "versions": package_versions(),
         }
         write_text_atomic(tmp / "summary.json", json.dumps(summary, indent=2) + "\n")
         if out.exists():

@@ -10,7 +10,7 @@ subject's images.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
@@ -44,9 +44,6 @@ class AnatomyModel:
     warp_smoothness_mm: float = 20.0
     coarse_mm: float = 4.0
     min_jacobian: float = 0.3
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _rotation(angles: np.ndarray) -> np.ndarray:

@@ -11,7 +11,7 @@ with :func:`mambacontrol.data.normalize_intensity`, like every image the models 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -38,9 +38,6 @@ class AppearanceModel:
     bias_coeff: float = 0.15
     visit_bias_coeff: float = 0.02
     noise_range: tuple[float, float] = (0.01, 0.025)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
     def subject_gamma(self, rng: np.random.Generator) -> float:
         """The subject's contrast gamma."""
@@ -69,14 +66,10 @@ class AppearanceModel:
         Returns:
             (X, Y, Z) float32 normalised image, zero outside ``mask``.
         """
-        import torch
+        from mambacontrol.ops.threads import torch_threads
 
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # torch rounds elementwise maths differently per thread split
-        try:
+        with torch_threads(1):  # torch rounds elementwise maths differently per thread split
             return self._render(image, mask, gamma, bias_field, rng)
-        finally:
-            torch.set_num_threads(threads)
 
     def _render(self, image: np.ndarray, mask: np.ndarray, gamma: float, bias_field: np.ndarray,
                 rng: np.random.Generator) -> np.ndarray:

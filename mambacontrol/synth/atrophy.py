@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.sparse.linalg import LinearOperator, gmres
@@ -69,9 +69,6 @@ class AtrophyModel:
     linear_rtol: float = 1e-3
     max_step: float = 0.25
     step_tolerance: float = 0.1
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass

@@ -83,9 +83,6 @@ class CohortDesign:
             if not 0 <= lo_years <= hi_years:
                 raise ValueError(f"{name}={getattr(self, name)} must be a range 0 <= shortest <= longest")
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 @dataclass(frozen=True)
 class SubjectPlan:

@@ -17,7 +17,7 @@ changes implausibly fast.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -96,9 +96,6 @@ class RateModel:
     age_reference: float = 72.0
     female_factor: float = 1.05
     male_factor: float = 0.95
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
     def draw(self, rng: np.random.Generator, age: float, sex: str,
              regions: Sequence[Region]) -> SubjectRates:

@@ -21,7 +21,6 @@ floats keep every bit (JSON writes the shortest repr that reads back equal), ten
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import random
@@ -39,6 +38,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from mambacontrol.errors import ModelError
+from mambacontrol.io.digest import sha256_file
 
 FORMAT_VERSION = 1
 STATE_NAME = "state.json"
@@ -332,11 +332,7 @@ def _storable(group: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _file_record(path: Path) -> dict[str, Any]:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+    return {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
 
 
 def _fsync(path: Path) -> None:

@@ -9,7 +9,6 @@ retrained autoencoder invalidates them.
 from __future__ import annotations
 
 import hashlib
-import logging
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -24,8 +23,6 @@ from mambacontrol.data.covariates import CovariateNorm, encode_covariates
 from mambacontrol.errors import ConfigError, ModelError
 from mambacontrol.io import atomic_path
 from mambacontrol.pipeline.prepare import PreparedScan, load_on_grid, prepare_manifest
-
-log = logging.getLogger(__name__)
 
 
 def weights_hash(component_dir: Path) -> str:

@@ -10,7 +10,6 @@ graph map and the Δt map. Both keep an EMA of the trained weights and save the 
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +28,6 @@ from mambacontrol.training.data import RunData, pair_items, weights_hash
 from mambacontrol.training.data_order import ResumableBatches
 from mambacontrol.training.engine import StageSummary, Trainer
 from mambacontrol.training.run_config import RunConfig
-
-log = logging.getLogger(__name__)
 
 
 def noise_schedule(cfg: RunConfig) -> NoiseSchedule:

@@ -123,8 +123,9 @@ class TrainingRun:
             summary = self._run_stage(s, resume)
             state = process_state()
             if state.is_main_process:  # one process writes; the others wait for it
+                # Written (again, for engine stages) only now that the stage's models are saved:
+                # this file is what marks the stage finished for `train all`.
                 write_stage_summary(self.out, summary)
-                log.info(summary.line())
                 self.write_index()
             state.wait_for_everyone()
             done.append(summary)

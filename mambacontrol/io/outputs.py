@@ -1,0 +1,362 @@
+"""A command's output folder: claimed before any work, written only with what the command creates.
+
+Every command that writes a folder (``predict``, ``evaluate``, ``train``, ``synth``, ``demo``)
+goes through :class:`OutputFolder`, which enforces one set of rules:
+
+- ``--out`` must be a folder (or not exist yet), and must not be or hold one of the command's
+  inputs.
+- A lock file (``.mambacontrol.lock``) keeps a second command from writing into the same folder
+  at the same time; a lock left by a process that no longer runs on this host is taken over.
+- A marker (``.mambacontrol-output.json``, written with the first entry) records which command
+  owns the folder and every entry (top-level file or folder) it created. A non-empty folder is refused unless it is the same
+  command's own earlier output and the command resumes (batch predict, train) or ``--overwrite``
+  is given. ``--overwrite`` replaces only entries the marker lists; anything else in the folder is
+  never replaced or deleted.
+- Work is staged in hidden ``.staging-*`` folders inside ``--out`` and moved into place one entry
+  at a time (a rename), so a failure leaves earlier entries as they were and nothing
+  half-written; a folder the command created and never filled is removed again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+from mambacontrol.errors import InputFileError
+from mambacontrol.io.atomic import write_text_atomic
+
+MARKER = ".mambacontrol-output.json"
+LOCK = ".mambacontrol.lock"
+STAGING = ".staging-"
+_OWN_FILES = (MARKER, LOCK)
+
+
+class OutputFolderError(InputFileError):
+    """``--out`` cannot be used: a file, an input inside it, foreign content, or another writer."""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def safe_name(text: str, max_len: int = 120) -> str:
+    """A file name made from an id: letters, digits, ``-``, ``_`` and ``.`` kept, anything else
+    ``_``; never empty, ``.``, ``..`` or hidden (a leading ``.`` becomes ``_``)."""
+    name = "".join(c if (c.isascii() and c.isalnum()) or c in "-_." else "_" for c in str(text))
+    name = name[:max_len]
+    if not name:
+        return "_"
+    if name.startswith("."):
+        name = "_" + name[1:]
+    return name
+
+
+def unique_names(ids: Iterable[tuple[str, str]], what: str = "id") -> dict[str, str]:
+    """``{id: safe_name(id)}`` for ``(where, id)`` pairs; two ids that give one name are refused.
+
+    Args:
+        ids: ``(where, id)``, where ``where`` names the id's origin for the error (e.g. ``row 3``).
+        what: what the ids are, for the error (e.g. ``image_uid``).
+
+    Raises:
+        InputFileError: naming both rows when two different ids map to one file name (e.g.
+            ``scan/1`` and ``scan_1``; names are compared without case, for case-blind disks).
+    """
+    names: dict[str, str] = {}
+    seen: dict[str, tuple[str, str]] = {}
+    for where, ident in ids:
+        if ident in names:
+            continue
+        name = safe_name(ident)
+        key = name.lower()
+        if key in seen and seen[key][1] != ident:
+            other_where, other = seen[key]
+            raise InputFileError(
+                f"{what} '{other}' ({other_where}) and '{ident}' ({where}) give the same file name "
+                f"'{name}'; make the ids differ in letters or digits")
+        seen[key] = (where, ident)
+        names[ident] = name
+    return names
+
+
+class OutputFolder:
+    """A claimed output folder (see the module docstring). Use as a context manager:
+
+        with OutputFolder.claim(out, "predict", inputs=[scan], overwrite=False) as folder:
+            folder.check_free(["summary.json"])
+            with folder.staging() as tmp:
+                ...write into tmp...
+                folder.commit(tmp / "summary.json", "summary.json")
+
+    Attributes:
+        path: the folder.
+        command: the command that owns it.
+        entries: top-level names this command created there (from the marker).
+        created: whether this claim created the folder.
+    """
+
+    def __init__(self, path: Path, command: str, created: bool):
+        self.path = path
+        self.command = command
+        self.created = created
+        self.entries: set[str] = set()
+        self._locked = False
+
+    # ---- claiming -------------------------------------------------------------------------
+    @classmethod
+    def claim(cls, path: str | os.PathLike, command: str, *,
+              inputs: Iterable[str | os.PathLike | None] = (), overwrite: bool = False,
+              resume: bool = False,
+              earlier_run: Callable[[Path], bool] | None = None) -> OutputFolder:
+        """Check ``path`` and take it for ``command``.
+
+        Args:
+            path: the output folder (created when missing).
+            command: the owning command, e.g. ``predict``.
+            inputs: files and folders the command reads; none may lie inside ``path``.
+            overwrite: allow replacing the command's own earlier outputs, and writing beside
+                foreign files (which are never replaced).
+            resume: allow continuing the command's own earlier output (batch predict, train).
+            earlier_run: for a command that owns its whole folder (``train``): recognises a
+                folder without a marker as the command's own (written before markers existed,
+                or copied), whose every entry is then the command's.
+
+        Raises:
+            OutputFolderError: one line naming the folder, the problem and the fix.
+        """
+        p = Path(path)
+        if p.exists() and not p.is_dir():
+            raise OutputFolderError(f"--out {p}: is a file, not a folder; give a folder path "
+                                    "(it is created when missing)")
+        root = p.resolve()
+        for src in inputs:
+            if src is None:
+                continue
+            s = Path(src).resolve()
+            if s == root or s.is_relative_to(root):
+                raise OutputFolderError(f"--out {p}: holds the input {src}; outputs never go where "
+                                        "the inputs are: choose another --out")
+        created = not p.exists()
+        try:
+            p.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputFolderError(f"--out {p}: cannot create the folder ({exc.strerror}); "
+                                    "choose a writable location") from None
+        folder = cls(p, command, created)
+        folder._lock()
+        try:
+            folder._adopt(overwrite, resume, earlier_run)
+        except BaseException:
+            folder.release(failed=True)
+            raise
+        return folder
+
+    def _lock(self) -> None:
+        lock = self.path / LOCK
+        record = {"pid": os.getpid(), "host": socket.gethostname(), "command": self.command,
+                  "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        for _ in range(2):
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self._lock_holder(lock)
+                if holder is None:  # stale: its process is gone
+                    with contextlib.suppress(FileNotFoundError):
+                        lock.unlink()
+                    continue
+                raise OutputFolderError(
+                    f"--out {self.path}: another `mambacontrol {holder.get('command', '?')}` (pid "
+                    f"{holder.get('pid', '?')} on {holder.get('host', '?')}) is writing there; wait "
+                    f"for it to finish or choose another --out (if none runs, delete {lock})") from None
+            except OSError as exc:
+                raise OutputFolderError(f"--out {self.path}: cannot write there ({exc.strerror}); "
+                                        "choose a writable --out") from None
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(record, fh)
+            self._locked = True
+            return
+        raise OutputFolderError(f"--out {self.path}: could not take the lock {lock}; try again")
+
+    @staticmethod
+    def _lock_holder(lock: Path) -> dict | None:
+        """The lock's record, or None when it was left by a process gone from this host."""
+        try:
+            holder = json.loads(lock.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(holder, dict):
+            return {}
+        pid = holder.get("pid")
+        if holder.get("host") == socket.gethostname() and isinstance(pid, int):
+            if pid != os.getpid() and not _pid_alive(pid):
+                return None
+        return holder
+
+    def _adopt(self, overwrite: bool, resume: bool,
+               earlier_run: Callable[[Path], bool] | None) -> None:
+        marker = self._read_marker()
+        present = [e for e in sorted(os.listdir(self.path))
+                   if e not in _OWN_FILES and not e.startswith(STAGING)]
+        if marker is None and present and earlier_run is not None and earlier_run(self.path):
+            marker = {"command": self.command, "entries": present}
+        if marker is None:
+            if present and not overwrite:
+                raise OutputFolderError(
+                    f"--out {self.path}: is not empty and holds no mambacontrol output ({len(present)} "
+                    f"entries, e.g. '{present[0]}'); choose a new or empty --out, or pass "
+                    "--overwrite to write beside them (nothing there is replaced or deleted)")
+        elif marker["command"] != self.command:
+            raise OutputFolderError(
+                f"--out {self.path}: holds the output of `mambacontrol {marker['command']}`, not of "
+                f"`{self.command}`; choose another --out")
+        else:
+            self.entries = set(marker["entries"]) & set(present)
+            if self.entries and not (resume or overwrite):
+                raise OutputFolderError(
+                    f"--out {self.path}: holds an earlier `mambacontrol {self.command}` output; pass "
+                    "--overwrite to replace it, or choose another --out")
+            for stale in self.path.glob(f"{STAGING}*"):  # left by a run of ours that was killed
+                _remove(stale)
+            if self.entries:
+                self._write_marker()
+
+    def _read_marker(self) -> dict | None:
+        path = self.path / MARKER
+        if not path.is_file():
+            return None
+        try:
+            marker = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            marker = None
+        if (not isinstance(marker, dict) or not isinstance(marker.get("command"), str)
+                or not isinstance(marker.get("entries"), list)):
+            raise OutputFolderError(f"--out {self.path}: its {MARKER} is unreadable; choose another "
+                                    "--out (or delete the marker if the folder is yours)")
+        return marker
+
+    def _write_marker(self) -> None:
+        write_text_atomic(self.path / MARKER, json.dumps(
+            {"command": self.command, "entries": sorted(self.entries)}, indent=1) + "\n")
+
+    # ---- writing ----------------------------------------------------------------------------
+    def owns(self, name: str) -> bool:
+        """Whether ``name`` (a top-level entry) was created by this command."""
+        return name in self.entries
+
+    def check_free(self, names: Iterable[str]) -> None:
+        """Raise unless every name is absent or the command's own (call before expensive work)."""
+        for name in names:
+            _check_entry_name(name)
+            target = self.path / name
+            if (target.exists() or target.is_symlink()) and name not in self.entries:
+                raise OutputFolderError(
+                    f"{target}: exists and was not written by `mambacontrol {self.command}`; it is "
+                    "never replaced: move it away or choose another --out")
+
+    @contextlib.contextmanager
+    def staging(self) -> Iterator[Path]:
+        """A fresh hidden folder inside ``path`` to write into; removed afterwards (what was
+        committed from it has moved out)."""
+        tmp = self.path / f"{STAGING}{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            yield tmp
+        finally:
+            _remove(tmp)
+
+    def commit(self, source: Path, name: str) -> Path:
+        """Move ``source`` (a staged file or folder) into place as ``name``, replacing only the
+        command's own earlier entry of that name."""
+        self.check_free([name])
+        target = self.path / name
+        old = None
+        if target.exists() or target.is_symlink():
+            old = self.path / f"{STAGING}old-{uuid.uuid4().hex[:8]}"
+            os.replace(target, old)
+        try:
+            os.replace(source, target)
+        except BaseException:
+            if old is not None:
+                os.replace(old, target)
+            raise
+        if old is not None:
+            _remove(old)
+        self.record(name)
+        return target
+
+    def record(self, name: str) -> None:
+        """Note that ``name`` (written by this command, e.g. through a sub-command) is its own."""
+        _check_entry_name(name)
+        if name not in self.entries:
+            self.entries.add(name)
+            self._write_marker()
+
+    def record_present(self) -> None:
+        """Record every entry now in the folder as the command's own: for a command that owns
+        its whole folder (``train``: the claim refused any foreign content)."""
+        for name in os.listdir(self.path):
+            if name not in _OWN_FILES and not name.startswith(STAGING):
+                self.entries.add(name)
+        self._write_marker()
+
+    def remove_own(self, keep: Iterable[str]) -> None:
+        """Delete this command's own entries that are not in ``keep`` (an earlier run's leftovers,
+        e.g. horizons not predicted again)."""
+        keep = set(keep)
+        gone = [e for e in self.entries if e not in keep]
+        for name in gone:
+            _remove(self.path / name)
+            self.entries.discard(name)
+        if gone:
+            self._write_marker()
+
+    # ---- releasing --------------------------------------------------------------------------
+    def release(self, failed: bool = False) -> None:
+        """Drop the lock. After a failure, a folder this claim created and never filled is removed."""
+        if failed and self.created and not self.entries:
+            for name in _OWN_FILES:
+                with contextlib.suppress(FileNotFoundError):
+                    (self.path / name).unlink()
+            for stale in self.path.glob(f"{STAGING}*"):
+                _remove(stale)
+            with contextlib.suppress(OSError):
+                self.path.rmdir()  # only when empty: never deletes anything else
+            self._locked = False
+            return
+        if self._locked:
+            with contextlib.suppress(FileNotFoundError):
+                (self.path / LOCK).unlink()
+            self._locked = False
+
+    def __enter__(self) -> OutputFolder:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.release(failed=exc_type is not None)
+
+
+def _check_entry_name(name: str) -> None:
+    if not name or name in (".", "..") or "/" in name or os.sep in name or name in _OWN_FILES \
+            or name.startswith(STAGING):
+        raise ValueError(f"'{name}' is not a plain entry name of an output folder")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()

@@ -10,10 +10,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mambacontrol.io import OutputFolder
+
 DEMO_SUBJECTS = 24
 DEMO_GRID = "4mm"
 DEMO_SEED = 0
 DEMO_HORIZONS = (1.0, 3.0, 5.0)
+DEMO_PARTS = ("cohort", "model", "prediction", "evaluation")
 
 
 @dataclass
@@ -45,7 +48,18 @@ def build_demo_cohort(out: Path, subjects: int = DEMO_SUBJECTS, workers: int = 1
 
 def run_demo(out: str | Path, subjects: int = DEMO_SUBJECTS, workers: int = 1,
              overrides: list[str] | None = None, report=print) -> DemoResult:
-    """Run every step into ``out``; ``report`` receives one line per step for people."""
+    """Run every step into ``out``; ``report`` receives one line per step for people.
+
+    ``out`` is claimed for ``demo`` (:class:`mambacontrol.io.OutputFolder`): a new or empty folder,
+    or an earlier demo's, which continues.
+    """
+    with OutputFolder.claim(out, "demo", resume=True) as folder:
+        folder.check_free(DEMO_PARTS)
+        return _run_demo(folder, subjects, workers, overrides, report)
+
+
+def _run_demo(folder: OutputFolder, subjects: int, workers: int, overrides: list[str] | None,
+              report) -> DemoResult:
     from mambacontrol.evaluation.evaluate import EvaluationSettings, evaluate
     from mambacontrol.pipeline.progression import ProgressionPipeline
     from mambacontrol.pipeline.scan_prediction import PredictRequest, PredictSettings, predict_scan
@@ -53,9 +67,10 @@ def run_demo(out: str | Path, subjects: int = DEMO_SUBJECTS, workers: int = 1,
     from mambacontrol.training.configs import bundled_config
     from mambacontrol.training.runner import TrainingRun, resolve_config
 
-    out = Path(out)
+    out = folder.path
     timings: dict[str, float] = {}
     t = time.perf_counter()
+    folder.record("cohort")
     manifest = build_demo_cohort(out, subjects, workers)
     timings["cohort"] = time.perf_counter() - t
     report(f"[1/4] synthetic cohort: {out / 'cohort'} ({timings['cohort']:.0f} s)")
@@ -63,6 +78,7 @@ def run_demo(out: str | Path, subjects: int = DEMO_SUBJECTS, workers: int = 1,
 
     t = time.perf_counter()
     cfg = resolve_config(bundled_config("demo"), overrides, manifest=manifest.path)
+    folder.record("model")
     for summary in TrainingRun(cfg, out / "model").run("all"):
         report(f"      {summary.line()}")
     timings["training"] = time.perf_counter() - t
@@ -73,6 +89,7 @@ def run_demo(out: str | Path, subjects: int = DEMO_SUBJECTS, workers: int = 1,
     test = manifest.select("test").by_subject()
     first = next(iter(test.values()))[0]
     prediction = out / "prediction"
+    folder.record("prediction")
     if not (prediction / "summary.json").is_file():
         req = PredictRequest(first.image_path, first.age, first.sex, first.diagnosis,
                              list(DEMO_HORIZONS), first.segm_path)
@@ -85,9 +102,10 @@ def run_demo(out: str | Path, subjects: int = DEMO_SUBJECTS, workers: int = 1,
 
     t = time.perf_counter()
     evaluation = out / "evaluation"
+    folder.record("evaluation")
     if not (evaluation / "report.html").is_file():
         evaluate(manifest.path, [out / "model"], evaluation, EvaluationSettings(split="test"),
-                 command=["mambacontrol", "demo", "--out", str(out)])
+                 command=["mambacontrol", "demo", "--out", str(out)], overwrite=True)
     timings["evaluation"] = time.perf_counter() - t
     report(f"[4/4] evaluated the test split: {evaluation} ({timings['evaluation']:.0f} s)")
     return DemoResult(manifest.path.parent, out / "model", prediction, evaluation / "report.html",

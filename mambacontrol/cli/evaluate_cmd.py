@@ -16,7 +16,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="trained model folder")
     p.add_argument("--compare", nargs="*", default=[], metavar="DIR",
                    help="more model folders evaluated on the same pairs (ablations)")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", required=True, help="output folder (new or empty)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier evaluation's outputs in --out (nothing else there)")
     p.add_argument("--split", default="test", help="split to evaluate (default: test)")
     p.add_argument("--pairs", choices=("all", "last"), default="all",
                    help="every earlier/later pair, or first and last visit per subject")
@@ -39,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
         samples=args.samples, steps=args.steps, seed=args.seed, max_pairs=args.max_pairs)
     settings.check()
     summary = evaluate(args.manifest, [args.model, *args.compare], args.out, settings,
-                       command=["mambacontrol", *sys.argv[1:]], device=_device(args.device))
+                       command=["mambacontrol", *sys.argv[1:]], device=_device(args.device),
+                       overwrite=args.overwrite)
     n = max(summary["n_pairs"].values(), default=0)
     print(f"evaluated {n} pairs × {len(summary['methods'])} methods; report: {args.out}/report.html")
     return 0

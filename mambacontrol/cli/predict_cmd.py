@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -21,7 +20,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--diagnosis", help="CN, MCI or AD")
     p.add_argument("--years", type=float, nargs="+", required=True, help="horizon(s) in years")
     p.add_argument("--model", required=True, help="trained model folder")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", required=True,
+                   help="output folder (new or empty; a batch's own earlier output resumes)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace this command's earlier outputs in --out (nothing else there)")
     p.add_argument("--segmentation", help="label map of the scan (atlas label ids); default: "
                                           "atlas labels propagated by registration")
     p.add_argument("--samples", type=int, help="samples M averaged per horizon (default: the model's)")
@@ -50,15 +52,13 @@ def _device(name: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from mambacontrol.errors import MambaControlError
+    from mambacontrol.io import OutputFolder, inspect_nifti, unique_names
+    from mambacontrol.pipeline.scan_prediction import PredictRequest, PredictSettings
 
     if (args.image is None) == (args.manifest is None):
         raise MambaControlError("give either one IMAGE (with --age --sex --diagnosis) or --manifest CSV")
-    if args.samples is not None and args.samples < 1 or args.steps is not None and args.steps < 1:
-        raise MambaControlError("--samples and --steps must be ≥ 1")
-    from mambacontrol.pipeline.scan_prediction import PredictRequest, PredictSettings
-
     settings = PredictSettings(samples=args.samples, steps=args.steps, seed=args.seed, png=args.png,
-                               measure_volumes=not args.no_volumes)
+                               measure_volumes=not args.no_volumes).check()
     if args.image is not None:
         missing = [f"--{n}" for n in ("age", "sex", "diagnosis") if getattr(args, n) is None]
         if missing:
@@ -67,15 +67,14 @@ def run(args: argparse.Namespace) -> int:
         request = PredictRequest(Path(args.image), args.age, args.sex, args.diagnosis,
                                  list(args.years), Path(args.segmentation) if args.segmentation else None)
         request.check()
-        from mambacontrol.io import load_nifti
-
-        load_nifti(request.image)  # bad files fail before the model loads
+        inspect_nifti(request.image)  # bad files and --out fail before the model loads
         if request.segmentation is not None:
-            load_nifti(request.segmentation, labels=True)
-        pipe = _load(args)
+            inspect_nifti(request.segmentation, labels=True)
         from mambacontrol.pipeline.scan_prediction import predict_scan
 
-        summary = predict_scan(pipe, request, args.out, settings, model_dir=args.model)
+        with OutputFolder.claim(args.out, "predict", inputs=request.inputs(args.model),
+                                overwrite=args.overwrite) as folder:
+            summary = predict_scan(_load(args), request, folder, settings, model_dir=args.model)
         t = summary["timings_s"]
         print(f"wrote {args.out}: {len(summary['outputs'])} horizon(s) in {t['total']:.1f} s "
               f"(registration {t.get('registration', 0):.1f} s, sampling {t.get('sampling', 0):.1f} s, "
@@ -85,21 +84,20 @@ def run(args: argparse.Namespace) -> int:
     from mambacontrol.data import Manifest
 
     manifest = Manifest.from_csv(args.manifest, require_split=False)
-    requests = []
-    for v in manifest:
-        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in v.image_uid)
-        requests.append((safe, PredictRequest(v.image_path, v.age, v.sex, v.diagnosis,
-                                              list(args.years), v.segm_path)))
+    names = unique_names(((f"row {i + 1}", v.image_uid) for i, v in enumerate(manifest)),
+                         "image_uid")
+    requests = [(names[v.image_uid], PredictRequest(v.image_path, v.age, v.sex, v.diagnosis,
+                                                    list(args.years), v.segm_path))
+                for v in manifest]
     for _, r in requests:
         r.check()
-    pipe = _load(args)
     from mambacontrol.pipeline.scan_prediction import predict_many
 
-    done, failed = predict_many(pipe, requests, args.out, settings, model_dir=args.model)
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    from mambacontrol.io import write_text_atomic
-
-    write_text_atomic(Path(args.out) / "failures.json", json.dumps(failed, indent=2) + "\n")
+    inputs = [args.manifest, *(p for _, r in requests for p in r.inputs(args.model))]
+    with OutputFolder.claim(args.out, "predict-batch", inputs=inputs, resume=True,
+                            overwrite=args.overwrite) as folder:
+        done, failed = predict_many(_load(args), requests, folder, settings, model_dir=args.model,
+                                    overwrite=args.overwrite)
     print(f"{len(done)} of {len(requests)} scans predicted into {args.out}")
     for name, err in failed.items():
         print(f"failed: {name}: {err}", file=sys.stderr)

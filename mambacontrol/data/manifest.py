@@ -21,6 +21,7 @@ Other columns are kept verbatim in :attr:`Visit.extra` (the synthetic cohort add
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import math
 import os
@@ -29,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mambacontrol.errors import ManifestError
-from mambacontrol.io.atomic import atomic_path
+from mambacontrol.io.tables import csv_uncell, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -139,8 +140,17 @@ class Manifest:
         p = Path(path)
         if not p.is_file():
             raise ManifestError(f"{p}: manifest not found; check the path")
-        with open(p, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
+        try:
+            text = p.read_text(encoding="utf-8-sig")
+        except UnicodeDecodeError as exc:
+            line = p.read_bytes()[: exc.start].count(b"\n") + 1
+            raise ManifestError(f"{p}: line {line} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x}); "
+                                "re-save the CSV as UTF-8") from None
+        except OSError as exc:
+            raise ManifestError(f"{p}: cannot read the manifest ({exc.strerror}); check the path "
+                                "and its permissions") from None
+        try:
+            reader = csv.DictReader(io.StringIO(text, newline=""))
             header = [h.strip() for h in (reader.fieldnames or [])]
             required = REQUIRED_COLUMNS if require_split else tuple(
                 c for c in REQUIRED_COLUMNS if c != "split")
@@ -149,7 +159,10 @@ class Manifest:
                 raise ManifestError(
                     f"{p}: missing column(s) {', '.join(missing)}; found {', '.join(header) or 'none'}. "
                     f"A manifest needs {', '.join(REQUIRED_COLUMNS)} (segm_path optional)")
-            rows = [{(k or "").strip(): (v or "") for k, v in r.items()} for r in reader]
+            rows = [{(k or "").strip(): csv_uncell(v if isinstance(v, str) else "")
+                     for k, v in r.items()} for r in reader]
+        except csv.Error as exc:
+            raise ManifestError(f"{p}: not a readable CSV ({exc}); re-save it as CSV") from None
         if not rows:
             raise ManifestError(f"{p}: manifest has a header but no rows")
         visits = [cls._parse_row(p, i + 1, row, check_files) for i, row in enumerate(rows)]
@@ -238,13 +251,10 @@ class Manifest:
             except ValueError:
                 return str(q.resolve())
 
-        with atomic_path(out) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
-            w = csv.writer(fh)
-            w.writerow(cols)
-            for v in self.visits:
-                w.writerow([v.subject_id, v.image_uid, rel(v.image_path), f"{v.age:.4f}", v.sex,
-                            v.diagnosis, v.split, rel(v.segm_path)] + [v.extra.get(c, "") for c in extra_cols])
-        return out
+        rows = [[v.subject_id, v.image_uid, rel(v.image_path), f"{v.age:.4f}", v.sex, v.diagnosis,
+                 v.split, rel(v.segm_path)] + [v.extra.get(c, "") for c in extra_cols]
+                for v in self.visits]
+        return write_csv(out, cols, rows)
 
     def subjects(self) -> list[str]:
         """Subject ids in order of first appearance."""

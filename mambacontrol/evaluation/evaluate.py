@@ -50,8 +50,11 @@ from mambacontrol.evaluation.records import (
     PairResult,
 )
 from mambacontrol.evaluation.report import render_report, write_report
+from mambacontrol.io import OutputFolder, check_limit
 
 BASELINE_NAMES = {"copy": COPY_BASELINE, "linear": LINEAR_BASELINE}
+PREPARED_NAME = "prepared"
+OUTPUT_NAMES = ("metrics.json", "pairs.csv", "regions.csv", "report.html")
 CHANGE_THRESHOLD = 0.05
 
 
@@ -86,6 +89,14 @@ class EvaluationSettings:
             raise MambaControlError(f"--pairs {self.pairs} is not all or last")
         if self.samples is not None and self.samples < 1 or self.steps is not None and self.steps < 1:
             raise MambaControlError("samples and steps must be ≥ 1")
+        if self.samples is not None:
+            check_limit("max_samples", self.samples, f"--samples {self.samples}")
+        if self.steps is not None:
+            check_limit("max_steps", self.steps, f"--steps {self.steps}")
+        if self.max_pairs is not None and self.max_pairs < 1:
+            raise MambaControlError(f"--max-pairs {self.max_pairs} must be ≥ 1")
+        if not 0 <= self.seed < 2 ** 63:
+            raise MambaControlError(f"--seed {self.seed} must be a whole number in 0–{2 ** 63 - 1}")
 
 
 def unique_names(dirs: Sequence[str | os.PathLike]) -> dict[str, Path]:
@@ -110,8 +121,13 @@ def _on_base(base: Mapping[int, float], pct: Mapping[int, float]) -> dict[int, f
 
 def evaluate(manifest_path: str | os.PathLike, models: Sequence[str | os.PathLike],
              out: str | os.PathLike, settings: EvaluationSettings | None = None,
-             command: Sequence[str] | str | None = None, device: str = "cpu") -> dict:
+             command: Sequence[str] | str | None = None, device: str = "cpu",
+             overwrite: bool = False) -> dict:
     """Run the evaluation and write its outputs into ``out``.
+
+    ``out`` is claimed first (:class:`mambacontrol.io.OutputFolder`): it must not hold the
+    manifest or a model, and a non-empty folder is refused unless it holds an earlier
+    ``evaluate`` output and ``overwrite`` is set (its prepared scans are then reused).
 
     Args:
         manifest_path: the manifest (with a ``split`` column).
@@ -121,17 +137,26 @@ def evaluate(manifest_path: str | os.PathLike, models: Sequence[str | os.PathLik
         settings: see :class:`EvaluationSettings`.
         command: the command line, for the report's provenance.
         device: torch device for the models.
+        overwrite: replace an earlier evaluation's outputs in ``out``.
 
     Returns:
         The summary (also in ``metrics.json``).
     """
+    s = settings or EvaluationSettings()
+    s.check()
+    with OutputFolder.claim(out, "evaluate", inputs=[manifest_path, *models],
+                            overwrite=overwrite) as folder:
+        folder.check_free([PREPARED_NAME, *OUTPUT_NAMES])
+        return _evaluate(manifest_path, models, folder, s, command, device)
+
+
+def _evaluate(manifest_path: str | os.PathLike, models: Sequence[str | os.PathLike],
+              folder: OutputFolder, s: EvaluationSettings,
+              command: Sequence[str] | str | None, device: str) -> dict:
     from mambacontrol.pipeline.prepare import load_on_grid, prepare_manifest
     from mambacontrol.pipeline.progression import ProgressionPipeline
     from mambacontrol.registration import measure_regional_volumes
 
-    s = settings or EvaluationSettings()
-    s.check()
-    out = Path(out)
     names = unique_names(models)
     pipes = {n: ProgressionPipeline.from_pretrained(d, device) for n, d in names.items()}
     first = next(iter(pipes.values()))
@@ -141,7 +166,8 @@ def evaluate(manifest_path: str | os.PathLike, models: Sequence[str | os.PathLik
             raise MambaControlError(f"model {n} works on {p.atlas.id} {p.atlas.grid_name}, the first "
                                     f"on {atlas.id} {atlas.grid_name}; compare models of one grid")
     raw = Manifest.from_csv(manifest_path)
-    manifest = prepare_manifest(raw, atlas, out / "prepared", seed=s.seed)
+    folder.record(PREPARED_NAME)
+    manifest = prepare_manifest(raw, atlas, folder.path / PREPARED_NAME, seed=s.seed)
     pairs = manifest.select(s.split).pairs(s.pairs)
     if not pairs:
         raise MambaControlError(f"{manifest_path}: split '{s.split}' has no visit pairs to evaluate")
@@ -257,13 +283,16 @@ def evaluate(manifest_path: str | os.PathLike, models: Sequence[str | os.PathLik
                                     manifest=manifest_path, split=s.split,
                                     extra={k: f"{v:.1f} s" for k, v in timings.items()})
     region_names = {r.label: r.name for r in atlas.regions}
-    out.mkdir(parents=True, exist_ok=True)
-    write_metrics_json(out / "metrics.json", summary, provenance=provenance, settings=run_settings,
-                       linear_rates=linear.to_dict() if linear is not None else None)
-    write_pairs_csv(out / "pairs.csv", results)
-    write_regions_csv(out / "regions.csv", summary, region_names)
     html = render_report(summary, results, provenance=provenance, panels=panels,
                          region_names=region_names, linear_rates=linear, settings=run_settings)
-    write_report(out / "report.html", html)
+    with folder.staging() as staged:
+        write_metrics_json(staged / "metrics.json", summary, provenance=provenance,
+                           settings=run_settings,
+                           linear_rates=linear.to_dict() if linear is not None else None)
+        write_pairs_csv(staged / "pairs.csv", results)
+        write_regions_csv(staged / "regions.csv", summary, region_names)
+        write_report(staged / "report.html", html)
+        for name in OUTPUT_NAMES:
+            folder.commit(staged / name, name)
     return summary
 

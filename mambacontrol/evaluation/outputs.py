@@ -1,14 +1,11 @@
 """The machine-readable outputs of an evaluation: metrics.json, pairs.csv and regions.csv.
 
-Every file is written atomically (``mambacontrol.io.atomic``); NaN and ±∞ become JSON ``null``
-and empty CSV cells.
+Every file is written atomically through ``mambacontrol.io.tables``: NaN and ±∞ become JSON
+``null`` and empty CSV cells, and text cells that a spreadsheet would run as a formula are quoted.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -17,24 +14,13 @@ from pathlib import Path
 from mambacontrol.evaluation.aggregate import YEAR_BINS, metric_spec, order_methods, years_bin
 from mambacontrol.evaluation.metrics import METRICS
 from mambacontrol.evaluation.records import PairResult, method_kind
-from mambacontrol.io.atomic import write_text_atomic
+from mambacontrol.io.tables import write_csv, write_json
 
 PAIR_COLUMNS = ("subject_id", "baseline_uid", "followup_uid", "diagnosis", "sex", "age", "years",
                 "years_bin", "method", "method_kind")
 REGION_COLUMNS = ("method", "method_kind", "kind", "region", "name", "n_pairs",
                   "true_change_pct_mean", "pred_change_pct_mean", "signed_error_pct_mean",
                   "abs_error_pct_mean", "abs_error_pct_sd")
-
-
-def json_safe(value):
-    """A copy of nested dicts/lists/tuples with non-finite floats as ``None`` and keys as text."""
-    if isinstance(value, Mapping):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def definitions(summary: dict) -> dict:
@@ -56,23 +42,7 @@ def write_metrics_json(path: str | os.PathLike, summary: dict, **sections) -> Pa
     """Write ``{"definitions", "summary", **sections}`` (e.g. ``provenance=``, ``settings=``,
     ``linear_rates=``) as indented JSON."""
     doc = {"definitions": definitions(summary), "summary": summary, **sections}
-    return write_text_atomic(path, json.dumps(json_safe(doc), indent=2, allow_nan=False) + "\n")
-
-
-def _cell(value) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return ""
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return str(value)
-
-
-def _csv_text(header: Sequence[str], rows: Sequence[Sequence]) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows([[_cell(v) for v in row] for row in rows])
-    return buf.getvalue()
+    return write_json(path, doc)
 
 
 def write_pairs_csv(path: str | os.PathLike, results: Sequence[PairResult]) -> Path:
@@ -95,7 +65,7 @@ def write_pairs_csv(path: str | os.PathLike, results: Sequence[PairResult]) -> P
             c = r.groups.get(g)
             row += [c.true_pct, c.pred_pct, c.error_pct] if c else [None] * 3
         rows.append(row)
-    return write_text_atomic(path, _csv_text(header, rows))
+    return write_csv(path, header, rows)
 
 
 def write_regions_csv(path: str | os.PathLike, summary: dict,
@@ -114,4 +84,4 @@ def write_regions_csv(path: str | os.PathLike, summary: dict,
                          s["true_change_pct"]["mean"], s["pred_change_pct"]["mean"],
                          s["signed_error_pct"]["mean"], s["abs_error_pct"]["mean"],
                          s["abs_error_pct"]["sd"]])
-    return write_text_atomic(path, _csv_text(REGION_COLUMNS, rows))
+    return write_csv(path, REGION_COLUMNS, rows)

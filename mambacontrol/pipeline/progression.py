@@ -32,7 +32,7 @@ from mambacontrol._version import __version__
 from mambacontrol.atlas import Atlas, load_atlas
 from mambacontrol.data.covariates import CovariateNorm, encode_covariates
 from mambacontrol.errors import MambaControlError, ModelError
-from mambacontrol.io import write_text_atomic
+from mambacontrol.io import check_limit, write_text_atomic
 from mambacontrol.models.autoencoder import Autoencoder
 from mambacontrol.models.controlnet import MambaControlNet
 from mambacontrol.models.schedulers import SAMPLERS, NoiseSchedule, sampling_scheduler
@@ -65,6 +65,9 @@ class SamplingDefaults:
             raise ValueError(f"decode '{self.decode}' is not one of {', '.join(DECODE_MODES)}")
         if self.num_inference_steps < 1 or self.num_samples < 1:
             raise ValueError("num_inference_steps and num_samples must be ≥ 1")
+        check_limit("max_samples", self.num_samples, f"num_samples {self.num_samples}")
+        check_limit("max_steps", self.num_inference_steps,
+                    f"num_inference_steps {self.num_inference_steps}")
 
 
 @dataclass(eq=False)
@@ -206,16 +209,16 @@ class ProgressionPipeline:
                              "a training run's output folder")
         try:
             idx = json.loads(idx_path.read_text())
-            comps = idx["components"]
-            atlas_info = idx["atlas"]
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            comps = dict(idx["components"])
+            atlas_id, atlas_grid, atlas_sum = (idx["atlas"][k] for k in ("id", "grid", "checksum"))
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"{idx_path}: corrupt model index ({exc}); re-save the model") from None
         try:
-            atlas = load_atlas(atlas_info["id"], atlas_info["grid"])
+            atlas = load_atlas(atlas_id, atlas_grid)
         except MambaControlError as exc:
-            raise ModelError(f"{folder}: the model was trained on atlas {atlas_info['id']} grid "
-                             f"{atlas_info['grid']}, which is not installed ({exc})") from None
-        if atlas.checksum != atlas_info["checksum"]:
+            raise ModelError(f"{folder}: the model was trained on atlas {atlas_id} grid "
+                             f"{atlas_grid}, which is not installed ({exc})") from None
+        if atlas.checksum != atlas_sum:
             raise ModelError(f"{folder}: the model was trained on another version of atlas "
                              f"{atlas.id} grid {atlas.grid_name} (checksum differs); retrain or "
                              "install the matching atlas")
@@ -226,12 +229,12 @@ class ProgressionPipeline:
         unknown = sorted(set(comps) - set(classes))
         if unknown or "autoencoder" not in comps or "unet" not in comps:
             raise ModelError(f"{idx_path}: components {sorted(comps)} are not a ProgressionPipeline's")
-        loaded = {name: classes[name].load(folder / name, device) for name in comps}
         try:
             schedule = NoiseSchedule(**idx["noise_schedule"])
             sampling = SamplingDefaults(**idx.get("sampling", {}))
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, KeyError) as exc:
             raise ModelError(f"{idx_path}: invalid settings ({exc})") from None
+        loaded = {name: classes[name].load(folder / name, device) for name in comps}
         return cls(loaded["autoencoder"], loaded["unet"], schedule, atlas,
                    controlnet=loaded.get("controlnet"), graph_encoder=loaded.get("graph_encoder"),
                    trajectory_head=loaded.get("trajectory_head"),
@@ -296,6 +299,8 @@ class ProgressionPipeline:
         self._check_inputs(image, labels, float(age), hz)
         m = int(num_samples or self.sampling.num_samples)
         steps = int(num_inference_steps or self.sampling.num_inference_steps)
+        check_limit("max_samples", m, f"{m} samples")
+        check_limit("max_steps", steps, f"{steps} sampler steps")
         mode = decode or self.sampling.decode
         if mode not in DECODE_MODES:
             raise MambaControlError(f"decode '{mode}' is not one of {', '.join(DECODE_MODES)}")

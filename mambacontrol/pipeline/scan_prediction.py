@@ -13,21 +13,18 @@ to the scan's exact grid, and write::
                                      and the trajectory head's own prediction
     OUT/years_<Y>/montage.png        (optional) input, prediction and change in three planes
 
-Everything is written into a temporary folder that is renamed onto ``OUT`` at the end, so a
-failure leaves nothing behind.
+``OUT`` is claimed first (:class:`mambacontrol.io.OutputFolder`); everything is written into a
+hidden staging folder inside it and moved into place entry by entry at the end, so a failure
+leaves nothing half-written and nothing that the command did not create is ever replaced.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
+import contextlib
 import logging
 import os
-import shutil
 import time
-import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,9 +32,11 @@ import numpy as np
 
 from mambacontrol._version import package_versions
 from mambacontrol.data.manifest import normalize_diagnosis, normalize_sex
-from mambacontrol.errors import InputFileError, MambaControlError
-from mambacontrol.io import load_nifti, save_nifti, write_text_atomic
+from mambacontrol.errors import MambaControlError, ModelError
+from mambacontrol.io import OutputFolder, load_nifti, safe_name, save_nifti, write_csv, write_json
 from mambacontrol.io.digest import sha256_file
+from mambacontrol.io.limits import check_limit
+from mambacontrol.io.tables import dict_rows
 from mambacontrol.pipeline.prepare import PreparedScan, prepare_scan
 from mambacontrol.pipeline.progression import Prediction, ProgressionPipeline
 
@@ -45,6 +44,9 @@ log = logging.getLogger(__name__)
 
 MIN_AGE, MAX_AGE = 40.0, 100.0
 MAX_YEARS = 20.0
+MAX_SEED = 2 ** 63 - 1
+SUMMARY_NAME = "summary.json"
+FAILURES_NAME = "failures.json"
 
 
 @dataclass
@@ -88,6 +90,10 @@ class PredictRequest:
                                         "the model has not seen such horizons")
         return self
 
+    def inputs(self, model_dir: str | os.PathLike | None = None) -> list[Path]:
+        """Every file or folder the prediction reads (none may lie inside the output folder)."""
+        return [p for p in (self.image, self.segmentation, model_dir) if p is not None]
+
 
 @dataclass
 class PredictSettings:
@@ -98,6 +104,20 @@ class PredictSettings:
     registration_seed: int = 0
     measure_volumes: bool = True
     timings: dict = field(default_factory=dict)
+
+    def check(self) -> PredictSettings:
+        """Raise :class:`MambaControlError` (one line) for a bad value, before any work."""
+        for name, value in (("samples", self.samples), ("steps", self.steps)):
+            if value is not None and (isinstance(value, bool) or int(value) != value or value < 1):
+                raise MambaControlError(f"--{name} {value} must be a whole number ≥ 1")
+        if self.samples is not None:
+            check_limit("max_samples", self.samples, f"--samples {self.samples}")
+        if self.steps is not None:
+            check_limit("max_steps", self.steps, f"--steps {self.steps}")
+        for name, value in (("seed", self.seed), ("registration seed", self.registration_seed)):
+            if isinstance(value, bool) or int(value) != value or not 0 <= value <= MAX_SEED:
+                raise MambaControlError(f"{name} {value} must be a whole number in 0–{MAX_SEED}")
+        return self
 
 
 def horizon_folder(years: float) -> str:
@@ -132,134 +152,160 @@ def region_rows(pipe: ProgressionPipeline, scan: PreparedScan, pred: Prediction,
     return rows
 
 
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    cols: list[str] = []
-    for r in rows:
-        cols += [k for k in r if k not in cols]
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=cols)
-    w.writeheader()
-    w.writerows(rows)
-    write_text_atomic(path, buf.getvalue())
-
-
-def predict_scan(pipe: ProgressionPipeline, request: PredictRequest, out: str | os.PathLike,
+def predict_scan(pipe: ProgressionPipeline, request: PredictRequest,
+                 out: str | os.PathLike | OutputFolder,
                  settings: PredictSettings | None = None, model_dir: str | None = None,
                  overwrite: bool = False) -> dict:
-    """Predict one scan and write its outputs (see the module docstring).
+    """Predict one scan and write its outputs into ``out`` (see the module docstring).
+
+    ``out`` is claimed first (:class:`mambacontrol.io.OutputFolder`; or pass one already claimed
+    for ``predict``): a non-empty folder is refused unless it holds an earlier ``predict`` output
+    and ``overwrite`` is set, which replaces only that output.
 
     Returns:
         The summary written to ``summary.json``.
 
     Raises:
-        MambaControlError: for bad input (before anything is written), failed registration, or an
-            output folder that exists (unless ``overwrite``).
+        MambaControlError: for bad input or an unusable ``out`` (before any work), failed
+            registration, or a model that produces non-finite values.
     """
     s = settings or PredictSettings()
     request.check()
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise InputFileError(f"{out}: output folder exists and is not empty; choose another --out")
+    s.check()
+    with _claimed(out, "predict", request.inputs(model_dir), overwrite) as folder:
+        folder.check_free([SUMMARY_NAME] + [horizon_folder(y) for y in request.years])
+        with folder.staging() as staged:
+            summary = _predict_into(pipe, request, staged, s, model_dir)
+            produced = sorted(os.listdir(staged))
+            for name in produced:
+                folder.commit(staged / name, name)
+        folder.remove_own(keep=produced)
+    return summary
+
+
+@contextlib.contextmanager
+def _claimed(out: str | os.PathLike | OutputFolder, command: str, inputs, overwrite: bool,
+             resume: bool = False) -> Iterator[OutputFolder]:
+    """``out`` claimed for ``command`` and released afterwards, or, when the caller already
+    claimed it (an :class:`OutputFolder`), used as it is."""
+    if isinstance(out, OutputFolder):
+        if out.command != command:
+            raise ValueError(f"output folder claimed for {out.command}, not {command}")
+        yield out
+        return
+    with OutputFolder.claim(out, command, inputs=inputs, overwrite=overwrite,
+                            resume=resume) as folder:
+        yield folder
+
+
+def _predict_into(pipe: ProgressionPipeline, request: PredictRequest, folder: Path,
+                  s: PredictSettings, model_dir: str | None) -> dict:
+    """Predict one scan and write every output file into the (empty, staged) ``folder``."""
     start = time.perf_counter()
     timings: dict[str, float] = {}
-    load_nifti(request.image)
-    if request.segmentation is not None:
-        load_nifti(request.segmentation, labels=True)
-    for p in (request.image, request.segmentation):
-        if p is not None and Path(p).resolve().is_relative_to(out.resolve()):
-            raise InputFileError(f"{p}: input lies inside the output folder {out}; choose another --out")
-
+    image = load_nifti(request.image)
     t = time.perf_counter()
-    scan = prepare_scan(request.image, pipe.atlas, request.segmentation, seed=s.registration_seed)
+    scan = prepare_scan(image, pipe.atlas, request.segmentation, seed=s.registration_seed)
     timings["registration"] = time.perf_counter() - t
     preds = pipe.predict(scan.image, scan.labels, request.age, request.sex, request.diagnosis,
                          request.years, mask=scan.mask, num_samples=s.samples,
                          num_inference_steps=s.steps, seed=s.seed, timings=timings)
-    volume_scale = 1.0
-    if scan.transform is not None:
-        from mambacontrol.registration import AtlasTransform
+    for pred in preds:
+        if not (np.isfinite(pred.image).all() and np.isfinite(pred.uncertainty).all()):
+            raise ModelError(f"the model produced non-finite values for {request.image} at "
+                             f"{pred.years:g} years; its weights are corrupt or it diverged in "
+                             "training: retrain it or use another model")
+    volume_scale = scan.volume_scale
+    horizons = []
+    for pred in preds:
+        sub = folder / horizon_folder(pred.years)
+        measured = None
+        if s.measure_volumes:
+            from mambacontrol.registration import measure_regional_volumes
 
-        volume_scale = AtlasTransform.from_dict(scan.transform).volume_scale
-
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.mkdir(parents=True)
-    try:
-        horizons = []
-        for pred in preds:
-            folder = tmp / horizon_folder(pred.years)
-            measured = None
-            if s.measure_volumes:
-                from mambacontrol.registration import measure_regional_volumes
-
-                t = time.perf_counter()
-                measured = measure_regional_volumes(scan.image, pred.image, scan.labels,
-                                                    pipe.atlas.grid, pipe.atlas.label_ids,
-                                                    seed=s.registration_seed)
-                timings["measurement"] = timings.get("measurement", 0.0) + time.perf_counter() - t
             t = time.perf_counter()
-            image = scan.to_native(pred.image, order=1)
-            spread = scan.to_native(pred.uncertainty, order=1)
-            save_nifti(folder / "prediction.nii.gz", image.data, image.affine, inputs=[request.image])
-            save_nifti(folder / "uncertainty.nii.gz", spread.data, spread.affine, inputs=[request.image])
-            timings["back_mapping"] = timings.get("back_mapping", 0.0) + time.perf_counter() - t
-            rows = region_rows(pipe, scan, pred, measured, volume_scale)
-            _write_csv(folder / "regions.csv", rows)
-            if s.png:
-                from mambacontrol.pipeline.figures import prediction_montage
+            measured = measure_regional_volumes(scan.image, pred.image, scan.labels,
+                                                pipe.atlas.grid, pipe.atlas.label_ids,
+                                                seed=s.registration_seed)
+            timings["measurement"] = timings.get("measurement", 0.0) + time.perf_counter() - t
+        t = time.perf_counter()
+        native = scan.to_native(pred.image, order=1)
+        spread = scan.to_native(pred.uncertainty, order=1)
+        save_nifti(sub / "prediction.nii.gz", native.data, native.affine, inputs=[request.image])
+        save_nifti(sub / "uncertainty.nii.gz", spread.data, spread.affine, inputs=[request.image])
+        timings["back_mapping"] = timings.get("back_mapping", 0.0) + time.perf_counter() - t
+        write_csv(sub / "regions.csv", *dict_rows(region_rows(pipe, scan, pred, measured,
+                                                              volume_scale)))
+        if s.png:
+            from mambacontrol.pipeline.figures import prediction_montage
 
-                prediction_montage(scan.image, pred.image, scan.mask, folder / "montage.png",
-                                   title=f"{request.image.name}: +{pred.years:g} years")
-            horizons.append({"years": pred.years, "folder": horizon_folder(pred.years),
-                             "mean_uncertainty": float(pred.uncertainty[scan.mask].mean())})
-        timings["total"] = time.perf_counter() - start
-        summary = {
-            "inputs": {"image": str(request.image), "image_sha256": sha256_file(request.image),
-                       "segmentation": str(request.segmentation) if request.segmentation else None,
-                       "age": request.age, "sex": request.sex, "diagnosis": request.diagnosis,
-                       "years": request.years},
-            "model": {"dir": model_dir, **{k: v for k, v in pipe.index().items()
-                                           if k in ("components", "atlas", "sampling", "mambacontrol_version")}},
-            "settings": {"samples": s.samples or pipe.sampling.num_samples,
-                         "steps": s.steps or pipe.sampling.num_inference_steps, "seed": s.seed,
-                         "device": str(pipe.device), "registration_seed": s.registration_seed},
-            "preparation": {"registered": scan.transform is not None, "similarity": scan.similarity,
-                            "labels": scan.label_source, "native_mm3_per_atlas_mm3": volume_scale},
-            "outputs": horizons,
-            "timings_s": {k: round(v, 3) for k, v in timings.items()},
-            "versions": package_versions(),
-        }
-        write_text_atomic(tmp / "summary.json", json.dumps(summary, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+            prediction_montage(scan.image, pred.image, scan.mask, sub / "montage.png",
+                               title=f"{request.image.name}: +{pred.years:g} years")
+        horizons.append({"years": pred.years, "folder": horizon_folder(pred.years),
+                         "mean_uncertainty": float(pred.uncertainty[scan.mask].mean())})
+    timings["total"] = time.perf_counter() - start
+    summary = {
+        "inputs": {"image": str(request.image), "image_sha256": sha256_file(request.image),
+                   "segmentation": str(request.segmentation) if request.segmentation else None,
+                   "age": request.age, "sex": request.sex, "diagnosis": request.diagnosis,
+                   "years": request.years},
+        "model": {"dir": model_dir, **{k: v for k, v in pipe.index().items()
+                                       if k in ("components", "atlas", "sampling",
+                                                "mambacontrol_version")}},
+        "settings": {"samples": s.samples or pipe.sampling.num_samples,
+                     "steps": s.steps or pipe.sampling.num_inference_steps, "seed": s.seed,
+                     "device": str(pipe.device), "registration_seed": s.registration_seed},
+        "preparation": {"registered": scan.transform is not None, "similarity": scan.similarity,
+                        "labels": scan.label_source, "native_mm3_per_atlas_mm3": volume_scale},
+        "outputs": horizons,
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "versions": package_versions(),
+    }
+    write_json(folder / SUMMARY_NAME, summary)
     s.timings = timings
     return summary
 
 
 def predict_many(pipe: ProgressionPipeline, requests: Sequence[tuple[str, PredictRequest]],
-                 out: str | os.PathLike, settings: PredictSettings | None = None,
-                 model_dir: str | None = None) -> tuple[list[str], dict[str, str]]:
-    """Predict every ``(name, request)`` into ``out/<name>``; finished scans are skipped.
+                 out: str | os.PathLike | OutputFolder, settings: PredictSettings | None = None,
+                 model_dir: str | None = None, overwrite: bool = False,
+                 inputs: Sequence[str | os.PathLike] = ()) -> tuple[list[str], dict[str, str]]:
+    """Predict every ``(name, request)`` into ``out/<name>``, and write ``out/failures.json``.
+
+    ``out`` is claimed for ``predict-batch``: an earlier batch there resumes (its finished scans
+    are skipped, unless ``overwrite``). Names must be unique safe names (see
+    :func:`mambacontrol.io.unique_names`).
+
+    Args:
+        inputs: further files the batch reads (e.g. the manifest), which must not lie in ``out``.
 
     Returns:
         (names done now or before, {name: error} for scans that failed).
     """
     from tqdm.auto import tqdm
 
-    out = Path(out)
+    s = settings or PredictSettings()
+    s.check()
+    names = [name for name, _ in requests]
+    if len(set(names)) != len(names) or any(safe_name(n) != n for n in names):
+        raise ValueError("predict_many needs unique safe names (mambacontrol.io.unique_names)")
+    every_input = [*inputs, *(p for _, r in requests for p in r.inputs(model_dir))]
     done, failed = [], {}
-    for name, req in tqdm(list(requests), desc="scans", disable=None):
-        target = out / name
-        if (target / "summary.json").is_file():
-            done.append(name)
-            continue
-        try:
-            predict_scan(pipe, req, target, settings, model_dir, overwrite=True)
-            done.append(name)
-        except MambaControlError as exc:
-            failed[name] = str(exc)
-            log.warning("%s: %s", name, exc)
+    with _claimed(out, "predict-batch", every_input, overwrite, resume=True) as folder:
+        folder.check_free([*names, FAILURES_NAME])
+        for name, req in tqdm(list(requests), desc="scans", disable=None):
+            if folder.owns(name) and (folder.path / name / SUMMARY_NAME).is_file() and not overwrite:
+                done.append(name)
+                continue
+            try:
+                with folder.staging() as staged:
+                    _predict_into(pipe, req, staged, s, model_dir)
+                    folder.commit(staged, name)
+                done.append(name)
+            except MambaControlError as exc:
+                failed[name] = str(exc)
+                log.warning("%s: %s", name, exc)
+        with folder.staging() as staged:
+            write_json(staged / FAILURES_NAME, failed)
+            folder.commit(staged / FAILURES_NAME, FAILURES_NAME)
     return done, failed

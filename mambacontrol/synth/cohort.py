@@ -16,7 +16,6 @@ number of workers nor their order changes a file; NIfTI gzip headers carry no ti
 
 from __future__ import annotations
 
-import json
 import logging
 import multiprocessing
 import os
@@ -30,8 +29,8 @@ from tqdm.auto import tqdm
 from mambacontrol._version import __version__
 from mambacontrol.atlas import load_atlas
 from mambacontrol.data import Manifest, Visit
-from mambacontrol.errors import ConfigError, InputFileError
-from mambacontrol.io import save_nifti, write_text_atomic
+from mambacontrol.errors import ConfigError
+from mambacontrol.io import OutputFolder, save_nifti, write_json
 from mambacontrol.synth.plan import CohortDesign, SubjectPlan, plan_cohort
 from mambacontrol.synth.rates import STAGES
 from mambacontrol.synth.simulate import GridContext, SimulatedVisit, SubjectSimulator, SynthConfig
@@ -39,6 +38,8 @@ from mambacontrol.synth.simulate import GridContext, SimulatedVisit, SubjectSimu
 log = logging.getLogger(__name__)
 
 SPACING_GRIDS = {"2": "2mm", "1.5": "1p5mm", "4": "4mm"}
+COHORT_FILES = ("manifest.csv", "cohort.json", "overview.png")
+"""The cohort's own files beside one folder per subject."""
 FIDELITY_MIN_MM3 = 1000.0
 
 _CONTEXTS: dict[tuple[str, str], GridContext] = {}
@@ -193,14 +194,6 @@ def simulate_and_write(plan: SubjectPlan, out: Path, config: SynthConfig) -> dic
     return {"rows": rows, "subject": subject}
 
 
-def _check_output(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise InputFileError(f"{out}: exists and is not a folder; choose another --out")
-    if (out / "manifest.csv").exists() and not overwrite:
-        raise InputFileError(f"{out}: already holds a cohort (manifest.csv); choose another --out "
-                             "or pass --overwrite")
-
-
 def generate_cohort(out: str | os.PathLike, *, subjects: int = 20, seed: int = 0, grid: str = "2mm",
                     visits: Sequence[int] = (2, 5), split: Sequence[float] = (0.7, 0.1, 0.2),
                     workers: int = 1, figure: bool = True, overwrite: bool = False,
@@ -224,7 +217,9 @@ def generate_cohort(out: str | os.PathLike, *, subjects: int = 20, seed: int = 0
 
     Raises:
         ConfigError: for an invalid size, visit range, split or worker count.
-        InputFileError: when ``out`` already holds a cohort and ``overwrite`` is false.
+        OutputFolderError: when ``out`` is a file, holds another command's output or foreign
+            files, or already holds a cohort and ``overwrite`` is false (which then replaces
+            only the cohort's own files; see :class:`mambacontrol.io.OutputFolder`).
     """
     out = Path(out)
     if workers < 1:
@@ -236,16 +231,29 @@ def generate_cohort(out: str | os.PathLike, *, subjects: int = 20, seed: int = 0
         except ValueError as exc:
             raise ConfigError(f"{exc}; fix the cohort size, --visits or --split") from None
         config = SynthConfig(grid=grid, design=design)
-    _check_output(out, overwrite)
     atlas = load_atlas(config.atlas, config.grid)
-    out.mkdir(parents=True, exist_ok=True)
     plans = plan_cohort(config.design, seed)
+    with OutputFolder.claim(out, "synth", overwrite=overwrite) as folder:
+        names = [p.subject_id for p in plans] + list(COHORT_FILES)
+        folder.check_free(names)
+        manifest = _write_cohort(folder, plans, atlas, config, seed, workers, figure)
+        folder.remove_own(keep=names)  # an earlier cohort's subjects that this one lacks
+    return manifest
+
+
+def _write_cohort(folder: OutputFolder, plans: list[SubjectPlan], atlas, config: SynthConfig,
+                  seed: int, workers: int, figure: bool) -> Manifest:
+    """Simulate every subject into the claimed ``folder`` and write the cohort's files."""
+    out = folder.path
     log.info("simulating %d subjects on %s %s into %s (%d worker%s)", len(plans), atlas.id,
              config.grid, out, workers, "s" if workers > 1 else "")
     results = _run(plans, out.resolve(), config, workers)
+    for plan in plans:
+        folder.record(plan.subject_id)
     visits_list = [Visit(row["subject_id"], row["image_uid"], Path(row["image_path"]), row["age"],
                          row["sex"], row["diagnosis"], row["split"], Path(row["segm_path"]), row["extra"])
                    for result in results for row in result["rows"]]
+    folder.record("manifest.csv")
     Manifest(visits_list).to_csv(out / "manifest.csv")
     meta = {"generator": "mambacontrol.synth", "mambacontrol_version": __version__, "seed": seed,
             "atlas": {"id": atlas.id, "grid": atlas.grid_name, "checksum": atlas.checksum},
@@ -255,11 +263,13 @@ def generate_cohort(out: str | os.PathLike, *, subjects: int = 20, seed: int = 0
                       "group at the baseline diagnosis, the same rates before and after baseline"),
             "config": config.to_dict(),
             "subjects": [r["subject"] for r in results]}
-    write_text_atomic(out / "cohort.json", json.dumps(meta, indent=1) + "\n")
+    folder.record("cohort.json")
+    write_json(out / "cohort.json", meta, indent=1)
     manifest = Manifest.from_csv(out / "manifest.csv")
     if figure:
         from mambacontrol.synth.overview import plot_overview
 
+        folder.record("overview.png")
         plot_overview(manifest, out / "overview.png", atlas)
     return manifest
 

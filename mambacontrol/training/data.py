@@ -21,7 +21,7 @@ from mambacontrol.atlas import Atlas, load_atlas
 from mambacontrol.data import Manifest, Visit, VisitPair
 from mambacontrol.data.covariates import CovariateNorm, encode_covariates
 from mambacontrol.errors import ConfigError, ModelError
-from mambacontrol.io import atomic_path
+from mambacontrol.io import atomic_path, unique_names
 from mambacontrol.pipeline.prepare import PreparedScan, load_on_grid, prepare_manifest
 
 
@@ -51,6 +51,8 @@ class RunData:
                                          self.cache_dir / "prepared", seed=seed)
         if not self.manifest.select("train").visits:
             raise ConfigError(f"{manifest_path}: no visit is in the train split; a run needs training data")
+        self._names = unique_names(((f"row {i + 1}", v.image_uid)
+                                    for i, v in enumerate(self.manifest)), "image_uid")
 
     def mask_path(self, visit: Visit) -> Path | None:
         raw = visit.extra.get("mask_path", "").strip()
@@ -72,8 +74,7 @@ class RunData:
 
     # ---- latents --------------------------------------------------------------------------
     def latent_path(self, visit: Visit) -> Path:
-        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in visit.image_uid)
-        return self.cache_dir / "latents" / f"{safe}.safetensors"
+        return self.cache_dir / "latents" / f"{self._names[visit.image_uid]}.safetensors"
 
     def has_latent(self, visit: Visit, ae_hash: str) -> bool:
         path = self.latent_path(visit)

@@ -8,16 +8,21 @@ Run directory::
     <out>/autoencoder/ graph_encoder/ trajectory_head/ unet/ controlnet/    components
     <out>/cache/prepared/ cache/latents/ cache/features/                    caches
     <out>/checkpoints/<stage>/ logs/<stage>/ stages/<stage>.json           engine (see engine.py)
+
+The folder is claimed for ``train`` (:class:`mambacontrol.io.OutputFolder`): a new or empty
+folder, or an earlier run's, which continues; a folder of anything else is refused, so a user's
+folder that happens to be named like a stage is never replaced.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from pathlib import Path
 
 from mambacontrol.errors import ConfigError, ModelError
-from mambacontrol.io import write_text_atomic
+from mambacontrol.io import OutputFolder, write_text_atomic
 from mambacontrol.training.config import (
     config_differences,
     config_to_dict,
@@ -27,6 +32,7 @@ from mambacontrol.training.config import (
 from mambacontrol.training.data_order import process_state
 from mambacontrol.training.engine import StageSummary, read_stage_summary, write_stage_summary
 from mambacontrol.training.run_config import RunConfig
+from mambacontrol.training.validate import validate_run_config
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +52,14 @@ def resolve_config(config_path: str | Path, overrides: list[str] | None = None,
         raise ConfigError(f"{config_path}: data.manifest is not set; add `data.manifest=PATH` to the "
                           "command or the config")
     return cfg
+
+
+def _is_run_folder(path: Path) -> bool:
+    """A run folder written before output markers existed (or copied): it has the run's config,
+    stage records or model index."""
+    from mambacontrol.pipeline.progression import INDEX_NAME
+
+    return any((path / name).exists() for name in ("config.yaml", "stages", INDEX_NAME))
 
 
 class TrainingRun:
@@ -107,10 +121,23 @@ class TrainingRun:
         """
         if stage != "all" and stage not in STAGES:
             raise ConfigError(f"stage '{stage}' is not one of {', '.join(STAGES)}, all")
-        self.record_config()
-        todo = [s for s in STAGES if self.enabled(s)] if stage == "all" else [stage]
         if stage != "all" and not self.enabled(stage):
             raise ConfigError(f"stage '{stage}' is switched off in this config ({stage}.enabled: false)")
+        validate_run_config(self.cfg)  # every stage's settings, before the first one runs
+        main = process_state().is_main_process
+        folder = (OutputFolder.claim(self.out, "train", inputs=[self.cfg.data.manifest],
+                                     resume=True, earlier_run=_is_run_folder)
+                  if main else contextlib.nullcontext())
+        with folder:
+            try:
+                return self._run_stages(stage, resume)
+            finally:
+                if main:
+                    folder.record_present()
+
+    def _run_stages(self, stage: str, resume: bool) -> list[StageSummary]:
+        self.record_config()
+        todo = [s for s in STAGES if self.enabled(s)] if stage == "all" else [stage]
         done = []
         for s in todo:
             if stage == "all" and self.finished(s) is not None:

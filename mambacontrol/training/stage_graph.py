@@ -16,6 +16,15 @@ from mambacontrol.training.engine import StageSummary
 from mambacontrol.training.run_config import RunConfig
 
 
+def graph_encoder_arch(cfg: RunConfig) -> dict:
+    """The GraphEncoder's architecture arguments from the config's ``graph.model``."""
+    m = cfg.graph.model
+    return dict(embed_dim=m.embed_dim, num_layers=m.num_layers, conv=m.conv,
+                num_tokens=m.num_tokens, spectral_filters=m.spectral_filters,
+                filter_kind=m.filter_kind, fourier_refine=m.fourier_refine,
+                dropout=m.dropout, feature_dropout=m.feature_dropout)
+
+
 def train_graph(cfg: RunConfig, data: RunData, out: Path, resume: bool, config_dict: dict) -> StageSummary:
     """Train and save ``<out>/graph_encoder`` and ``<out>/trajectory_head``."""
     from mambacontrol.graph import TrajectoryConfig, train_trajectory
@@ -24,11 +33,7 @@ def train_graph(cfg: RunConfig, data: RunData, out: Path, resume: bool, config_d
     tc = TrajectoryConfig(
         grouping=m.grouping, homologue_edges=m.homologue_edges, lr=t.lr,
         weight_decay=t.weight_decay, batch_size=t.batch_size,
-        encoder=dict(embed_dim=m.embed_dim, num_layers=m.num_layers, conv=m.conv,
-                     num_tokens=m.num_tokens, spectral_filters=m.spectral_filters,
-                     filter_kind=m.filter_kind, fourier_refine=m.fourier_refine,
-                     dropout=m.dropout, feature_dropout=m.feature_dropout),
-        head=dict(hidden=m.head_hidden))
+        encoder=graph_encoder_arch(cfg), head=dict(hidden=m.head_hidden))
     from mambacontrol.training.data_order import process_state
 
     state = process_state()

@@ -22,7 +22,7 @@ def test_synth_command_writes_a_valid_cohort(tmp_path, capsys):
     assert all(len(vs) == 2 for vs in manifest.by_subject().values())
     assert not (out / "overview.png").exists()
     assert main(["-q", "synth", "--out", str(out), "--subjects", "3", "--spacing", "4"]) == 2
-    assert "already holds a cohort" in capsys.readouterr().err
+    assert "holds an earlier `mambacontrol synth` output" in capsys.readouterr().err
 
 
 def test_bad_arguments_are_one_line_errors(tmp_path):

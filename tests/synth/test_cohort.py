@@ -104,7 +104,7 @@ def test_same_seed_same_bytes_any_workers_and_other_seed_differs(cohort, tmp_pat
 
 def test_refuses_to_overwrite_and_bad_arguments(cohort, tmp_path):
     out, _ = cohort
-    with pytest.raises(InputFileError, match="already holds a cohort"):
+    with pytest.raises(InputFileError, match="holds an earlier `mambacontrol synth` output"):
         generate_cohort(out, seed=0, **SMALL)
     with pytest.raises(ConfigError, match="visits"):
         generate_cohort(tmp_path / "x", subjects=2, grid="4mm", visits=(1, 2))

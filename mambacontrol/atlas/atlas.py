@@ -6,6 +6,7 @@ import csv
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -20,6 +21,9 @@ DEFAULT_ATLAS = "icbm152-2009a-nmm"
 DEFAULT_GRID = "2mm"
 ATLAS_PATH_ENV = "MAMBACONTROL_ATLAS_PATH"
 MAPS = ("t1", "mask", "gm", "wm", "csf", "labels")
+ATLAS_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+"""An atlas id: a plain folder name, so that an id read from a model's index cannot point outside
+the atlas folders (no separators, no leading dot, so no ``..``)."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,10 @@ def list_atlases() -> list[str]:
 
 
 def _find(name: str) -> Path:
+    if not isinstance(name, str) or not ATLAS_NAME.fullmatch(name):
+        raise MambaControlError(
+            f"atlas name {name!r} is not a plain folder name (letters, digits, '.', '-', '_'); "
+            f"give one of {', '.join(list_atlases()) or 'none'}")
     for folder in atlas_search_path():
         if (folder / name / "atlas.json").is_file():
             return folder / name

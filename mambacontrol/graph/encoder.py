@@ -17,6 +17,7 @@ grouping) in the config, so a model is never run on another atlas or grid by mis
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from diffusers.configuration_utils import register_to_config
 from torch import nn
@@ -138,8 +139,9 @@ class GraphEncoder(Component):
         modes = num_nodes if fourier_modes is None else int(fourier_modes)
         if not 1 <= modes <= num_nodes:
             raise ValueError(f"fourier_modes {fourier_modes} must lie in 1…{num_nodes}")
-        mean = torch.zeros(num_nodes, in_features) if feature_mean is None else torch.tensor(feature_mean)
-        std = torch.ones(num_nodes, in_features) if feature_std is None else torch.tensor(feature_std)
+        # checked in numpy, so that the module also builds on the meta device
+        mean = np.zeros((num_nodes, in_features)) if feature_mean is None else np.asarray(feature_mean)
+        std = np.ones((num_nodes, in_features)) if feature_std is None else np.asarray(feature_std)
         if mean.shape != (num_nodes, in_features) or std.shape != (num_nodes, in_features):
             raise ValueError(f"feature_mean/feature_std must be ({num_nodes}, {in_features}); got "
                              f"{tuple(mean.shape)} and {tuple(std.shape)}")
@@ -152,8 +154,8 @@ class GraphEncoder(Component):
         self.register_buffer("edge_weight", torch.zeros(num_edges))
         self.register_buffer("eigenvalues", torch.zeros(num_nodes))
         self.register_buffer("eigenvectors", torch.zeros(num_nodes, num_nodes))
-        self.register_buffer("norm_mean", mean.float(), persistent=False)
-        self.register_buffer("norm_std", std.float(), persistent=False)
+        self.register_buffer("norm_mean", torch.tensor(mean, dtype=torch.float32), persistent=False)
+        self.register_buffer("norm_std", torch.tensor(std, dtype=torch.float32), persistent=False)
 
         self.feature_drop = nn.Dropout(feature_dropout)
         self.filter_bank = SpectralFilterBank(list(filter_scales), filter_kind) if spectral_filters else None

@@ -17,10 +17,11 @@ from typing import TypeVar
 
 import torch
 from diffusers import ConfigMixin, ModelMixin
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from mambacontrol.errors import ModelError
+from mambacontrol.io.limits import check_limit
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 CONFIG_NAME = "config.json"
@@ -67,9 +68,11 @@ class Component(ModelMixin, ConfigMixin):
             raise ModelError(f"{folder}: not a saved {cls.__name__} (needs {CONFIG_NAME} and "
                              f"{WEIGHTS_NAME}); point to a component folder of a trained model")
         try:
-            config = json.loads(cfg_path.read_text())
-        except json.JSONDecodeError as exc:
+            config = json.loads(cfg_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ModelError(f"{cfg_path}: corrupt config ({exc}); re-save the model") from None
+        if not isinstance(config, dict):
+            raise ModelError(f"{cfg_path}: corrupt config (not a JSON object); re-save the model")
         if config.get("_class_name") != cls.__name__:
             raise ModelError(f"{folder}: holds a {config.get('_class_name')}, not a {cls.__name__}")
         accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
@@ -77,23 +80,56 @@ class Component(ModelMixin, ConfigMixin):
         if unknown:
             raise ModelError(f"{cfg_path}: unknown setting(s) {', '.join(unknown)} for {cls.__name__}; "
                              "the model was saved by another version of mambacontrol")
+        # The config is first built on the meta device (no memory), so that a config asking for
+        # huge layers is refused, and checked against the weights file's header, before anything
+        # is allocated.
         try:
-            model = cls.from_config(config)
-        except (TypeError, ValueError) as exc:
+            with torch.device("meta"):
+                skeleton = cls.from_config(config)
+        except (TypeError, ValueError, AttributeError, IndexError, KeyError, RuntimeError,
+                OverflowError) as exc:
             raise ModelError(f"{cfg_path}: config does not build a {cls.__name__} ({exc})") from None
-        try:
-            state = load_file(str(w_path), device=str(device))
-        except (SafetensorError, OSError, RuntimeError) as exc:
-            raise ModelError(f"{w_path}: corrupt weights ({exc}); re-save the model") from None
-        expected = model.state_dict()
-        missing = [k for k in expected if k not in state]
-        unexpected = [k for k in state if k not in expected]
+        expected = skeleton.state_dict()
+        check_limit("max_model_parameters", sum(t.numel() for t in expected.values()),
+                    f"{cfg_path}: the config builds a {cls.__name__} with that many parameters")
+        stored = _stored_shapes(w_path)
+        missing = [k for k in expected if k not in stored]
+        unexpected = [k for k in stored if k not in expected]
         if missing or unexpected:
             raise ModelError(f"{folder}: weights do not match the config (missing {missing[:3]}, "
                              f"unexpected {unexpected[:3]}); the folder mixes two models")
         for name, tensor in expected.items():
-            if tensor.shape != state[name].shape:
-                raise ModelError(f"{folder}: tensor {name} has shape {tuple(state[name].shape)}, "
-                                 f"the config expects {tuple(tensor.shape)}; the folder mixes two models")
+            if tuple(tensor.shape) != stored[name]:
+                raise ModelError(f"{folder}: tensor {name} has shape {stored[name]}, the config "
+                                 f"expects {tuple(tensor.shape)}; the folder mixes two models")
+        del skeleton
+        model = cls.from_config(config)
+        try:
+            state = load_file(str(w_path), device=str(device))
+        except (SafetensorError, OSError, RuntimeError) as exc:
+            raise ModelError(f"{w_path}: corrupt weights ({exc}); re-save the model") from None
+        _check_values(w_path, state, expected)
         model.load_state_dict(state, strict=True)
         return model.to(device).eval()
+
+
+def _stored_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor name → shape, from a safetensors file's header only."""
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
+    except (SafetensorError, OSError, RuntimeError) as exc:
+        raise ModelError(f"{path}: corrupt weights ({exc}); re-save the model") from None
+
+
+def _check_values(path: Path, state: dict[str, torch.Tensor],
+                  expected: dict[str, torch.Tensor]) -> None:
+    """Refuse weights whose floating-point tensors are stored as another kind, or hold NaN/±∞."""
+    for name, ref in expected.items():
+        tensor = state[name]
+        if ref.dtype.is_floating_point and not tensor.dtype.is_floating_point:
+            raise ModelError(f"{path}: tensor {name} is stored as {tensor.dtype}, not floating "
+                             "point; the file was not written by mambacontrol: re-save the model")
+        if tensor.dtype.is_floating_point and not bool(torch.isfinite(tensor).all()):
+            raise ModelError(f"{path}: tensor {name} holds NaN or infinite values; the model is "
+                             "corrupt or diverged in training: retrain it or use another model")

@@ -157,6 +157,9 @@ def _evaluate(manifest_path: str | os.PathLike, models: Sequence[str | os.PathLi
     from mambacontrol.pipeline.progression import ProgressionPipeline
     from mambacontrol.registration import measure_regional_volumes
 
+    raw = Manifest.from_csv(manifest_path)  # bad input fails before the models load
+    if not raw.select(s.split).pairs(s.pairs):
+        raise MambaControlError(f"{manifest_path}: split '{s.split}' has no visit pairs to evaluate")
     names = unique_names(models)
     pipes = {n: ProgressionPipeline.from_pretrained(d, device) for n, d in names.items()}
     first = next(iter(pipes.values()))
@@ -165,12 +168,9 @@ def _evaluate(manifest_path: str | os.PathLike, models: Sequence[str | os.PathLi
         if p.atlas.checksum != atlas.checksum:
             raise MambaControlError(f"model {n} works on {p.atlas.id} {p.atlas.grid_name}, the first "
                                     f"on {atlas.id} {atlas.grid_name}; compare models of one grid")
-    raw = Manifest.from_csv(manifest_path)
     folder.record(PREPARED_NAME)
     manifest = prepare_manifest(raw, atlas, folder.path / PREPARED_NAME, seed=s.seed)
     pairs = manifest.select(s.split).pairs(s.pairs)
-    if not pairs:
-        raise MambaControlError(f"{manifest_path}: split '{s.split}' has no visit pairs to evaluate")
     if s.max_pairs is not None:
         pairs = pairs[: s.max_pairs]
     exact = all(has_manifest_volumes(v) for p in pairs for v in (p.earlier, p.later))

@@ -140,3 +140,35 @@ def test_batch_keeps_going_and_resumes(tiny_model, tiny_cohort, tmp_path):
     stamp = (out / visits[0].image_uid / "summary.json").stat().st_mtime_ns
     assert main(args) == 1
     assert (out / visits[0].image_uid / "summary.json").stat().st_mtime_ns == stamp
+
+
+def test_full_head_prediction_equals_the_input_outside_the_brain(tiny_model, tiny_cohort, tmp_path):
+    """In the input's intensities (the default), prediction − input is the predicted change: zero
+    outside the brain mask, the model's change scaled back to scanner units inside it."""
+    from mambacontrol.data import Manifest
+    from mambacontrol.io import load_nifti
+
+    v = Manifest.from_csv(tiny_cohort).select("test").visits[0]
+    brain = load_nifti(v.image_path)
+    mask_path = tiny_cohort.parent / v.extra["mask_path"]
+    mask = load_nifti(mask_path, labels=True).data > 0
+    head = np.where(mask, brain.data * 900.0 + 100.0, 250.0).astype(np.float32)  # scalp, skull
+    scan = tmp_path / "head.nii.gz"
+    save_nifti(scan, head, brain.affine)
+    base = ["-q", "predict", str(scan), "--age", "75", "--sex", "M", "--diagnosis", "AD",
+            "--years", "4", "--segmentation", str(v.segm_path), "--mask", str(mask_path),
+            "--model", str(tiny_model), "--samples", "2", "--steps", "2", "--no-volumes"]
+    assert main([*base, "--out", str(tmp_path / "in")]) == 0
+    assert main([*base, "--out", str(tmp_path / "norm"), "--intensity", "normalized"]) == 0
+    pred = load_nifti(tmp_path / "in" / "years_4" / "prediction.nii.gz").data
+    norm = load_nifti(tmp_path / "norm" / "years_4" / "prediction.nii.gz").data
+    np.testing.assert_array_equal(pred[~mask], head[~mask])
+    assert np.all(norm[~mask] == 0) and norm.max() <= 1.0
+    # inside: the same change as the normalised prediction, in scanner units
+    lo, hi = np.percentile(head[mask], [0.5, 99.5])
+    base_norm = np.clip((head - lo) / (hi - lo), 0, 1)
+    np.testing.assert_allclose((pred - head)[mask], ((norm - base_norm) * (hi - lo))[mask],
+                               atol=1e-2 * (hi - lo))
+    summary = json.loads((tmp_path / "in" / "summary.json").read_text())
+    assert summary["preparation"]["intensity"] == "input"
+    assert summary["preparation"]["brain_mask"] == str(mask_path)

@@ -34,6 +34,7 @@ pybids is imported inside the functions that need it, so ``import mambacontrol``
 from __future__ import annotations
 
 import csv
+import logging
 import math
 import os
 import re
@@ -81,6 +82,11 @@ def _value(row: Mapping[str, str] | None, col: str) -> str | None:
         return None
     v = row[col]
     return None if v.lower() in MISSING else v
+
+
+def _prefixed(value: str, prefix: str) -> str:
+    """``sub-01`` from ``sub-01`` or ``01`` (tables written without the prefix are read too)."""
+    return value if value.startswith(prefix + "-") else f"{prefix}-{value}"
 
 
 def _split_counts(n: int, fractions: Sequence[float]) -> list[int]:
@@ -149,6 +155,10 @@ def manifest_from_bids(bids_dir: str | os.PathLike, *, age_column: str = "age",
     check_split_fractions(split)
     from bids import BIDSLayout  # here, not at the top: pybids is slow to import
 
+    schema_log = logging.getLogger("bidsschematools")  # its "no schema path" INFO line each run
+    if schema_log.level == logging.NOTSET:
+        schema_log.setLevel(logging.WARNING)
+
     try:
         layout = BIDSLayout(str(root), validate=False)
     except Exception as exc:  # pybids raises its own BIDS*Error/ValueError types
@@ -163,7 +173,7 @@ def manifest_from_bids(bids_dir: str | os.PathLike, *, age_column: str = "age",
     if part_rows and "participant_id" not in part_header:
         raise ManifestError(f"{part_path}: no 'participant_id' column; found "
                             f"{', '.join(part_header) or 'none'}")
-    participants = {r["participant_id"]: r for r in part_rows}
+    participants = {_prefixed(r["participant_id"], "sub"): r for r in part_rows}
 
     by_session: dict[tuple[str, str], list] = {}
     for img in images:
@@ -177,7 +187,7 @@ def manifest_from_bids(bids_dir: str | os.PathLike, *, age_column: str = "age",
             header, rows = _read_tsv(path)
             if "session_id" not in header:
                 raise ManifestError(f"{path}: no 'session_id' column; found {', '.join(header)}")
-            sessions[sub] = (path, header, {r["session_id"]: r for r in rows})
+            sessions[sub] = (path, header, {_prefixed(r["session_id"], "ses"): r for r in rows})
 
     def column_error(col: str, what: str) -> ManifestError:
         found = ", ".join(part_header) or "no participants.tsv"

@@ -12,7 +12,8 @@ age           age in years at the scan (BrLP's age/100 is refused with a hint)
 sex           ``F``/``M`` (also ``female``/``male``, or BrLP's 1 = female, 0 = male)
 diagnosis     ``CN``/``MCI``/``AD``, also as cohorts write them (:func:`normalize_diagnosis`)
 split         ``train``/``valid``/``test`` (``val``/``validation`` accepted)
-segm_path     optional label map in the atlas's label ids, same rules as image_path
+segm_path     optional label map, same rules as image_path; in the atlas's label ids or
+              FreeSurfer's (aseg, aparc+aseg, SynthSeg, FastSurfer: ``atlas.segformats``)
 ============  =========================================================================
 
 Other columns are kept verbatim in :attr:`Visit.extra` (the synthetic cohort adds ground truth).

@@ -194,3 +194,17 @@ def test_derivative_labels_checked(tmp_path):
         bids_derivative_paths(tmp_path, "01", None, -1)
     no_ses = bids_derivative_paths(tmp_path, "01", None, 3)
     assert no_ses["image"] == tmp_path / "sub-01/anat/sub-01_desc-pred3y_T1w.nii.gz"
+
+
+def test_dataset_without_sessions(tmp_path):
+    root = tmp_path / "bids"
+    root.mkdir()
+    write_json(root / "dataset_description.json", {"Name": "flat", "BIDSVersion": "1.9.0"})
+    (root / "participants.tsv").write_text("participant_id\tAge\tgender\tgroup\tsplit\n"
+                                           "01\t66\tF\tSMC\tvalid\n02\t71\tM\tEMCI\ttest\n")
+    for sub in ("01", "02"):
+        write_image(root / f"sub-{sub}" / "anat" / f"sub-{sub}_T1w.nii.gz")
+    m = manifest_from_bids(root, age_column="Age", sex_column="gender", diagnosis_column="group")
+    assert [(v.subject_id, v.image_uid, v.age, v.sex, v.diagnosis, v.split, v.extra["session"])
+            for v in m] == [("sub-01", "sub-01", 66.0, "F", "CN", "valid", ""),
+                            ("sub-02", "sub-02", 71.0, "M", "MCI", "test", "")]

@@ -203,7 +203,7 @@ FREESURFER_TO_ATLAS: dict[int, tuple[tuple[str, str], ...]] = {
 region of that hemisphere). Ids in :data:`FREESURFER_NAMES` but not here have no atlas region."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class SegmentationMapping:
     """A label map in atlas ids, as far as its own ids map.
 
@@ -299,8 +299,7 @@ def detect_format(ids, atlas: Atlas, *, what: str = "segmentation") -> str:
         InputFileError: the map is empty, its ids fit both formats (give the format) or neither.
     """
     arr = np.asarray(ids)
-    present = _present_ids(arr, what) if arr.ndim == 3 else np.unique(arr.astype(np.int64))
-    present = present[present != 0]
+    present = _present_ids(arr if arr.ndim == 3 else arr.reshape(-1, 1, 1), what)
     if present.size == 0:
         raise InputFileError(f"{what}: label map is empty (all background); give a segmentation "
                              "or leave it out to propagate the atlas's labels")

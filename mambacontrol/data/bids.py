@@ -214,7 +214,8 @@ def manifest_from_bids(bids_dir: str | os.PathLike, *, age_column: str = "age",
     visits: list[Visit] = []
     for (sub, ses), imgs in sorted(by_session.items()):
         ses_id = f"ses-{ses}" if ses else ""
-        ctx = _SessionRow(sub, ses_id, participants.get(sub), part_path, sessions.get(sub))
+        n_ses = sum(1 for s, _ in by_session if s == sub)
+        ctx = _SessionRow(sub, ses_id, participants.get(sub), part_path, sessions.get(sub), n_ses)
         age = ctx.age(age_column)
         sex_raw, sex_file = ctx.pick(sex_column)
         dx_raw, dx_file = ctx.pick(diagnosis_column)
@@ -249,8 +250,10 @@ class _SessionRow:
     """One session's rows in participants.tsv and sessions.tsv, and the rules reading them."""
 
     def __init__(self, sub: str, ses_id: str, prow: dict[str, str] | None, part_path: Path,
-                 ses_table: tuple[Path, list[str], dict[str, dict[str, str]]] | None):
+                 ses_table: tuple[Path, list[str], dict[str, dict[str, str]]] | None,
+                 n_sessions: int = 1):
         self.sub, self.ses_id, self.prow, self.part_path = sub, ses_id, prow, part_path
+        self.n_sessions = n_sessions
         self.ses_path, self.ses_header, self.ses_rows = ses_table or (None, [], {})
         self.srow = self.ses_rows.get(ses_id) if ses_id else None
         self.where = sub + (f" {ses_id}" if ses_id else "")
@@ -283,8 +286,12 @@ class _SessionRow:
             raise self.bad(col, "no age in sessions.tsv or participants.tsv (empty, n/a or no "
                            "row)", self.ses_path if col in self.ses_header else self.part_path)
         age = self._number(base, col, self.part_path)
-        if not self.ses_id or len(self.ses_rows) <= 1:
+        if not self.ses_id or (self.n_sessions <= 1 and len(self.ses_rows) <= 1):
             return age
+        if self.ses_path is None:
+            raise self.bad(col, f"{self.sub} has {self.n_sessions} sessions and participants.tsv "
+                           f"one age; add {self.sub}/{self.sub}_sessions.tsv with an '{col}' or "
+                           "'acq_time' column", self.part_path)
         times = {s: _parse_time(r.get("acq_time", "")) for s, r in self.ses_rows.items()}
         if times.get(self.ses_id) is None:
             raise self.bad(col, f"participants.tsv's age is the age at the first session, and "

@@ -154,3 +154,11 @@ def test_explicit_format_checked(atlas):
 def test_names_cover_aparc():
     assert FREESURFER_NAMES[1006] == "ctx-lh-entorhinal"
     assert FREESURFER_NAMES[2035] == "ctx-rh-insula"
+
+
+def test_detect_from_id_lists(atlas):
+    assert detect_format([0, 2, 3, 17, 41, 42, 53], atlas) == "freesurfer"  # SynthSeg-like
+    assert detect_format([0, 2, 41, 17, 53, 1006, 2030], atlas) == "freesurfer"  # aparc+aseg
+    assert detect_format(atlas.label_ids, atlas) == "atlas"
+    with pytest.raises(InputFileError, match="non-integer"):
+        detect_format([0, 1.5], atlas)

@@ -208,3 +208,11 @@ def test_dataset_without_sessions(tmp_path):
     assert [(v.subject_id, v.image_uid, v.age, v.sex, v.diagnosis, v.split, v.extra["session"])
             for v in m] == [("sub-01", "sub-01", 66.0, "F", "CN", "valid", ""),
                             ("sub-02", "sub-02", 71.0, "M", "MCI", "test", "")]
+
+
+def test_several_sessions_need_session_ages(tmp_path):
+    root = make_bids(tmp_path / "bids")
+    (root / "sub-01" / "sub-01_sessions.tsv").unlink()
+    with pytest.raises(ManifestError, match=r"sub-01 has 2 sessions and participants.tsv one age; "
+                       r"add sub-01/sub-01_sessions.tsv"):
+        manifest_from_bids(root)

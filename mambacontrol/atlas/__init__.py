@@ -14,8 +14,9 @@ from mambacontrol.atlas.segformats import (
     detect_format,
     map_to_atlas,
     merge_with_propagated,
+    segmentation_labels,
 )
 
 __all__ = ["DEFAULT_ATLAS", "DEFAULT_GRID", "Atlas", "Region", "SegmentationMapping",
            "atlas_search_path", "detect_format", "list_atlases", "load_atlas", "map_to_atlas",
-           "merge_with_propagated"]
+           "merge_with_propagated", "segmentation_labels"]

@@ -10,7 +10,8 @@ A subject's segmentation (``--segmentation``, a manifest's ``segm_path``) may ho
 
 :func:`detect_format` tells them apart from the ids present (a map whose ids fit both, e.g. a few
 subcortical ids only, or neither, e.g. an intensity image, is refused: give the format);
-:func:`map_to_atlas` maps a map to atlas ids and :func:`merge_with_propagated` completes it.
+:func:`map_to_atlas` maps a map to atlas ids and :func:`merge_with_propagated` completes it;
+:func:`segmentation_labels` does both (propagating only when the map needs it).
 
 How FreeSurfer ids map (by the atlas's region ``group`` and ``hemisphere`` in ``regions.csv``,
 never by atlas label numbers; L = left ids, R = right ids):
@@ -63,6 +64,7 @@ FreeSurfer's, so that a brain mask (ids 0/1) is refused rather than mapped.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -491,3 +493,33 @@ def merge_with_propagated(mapping: SegmentationMapping, propagated: np.ndarray) 
     todo &= ~take
     _neighbour_fill(out, todo, cls, allowed, prop_i)
     return out
+
+
+def segmentation_labels(labels: np.ndarray, atlas: Atlas, fmt: str = "auto", *,
+                        propagate: Callable[[], np.ndarray] | np.ndarray | None = None,
+                        what: str = "segmentation") -> tuple[np.ndarray, SegmentationMapping]:
+    """A user's label map (on the atlas grid) as complete atlas labels, in one call.
+
+    Args:
+        labels: (X, Y, Z) label map in atlas or FreeSurfer ids.
+        atlas: the atlas.
+        fmt: ``auto``, ``atlas`` or ``freesurfer``.
+        propagate: the atlas labels propagated onto the same grid, or a function computing them
+            (called only when the map needs them, i.e. not for the ``atlas`` format).
+        what: how the map is named in errors and the log.
+
+    Returns:
+        ``((X, Y, Z) int32 atlas ids, the SegmentationMapping)``.
+
+    Raises:
+        InputFileError: see :func:`map_to_atlas`; MambaControlError when the map needs propagated
+            labels and ``propagate`` is None.
+    """
+    mapping = map_to_atlas(labels, atlas, fmt, what=what)
+    if mapping.complete:
+        return mapping.labels_atlas, mapping
+    if propagate is None:
+        raise MambaControlError(f"{what}: FreeSurfer ids need the atlas's labels propagated by "
+                                "registration for the regions they do not set; give propagate")
+    prop = propagate() if callable(propagate) else propagate
+    return merge_with_propagated(mapping, prop), mapping

@@ -8,6 +8,7 @@ from mambacontrol.atlas.segformats import (
     freesurfer_targets,
     map_to_atlas,
     merge_with_propagated,
+    segmentation_labels,
 )
 from mambacontrol.errors import InputFileError, MambaControlError
 
@@ -162,3 +163,18 @@ def test_detect_from_id_lists(atlas):
     assert detect_format(atlas.label_ids, atlas) == "atlas"
     with pytest.raises(InputFileError, match="non-integer"):
         detect_format([0, 1.5], atlas)
+
+
+def test_segmentation_labels_propagates_only_when_needed(atlas):
+    calls = []
+
+    def propagate():
+        calls.append(1)
+        return atlas.labels
+
+    labels, m = segmentation_labels(atlas.labels, atlas, propagate=propagate)
+    assert m.fmt == "atlas" and not calls and np.array_equal(labels, atlas.labels)
+    labels, m = segmentation_labels(to_aseg(atlas), atlas, propagate=propagate)
+    assert m.fmt == "freesurfer" and calls == [1] and np.array_equal(labels, atlas.labels)
+    with pytest.raises(MambaControlError, match="give propagate"):
+        segmentation_labels(to_aseg(atlas), atlas)

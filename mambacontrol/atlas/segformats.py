@@ -364,8 +364,8 @@ def map_to_atlas(labels: np.ndarray, atlas: Atlas, fmt: str = "auto", *,
         raise MambaControlError(f"segmentation format '{fmt}' is not one of {', '.join(FORMATS)}")
     arr = np.asarray(labels)
     present = _present_ids(arr, what)
-    if fmt == "auto":
-        fmt = detect_format(present, atlas, what=what)
+    if fmt == "auto" or present.size == 0:
+        fmt = detect_format(present, atlas, what=what)  # also refuses an empty map
     known = set(atlas.label_ids) if fmt == "atlas" else freesurfer_ids()
     foreign = sorted(set(int(i) for i in present) - known)
     if foreign:

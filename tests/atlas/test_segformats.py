@@ -148,6 +148,8 @@ def test_explicit_format_checked(atlas):
         map_to_atlas(to_aseg(atlas), atlas, "atlas")
     with pytest.raises(InputFileError, match=r"are not FreeSurfer \(aseg, aparc\+aseg\) ids"):
         map_to_atlas(atlas.labels, atlas, "freesurfer")
+    with pytest.raises(InputFileError, match="empty"):
+        map_to_atlas(np.zeros((4, 4, 4), np.int16), atlas, "freesurfer")
     with pytest.raises(MambaControlError, match="format 'synthseg' is not one of"):
         map_to_atlas(atlas.labels, atlas, "synthseg")
 

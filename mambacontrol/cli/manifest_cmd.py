@@ -65,6 +65,9 @@ def run_from_bids(args: argparse.Namespace) -> int:
         raise MambaControlError(f"{out} already exists; choose another --out or add --overwrite")
     if out.exists() and not out.is_file():
         raise MambaControlError(f"{out} is not a file; give a CSV path as --out")
+    if out.exists() and out.resolve().is_relative_to(Path(args.bids_dir).resolve()):
+        raise MambaControlError(f"{out} is a file of the BIDS dataset {args.bids_dir}; --overwrite "
+                                "replaces only a manifest outside it: choose another --out")
     try:
         split = [float(x) for x in args.split.split(",")]
     except ValueError:

@@ -141,6 +141,11 @@ def test_cli_from_bids(tmp_path, capsys):
     assert main(["manifest", "from-bids", str(root), "--out", str(out), "--overwrite",
                  "--age-column", "years"]) == 2
     assert "no age column 'years'" in capsys.readouterr().err
+    before = (root / "participants.tsv").read_text()
+    assert main(["manifest", "from-bids", str(root), "--out", str(root / "participants.tsv"),
+                 "--overwrite"]) == 2
+    assert "is a file of the BIDS dataset" in capsys.readouterr().err
+    assert (root / "participants.tsv").read_text() == before
 
 
 @pytest.mark.parametrize("years,label", [(2, "pred2y"), (2.5, "pred2p5y"), (0.25, "pred0p25y"),

@@ -294,8 +294,9 @@ def align_to_atlas(scan: Volume, atlas: Atlas, *, seed: int = 0,
                           bias_field=bias, intensity_range=(lo, hi))
 
 
-N4_SHRINK = 2
-"""N4 works on the atlas grid shrunk by this factor (4 mm voxels on the 2 mm grid)."""
+N4_VOXEL_MM = 8.0
+"""N4 fits the (smooth) bias field on the atlas grid shrunk to about this voxel size: on the 2 mm
+grid 2.2 CPU s, against 15 CPU s at 4 mm voxels (docs/benchmarks.md)."""
 N4_ITERATIONS = (50, 50, 30)
 
 
@@ -316,13 +317,18 @@ def n4_bias_field(image: np.ndarray, mask: np.ndarray, affine: np.ndarray) -> np
     positive = np.maximum(data, floor)  # N4 works on log intensities
     field = ants.n4_bias_field_correction(
         to_ants(positive, affine), mask=to_ants(mask.astype(np.float32), affine),
-        shrink_factor=N4_SHRINK, convergence={"iters": list(N4_ITERATIONS), "tol": 1e-7},
+        shrink_factor=max(1, int(round(N4_VOXEL_MM / _spacing(affine)))),
+        convergence={"iters": list(N4_ITERATIONS), "tol": 1e-7},
         return_bias_field=True)
     out = np.asarray(field.numpy(), dtype=np.float32)
     if not np.isfinite(out).all() or (out <= 0).any():
         raise RegistrationError("N4 bias-field correction failed (non-finite field); run with "
                                 "bias correction off (--no-bias-correction)")
     return out
+
+
+def _spacing(affine: np.ndarray) -> float:
+    return float(np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0)).min())
 
 
 MIN_MASK_DICE = 0.5

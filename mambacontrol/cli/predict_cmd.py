@@ -25,8 +25,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="output folder (new or empty; a batch's own earlier output resumes)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace this command's earlier outputs in --out (nothing else there)")
-    p.add_argument("--segmentation", help="label map of the scan (atlas label ids); default: "
+    p.add_argument("--segmentation", help="label map of the scan: atlas label ids, or FreeSurfer "
+                                          "aseg/aparc+aseg ids (SynthSeg, FastSurfer); default: "
                                           "atlas labels propagated by registration")
+    p.add_argument("--seg-format", choices=("auto", "atlas", "freesurfer"), default="auto",
+                   help="the segmentation's ids (default: detected from the ids present)")
     p.add_argument("--mask", help="brain mask of the scan (e.g. from SynthStrip), in its space; "
                                    "default: the atlas brain after registration")
     p.add_argument("--no-bias-correction", action="store_true",
@@ -69,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     settings = PredictSettings(samples=args.samples, steps=args.steps, seed=args.seed, png=args.png,
                                measure_volumes=not args.no_volumes,
                                bias_correction=not args.no_bias_correction,
-                               intensity=args.intensity).check()
+                               intensity=args.intensity, seg_format=args.seg_format).check()
     if args.image is not None:
         missing = [f"--{n}" for n in ("age", "sex", "diagnosis") if getattr(args, n) is None]
         if missing:

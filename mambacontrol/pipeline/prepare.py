@@ -20,6 +20,7 @@ from scipy import ndimage
 from tqdm.auto import tqdm
 
 from mambacontrol.atlas import Atlas
+from mambacontrol.atlas.segformats import segmentation_labels
 from mambacontrol.data import Manifest, normalize_intensity
 from mambacontrol.data.intensity import intensity_range
 from mambacontrol.errors import InputFileError, RegistrationError
@@ -48,6 +49,8 @@ class PreparedScan:
         intensity_scale: the scan's units per normalised unit (``hi − lo`` of the normalisation;
             1 for a scan that was already normalised).
         bias_field: (X, Y, Z) the N4 bias field on the grid (None: not corrected).
+        segmentation_format: the ids the user's segmentation held (``atlas``, ``freesurfer``;
+            None without one).
     """
 
     image: np.ndarray
@@ -59,6 +62,7 @@ class PreparedScan:
     affine: np.ndarray | None = None
     intensity_scale: float = 1.0
     bias_field: np.ndarray | None = None
+    segmentation_format: str | None = None
 
     @property
     def volume_scale(self) -> float:
@@ -155,18 +159,21 @@ def on_grid_mask(image: np.ndarray, labels: np.ndarray | None = None) -> np.ndar
 
 def prepare_scan(image: str | os.PathLike | Volume, atlas: Atlas,
                  segm_path: str | os.PathLike | None = None, *, seed: int = 0,
-                 bias_correction: bool = True,
-                 mask_path: str | os.PathLike | None = None) -> PreparedScan:
+                 bias_correction: bool = True, mask_path: str | os.PathLike | None = None,
+                 seg_format: str = "auto") -> PreparedScan:
     """Load a scan (and optional segmentation) and bring both onto ``atlas.grid``.
 
     Args:
         image: the scan's NIfTI path, or the scan already loaded by :func:`load_nifti`.
-        segm_path: its label map (atlas label ids), in its space.
+        segm_path: its label map, in its space: atlas label ids or FreeSurfer ids (aseg,
+            aparc+aseg; SynthSeg, FastSurfer), mapped onto the atlas's regions with the rest
+            propagated from the atlas (:mod:`mambacontrol.atlas.segformats`).
         seed: registration seed.
         bias_correction: N4 bias-field correction of a registered scan before normalisation
             (a scan already on the grid is taken as prepared).
         mask_path: the scan's own brain mask (e.g. SynthStrip's), in its space; default: the
             atlas brain mask after registration (for a scan on the grid: its non-zero voxels).
+        seg_format: the segmentation's ids: ``auto`` (detected), ``atlas`` or ``freesurfer``.
 
     Raises:
         InputFileError: for a bad file (see :func:`mambacontrol.io.load_nifti`) or a segmentation
@@ -187,10 +194,15 @@ def prepare_scan(image: str | os.PathLike | Volume, atlas: Atlas,
             mask = on_grid_mask(scan.data, seg.data if seg is not None else None)
         image, scale = _normalized_on_grid(scan.data, mask)
         similarity = check_brain_on_grid(image, atlas, scan.path or "scan")
-        if seg is not None:
-            return PreparedScan(image, mask, seg.data.astype(np.int32), "segmentation",
-                                similarity=similarity, affine=scan.affine, intensity_scale=scale)
         from mambacontrol.registration import propagate_labels
+
+        if seg is not None:
+            labels, mapping = segmentation_labels(
+                seg.data, atlas, seg_format, what=str(segm_path),
+                propagate=lambda: propagate_labels(image, atlas, seed=seed))
+            return PreparedScan(image, mask, labels, "segmentation", similarity=similarity,
+                                affine=scan.affine, intensity_scale=scale,
+                                segmentation_format=mapping.fmt)
 
         labels = propagate_labels(image, atlas, seed=seed)
         return PreparedScan(image, mask, np.where(mask, labels, 0).astype(np.int32), "propagated",
@@ -200,8 +212,11 @@ def prepare_scan(image: str | os.PathLike | Volume, atlas: Atlas,
 
     aligned = align_to_atlas(scan, atlas, seed=seed, bias_correction=bias_correction,
                              brain_mask=user_mask)
+    mapping = None
     if seg is not None:
-        labels = aligned.transform.to_atlas(seg, order=0).astype(np.int32)
+        labels, mapping = segmentation_labels(
+            aligned.transform.to_atlas(seg, order=0).astype(np.int32), atlas, seg_format,
+            what=str(segm_path), propagate=lambda: propagate_labels(aligned.image, atlas, seed=seed))
         source = "segmentation"
     else:
         labels = propagate_labels(aligned.image, atlas, seed=seed)
@@ -210,7 +225,8 @@ def prepare_scan(image: str | os.PathLike | Volume, atlas: Atlas,
     lo, hi = aligned.intensity_range
     return PreparedScan(aligned.image.astype(np.float32), aligned.mask, labels, source,
                         aligned.transform.to_dict(), float(aligned.similarity),
-                        intensity_scale=hi - lo, bias_field=aligned.bias_field)
+                        intensity_scale=hi - lo, bias_field=aligned.bias_field,
+                        segmentation_format=mapping.fmt if mapping is not None else None)
 
 
 def prepare_manifest(manifest: Manifest, atlas: Atlas, folder: str | os.PathLike, *,

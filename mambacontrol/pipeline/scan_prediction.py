@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from mambacontrol._version import package_versions
+from mambacontrol.atlas.segformats import FORMATS as SEG_FORMATS
 from mambacontrol.data.manifest import normalize_diagnosis, normalize_sex
 from mambacontrol.errors import MambaControlError, ModelError
 from mambacontrol.io import OutputFolder, load_nifti, safe_name, save_nifti, write_csv, write_json
@@ -113,6 +114,7 @@ class PredictSettings:
     measure_volumes: bool = True
     bias_correction: bool = True
     intensity: str = "input"
+    seg_format: str = "auto"
     timings: dict = field(default_factory=dict)
 
     def check(self) -> PredictSettings:
@@ -124,6 +126,9 @@ class PredictSettings:
             check_limit("max_samples", self.samples, f"--samples {self.samples}")
         if self.steps is not None:
             check_limit("max_steps", self.steps, f"--steps {self.steps}")
+        if self.seg_format not in SEG_FORMATS:
+            raise MambaControlError(f"--seg-format {self.seg_format} is not one of "
+                                    f"{', '.join(SEG_FORMATS)}")
         if self.intensity not in INTENSITY_MODES:
             raise MambaControlError(f"--intensity {self.intensity} is not one of "
                                     f"{', '.join(INTENSITY_MODES)}")
@@ -219,7 +224,8 @@ def _predict_into(pipe: ProgressionPipeline, request: PredictRequest, folder: Pa
     image = load_nifti(request.image)
     t = time.perf_counter()
     scan = prepare_scan(image, pipe.atlas, request.segmentation, seed=s.registration_seed,
-                        bias_correction=s.bias_correction, mask_path=request.mask)
+                        bias_correction=s.bias_correction, mask_path=request.mask,
+                        seg_format=s.seg_format)
     timings["registration"] = time.perf_counter() - t
     preds = pipe.predict(scan.image, scan.labels, request.age, request.sex, request.diagnosis,
                          request.years, mask=scan.mask, num_samples=s.samples,
@@ -276,7 +282,9 @@ def _predict_into(pipe: ProgressionPipeline, request: PredictRequest, folder: Pa
                      "steps": s.steps or pipe.sampling.num_inference_steps, "seed": s.seed,
                      "device": str(pipe.device), "registration_seed": s.registration_seed},
         "preparation": {"registered": scan.transform is not None, "similarity": scan.similarity,
-                        "labels": scan.label_source, "native_mm3_per_atlas_mm3": volume_scale,
+                        "labels": scan.label_source,
+                        "segmentation_format": scan.segmentation_format,
+                        "native_mm3_per_atlas_mm3": volume_scale,
                         "bias_corrected": scan.bias_field is not None,
                         "brain_mask": str(request.mask) if request.mask else "atlas",
                         "intensity": s.intensity},

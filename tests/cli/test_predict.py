@@ -172,3 +172,31 @@ def test_full_head_prediction_equals_the_input_outside_the_brain(tiny_model, tin
     summary = json.loads((tmp_path / "in" / "summary.json").read_text())
     assert summary["preparation"]["intensity"] == "input"
     assert summary["preparation"]["brain_mask"] == str(mask_path)
+
+
+def test_freesurfer_segmentation_is_mapped_and_a_foreign_one_refused(tiny_model, tiny_cohort,
+                                                                     tmp_path, capsys):
+    """A SynthSeg/FreeSurfer (aseg-id) label map is mapped onto the atlas's regions (summary
+    says so); a map in neither the atlas's nor FreeSurfer's ids is refused in one line."""
+    from mambacontrol.data import Manifest
+    from mambacontrol.io import load_nifti
+    from tests.atlas.test_segformats import to_aseg
+
+    atlas = load_atlas(grid="4mm")
+    v = Manifest.from_csv(tiny_cohort).select("test").visits[0]
+    aseg = tmp_path / "aseg.nii.gz"
+    save_nifti(aseg, to_aseg(atlas), atlas.grid.affine, dtype=np.int16)
+    base = ["-q", "predict", str(v.image_path), "--age", "75", "--sex", "M", "--diagnosis", "AD",
+            "--years", "2", "--model", str(tiny_model), "--samples", "1", "--steps", "1",
+            "--no-volumes"]
+    assert main([*base, "--segmentation", str(aseg), "--out", str(tmp_path / "fs")]) == 0
+    summary = json.loads((tmp_path / "fs" / "summary.json").read_text())
+    assert summary["preparation"]["segmentation_format"] == "freesurfer"
+    foreign = tmp_path / "foreign.nii.gz"
+    rng = np.random.default_rng(0)
+    save_nifti(foreign, rng.integers(1, 256, atlas.grid.shape).astype(np.int16),
+               atlas.grid.affine, dtype=np.int16)
+    assert main([*base, "--segmentation", str(foreign), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "FreeSurfer" in err and not (tmp_path / "x").exists()
+    assert load_nifti(v.image_path).data.shape == atlas.grid.shape

@@ -43,6 +43,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the samples")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: auto)")
     p.add_argument("--png", action="store_true", help="also write a montage per horizon")
+    p.add_argument("--bids", action="store_true",
+                   help="with --manifest: write --out as a BIDS derivative dataset "
+                        "(sub-X/ses-Y/anat/..._desc-pred<Y>y_T1w.nii.gz with JSON sidecars); the "
+                        "session comes from a 'session' column (manifest from-bids) or the file name")
     p.add_argument("--no-volumes", action="store_true",
                    help="skip the sub-voxel regional volume measurement (faster)")
     p.set_defaults(func=run)
@@ -69,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
 
     if (args.image is None) == (args.manifest is None):
         raise MambaControlError("give either one IMAGE (with --age --sex --diagnosis) or --manifest CSV")
+    if args.bids and args.manifest is None:
+        raise MambaControlError("--bids writes a batch as a BIDS derivative dataset: give --manifest")
     settings = PredictSettings(samples=args.samples, steps=args.steps, seed=args.seed, png=args.png,
                                measure_volumes=not args.no_volumes,
                                bias_correction=not args.no_bias_correction,
@@ -107,14 +113,39 @@ def run(args: argparse.Namespace) -> int:
                 for v in manifest]
     for _, r in requests:
         r.check()
+    inputs = [args.manifest, *(p for _, r in requests for p in r.inputs(args.model))]
+    if args.bids:
+        return _predict_bids(args, manifest, [r for _, r in requests], inputs, settings)
     from mambacontrol.pipeline.scan_prediction import predict_many
 
-    inputs = [args.manifest, *(p for _, r in requests for p in r.inputs(args.model))]
     with OutputFolder.claim(args.out, "predict-batch", inputs=inputs, resume=True,
                             overwrite=args.overwrite) as folder:
         done, failed = predict_many(_load(args), requests, folder, settings, model_dir=args.model,
                                     overwrite=args.overwrite)
     print(f"{len(done)} of {len(requests)} scans predicted into {args.out}")
+    for name, err in failed.items():
+        print(f"failed: {name}: {err}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _predict_bids(args, manifest, requests, inputs, settings) -> int:
+    import re
+
+    from mambacontrol.io import OutputFolder
+    from mambacontrol.pipeline.bids_output import BidsTarget, predict_bids
+
+    targets = []
+    for v, req in zip(manifest, requests):
+        session = v.extra.get("session", "").strip()
+        if not session:
+            found = re.search(r"(?:^|_)ses-([A-Za-z0-9]+)", Path(v.image_path).name)
+            session = found.group(1) if found else None
+        targets.append((BidsTarget.of(v.subject_id, session, v.image_path), req))
+    with OutputFolder.claim(args.out, "predict-bids", inputs=inputs, resume=True,
+                            overwrite=args.overwrite) as folder:
+        done, failed = predict_bids(_load(args), targets, folder, settings, model_dir=args.model,
+                                    overwrite=args.overwrite)
+    print(f"{len(done)} of {len(targets)} scans predicted into the BIDS derivative {args.out}")
     for name, err in failed.items():
         print(f"failed: {name}: {err}", file=sys.stderr)
     return 1 if failed else 0

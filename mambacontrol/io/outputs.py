@@ -298,6 +298,20 @@ class OutputFolder:
         self.record(name)
         return target
 
+    def commit_file(self, source: Path, relative: Path) -> Path:
+        """Move a staged file to ``relative`` (a path inside the folder, e.g. a BIDS derivative
+        ``sub-01/ses-bl/anat/x.nii.gz``) whose top-level entry is absent or the command's own;
+        a file already there is replaced."""
+        rel = Path(relative)
+        if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+            raise ValueError(f"'{relative}' is not a path inside the output folder")
+        self.check_free([rel.parts[0]])
+        target = self.path / rel
+        self.record(rel.parts[0])
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(source, target)
+        return target
+
     def record(self, name: str) -> None:
         """Note that ``name`` (written by this command, e.g. through a sub-command) is its own."""
         _check_entry_name(name)

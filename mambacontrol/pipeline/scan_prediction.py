@@ -193,7 +193,7 @@ def predict_scan(pipe: ProgressionPipeline, request: PredictRequest,
     with _claimed(out, "predict", request.inputs(model_dir), overwrite) as folder:
         folder.check_free([SUMMARY_NAME] + [horizon_folder(y) for y in request.years])
         with folder.staging() as staged:
-            summary = _predict_into(pipe, request, staged, s, model_dir)
+            summary = write_prediction(pipe, request, staged, s, model_dir)
             produced = sorted(os.listdir(staged))
             for name in produced:
                 folder.commit(staged / name, name)
@@ -216,8 +216,8 @@ def _claimed(out: str | os.PathLike | OutputFolder, command: str, inputs, overwr
         yield folder
 
 
-def _predict_into(pipe: ProgressionPipeline, request: PredictRequest, folder: Path,
-                  s: PredictSettings, model_dir: str | None) -> dict:
+def write_prediction(pipe: ProgressionPipeline, request: PredictRequest, folder: Path,
+                     s: PredictSettings, model_dir: str | None) -> dict:
     """Predict one scan and write every output file into the (empty, staged) ``folder``."""
     start = time.perf_counter()
     timings: dict[str, float] = {}
@@ -330,7 +330,7 @@ def predict_many(pipe: ProgressionPipeline, requests: Sequence[tuple[str, Predic
                 continue
             try:
                 with folder.staging() as staged:
-                    _predict_into(pipe, req, staged, s, model_dir)
+                    write_prediction(pipe, req, staged, s, model_dir)
                     folder.commit(staged, name)
                 done.append(name)
             except MambaControlError as exc:

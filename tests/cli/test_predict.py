@@ -200,3 +200,30 @@ def test_freesurfer_segmentation_is_mapped_and_a_foreign_one_refused(tiny_model,
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "FreeSurfer" in err and not (tmp_path / "x").exists()
     assert load_nifti(v.image_path).data.shape == atlas.grid.shape
+
+
+def test_batch_as_bids_derivatives(tiny_model, tiny_cohort, tmp_path):
+    from mambacontrol.data import Manifest
+
+    visits = Manifest.from_csv(tiny_cohort).visits[:2]
+    csv = tmp_path / "batch.csv"
+    csv.write_text("subject_id,image_uid,image_path,age,sex,diagnosis,segm_path\n" + "".join(
+        f"{v.subject_id},{v.image_uid},{v.image_path},71,F,MCI,{v.segm_path}\n" for v in visits))
+    out = tmp_path / "derivatives" / "mambacontrol"
+    args = ["-q", "predict", "--manifest", str(csv), "--years", "1.5", "--model", str(tiny_model),
+            "--out", str(out), "--bids", "--samples", "1", "--steps", "1", "--no-volumes"]
+    assert main(args) == 0
+    description = json.loads((out / "dataset_description.json").read_text())
+    assert description["DatasetType"] == "derivative"
+    assert description["GeneratedBy"][0]["Name"] == "mambacontrol"
+    for v in visits:
+        sub, ses = v.image_uid.split("_")
+        anat = out / sub / ses / "anat"
+        image = anat / f"{sub}_{ses}_desc-pred1p5y_T1w.nii.gz"
+        assert image.is_file() and (anat / f"{sub}_{ses}_desc-pred1p5yStd_T1w.nii.gz").is_file()
+        meta = json.loads((anat / f"{sub}_{ses}_desc-pred1p5y_T1w.json").read_text())
+        assert meta["PredictionHorizonYears"] == 1.5 and meta["Sources"] == [str(v.image_path)]
+        assert (anat / f"{sub}_{ses}_desc-pred1p5y_regions.csv").is_file()
+    stamp = image.stat().st_mtime_ns
+    assert main(args) == 0  # resumes: nothing predicted again
+    assert image.stat().st_mtime_ns == stamp

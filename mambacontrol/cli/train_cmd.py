@@ -15,7 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "folder gets the resolved config, checkpoints, TensorBoard logs and the final "
                     "components, which `mambacontrol predict --model DIR` loads.")
     p.add_argument("stage", choices=STAGE_CHOICES, help="stage to run")
-    p.add_argument("--config", required=True, help="YAML config (see train/configs/)")
+    p.add_argument("--config", required=True,
+                   help="YAML config, or a bundled config's name: demo, synthetic-2mm, brain-1p5mm")
     p.add_argument("--out", help="run folder (default: runs/<config name>)")
     p.add_argument("--resume", action="store_true",
                    help="continue the stage from its last checkpoint")
@@ -33,7 +34,8 @@ def run(args: argparse.Namespace) -> int:
     from mambacontrol.training.runner import TrainingRun, resolve_config
 
     cfg = resolve_config(args.config, args.overrides)
-    out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    out = Path(args.out) if args.out else Path("runs") / Path(args.config).name.removesuffix(
+        ".yaml").removesuffix(".yml")
     summaries = TrainingRun(cfg, out).run(args.stage, resume=args.resume)
     from mambacontrol.training.data_order import process_state
 

@@ -43,7 +43,12 @@ REQUIRES = {"latents": ("autoencoder",), "graph": (), "unet": ("latents",),
 
 def resolve_config(config_path: str | Path, overrides: list[str] | None = None,
                    manifest: str | None = None) -> RunConfig:
-    """Load a run config; ``manifest`` (e.g. from the demo) replaces ``data.manifest``."""
+    """Load a run config (a YAML path or a bundled config's name, see
+    :func:`~mambacontrol.training.configs.resolve_config_path`); ``manifest`` (e.g. from the
+    demo) replaces ``data.manifest``."""
+    from mambacontrol.training.configs import resolve_config_path
+
+    config_path = resolve_config_path(config_path)
     extra = list(overrides or [])
     if manifest is not None:
         extra.append(f"data.manifest={json.dumps(str(manifest))}")

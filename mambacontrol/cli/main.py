@@ -53,18 +53,23 @@ def add_global_options(parser: argparse.ArgumentParser, top: bool) -> None:
     """
     default = (lambda value: value) if top else (lambda value: argparse.SUPPRESS)
     group = parser.add_argument_group("global options (before or after the command)")
-    group.add_argument("-v", "--verbose", action="store_true", default=default(False),
-                       help="debug logging (and the traceback of an error)")
-    group.add_argument("-q", "--quiet", action="store_true", default=default(False),
-                       help="warnings and errors only")
-    group.add_argument("--threads", type=_threads, default=default(None), metavar="N",
-                       help="CPU threads for torch, OpenMP and ANTs/ITK registration "
-                            "(default: their own choice)")
-    group.add_argument("--limit", action="append", default=default([]), metavar="NAME=VALUE",
-                       dest="limit" if top else "limit_after",
-                       help="raise a resource limit for this run: max_voxels (per image), "
-                            "max_model_parameters, max_samples, max_steps (also "
-                            "$MAMBACONTROL_<NAME>)")
+    taken = set(parser._option_string_actions)  # a command's own option of that name wins
+
+    def add(*names: str, **kwargs) -> None:
+        free = [n for n in names if n not in taken]
+        if free:
+            group.add_argument(*free, **kwargs)
+
+    add("-v", "--verbose", dest="verbose", action="store_true", default=default(False),
+        help="debug logging (and the traceback of an error)")
+    add("-q", "--quiet", dest="quiet", action="store_true", default=default(False),
+        help="warnings and errors only")
+    add("--threads", dest="threads", type=_threads, default=default(None), metavar="N",
+        help="CPU threads for torch, OpenMP and ANTs/ITK registration (default: their own choice)")
+    add("--limit", action="append", default=default([]), metavar="NAME=VALUE",
+        dest="limit" if top else "limit_after",
+        help="raise a resource limit for this run: max_voxels (per image), max_model_parameters, "
+             "max_samples, max_steps (also $MAMBACONTROL_<NAME>)")
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:

@@ -119,3 +119,15 @@ def test_atlas_licence_is_what_the_build_script_writes():
     assert json.dumps(meta, indent=2) + "\n" == path.read_text()  # the script's own formatting
     sources = (ROOT / "atlases" / "SOURCES.md").read_text()
     assert "Creative Commons Attribution-NonCommercial\n(CC BY-NC)" in sources
+
+
+def test_a_commands_own_option_of_a_global_name_wins():
+    import argparse
+
+    from mambacontrol.cli.main import add_global_options
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("-q", dest="query")
+    add_global_options(parser, top=False)
+    args = parser.parse_args(["-q", "x", "--quiet", "--verbose"])
+    assert args.query == "x" and args.quiet and args.verbose

@@ -1,4 +1,5 @@
-"""``mambacontrol manifest check``: validate a manifest and summarise it."""
+"""``mambacontrol manifest check`` (validate a manifest and summarise it) and ``manifest from-bids``
+(build one from a BIDS dataset)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     pc.add_argument("csv", help="manifest CSV")
     pc.add_argument("--no-files", action="store_true", help="do not check that image files exist")
     pc.set_defaults(func=run_check)
+    pb = msub.add_parser(
+        "from-bids", help="build a manifest from a BIDS dataset's T1w images",
+        description="One row per T1w image: subject_id sub-X, image_uid sub-X_ses-Y (plus acq/run "
+                    "when a session has several). Age from sessions.tsv, or participants.tsv's age "
+                    "at the first session plus the time since it (sessions.tsv's acq_time); sex "
+                    "and diagnosis from sessions.tsv or participants.tsv; split from "
+                    "participants.tsv's split column, else assigned by subject.")
+    pb.add_argument("bids_dir", help="the BIDS dataset's root (with dataset_description.json)")
+    pb.add_argument("--out", required=True, help="manifest CSV to write")
+    pb.add_argument("--age-column", default="age", help="age column (default: age)")
+    pb.add_argument("--sex-column", default="sex", help="sex column (default: sex)")
+    pb.add_argument("--diagnosis-column", default="diagnosis",
+                    help="diagnosis column (default: diagnosis)")
+    pb.add_argument("--split-column", default="split",
+                    help="participants.tsv's split column, used when present (default: split)")
+    pb.add_argument("--split", default="0.7,0.1,0.2", metavar="TRAIN,VALID,TEST",
+                    help="fractions of subjects per split when there is no split column "
+                         "(default: 0.7,0.1,0.2)")
+    pb.add_argument("--seed", type=int, default=0, help="seed of the split assignment (default: 0)")
+    pb.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    pb.set_defaults(func=run_from_bids)
 
 
 def run_check(args: argparse.Namespace) -> int:
@@ -29,4 +51,33 @@ def run_check(args: argparse.Namespace) -> int:
         counts = [sum(v.diagnosis == d for v in baseline.values()) for d in DIAGNOSES]
         print(f"  {split:<8}" + "".join(f"{c:>6}" for c in counts) + f"{len(sel):>8}")
     print("  (diagnosis columns count subjects by baseline diagnosis)")
+    return 0
+
+
+def run_from_bids(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mambacontrol.data.bids import manifest_from_bids
+    from mambacontrol.errors import MambaControlError
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise MambaControlError(f"{out} already exists; choose another --out or add --overwrite")
+    if out.exists() and not out.is_file():
+        raise MambaControlError(f"{out} is not a file; give a CSV path as --out")
+    if out.exists() and out.resolve().is_relative_to(Path(args.bids_dir).resolve()):
+        raise MambaControlError(f"{out} is a file of the BIDS dataset {args.bids_dir}; --overwrite "
+                                "replaces only a manifest outside it: choose another --out")
+    try:
+        split = [float(x) for x in args.split.split(",")]
+    except ValueError:
+        raise MambaControlError(f"--split '{args.split}' is not three numbers, e.g. 0.7,0.1,0.2") from None
+    manifest = manifest_from_bids(args.bids_dir, age_column=args.age_column,
+                                  sex_column=args.sex_column, diagnosis_column=args.diagnosis_column,
+                                  split_column=args.split_column, split=split, seed=args.seed)
+    manifest.to_csv(out)
+    counts = {s: len(manifest.select(s)) for s in ("train", "valid", "test")}
+    print(f"{out}: {len(manifest)} visits of {len(manifest.subjects())} subjects, "
+          f"{len(manifest.pairs())} visit pairs; visits per split: "
+          + ", ".join(f"{k} {v}" for k, v in counts.items()))
     return 0

@@ -14,7 +14,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "prediction and its uncertainty in the input's exact grid, regional volumes "
                     "(regions.csv) and, with --png, a montage; plus summary.json.")
     p.add_argument("image", nargs="?", help="baseline T1 NIfTI (omit with --manifest)")
-    p.add_argument("--manifest", help="predict every scan of this manifest (one subfolder per scan)")
+    p.add_argument("--manifest", help="predict every scan of this manifest (one subfolder per scan; "
+                                       "an optional mask_path column gives brain masks)")
     p.add_argument("--age", type=float, help="age in years at the scan")
     p.add_argument("--sex", help="F or M")
     p.add_argument("--diagnosis", help="CN, MCI or AD")
@@ -24,8 +25,19 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="output folder (new or empty; a batch's own earlier output resumes)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace this command's earlier outputs in --out (nothing else there)")
-    p.add_argument("--segmentation", help="label map of the scan (atlas label ids); default: "
+    p.add_argument("--segmentation", help="label map of the scan: atlas label ids, or FreeSurfer "
+                                          "aseg/aparc+aseg ids (SynthSeg, FastSurfer); default: "
                                           "atlas labels propagated by registration")
+    p.add_argument("--seg-format", choices=("auto", "atlas", "freesurfer"), default="auto",
+                   help="the segmentation's ids (default: detected from the ids present)")
+    p.add_argument("--mask", help="brain mask of the scan (e.g. from SynthStrip), in its space; "
+                                   "default: the atlas brain after registration")
+    p.add_argument("--no-bias-correction", action="store_true",
+                   help="skip N4 bias-field correction before intensity normalisation")
+    p.add_argument("--intensity", choices=("input", "normalized"), default="input",
+                   help="input (default): the prediction in the input's intensities and field of "
+                        "view, so prediction − input is the predicted change; normalized: the "
+                        "model's brain-only 0–1 image")
     p.add_argument("--samples", type=int, help="samples M averaged per horizon (default: the model's)")
     p.add_argument("--steps", type=int, help="sampler steps (default: the model's)")
     p.add_argument("--seed", type=int, default=0, help="seed of the samples")
@@ -58,18 +70,21 @@ def run(args: argparse.Namespace) -> int:
     if (args.image is None) == (args.manifest is None):
         raise MambaControlError("give either one IMAGE (with --age --sex --diagnosis) or --manifest CSV")
     settings = PredictSettings(samples=args.samples, steps=args.steps, seed=args.seed, png=args.png,
-                               measure_volumes=not args.no_volumes).check()
+                               measure_volumes=not args.no_volumes,
+                               bias_correction=not args.no_bias_correction,
+                               intensity=args.intensity, seg_format=args.seg_format).check()
     if args.image is not None:
         missing = [f"--{n}" for n in ("age", "sex", "diagnosis") if getattr(args, n) is None]
         if missing:
             raise MambaControlError(f"{', '.join(missing)} missing: predicting one scan needs age, sex "
                                     "and diagnosis")
         request = PredictRequest(Path(args.image), args.age, args.sex, args.diagnosis,
-                                 list(args.years), Path(args.segmentation) if args.segmentation else None)
+                                 list(args.years), _path(args.segmentation), _path(args.mask))
         request.check()
         inspect_nifti(request.image)  # bad files and --out fail before the model loads
-        if request.segmentation is not None:
-            inspect_nifti(request.segmentation, labels=True)
+        for extra in (request.segmentation, request.mask):
+            if extra is not None:
+                inspect_nifti(extra, labels=True)
         from mambacontrol.pipeline.scan_prediction import predict_scan
 
         with OutputFolder.claim(args.out, "predict", inputs=request.inputs(args.model),
@@ -87,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
     names = unique_names(((f"row {i + 1}", v.image_uid) for i, v in enumerate(manifest)),
                          "image_uid")
     requests = [(names[v.image_uid], PredictRequest(v.image_path, v.age, v.sex, v.diagnosis,
-                                                    list(args.years), v.segm_path))
+                                                    list(args.years), v.segm_path,
+                                                    _mask_of(v, manifest)))
                 for v in manifest]
     for _, r in requests:
         r.check()
@@ -102,6 +118,19 @@ def run(args: argparse.Namespace) -> int:
     for name, err in failed.items():
         print(f"failed: {name}: {err}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(value) if value else None
+
+
+def _mask_of(visit, manifest) -> Path | None:
+    """A manifest row's ``mask_path`` column (relative to the manifest's folder), if any."""
+    raw = visit.extra.get("mask_path", "").strip()
+    if not raw:
+        return None
+    p = Path(raw)
+    return p if p.is_absolute() or manifest.path is None else manifest.path.parent / p
 
 
 def _load(args: argparse.Namespace):

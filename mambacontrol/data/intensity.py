@@ -21,11 +21,23 @@ def normalize_intensity(image: np.ndarray, mask: np.ndarray, low: float = LOW_PE
         (X, Y, Z) float32 image, clipped to [0, 1], zero outside the mask.
     """
     mask = np.asarray(mask) > 0
-    if not mask.any():
-        raise ValueError("brain mask is empty: cannot normalise intensities")
-    values = np.asarray(image, dtype=np.float64)[mask]
-    lo, hi = np.percentile(values, [low, high])
-    if hi <= lo:
-        raise ValueError("image is constant inside the brain mask: cannot normalise intensities")
+    lo, hi = intensity_range(image, mask, low, high)
     out = np.clip((np.asarray(image, dtype=np.float64) - lo) / (hi - lo), 0.0, 1.0)
     return np.where(mask, out, 0.0).astype(np.float32)
+
+
+def intensity_range(image: np.ndarray, mask: np.ndarray, low: float = LOW_PERCENTILE,
+                    high: float = HIGH_PERCENTILE) -> tuple[float, float]:
+    """The intensities that :func:`normalize_intensity` maps to 0 and 1 (``hi − lo`` converts a
+    change of normalised intensity back into the image's units).
+
+    Raises:
+        ValueError: for an empty mask or an image constant inside it.
+    """
+    mask = np.asarray(mask) > 0
+    if not mask.any():
+        raise ValueError("brain mask is empty: cannot normalise intensities")
+    lo, hi = np.percentile(np.asarray(image, dtype=np.float64)[mask], [low, high])
+    if hi <= lo:
+        raise ValueError("image is constant inside the brain mask: cannot normalise intensities")
+    return float(lo), float(hi)

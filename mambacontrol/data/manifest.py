@@ -10,9 +10,10 @@ image_uid     unique scan identifier
 image_path    T1 NIfTI; absolute, or relative to the CSV's folder
 age           age in years at the scan (BrLP's age/100 is refused with a hint)
 sex           ``F``/``M`` (also ``female``/``male``, or BrLP's 1 = female, 0 = male)
-diagnosis     ``CN``/``MCI``/``AD`` (also BrLP's 0 / 0.5 / 1)
+diagnosis     ``CN``/``MCI``/``AD``, also as cohorts write them (:func:`normalize_diagnosis`)
 split         ``train``/``valid``/``test`` (``val``/``validation`` accepted)
-segm_path     optional label map in the atlas's label ids, same rules as image_path
+segm_path     optional label map, same rules as image_path; in the atlas's label ids or
+              FreeSurfer's (aseg, aparc+aseg, SynthSeg, FastSurfer: ``atlas.segformats``)
 ============  =========================================================================
 
 Other columns are kept verbatim in :attr:`Visit.extra` (the synthetic cohort adds ground truth).
@@ -43,8 +44,27 @@ MIN_AGE, MAX_AGE = 18.0, 120.0
 
 _SEX_ALIASES = {"f": "F", "female": "F", "1": "F", "1.0": "F",
                 "m": "M", "male": "M", "0": "M", "0.0": "M"}
-_DX_ALIASES = {"cn": "CN", "0": "CN", "0.0": "CN", "mci": "MCI", "0.5": "MCI", ".5": "MCI",
-               "ad": "AD", "1": "AD", "1.0": "AD", "dementia": "AD"}
+_DX_ALIASES: dict[str, tuple[str, str]] = {
+    # spelling (lower case; '-', '_' read as spaces, apostrophes dropped) -> (diagnosis, source)
+    "cn": ("CN", ""), "mci": ("MCI", ""), "ad": ("AD", ""),
+    "0": ("CN", "BrLP's 0"), "0.0": ("CN", "BrLP's 0"),
+    "0.5": ("MCI", "BrLP's 0.5"), ".5": ("MCI", "BrLP's 0.5"),
+    "1": ("AD", "BrLP's 1"), "1.0": ("AD", "BrLP's 1"),
+    "nc": ("CN", "normal control"), "hc": ("CN", "healthy control"),
+    "normal": ("CN", "cognitively normal"), "normal control": ("CN", "normal control"),
+    "healthy": ("CN", "healthy control"), "healthy control": ("CN", "healthy control"),
+    "control": ("CN", "control"), "cognitively normal": ("CN", "cognitively normal"),
+    "smc": ("CN", "ADNI's significant memory concern"),
+    "scd": ("CN", "subjective cognitive decline"),
+    "emci": ("MCI", "ADNI's early MCI"), "early mci": ("MCI", "ADNI's early MCI"),
+    "lmci": ("MCI", "ADNI's late MCI"), "late mci": ("MCI", "ADNI's late MCI"),
+    "mild cognitive impairment": ("MCI", "mild cognitive impairment"),
+    "dementia": ("AD", "dementia"), "ad dementia": ("AD", "AD dementia"),
+    "alzheimers": ("AD", "Alzheimer's disease"), "alzheimers disease": ("AD", "Alzheimer's disease"),
+    "alzheimer disease": ("AD", "Alzheimer's disease"),
+    "alzheimers dementia": ("AD", "Alzheimer's dementia"),
+}
+_DX_LOGGED: set[str] = set()
 _SPLIT_ALIASES = {"train": "train", "training": "train", "valid": "valid", "val": "valid",
                   "validation": "valid", "test": "test", "testing": "test"}
 
@@ -58,11 +78,26 @@ def normalize_sex(value: str) -> str:
 
 
 def normalize_diagnosis(value: str) -> str:
-    """``CN``/``MCI``/``AD`` from the accepted spellings; raises ValueError otherwise."""
-    out = _DX_ALIASES.get(str(value).strip().lower())
-    if out is None:
-        raise ValueError(f"diagnosis '{value}' is not one of CN, MCI, AD (or 0, 0.5, 1)")
-    return out
+    """``CN``/``MCI``/``AD`` from the accepted spellings; raises ValueError otherwise.
+
+    Accepted besides CN, MCI, AD (case, ``-``/``_``/spaces and apostrophes do not matter): BrLP's
+    0 / 0.5 / 1; ADNI's EMCI, LMCI (→ MCI) and SMC (→ CN); SCD (→ CN); NC, HC, normal, healthy
+    control, cognitively normal (→ CN); early/late MCI, mild cognitive impairment (→ MCI); dementia,
+    AD dementia, Alzheimer's (disease/dementia) (→ AD). Each spelling other than CN/MCI/AD is
+    logged once per process (INFO), e.g. ``diagnosis 'LMCI' read as MCI (ADNI's late MCI)``.
+    """
+    raw = str(value).strip()
+    key = " ".join(raw.lower().replace("-", " ").replace("_", " ").replace("'", "")
+                   .replace("\u2019", "").split())
+    hit = _DX_ALIASES.get(key)
+    if hit is None:
+        raise ValueError(f"diagnosis '{value}' is not one of CN, MCI, AD (or 0, 0.5, 1; EMCI, LMCI, "
+                         "SMC, SCD, NC, HC, dementia, Alzheimer's are also read)")
+    dx, source = hit
+    if source and raw not in _DX_LOGGED:
+        _DX_LOGGED.add(raw)
+        log.info("diagnosis '%s' read as %s (%s)", raw, dx, source)
+    return dx
 
 
 @dataclass(frozen=True)

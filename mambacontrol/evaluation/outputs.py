@@ -65,7 +65,7 @@ def write_pairs_csv(path: str | os.PathLike, results: Sequence[PairResult]) -> P
             c = r.groups.get(g)
             row += [c.true_pct, c.pred_pct, c.error_pct] if c else [None] * 3
         rows.append(row)
-    return write_csv(path, header, rows)
+    return write_csv(path, header, rows, float_format=".6g")
 
 
 def write_regions_csv(path: str | os.PathLike, summary: dict,
@@ -84,4 +84,4 @@ def write_regions_csv(path: str | os.PathLike, summary: dict,
                          s["true_change_pct"]["mean"], s["pred_change_pct"]["mean"],
                          s["signed_error_pct"]["mean"], s["abs_error_pct"]["mean"],
                          s["abs_error_pct"]["sd"]])
-    return write_csv(path, REGION_COLUMNS, rows)
+    return write_csv(path, REGION_COLUMNS, rows, float_format=".6g")

@@ -126,7 +126,8 @@ class OutputFolder:
         Args:
             path: the output folder (created when missing).
             command: the owning command, e.g. ``predict``.
-            inputs: files and folders the command reads; none may lie inside ``path``.
+            inputs: files and folders the command reads; none that exists may lie inside
+                ``path``.
             overwrite: allow replacing the command's own earlier outputs, and writing beside
                 foreign files (which are never replaced).
             resume: allow continuing the command's own earlier output (batch predict, train).
@@ -143,7 +144,7 @@ class OutputFolder:
                                     "(it is created when missing)")
         root = p.resolve()
         for src in inputs:
-            if src is None:
+            if src is None or not Path(src).exists():  # e.g. a Hub model id, not a path
                 continue
             s = Path(src).resolve()
             if s == root or s.is_relative_to(root):

@@ -22,15 +22,16 @@ from mambacontrol.io.atomic import write_text_atomic
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
-def csv_cell(value) -> str:
-    """One CSV cell as text: empty for None and non-finite floats, ``%.6g`` for floats, and text
-    that a spreadsheet would run as a formula prefixed with ``'``."""
+def csv_cell(value, float_format: str | None = None) -> str:
+    """One CSV cell as text: empty for None and non-finite floats, floats in ``float_format``
+    (default: Python's shortest exact form), and text that a spreadsheet would run as a formula
+    prefixed with ``'``."""
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return ""
     if isinstance(value, bool):
         return str(value)
     if isinstance(value, float):
-        return f"{value:.6g}"
+        return format(value, float_format) if float_format else repr(value)
     if isinstance(value, int):
         return str(value)
     text = str(value)
@@ -46,12 +47,13 @@ def csv_uncell(text: str) -> str:
     return text
 
 
-def csv_text(header: Sequence[str], rows: Iterable[Sequence]) -> str:
+def csv_text(header: Sequence[str], rows: Iterable[Sequence],
+             float_format: str | None = None) -> str:
     """A CSV document (``\\n`` line ends) with every cell passed through :func:`csv_cell`."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow([csv_cell(h) for h in header])
-    writer.writerows([[csv_cell(v) for v in row] for row in rows])
+    writer.writerows([[csv_cell(v, float_format) for v in row] for row in rows])
     return buf.getvalue()
 
 
@@ -64,9 +66,9 @@ def dict_rows(rows: Sequence[Mapping]) -> tuple[list[str], list[list]]:
 
 
 def write_csv(path: str | os.PathLike, header: Sequence[str], rows: Iterable[Sequence],
-              inputs: Iterable[str | os.PathLike] = ()) -> Path:
+              float_format: str | None = None, inputs: Iterable[str | os.PathLike] = ()) -> Path:
     """Write a CSV atomically (see :func:`csv_text`)."""
-    return write_text_atomic(path, csv_text(header, rows), inputs)
+    return write_text_atomic(path, csv_text(header, rows, float_format), inputs)
 
 
 def json_safe(value):

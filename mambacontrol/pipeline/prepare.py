@@ -20,7 +20,9 @@ from scipy import ndimage
 from tqdm.auto import tqdm
 
 from mambacontrol.atlas import Atlas
+from mambacontrol.atlas.segformats import segmentation_labels
 from mambacontrol.data import Manifest, normalize_intensity
+from mambacontrol.data.intensity import intensity_range
 from mambacontrol.errors import InputFileError, RegistrationError
 from mambacontrol.io import Grid, Volume, load_nifti, save_nifti, unique_names
 
@@ -44,6 +46,11 @@ class PreparedScan:
             :meth:`AtlasTransform.to_dict` (None when the scan was already on the grid).
         similarity: the scan's similarity to the template (the brain check).
         affine: (4, 4) the scan's own affine when it was already on the grid.
+        intensity_scale: the scan's units per normalised unit (``hi − lo`` of the normalisation;
+            1 for a scan that was already normalised).
+        bias_field: (X, Y, Z) the N4 bias field on the grid (None: not corrected).
+        segmentation_format: the ids the user's segmentation held (``atlas``, ``freesurfer``;
+            None without one).
     """
 
     image: np.ndarray
@@ -53,6 +60,9 @@ class PreparedScan:
     transform: dict | None = None
     similarity: float | None = None
     affine: np.ndarray | None = None
+    intensity_scale: float = 1.0
+    bias_field: np.ndarray | None = None
+    segmentation_format: str | None = None
 
     @property
     def volume_scale(self) -> float:
@@ -62,6 +72,15 @@ class PreparedScan:
         from mambacontrol.registration import AtlasTransform
 
         return AtlasTransform.from_dict(self.transform).volume_scale
+
+    def change_to_native(self, change: np.ndarray) -> Volume:
+        """A change of normalised intensity on the grid, (X, Y, Z), as a change in the scan's own
+        units and space: undoes the normalisation's scale and the bias-field correction, so that
+        the scan plus it is the changed scan."""
+        scaled = np.asarray(change, dtype=np.float32) * np.float32(self.intensity_scale)
+        if self.bias_field is not None:
+            scaled = scaled * self.bias_field
+        return self.to_native(scaled, order=1)
 
     def to_native(self, array: np.ndarray, order: int = 1) -> Volume:
         """Map an (X, Y, Z) array on the atlas grid into the scan's own space: its exact shape and
@@ -92,12 +111,19 @@ def load_on_grid(image_path: str | os.PathLike, segm_path: str | os.PathLike,
         mask = load_nifti(mask_path, labels=True).data > 0
     else:
         mask = on_grid_mask(image.data, labels.data)
-    img = np.asarray(image.data, dtype=np.float32)
-    if img.min() < 0 or img.max() > 1:
-        img = normalize_intensity(img, mask)
+    img, scale = _normalized_on_grid(image.data, mask)
     similarity = check_brain_on_grid(img, atlas, image_path)
     return PreparedScan(img, mask, labels.data.astype(np.int32), "segmentation",
-                        similarity=similarity, affine=image.affine)
+                        similarity=similarity, affine=image.affine, intensity_scale=scale)
+
+
+def _normalized_on_grid(data: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, float]:
+    """A scan on the grid normalised (unless it already lies in [0, 1]) and its intensity scale."""
+    img = np.asarray(data, dtype=np.float32)
+    if img.min() >= 0 and img.max() <= 1:
+        return img, 1.0
+    lo, hi = intensity_range(img, mask)
+    return normalize_intensity(img, mask), hi - lo
 
 
 def check_brain_on_grid(image: np.ndarray, atlas: Atlas, source) -> float:
@@ -132,11 +158,22 @@ def on_grid_mask(image: np.ndarray, labels: np.ndarray | None = None) -> np.ndar
 
 
 def prepare_scan(image: str | os.PathLike | Volume, atlas: Atlas,
-                 segm_path: str | os.PathLike | None = None, *, seed: int = 0) -> PreparedScan:
+                 segm_path: str | os.PathLike | None = None, *, seed: int = 0,
+                 bias_correction: bool = True, mask_path: str | os.PathLike | None = None,
+                 seg_format: str = "auto") -> PreparedScan:
     """Load a scan (and optional segmentation) and bring both onto ``atlas.grid``.
 
     Args:
         image: the scan's NIfTI path, or the scan already loaded by :func:`load_nifti`.
+        segm_path: its label map, in its space: atlas label ids or FreeSurfer ids (aseg,
+            aparc+aseg; SynthSeg, FastSurfer), mapped onto the atlas's regions with the rest
+            propagated from the atlas (:mod:`mambacontrol.atlas.segformats`).
+        seed: registration seed.
+        bias_correction: N4 bias-field correction of a registered scan before normalisation
+            (a scan already on the grid is taken as prepared).
+        mask_path: the scan's own brain mask (e.g. SynthStrip's), in its space; default: the
+            atlas brain mask after registration (for a scan on the grid: its non-zero voxels).
+        seg_format: the segmentation's ids: ``auto`` (detected), ``atlas`` or ``freesurfer``.
 
     Raises:
         InputFileError: for a bad file (see :func:`mambacontrol.io.load_nifti`) or a segmentation
@@ -145,36 +182,51 @@ def prepare_scan(image: str | os.PathLike | Volume, atlas: Atlas,
     """
     scan = image if isinstance(image, Volume) else load_nifti(image)
     seg = load_nifti(segm_path, labels=True) if segm_path else None
+    user_mask = load_nifti(mask_path, labels=True) if mask_path else None
     if Grid.of(scan).same_as(atlas.grid):
-        if seg is not None and not Grid.of(seg).same_as(atlas.grid):
-            raise InputFileError(f"{segm_path}: segmentation grid {seg.shape} differs from its scan's "
-                                 f"(the atlas grid {atlas.grid.shape}); give them on one grid")
-        image = np.asarray(scan.data, dtype=np.float32)
-        mask = on_grid_mask(image, seg.data if seg is not None else None)
-        if image.min() < 0 or image.max() > 1:
-            image = normalize_intensity(image, mask)
+        for other, path in ((seg, segm_path), (user_mask, mask_path)):
+            if other is not None and not Grid.of(other).same_as(atlas.grid):
+                raise InputFileError(f"{path}: grid {other.shape} differs from its scan's (the "
+                                     f"atlas grid {atlas.grid.shape}); give them on one grid")
+        if user_mask is not None:
+            mask = user_mask.data > 0
+        else:
+            mask = on_grid_mask(scan.data, seg.data if seg is not None else None)
+        image, scale = _normalized_on_grid(scan.data, mask)
         similarity = check_brain_on_grid(image, atlas, scan.path or "scan")
-        if seg is not None:
-            return PreparedScan(image, mask, seg.data.astype(np.int32), "segmentation",
-                                similarity=similarity, affine=scan.affine)
         from mambacontrol.registration import propagate_labels
+
+        if seg is not None:
+            labels, mapping = segmentation_labels(
+                seg.data, atlas, seg_format, what=str(segm_path),
+                propagate=lambda: propagate_labels(image, atlas, seed=seed))
+            return PreparedScan(image, mask, labels, "segmentation", similarity=similarity,
+                                affine=scan.affine, intensity_scale=scale,
+                                segmentation_format=mapping.fmt)
 
         labels = propagate_labels(image, atlas, seed=seed)
         return PreparedScan(image, mask, np.where(mask, labels, 0).astype(np.int32), "propagated",
-                            similarity=similarity, affine=scan.affine)
+                            similarity=similarity, affine=scan.affine, intensity_scale=scale)
 
     from mambacontrol.registration import align_to_atlas, propagate_labels
 
-    aligned = align_to_atlas(scan, atlas, seed=seed)
+    aligned = align_to_atlas(scan, atlas, seed=seed, bias_correction=bias_correction,
+                             brain_mask=user_mask)
+    mapping = None
     if seg is not None:
-        labels = aligned.transform.to_atlas(seg, order=0).astype(np.int32)
+        labels, mapping = segmentation_labels(
+            aligned.transform.to_atlas(seg, order=0).astype(np.int32), atlas, seg_format,
+            what=str(segm_path), propagate=lambda: propagate_labels(aligned.image, atlas, seed=seed))
         source = "segmentation"
     else:
         labels = propagate_labels(aligned.image, atlas, seed=seed)
         source = "propagated"
     labels = np.where(aligned.mask, labels, 0).astype(np.int32)
+    lo, hi = aligned.intensity_range
     return PreparedScan(aligned.image.astype(np.float32), aligned.mask, labels, source,
-                        aligned.transform.to_dict(), float(aligned.similarity))
+                        aligned.transform.to_dict(), float(aligned.similarity),
+                        intensity_scale=hi - lo, bias_field=aligned.bias_field,
+                        segmentation_format=mapping.fmt if mapping is not None else None)
 
 
 def prepare_manifest(manifest: Manifest, atlas: Atlas, folder: str | os.PathLike, *,

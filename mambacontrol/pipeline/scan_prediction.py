@@ -7,8 +7,10 @@ prediction, integrated over the baseline's regions), map the prediction and its 
 to the scan's exact grid, and write::
 
     OUT/summary.json                 inputs, model, versions, settings, timings
-    OUT/years_<Y>/prediction.nii.gz  predicted scan (normalised intensities, brain only)
-    OUT/years_<Y>/uncertainty.nii.gz voxel-wise standard deviation of the samples
+    OUT/years_<Y>/prediction.nii.gz  predicted scan in the input's intensities and field of view
+                                     (the input plus the predicted change; ``intensity=
+                                     "normalized"``: the model's 0–1 brain-only image)
+    OUT/years_<Y>/uncertainty.nii.gz voxel-wise standard deviation of the samples (same units)
     OUT/years_<Y>/regions.csv        per region: baseline and predicted volume (mm³), % change,
                                      and the trajectory head's own prediction
     OUT/years_<Y>/montage.png        (optional) input, prediction and change in three planes
@@ -31,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from mambacontrol._version import package_versions
+from mambacontrol.atlas.segformats import FORMATS as SEG_FORMATS
 from mambacontrol.data.manifest import normalize_diagnosis, normalize_sex
 from mambacontrol.errors import MambaControlError, ModelError
 from mambacontrol.io import OutputFolder, load_nifti, safe_name, save_nifti, write_csv, write_json
@@ -46,6 +49,10 @@ MIN_AGE, MAX_AGE = 40.0, 100.0
 MAX_YEARS = 20.0
 MAX_SEED = 2 ** 63 - 1
 SUMMARY_NAME = "summary.json"
+INTENSITY_MODES = ("input", "normalized")
+"""``input``: the prediction in the input's own intensities and field of view (the input plus the
+predicted change, so prediction − input is the change; outside the brain the input itself);
+``normalized``: the model's brain-only image, 0–1 normalised intensities."""
 FAILURES_NAME = "failures.json"
 
 
@@ -60,6 +67,7 @@ class PredictRequest:
         diagnosis: ``CN``/``MCI``/``AD`` (any accepted spelling).
         years: horizons in years (0–20).
         segmentation: optional label map in the atlas's label ids, in the scan's space.
+        mask: optional brain mask of the scan (e.g. SynthStrip's), in the scan's space.
     """
 
     image: Path
@@ -68,6 +76,7 @@ class PredictRequest:
     diagnosis: str
     years: list[float]
     segmentation: Path | None = None
+    mask: Path | None = None
 
     def check(self) -> PredictRequest:
         """Normalise spellings and raise :class:`MambaControlError` (one line) for bad values."""
@@ -92,7 +101,7 @@ class PredictRequest:
 
     def inputs(self, model_dir: str | os.PathLike | None = None) -> list[Path]:
         """Every file or folder the prediction reads (none may lie inside the output folder)."""
-        return [p for p in (self.image, self.segmentation, model_dir) if p is not None]
+        return [p for p in (self.image, self.segmentation, self.mask, model_dir) if p is not None]
 
 
 @dataclass
@@ -103,6 +112,9 @@ class PredictSettings:
     png: bool = False
     registration_seed: int = 0
     measure_volumes: bool = True
+    bias_correction: bool = True
+    intensity: str = "input"
+    seg_format: str = "auto"
     timings: dict = field(default_factory=dict)
 
     def check(self) -> PredictSettings:
@@ -114,6 +126,12 @@ class PredictSettings:
             check_limit("max_samples", self.samples, f"--samples {self.samples}")
         if self.steps is not None:
             check_limit("max_steps", self.steps, f"--steps {self.steps}")
+        if self.seg_format not in SEG_FORMATS:
+            raise MambaControlError(f"--seg-format {self.seg_format} is not one of "
+                                    f"{', '.join(SEG_FORMATS)}")
+        if self.intensity not in INTENSITY_MODES:
+            raise MambaControlError(f"--intensity {self.intensity} is not one of "
+                                    f"{', '.join(INTENSITY_MODES)}")
         for name, value in (("seed", self.seed), ("registration seed", self.registration_seed)):
             if isinstance(value, bool) or int(value) != value or not 0 <= value <= MAX_SEED:
                 raise MambaControlError(f"{name} {value} must be a whole number in 0–{MAX_SEED}")
@@ -205,7 +223,9 @@ def _predict_into(pipe: ProgressionPipeline, request: PredictRequest, folder: Pa
     timings: dict[str, float] = {}
     image = load_nifti(request.image)
     t = time.perf_counter()
-    scan = prepare_scan(image, pipe.atlas, request.segmentation, seed=s.registration_seed)
+    scan = prepare_scan(image, pipe.atlas, request.segmentation, seed=s.registration_seed,
+                        bias_correction=s.bias_correction, mask_path=request.mask,
+                        seg_format=s.seg_format)
     timings["registration"] = time.perf_counter() - t
     preds = pipe.predict(scan.image, scan.labels, request.age, request.sex, request.diagnosis,
                          request.years, mask=scan.mask, num_samples=s.samples,
@@ -229,8 +249,14 @@ def _predict_into(pipe: ProgressionPipeline, request: PredictRequest, folder: Pa
                                                 seed=s.registration_seed)
             timings["measurement"] = timings.get("measurement", 0.0) + time.perf_counter() - t
         t = time.perf_counter()
-        native = scan.to_native(pred.image, order=1)
-        spread = scan.to_native(pred.uncertainty, order=1)
+        if s.intensity == "input":
+            change = scan.change_to_native(pred.image - scan.image)
+            native = change.with_data(image.data + change.data)
+            spread = scan.change_to_native(pred.uncertainty)
+            spread = spread.with_data(np.abs(spread.data))
+        else:
+            native = scan.to_native(pred.image, order=1)
+            spread = scan.to_native(pred.uncertainty, order=1)
         save_nifti(sub / "prediction.nii.gz", native.data, native.affine, inputs=[request.image])
         save_nifti(sub / "uncertainty.nii.gz", spread.data, spread.affine, inputs=[request.image])
         timings["back_mapping"] = timings.get("back_mapping", 0.0) + time.perf_counter() - t
@@ -256,7 +282,12 @@ def _predict_into(pipe: ProgressionPipeline, request: PredictRequest, folder: Pa
                      "steps": s.steps or pipe.sampling.num_inference_steps, "seed": s.seed,
                      "device": str(pipe.device), "registration_seed": s.registration_seed},
         "preparation": {"registered": scan.transform is not None, "similarity": scan.similarity,
-                        "labels": scan.label_source, "native_mm3_per_atlas_mm3": volume_scale},
+                        "labels": scan.label_source,
+                        "segmentation_format": scan.segmentation_format,
+                        "native_mm3_per_atlas_mm3": volume_scale,
+                        "bias_corrected": scan.bias_field is not None,
+                        "brain_mask": str(request.mask) if request.mask else "atlas",
+                        "intensity": s.intensity},
         "outputs": horizons,
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "versions": package_versions(),

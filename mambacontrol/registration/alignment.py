@@ -19,7 +19,7 @@ import numpy as np
 from scipy import ndimage
 
 from mambacontrol.atlas import Atlas
-from mambacontrol.data import normalize_intensity
+from mambacontrol.data.intensity import intensity_range, normalize_intensity
 from mambacontrol.errors import RegistrationError
 from mambacontrol.io import Grid, Volume, to_ras
 from mambacontrol.registration._ants import (
@@ -186,8 +186,14 @@ class AtlasAlignment:
     Attributes:
         image: (X, Y, Z) float32 on the atlas grid, brain-extracted and intensity-normalised
             (``normalize_intensity``), as the models expect.
-        mask: (X, Y, Z) bool brain mask on the atlas grid (the atlas mask).
+        mask: (X, Y, Z) bool brain mask on the atlas grid (the atlas mask, or the user's own
+            brain mask carried onto the grid).
         similarity: :func:`template_similarity` of ``image``.
+        bias_field: (X, Y, Z) float32 N4 bias field on the atlas grid (the resampled scan divided
+            by it is the corrected scan), or None without bias correction.
+        intensity_range: the corrected intensities mapped to 0 and 1 (``intensity_range``), so a
+            change of normalised intensity ``d`` is ``d · (hi − lo) · bias_field`` in the scan's
+            units.
         transform: the map between the scan's space and the atlas grid.
     """
 
@@ -195,6 +201,8 @@ class AtlasAlignment:
     mask: np.ndarray
     similarity: float
     transform: AtlasTransform
+    bias_field: np.ndarray | None = None
+    intensity_range: tuple[float, float] = (0.0, 1.0)
 
     def to_native(self, array: np.ndarray, order: int = 1) -> Volume:
         """``transform.to_native``: an array on the atlas grid on the scan's own grid."""
@@ -208,8 +216,12 @@ def _like(out: np.ndarray, dtype: np.dtype, order: int) -> np.ndarray:
 
 
 def align_to_atlas(scan: Volume, atlas: Atlas, *, seed: int = 0,
-                   min_similarity: float = MIN_SIMILARITY) -> AtlasAlignment:
+                   min_similarity: float = MIN_SIMILARITY, bias_correction: bool = True,
+                   brain_mask: Volume | None = None) -> AtlasAlignment:
     """Register a native T1 scan to the atlas template and bring it onto the atlas grid.
+
+    On the grid, the scan is corrected for its bias field (ANTs' N4, inside the brain mask)
+    before its intensities are normalised.
 
     Args:
         scan: the scan as loaded (any orientation, voxel size and field of view, skull on or off).
@@ -217,6 +229,9 @@ def align_to_atlas(scan: Volume, atlas: Atlas, *, seed: int = 0,
         seed: seeds ANTs' metric sampling; the same seed gives the same result on the same
             machine with the same number of threads.
         min_similarity: refuse the result when :func:`template_similarity` is below this.
+        bias_correction: N4 bias-field correction before normalisation.
+        brain_mask: the scan's own brain mask (e.g. from SynthStrip), in the scan's space; by
+            default the atlas's brain mask after the affine registration.
 
     Returns:
         The alignment (image and mask on the atlas grid, transform, similarity).
@@ -256,10 +271,17 @@ def align_to_atlas(scan: Volume, atlas: Atlas, *, seed: int = 0,
     if not np.isfinite(matrix).all():
         raise uncovered
     on_grid = resample_with_matrix(moving_full, fixed, matrix, order=1)
+    transform = AtlasTransform(matrix, atlas.grid, Grid.of(scan))
+    mask = np.array(atlas.mask, dtype=bool)
+    if brain_mask is not None:
+        mask = _user_mask_on_grid(brain_mask, transform, atlas, where)
+    bias = n4_bias_field(on_grid, mask, atlas.grid.affine) if bias_correction else None
+    corrected = on_grid / bias if bias is not None else on_grid
     try:
-        image = normalize_intensity(on_grid, atlas.mask)
+        lo, hi = intensity_range(corrected, mask)
     except ValueError:  # constant inside the brain mask: nothing of the scan landed there
         raise uncovered from None
+    image = normalize_intensity(corrected, mask)
     similarity = template_similarity(image, atlas)
     log.info("aligned %s to %s: similarity %.3f in %.1f s", scan.path or "scan", atlas.id,
              similarity, time.perf_counter() - start)
@@ -268,9 +290,63 @@ def align_to_atlas(scan: Volume, atlas: Atlas, *, seed: int = 0,
             f"{where}registration to the atlas failed: similarity to the template {similarity:.3f} "
             f"is below {min_similarity:.2f}; the image is probably not a T1-weighted brain MRI "
             "(other contrast, not a head, or most of the brain outside the field of view)")
-    transform = AtlasTransform(matrix, atlas.grid, Grid.of(scan))
-    return AtlasAlignment(image=image, mask=np.array(atlas.mask, dtype=bool),
-                          similarity=similarity, transform=transform)
+    return AtlasAlignment(image=image, mask=mask, similarity=similarity, transform=transform,
+                          bias_field=bias, intensity_range=(lo, hi))
+
+
+N4_VOXEL_MM = 8.0
+"""N4 fits the (smooth) bias field on the atlas grid shrunk to about this voxel size: on the 2 mm
+grid 2.2 CPU s, against 15 CPU s at 4 mm voxels (docs/benchmarks.md)."""
+N4_ITERATIONS = (50, 50, 30)
+
+
+def n4_bias_field(image: np.ndarray, mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """The N4 bias field (Tustison et al. 2010, ANTs) of an image, fitted inside ``mask``.
+
+    Args:
+        image: (X, Y, Z) intensities (scanner units, positive inside the mask).
+        mask: (X, Y, Z) bool region to fit.
+        affine: (4, 4) RAS voxel-to-world matrix.
+
+    Returns:
+        (X, Y, Z) float32 multiplicative field (``image / field`` is the corrected image), 1 where
+        the mask is empty.
+    """
+    data = np.asarray(image, dtype=np.float32)
+    floor = max(float(np.percentile(data[mask], 1)), 1e-3) if mask.any() else 1e-3
+    positive = np.maximum(data, floor)  # N4 works on log intensities
+    field = ants.n4_bias_field_correction(
+        to_ants(positive, affine), mask=to_ants(mask.astype(np.float32), affine),
+        shrink_factor=max(1, int(round(N4_VOXEL_MM / _spacing(affine)))),
+        convergence={"iters": list(N4_ITERATIONS), "tol": 1e-7},
+        return_bias_field=True)
+    out = np.asarray(field.numpy(), dtype=np.float32)
+    if not np.isfinite(out).all() or (out <= 0).any():
+        raise RegistrationError("N4 bias-field correction failed (non-finite field); run with "
+                                "bias correction off (--no-bias-correction)")
+    return out
+
+
+def _spacing(affine: np.ndarray) -> float:
+    return float(np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0)).min())
+
+
+MIN_MASK_DICE = 0.5
+"""A user's brain mask must overlap the registered atlas brain by at least this Dice."""
+
+
+def _user_mask_on_grid(mask: Volume, transform: AtlasTransform, atlas: Atlas,
+                       where: str) -> np.ndarray:
+    """A brain mask in the scan's space carried onto the atlas grid, checked against the brain."""
+    on_grid = transform.to_atlas(Volume((np.asarray(mask.data) > 0).astype(np.uint8),
+                                        mask.affine), order=0) > 0
+    overlap = 2.0 * (on_grid & atlas.mask).sum() / max(on_grid.sum() + atlas.mask.sum(), 1)
+    if overlap < MIN_MASK_DICE:
+        raise RegistrationError(
+            f"{where}the brain mask does not overlay the registered brain (Dice {overlap:.2f} with "
+            f"the atlas brain, below {MIN_MASK_DICE}); give this scan's own brain mask, in its "
+            "space")
+    return on_grid
 
 
 def _linear_settings(spacing: float, iterations: tuple[int, ...]) -> dict:

@@ -140,3 +140,63 @@ def test_batch_keeps_going_and_resumes(tiny_model, tiny_cohort, tmp_path):
     stamp = (out / visits[0].image_uid / "summary.json").stat().st_mtime_ns
     assert main(args) == 1
     assert (out / visits[0].image_uid / "summary.json").stat().st_mtime_ns == stamp
+
+
+def test_full_head_prediction_equals_the_input_outside_the_brain(tiny_model, tiny_cohort, tmp_path):
+    """In the input's intensities (the default), prediction − input is the predicted change: zero
+    outside the brain mask, the model's change scaled back to scanner units inside it."""
+    from mambacontrol.data import Manifest
+    from mambacontrol.io import load_nifti
+
+    v = Manifest.from_csv(tiny_cohort).select("test").visits[0]
+    brain = load_nifti(v.image_path)
+    mask_path = tiny_cohort.parent / v.extra["mask_path"]
+    mask = load_nifti(mask_path, labels=True).data > 0
+    head = np.where(mask, brain.data * 900.0 + 100.0, 250.0).astype(np.float32)  # scalp, skull
+    scan = tmp_path / "head.nii.gz"
+    save_nifti(scan, head, brain.affine)
+    base = ["-q", "predict", str(scan), "--age", "75", "--sex", "M", "--diagnosis", "AD",
+            "--years", "4", "--segmentation", str(v.segm_path), "--mask", str(mask_path),
+            "--model", str(tiny_model), "--samples", "2", "--steps", "2", "--no-volumes"]
+    assert main([*base, "--out", str(tmp_path / "in")]) == 0
+    assert main([*base, "--out", str(tmp_path / "norm"), "--intensity", "normalized"]) == 0
+    pred = load_nifti(tmp_path / "in" / "years_4" / "prediction.nii.gz").data
+    norm = load_nifti(tmp_path / "norm" / "years_4" / "prediction.nii.gz").data
+    np.testing.assert_array_equal(pred[~mask], head[~mask])
+    assert np.all(norm[~mask] == 0) and norm.max() <= 1.0
+    # inside: the same change as the normalised prediction, in scanner units
+    lo, hi = np.percentile(head[mask], [0.5, 99.5])
+    base_norm = np.clip((head - lo) / (hi - lo), 0, 1)
+    np.testing.assert_allclose((pred - head)[mask], ((norm - base_norm) * (hi - lo))[mask],
+                               atol=1e-2 * (hi - lo))
+    summary = json.loads((tmp_path / "in" / "summary.json").read_text())
+    assert summary["preparation"]["intensity"] == "input"
+    assert summary["preparation"]["brain_mask"] == str(mask_path)
+
+
+def test_freesurfer_segmentation_is_mapped_and_a_foreign_one_refused(tiny_model, tiny_cohort,
+                                                                     tmp_path, capsys):
+    """A SynthSeg/FreeSurfer (aseg-id) label map is mapped onto the atlas's regions (summary
+    says so); a map in neither the atlas's nor FreeSurfer's ids is refused in one line."""
+    from mambacontrol.data import Manifest
+    from mambacontrol.io import load_nifti
+    from tests.atlas.test_segformats import to_aseg
+
+    atlas = load_atlas(grid="4mm")
+    v = Manifest.from_csv(tiny_cohort).select("test").visits[0]
+    aseg = tmp_path / "aseg.nii.gz"
+    save_nifti(aseg, to_aseg(atlas), atlas.grid.affine, dtype=np.int16)
+    base = ["-q", "predict", str(v.image_path), "--age", "75", "--sex", "M", "--diagnosis", "AD",
+            "--years", "2", "--model", str(tiny_model), "--samples", "1", "--steps", "1",
+            "--no-volumes"]
+    assert main([*base, "--segmentation", str(aseg), "--out", str(tmp_path / "fs")]) == 0
+    summary = json.loads((tmp_path / "fs" / "summary.json").read_text())
+    assert summary["preparation"]["segmentation_format"] == "freesurfer"
+    foreign = tmp_path / "foreign.nii.gz"
+    rng = np.random.default_rng(0)
+    save_nifti(foreign, rng.integers(1, 256, atlas.grid.shape).astype(np.int16),
+               atlas.grid.affine, dtype=np.int16)
+    assert main([*base, "--segmentation", str(foreign), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "FreeSurfer" in err and not (tmp_path / "x").exists()
+    assert load_nifti(v.image_path).data.shape == atlas.grid.shape

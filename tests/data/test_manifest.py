@@ -81,7 +81,7 @@ def test_select_split(tmp_path):
     ("age", "300", r"row 2, column 'age': 300 is outside"),
     ("age", "nan", r"row 2, column 'age': 'nan' is not a finite"),
     ("sex", "X", r"row 2, column 'sex': sex 'X'"),
-    ("diagnosis", "LMCI", r"row 2, column 'diagnosis': diagnosis 'LMCI'"),
+    ("diagnosis", "PD", r"row 2, column 'diagnosis': diagnosis 'PD'"),
     ("split", "dev", r"row 2, column 'split': 'dev'"),
     ("subject_id", "", r"row 2, column 'subject_id': is empty"),
 ])
@@ -151,3 +151,34 @@ def test_aliases():
     assert normalize_diagnosis("0") == "CN" and normalize_diagnosis("0.5") == "MCI"
     with pytest.raises(ValueError):
         normalize_diagnosis("2")
+
+
+@pytest.mark.parametrize("value,expected", [
+    ("EMCI", "MCI"), ("LMCI", "MCI"), ("early MCI", "MCI"), ("late_mci", "MCI"), ("Late-MCI", "MCI"),
+    ("mild cognitive impairment", "MCI"), ("SMC", "CN"), ("SCD", "CN"), ("Normal", "CN"),
+    ("NC", "CN"), ("HC", "CN"), ("healthy control", "CN"), ("CN", "CN"), ("cn", "CN"),
+    ("Dementia", "AD"), ("AD dementia", "AD"), ("Alzheimer's", "AD"), ("Alzheimer\u2019s disease", "AD"),
+    ("1.0", "AD"), (" mci ", "MCI"),
+])
+def test_cohort_diagnoses(value, expected):
+    assert normalize_diagnosis(value) == expected
+
+
+def test_cohort_diagnosis_logged_once(caplog):
+    import mambacontrol.data.manifest as manifest_module
+
+    manifest_module._DX_LOGGED.discard("LMCI")
+    with caplog.at_level("INFO", logger="mambacontrol.data.manifest"):
+        for _ in range(3):
+            normalize_diagnosis("LMCI")
+        normalize_diagnosis("MCI")
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ["diagnosis 'LMCI' read as MCI (ADNI's late MCI)"]
+
+
+def test_adni_manifest_read(tmp_path):
+    rows = [list(r) for r in GOOD]
+    for row, dx in zip(rows, ["SMC", "EMCI", "LMCI", "Dementia", "AD"]):
+        row[HEADER.index("diagnosis")] = dx
+    m = Manifest.from_csv(write_manifest(tmp_path, rows))
+    assert [v.diagnosis for v in m] == ["CN", "MCI", "MCI", "AD", "AD"]

@@ -167,7 +167,8 @@ def test_csv_cells_never_run_as_formulas():
     for text in ("+1", "-cmd", "@SUM(A1)", "\tx"):
         assert csv_cell(text).startswith("'") and csv_uncell(csv_cell(text)) == text
     assert csv_cell(-3.5) == "-3.5" and csv_cell(float("nan")) == "" and csv_cell(7) == "7"
-    assert csv_text(["id", "x"], [["=1+1", -2.0]]) == "id,x\n'=1+1,-2\n"
+    assert csv_cell(1691532.104) == "1691532.104" and csv_cell(1691532.104, ".6g") == "1.69153e+06"
+    assert csv_text(["id", "x"], [["=1+1", -2.0]], ".6g") == "id,x\n'=1+1,-2\n"
 
 
 def test_json_is_strict():

@@ -46,6 +46,19 @@ NILEARN_REQ = "nilearn==0.14.1"
 DEEPMRIPREP_REQ = "deepmriprep==0.3.0"
 NILEARN_DATA = "nilearn/datasets/data/mni_icbm152_{}_tal_nlin_sym_09a_converted.nii.gz"
 NMM_DATA = "deepmriprep/data/templates/neuromorphometrics.{}"
+# Written into atlas.json (``mambacontrol atlas info`` shows it); the full notices are in SOURCES.md.
+LICENCE = {
+    "template": "ICBM152 2009a: MNI copyright notice, Copyright (C) 1993-2009 Louis Collins, "
+                "McConnell Brain Imaging Centre, Montreal Neurological Institute, McGill "
+                "University: use, copy, modify and distribute for any purpose without fee, with "
+                "the copyright notice kept; no warranty",
+    "labels": "Neuromorphometrics labels (MICCAI 2012 Grand Challenge and Workshop on Multi-Atlas "
+              "Labeling): Creative Commons Attribution-NonCommercial (CC BY-NC); labelled data "
+              "provided by Neuromorphometrics, Inc. (http://neuromorphometrics.com/) under "
+              "academic subscription",
+    "use": "non-commercial research only: the labels' licence covers everything derived from "
+           "them (synthetic cohorts, the anatomy graph, models trained with this atlas)",
+}
 SUPERSAMPLE = 4
 
 # Grids: shape and the world coordinate (mm, RAS) of the first voxel centre. Both cover the
@@ -291,6 +304,7 @@ def build(nilearn_whl: Path, nmm_whl: Path, out: Path) -> None:
                        "with the Neuromorphometrics labels (134 regions), resampled by partial-volume "
                        "averaging and majority vote.",
         "sources": {"template": NILEARN_REQ, "labels": DEEPMRIPREP_REQ},
+        "licence": LICENCE,
         "regions_sha256": sha256(out / "regions.csv"),
         "key_groups": key_groups,
         "grids": grids_meta,

@@ -106,6 +106,7 @@ def _run_demo(folder: OutputFolder, subjects: int, workers: int, overrides: list
     if not (evaluation / "report.html").is_file():
         evaluate(manifest.path, [out / "model"], evaluation, EvaluationSettings(split="test"),
                  command=["mambacontrol", "demo", "--out", str(out)], overwrite=True)
+    TrainingRun(cfg, out / "model", metrics=evaluation / "metrics.json").write_card()
     timings["evaluation"] = time.perf_counter() - t
     report(f"[4/4] evaluated the test split: {evaluation} ({timings['evaluation']:.0f} s)")
     return DemoResult(manifest.path.parent, out / "model", prediction, evaluation / "report.html",

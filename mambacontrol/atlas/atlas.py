@@ -107,6 +107,12 @@ class Atlas:
         return float(self.meta["grids"][self.grid_name]["spacing_mm"])
 
     @property
+    def licence(self) -> dict[str, str]:
+        """The licences of the atlas's sources (``template``, ``labels``, ``use``), from atlas.json;
+        empty when the atlas does not state them."""
+        return {str(k): str(v) for k, v in dict(self.meta.get("licence") or {}).items()}
+
+    @property
     def voxel_volume(self) -> float:
         return self.spacing**3
 

@@ -36,6 +36,12 @@ def run_info(args: argparse.Namespace) -> int:
     print(f"  {atlas.meta['description']}")
     print(f"  sources: {', '.join(f'{k} from {v}' for k, v in atlas.meta['sources'].items())}")
     print(f"  regions: {len(atlas.regions)} ({len(atlas.group_names())} groups)")
+    print("  licence:")
+    for part, text in (atlas.licence or {"all": "not stated in atlas.json; ask its provider"}).items():
+        print(f"    {part}: {text}")
+    notices = atlas.root.parent / "SOURCES.md"
+    if notices.is_file():
+        print(f"    full notices: {notices}")
     for grid_name, g in atlas.meta["grids"].items():
         a = load_atlas(name, grid_name)
         if args.verify:

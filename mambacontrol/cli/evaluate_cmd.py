@@ -13,9 +13,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "with the copy-baseline and regional linear extrapolation. Writes metrics.json, "
                     "pairs.csv, regions.csv and report.html.")
     p.add_argument("--manifest", required=True, help="manifest CSV with a split column")
-    p.add_argument("--model", required=True, help="trained model folder")
+    p.add_argument("--model", required=True,
+                   help="trained model folder, or a Hugging Face Hub id (org/name)")
     p.add_argument("--compare", nargs="*", default=[], metavar="DIR",
-                   help="more model folders evaluated on the same pairs (ablations)")
+                   help="more models (folders or Hub ids) evaluated on the same pairs (ablations)")
     p.add_argument("--out", required=True, help="output folder (new or empty)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an earlier evaluation's outputs in --out (nothing else there)")

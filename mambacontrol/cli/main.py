@@ -33,22 +33,83 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"mambacontrol: error: {message} (see `{self.prog} --help`)\n")
 
 
+def _threads(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"--threads {value!r} is not a whole number ≥ 1")
+    return n
+
+
+def add_global_options(parser: argparse.ArgumentParser, top: bool) -> None:
+    """The options every command takes, before or after the command's name.
+
+    The top-level parser holds the defaults; each subcommand's copy defaults to
+    ``argparse.SUPPRESS``, so it sets a value only when given there and never overwrites the one
+    given before the command. ``--limit`` after the command goes to ``limit_after`` (merged in
+    :func:`main`), so limits given in both places all count.
+    """
+    default = (lambda value: value) if top else (lambda value: argparse.SUPPRESS)
+    group = parser.add_argument_group("global options (before or after the command)")
+    taken = set(parser._option_string_actions)  # a command's own option of that name wins
+
+    def add(*names: str, **kwargs) -> None:
+        free = [n for n in names if n not in taken]
+        if free:
+            group.add_argument(*free, **kwargs)
+
+    add("-v", "--verbose", dest="verbose", action="store_true", default=default(False),
+        help="debug logging (and the traceback of an error)")
+    add("-q", "--quiet", dest="quiet", action="store_true", default=default(False),
+        help="warnings and errors only")
+    add("--threads", dest="threads", type=_threads, default=default(None), metavar="N",
+        help="CPU threads for torch, OpenMP and ANTs/ITK registration (default: their own choice)")
+    add("--limit", action="append", default=default([]), metavar="NAME=VALUE",
+        dest="limit" if top else "limit_after",
+        help="raise a resource limit for this run: max_voxels (per image), max_model_parameters, "
+             "max_samples, max_steps (also $MAMBACONTROL_<NAME>)")
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """Every (nested) subcommand parser of ``parser``."""
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):  # aliases map to one parser
+                found += [sub, *_subparsers(sub)]
+    return found
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="mambacontrol",
         description="Predict how a brain MRI changes with Alzheimer's disease "
                     "(latent diffusion + Mamba ControlNet + anatomy graph).")
     parser.add_argument("--version", action="version", version=f"mambacontrol {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
-    parser.add_argument("--limit", action="append", default=[], metavar="NAME=VALUE",
-                        help="raise a resource limit for this run: max_voxels (per image), "
-                             "max_model_parameters, max_samples, max_steps (also "
-                             "$MAMBACONTROL_<NAME>)")
+    add_global_options(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in COMMANDS:
         module.register(sub)
+    for subparser in _subparsers(parser):
+        add_global_options(subparser, top=False)
     return parser
+
+
+def set_threads(n: int | None) -> None:
+    """``--threads N``: torch's intra-op threads, and the environment that OpenMP/MKL and ITK
+    (ANTs registration, which reads ``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS`` when it first
+    runs) read: set before any command imports them."""
+    if n is None:
+        return
+    import os
+
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"):
+        os.environ[var] = str(n)
+    import torch
+
+    torch.set_num_threads(n)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -62,6 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    args.limit = list(args.limit) + list(getattr(args, "limit_after", []))
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     # imported here, not at the top: mambacontrol.io loads nibabel and numpy, which --help skips
@@ -69,6 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         set_limits(args.limit)
+        set_threads(args.threads)
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("mambacontrol: interrupted", file=sys.stderr)

@@ -20,7 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sex", help="F or M")
     p.add_argument("--diagnosis", help="CN, MCI or AD")
     p.add_argument("--years", type=float, nargs="+", required=True, help="horizon(s) in years")
-    p.add_argument("--model", required=True, help="trained model folder")
+    p.add_argument("--model", required=True,
+                   help="trained model folder, or a Hugging Face Hub id (org/name)")
     p.add_argument("--out", required=True,
                    help="output folder (new or empty; a batch's own earlier output resumes)")
     p.add_argument("--overwrite", action="store_true",

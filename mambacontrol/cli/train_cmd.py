@@ -12,13 +12,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train", help="train a stage (autoencoder, latents, graph, unet, controlnet) or all",
         description="Train one stage, or `all` in order (finished stages are skipped). The run "
-                    "folder gets the resolved config, checkpoints, TensorBoard logs and the final "
-                    "components, which `mambacontrol predict --model DIR` loads.")
+                    "folder gets the resolved config, checkpoints, TensorBoard logs, the final "
+                    "components, which `mambacontrol predict --model DIR` loads, and a model "
+                    "card README.md.")
     p.add_argument("stage", choices=STAGE_CHOICES, help="stage to run")
-    p.add_argument("--config", required=True, help="YAML config (see train/configs/)")
+    p.add_argument("--config", required=True,
+                   help="YAML config, or a bundled config's name: demo, synthetic-2mm, brain-1p5mm")
     p.add_argument("--out", help="run folder (default: runs/<config name>)")
     p.add_argument("--resume", action="store_true",
                    help="continue the stage from its last checkpoint")
+    p.add_argument("--metrics", metavar="JSON",
+                   help="an evaluation's metrics.json to quote in the model card README.md "
+                        "(default: <out>/evaluation/metrics.json when it exists)")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="config overrides, e.g. unet.train.lr=1e-4 data.manifest=cohort/manifest.csv")
     p.set_defaults(func=run)
@@ -33,8 +38,9 @@ def run(args: argparse.Namespace) -> int:
     from mambacontrol.training.runner import TrainingRun, resolve_config
 
     cfg = resolve_config(args.config, args.overrides)
-    out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
-    summaries = TrainingRun(cfg, out).run(args.stage, resume=args.resume)
+    out = Path(args.out) if args.out else Path("runs") / Path(args.config).name.removesuffix(
+        ".yaml").removesuffix(".yml")
+    summaries = TrainingRun(cfg, out, metrics=args.metrics).run(args.stage, resume=args.resume)
     from mambacontrol.training.data_order import process_state
 
     if process_state().is_main_process:  # under torchrun / accelerate launch, one report

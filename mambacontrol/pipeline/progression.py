@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,8 @@ from mambacontrol.pipeline.conditioning import (
 from mambacontrol.pipeline.sampling import sample
 
 INDEX_NAME = "model_index.json"
+HUB_REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
+"""A Hugging Face Hub repository id, ``org/name`` (one slash, no leading dot)."""
 DECODE_MODES = ("difference", "direct")
 
 
@@ -194,19 +197,23 @@ class ProgressionPipeline:
         return out
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike,
-                        device: str | torch.device = "cpu") -> ProgressionPipeline:
-        """Load a model directory.
+    def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device = "cpu", *,
+                        revision: str | None = None, cache_dir: str | os.PathLike | None = None,
+                        local_files_only: bool | None = None) -> ProgressionPipeline:
+        """Load a model directory, or a Hugging Face Hub repository ``org/name`` (see
+        :func:`resolve_model_folder` for ``revision``, ``cache_dir`` and ``local_files_only``).
 
         Raises:
-            ModelError: when the folder is not a model, a component is missing or corrupt, or the
-                model was trained on an atlas or grid that differs from the installed one.
+            ModelError: when the folder is not a model, a component is missing or corrupt, the
+                model was trained on an atlas or grid that differs from the installed one, or a
+                Hub id cannot be found (offline: not in the cache).
         """
-        folder = Path(directory)
+        folder = resolve_model_folder(directory, revision=revision, cache_dir=cache_dir,
+                                      local_files_only=local_files_only)
         idx_path = folder / INDEX_NAME
         if not idx_path.is_file():
             raise ModelError(f"{folder}: not a mambacontrol model (no {INDEX_NAME}); point --model to "
-                             "a training run's output folder")
+                             "a training run's output folder or a Hugging Face Hub id (org/name)")
         try:
             idx = json.loads(idx_path.read_text())
             comps = dict(idx["components"])
@@ -390,3 +397,65 @@ class ProgressionPipeline:
         mean = torch.where(keep, mean.clamp(0, 1), torch.zeros_like(mean))
         std = torch.where(keep, var.sqrt(), torch.zeros_like(var))
         return mean.float().cpu().numpy(), std.float().cpu().numpy()
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "on", "yes", "true")
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300]
+
+
+def resolve_model_folder(model: str | os.PathLike, *, revision: str | None = None,
+                         cache_dir: str | os.PathLike | None = None,
+                         local_files_only: bool | None = None) -> Path:
+    """The local folder of a model: ``model`` itself when it exists (or does not look like a Hub
+    id), else the Hugging Face Hub repository ``org/name`` through ``huggingface_hub``'s cache
+    (downloaded once; ``revision`` a branch, tag or commit).
+
+    Args:
+        model: a folder, or a Hub repository id ``org/name``.
+        revision: the Hub revision (default ``main``).
+        cache_dir: the Hub cache (default ``$HF_HUB_CACHE``, else huggingface_hub's own).
+        local_files_only: never connect; default true when ``$HF_HUB_OFFLINE`` is set.
+
+    Raises:
+        ModelError: the repository cannot be found (offline: it is not in the cache), or the
+            revision does not exist.
+    """
+    folder = Path(model)
+    name = str(model)
+    if folder.exists() or not HUB_REPO_ID.fullmatch(name) or ".." in name or "--" in name:
+        return folder
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    offline = (bool(local_files_only) if local_files_only is not None
+               else _env_flag("HF_HUB_OFFLINE") or bool(constants.HF_HUB_OFFLINE))
+    cache = cache_dir or os.environ.get("HF_HUB_CACHE") or None
+    try:
+        path = snapshot_download(name, revision=revision, cache_dir=cache,
+                                 local_files_only=offline, library_name="mambacontrol",
+                                 library_version=__version__)
+    except LocalEntryNotFoundError as exc:
+        where = cache or constants.HF_HUB_CACHE
+        why = "offline" if offline else f"the Hub cannot be reached: {_one_line(exc)}"
+        raise ModelError(f"{name}: not a local folder and not in the Hugging Face cache {where} "
+                         f"({why}); connect or download it first (`hf download {name}`)") from None
+    except RevisionNotFoundError:
+        raise ModelError(f"{name}: the Hugging Face Hub repository has no revision "
+                         f"{revision or 'main'!r}; check the revision") from None
+    except RepositoryNotFoundError:
+        raise ModelError(f"{name}: not a local folder, and no Hugging Face Hub model repository "
+                         "of that name can be read; check the name (or log in with "
+                         "`hf auth login` for a private one)") from None
+    except (HfHubHTTPError, OSError) as exc:
+        raise ModelError(f"{name}: could not download from the Hugging Face Hub "
+                         f"({_one_line(exc)}); check the connection, or use a local folder") from None
+    return Path(path)

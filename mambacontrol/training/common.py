@@ -29,4 +29,4 @@ def engine_settings(cfg: RunConfig) -> dict:
     return dict(checkpoint_every=e.checkpoint_every, keep_checkpoints=e.keep_checkpoints,
                 log_every=e.log_every, mixed_precision=e.mixed_precision,
                 gradient_accumulation_steps=e.gradient_accumulation_steps,
-                max_grad_norm=e.max_grad_norm, seed=cfg.seed)
+                max_grad_norm=e.max_grad_norm, seed=cfg.seed, trackers=tuple(e.trackers))

@@ -22,9 +22,11 @@ rest:
   are kept.
 - **people**: a tqdm bar (loss, samples/s) on a terminal, or, where the output is not a terminal
   (a log file, a batch job), a log line about every 5 % of the run (step, loss, samples/s, time
-  left); TensorBoard scalars (``train/loss``, ``train/lr``,
+  left); scalars (``train/loss``, ``train/lr``,
   ``train/samples_per_s``, ``train/grad_norm`` and every metric ``step_fn`` returns) every
-  ``log_every`` steps, images from ``image_logger`` every ``image_every`` steps, and a one-line
+  ``log_every`` steps and images from ``image_logger`` every ``image_every`` steps, through
+  Accelerate's experiment trackers (``trackers``: TensorBoard by default, into
+  ``<out_dir>/logs/<stage>/``; Weights & Biases and MLflow when installed), and a one-line
   :class:`StageSummary` at the end, also written to ``<out_dir>/stages/<stage>.json``.
 
 Run-directory layout::
@@ -87,6 +89,60 @@ ImageLogger = Callable[[Mapping[str, nn.Module], int], Mapping[str, Any]]
 
 #: the final loss of a stage is the mean over its last steps
 FINAL_LOSS_WINDOW = 20
+
+#: experiment trackers (Accelerate's) a run may log to, and the module each needs
+TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
+
+
+def check_trackers(names: Sequence[str], key: str = "engine.trackers") -> list[str]:
+    """The tracker names, checked: known to the engine, and installed.
+
+    Raises:
+        ConfigError: one line naming the tracker and the fix.
+    """
+    import importlib.util
+
+    names = list(names)
+    for name in names:
+        if name not in TRACKERS:
+            raise ConfigError(f"{key}: unknown experiment tracker {name!r}; choose from "
+                              f"{', '.join(TRACKERS)} (or [] for none)")
+        if importlib.util.find_spec(TRACKERS[name]) is None:
+            raise ConfigError(f"{key}: experiment tracker {name!r} is not installed; "
+                              f"`pip install {TRACKERS[name]}`, or remove it from {key}")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{key}: {names} names a tracker twice; list each once")
+    return names
+
+
+def _make_tracker(name: str, stage: str, out_dir: Path, purge_step: int | None) -> Any:
+    """An Accelerate tracker for one stage: TensorBoard in ``<out>/logs/<stage>``; W&B project
+    ``$WANDB_PROJECT`` (default ``mambacontrol``), MLflow experiment ``$MLFLOW_EXPERIMENT_NAME``
+    (default ``mambacontrol``), each run named ``<run folder>/<stage>``."""
+    from accelerate.tracking import MLflowTracker, TensorBoardTracker, WandBTracker
+
+    logs = out_dir / "logs"
+    run = out_dir.resolve().name
+    if name == "tensorboard":
+        return TensorBoardTracker(stage, logs, purge_step=purge_step)
+    if name == "wandb":
+        logs.mkdir(parents=True, exist_ok=True)
+        import os
+
+        return WandBTracker(os.environ.get("WANDB_PROJECT", "mambacontrol"), name=f"{run}/{stage}",
+                            group=run, dir=str(logs))
+    return MLflowTracker("mambacontrol", run_name=f"{run}/{stage}")
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """A JSON tree as ``{"a.b": value}`` with scalar values (lists become their text)."""
+    if isinstance(tree, Mapping):
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(_flat(value, f"{prefix}{key}."))
+        return out
+    value = tree if tree is None or isinstance(tree, (bool, int, float, str)) else json.dumps(tree)
+    return {prefix[:-1]: value}
 
 
 class TrainingDivergedError(MambaControlError):
@@ -196,6 +252,8 @@ class Trainer:
         ema: names of models to keep an exponential moving average of.
         ema_decay: EMA decay (diffusers' warm-up ``(1 + t) / (10 + t)`` caps it early on).
         config: JSON-able config recorded in every checkpoint; resuming with another is refused.
+        trackers: Accelerate experiment trackers to log to (:data:`TRACKERS`: ``tensorboard``,
+            ``wandb``, ``mlflow``; ``()`` for none); each must be installed (``ConfigError``).
         accelerator: an ``accelerate.Accelerator`` to use instead of making one.
 
     Attributes:
@@ -210,7 +268,7 @@ class Trainer:
                  mixed_precision: MixedPrecision = "auto", gradient_accumulation_steps: int = 1,
                  max_grad_norm: float | None = 1.0, ema: Sequence[str] = (),
                  ema_decay: float = 0.9999, config: Mapping[str, Any] | None = None,
-                 accelerator: Any | None = None):
+                 trackers: Sequence[str] = ("tensorboard",), accelerator: Any | None = None):
         frozen = dict(frozen or {})
         if not stage or not stage.replace("_", "").replace("-", "").isalnum():
             raise ValueError(f"stage must be a plain name (letters, digits, '-', '_'), got {stage!r}")
@@ -258,6 +316,7 @@ class Trainer:
         self.seed = int(seed)
         self.max_grad_norm = max_grad_norm
         self.config = None if config is None else json.loads(json.dumps(config))
+        self.trackers = check_trackers(trackers, "trackers")
         self.history: list[float] = []
 
         if accelerator is None:
@@ -350,10 +409,7 @@ class Trainer:
         if start >= self.steps:
             return self._finish(self._summary(start, elapsed, samples, start))
 
-        writer = None
-        if acc.is_main_process:
-            from torch.utils.tensorboard import SummaryWriter
-            writer = SummaryWriter(str(self.log_dir), purge_step=start if start else None)
+        tracking = self._start_trackers(start)
         bar = tqdm(total=self.steps, initial=start, desc=self.stage, unit="step", dynamic_ncols=True,
                    disable=None if acc.is_main_process else True)
         # Without a terminal the bar is off: log a line about every 5 % of the run instead.
@@ -380,24 +436,23 @@ class Trainer:
                     rate = window_samples / max(time.perf_counter() - window_start, 1e-9)
                     bar.set_postfix(loss=f"{np.mean(window['loss']):.4g}",
                                     samples_s=f"{rate:.3g}", refresh=False)
-                    if writer is not None:
-                        self._log_scalars(writer, window, rate, done)
+                    if tracking:
+                        self._log_scalars(window, rate, done)
                     if line_every and (done % line_every == 0 or done == self.steps):
                         spent = time.perf_counter() - run_start
                         left = spent / (done - start) * (self.steps - done)
                         logger.info("%s: step %d/%d, loss %.4g, %.3g samples/s, %s left", self.stage,
                                     done, self.steps, np.mean(window["loss"]), rate, _duration(left))
                     window, window_start, window_samples = {}, time.perf_counter(), 0
-                if writer is not None and self.image_logger and self.image_every \
+                if tracking and self.image_logger and self.image_every \
                         and done % self.image_every == 0:
-                    self._log_images(writer, done)
+                    self._log_images(done)
                 elapsed = elapsed_before + time.perf_counter() - run_start
                 if done == self.steps or (self.checkpoint_every and done % self.checkpoint_every == 0):
                     self._save(done, elapsed, samples)
         finally:
             bar.close()
-            if writer is not None:
-                writer.close()
+            self._end_trackers()
         elapsed = elapsed_before + time.perf_counter() - run_start
         return self._finish(self._summary(self.steps, elapsed, samples, start))
 
@@ -461,16 +516,41 @@ class Trainer:
 
     # --- logging ----------------------------------------------------------------------------------
 
-    def _log_scalars(self, writer: Any, window: Mapping[str, list[float]], rate: float,
-                     step: int) -> None:
-        for key, values in window.items():
-            finite = [v for v in values if math.isfinite(v)]
-            if finite:
-                writer.add_scalar(f"train/{key}", float(np.mean(finite)), step)
-        writer.add_scalar("train/lr", float(self.optimizer.param_groups[0]["lr"]), step)
-        writer.add_scalar("train/samples_per_s", rate, step)
+    def _start_trackers(self, start: int) -> bool:
+        """Start this stage's trackers on the main process (Accelerate's ``init_trackers``).
+        TensorBoard drops events after ``start`` left by an interrupted run (``purge_step``)."""
+        acc = self.accelerator
+        if not acc.is_main_process or not self.trackers:
+            return False
+        acc.log_with = [_make_tracker(n, self.stage, self.out_dir, start or None)
+                        for n in self.trackers]
+        acc.trackers = []
+        acc.init_trackers(self.stage)
+        if self.config is not None:  # TensorBoard has it as config.yaml beside its logs
+            for tracker in acc.trackers:
+                if tracker.name != "tensorboard":
+                    tracker.store_init_configuration(_flat(self.config))
+        return True
 
-    def _log_images(self, writer: Any, step: int) -> None:
+    def _end_trackers(self) -> None:
+        """Close this stage's trackers (not ``end_training``, which also ends DDP's process
+        group that later stages still need)."""
+        acc = self.accelerator
+        for tracker in getattr(acc, "trackers", []):
+            tracker.finish()
+        acc.trackers = []
+
+    def _log_scalars(self, window: Mapping[str, list[float]], rate: float, step: int) -> None:
+        values = {}
+        for key, items in window.items():
+            finite = [v for v in items if math.isfinite(v)]
+            if finite:
+                values[f"train/{key}"] = float(np.mean(finite))
+        values["train/lr"] = float(self.optimizer.param_groups[0]["lr"])
+        values["train/samples_per_s"] = float(rate)
+        self.accelerator.log(values, step=step)
+
+    def _log_images(self, step: int) -> None:
         devices = [self.accelerator.device] if self.accelerator.device.type == "cuda" else []
         modes = {n: m.training for n, m in self._prepared.items()}
         with torch.random.fork_rng(devices=devices), torch.no_grad(), self.ema_weights() as models:
@@ -487,8 +567,14 @@ class Trainer:
             if array.ndim not in (2, 3):
                 raise ValueError(f"image_logger's {tag!r} has shape {array.shape}; return (H, W) "
                                  f"or (C, H, W)")
-            writer.add_image(f"samples/{tag}", np.clip(array, 0.0, 1.0), step,
-                             dataformats="HW" if array.ndim == 2 else "CHW")
+            array = np.clip(array, 0.0, 1.0)
+            for tracker in self.accelerator.trackers:
+                if tracker.name == "tensorboard":
+                    tracker.tracker.add_image(f"samples/{tag}", array, step,
+                                              dataformats="HW" if array.ndim == 2 else "CHW")
+                elif hasattr(tracker, "log_images"):  # e.g. W&B: (H, W) or (H, W, C)
+                    hwc = array if array.ndim == 2 else np.moveaxis(array, 0, -1)
+                    tracker.log_images({f"samples/{tag}": [hwc]}, step=step)
 
     def _summary(self, steps: int, elapsed: float, samples: int, start: int) -> StageSummary:
         tail = self.history[-FINAL_LOSS_WINDOW:]

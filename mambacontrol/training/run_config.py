@@ -37,7 +37,12 @@ class DataConfig:
 
 @dataclass
 class EngineConfig:
-    """Settings shared by every stage's training loop."""
+    """Settings shared by every stage's training loop.
+
+    Attributes:
+        trackers: experiment loggers (Accelerate trackers): ``tensorboard`` (into
+            ``<run>/logs/<stage>/``), ``wandb``, ``mlflow`` (each must be installed); ``[]``: none.
+    """
 
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     gradient_accumulation_steps: int = 1
@@ -47,6 +52,7 @@ class EngineConfig:
     image_every: int = 0
     max_grad_norm: float = 1.0
     num_workers: int = 0
+    trackers: list[str] = field(default_factory=lambda: ["tensorboard"])
 
 
 @dataclass

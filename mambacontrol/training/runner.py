@@ -8,6 +8,7 @@ Run directory::
     <out>/autoencoder/ graph_encoder/ trajectory_head/ unet/ controlnet/    components
     <out>/cache/prepared/ cache/latents/ cache/features/                    caches
     <out>/checkpoints/<stage>/ logs/<stage>/ stages/<stage>.json           engine (see engine.py)
+    <out>/README.md                   the model card (model_card.py), rewritten after every stage
 
 The folder is claimed for ``train`` (:class:`mambacontrol.io.OutputFolder`): a new or empty
 folder, or an earlier run's, which continues; a folder of anything else is refused, so a user's
@@ -37,13 +38,21 @@ from mambacontrol.training.validate import validate_run_config
 log = logging.getLogger(__name__)
 
 STAGES = ("autoencoder", "latents", "graph", "unet", "controlnet")
+LOGGING_ONLY = ("engine.trackers",)
+"""Settings that change where a run logs, not what it computes: they may change when a run
+continues, and are left out of the config recorded in checkpoints."""
 REQUIRES = {"latents": ("autoencoder",), "graph": (), "unet": ("latents",),
             "controlnet": ("unet",), "autoencoder": ()}
 
 
 def resolve_config(config_path: str | Path, overrides: list[str] | None = None,
                    manifest: str | None = None) -> RunConfig:
-    """Load a run config; ``manifest`` (e.g. from the demo) replaces ``data.manifest``."""
+    """Load a run config (a YAML path or a bundled config's name, see
+    :func:`~mambacontrol.training.configs.resolve_config_path`); ``manifest`` (e.g. from the
+    demo) replaces ``data.manifest``."""
+    from mambacontrol.training.configs import resolve_config_path
+
+    config_path = resolve_config_path(config_path)
     extra = list(overrides or [])
     if manifest is not None:
         extra.append(f"data.manifest={json.dumps(str(manifest))}")
@@ -68,11 +77,14 @@ class TrainingRun:
     Args:
         cfg: the resolved config.
         out: the run directory.
+        metrics: an evaluation's ``metrics.json`` for the model card (default:
+            ``<out>/evaluation/metrics.json`` when it exists).
     """
 
-    def __init__(self, cfg: RunConfig, out: str | Path):
+    def __init__(self, cfg: RunConfig, out: str | Path, metrics: str | Path | None = None):
         self.cfg = cfg
         self.out = Path(out)
+        self.metrics = metrics
         self._data = None
 
     @property
@@ -103,10 +115,13 @@ class TrainingRun:
         path = self.out / "config.yaml"
         if path.is_file():
             saved = load_config(RunConfig, path)
-            diff = config_differences(saved, self.cfg)
+            every = config_differences(saved, self.cfg)
+            diff = [d for d in every if d.split(":", 1)[0] not in LOGGING_ONLY]
             if diff:
                 raise ConfigError(f"{self.out} holds a run with another config ({'; '.join(diff[:4])}); "
                                   "use another --out, or the same config to resume")
+            if every:  # only where it logs changed: record the config this call runs with
+                write_text_atomic(path, dump_config(self.cfg))
         else:
             self.out.mkdir(parents=True, exist_ok=True)
             write_text_atomic(path, dump_config(self.cfg))
@@ -154,12 +169,24 @@ class TrainingRun:
                 # this file is what marks the stage finished for `train all`.
                 write_stage_summary(self.out, summary)
                 self.write_index()
+                self.write_card()
             state.wait_for_everyone()
             done.append(summary)
+        if not done and process_state().is_main_process:
+            self.write_card()  # nothing trained (all finished): the card still gets new metrics
         return done
+
+    def write_card(self) -> Path:
+        """Write the model card ``README.md`` (see :mod:`~mambacontrol.training.model_card`)."""
+        from mambacontrol.training.model_card import write_model_card
+
+        return write_model_card(self.out, self.cfg, self.metrics)
 
     def _run_stage(self, stage: str, resume: bool) -> StageSummary:
         cfg_dict = config_to_dict(self.cfg)
+        for key in LOGGING_ONLY:  # checkpoints record what decides the results
+            section, name = key.split(".")
+            cfg_dict[section].pop(name, None)
         if stage == "autoencoder":
             from mambacontrol.training.stage_autoencoder import train_autoencoder
 

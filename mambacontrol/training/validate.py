@@ -47,6 +47,9 @@ def _check_engine(cfg: RunConfig) -> None:
         _positive_int(f"engine.{name}", getattr(e, name), 0)
     if not (math.isfinite(e.max_grad_norm) and e.max_grad_norm > 0):
         raise ConfigError(f"engine.max_grad_norm: {e.max_grad_norm} must be a positive number")
+    from mambacontrol.training.engine import check_trackers
+
+    check_trackers(e.trackers, "engine.trackers")
 
 
 def _build(key: str, make):

@@ -22,5 +22,7 @@ def test_demo_runs_every_step_and_says_where_the_report_is(tmp_path, capsys):
     for horizon in ("years_1", "years_3", "years_5"):
         assert (out / "prediction" / horizon / "montage.png").is_file()
     assert (out / "model" / "model_index.json").is_file()
+    card = (out / "model" / "README.md").read_text()  # the model card quotes the evaluation
+    assert f"From `{out / 'evaluation' / 'metrics.json'}` on split `test`" in card
     # a second run reuses every step
     assert main(["-q", "demo", "--out", str(out), "--subjects", "8", "--workers", "1", *TINY]) == 0

@@ -9,8 +9,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from mambacontrol.io import OutputFolder
+if TYPE_CHECKING:
+    from mambacontrol.io import OutputFolder
 
 DEMO_SUBJECTS = 24
 DEMO_GRID = "4mm"
@@ -53,6 +55,10 @@ def run_demo(out: str | Path, subjects: int = DEMO_SUBJECTS, workers: int = 1,
     ``out`` is claimed for ``demo`` (:class:`mambacontrol.io.OutputFolder`): a new or empty folder,
     or an earlier demo's, which continues.
     """
+    # imported here: `mambacontrol --help` imports this module for its constants, and
+    # mambacontrol.io loads numpy and nibabel
+    from mambacontrol.io import OutputFolder
+
     with OutputFolder.claim(out, "demo", resume=True) as folder:
         folder.check_free(DEMO_PARTS)
         return _run_demo(folder, subjects, workers, overrides, report)

@@ -65,7 +65,7 @@ def _args(image, model, out, **over):
 
 @pytest.mark.parametrize("over,message", [
     ({"--age": "30"}, "age 30 is outside 40–100"),
-    ({"--diagnosis": "LMCI"}, "diagnosis 'LMCI'"),
+    ({"--diagnosis": "PD"}, "diagnosis 'PD'"),
     ({"--sex": "X"}, "sex 'X'"),
     ({"--years": "-1"}, "horizon -1 years is negative"),
 ])

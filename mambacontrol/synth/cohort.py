@@ -247,9 +247,9 @@ def _write_cohort(folder: OutputFolder, plans: list[SubjectPlan], atlas, config:
     out = folder.path
     log.info("simulating %d subjects on %s %s into %s (%d worker%s)", len(plans), atlas.id,
              config.grid, out, workers, "s" if workers > 1 else "")
-    results = _run(plans, out.resolve(), config, workers)
-    for plan in plans:
+    for plan in plans:  # recorded first, so that an interrupted run's subjects are its own
         folder.record(plan.subject_id)
+    results = _run(plans, out.resolve(), config, workers)
     visits_list = [Visit(row["subject_id"], row["image_uid"], Path(row["image_path"]), row["age"],
                          row["sex"], row["diagnosis"], row["split"], Path(row["segm_path"]), row["extra"])
                    for result in results for row in result["rows"]]

@@ -213,6 +213,9 @@ class OutputFolder:
                    if e not in _OWN_FILES and not e.startswith(STAGING)]
         if marker is None and present and earlier_run is not None and earlier_run(self.path):
             marker = {"command": self.command, "entries": present}
+        if marker is None and not present:  # new, or left empty by a run of ours that died
+            for stale in self.path.glob(f"{STAGING}*"):
+                _remove(stale)
         if marker is None:
             if present and not overwrite:
                 raise OutputFolderError(

@@ -33,7 +33,7 @@ from mambacontrol._version import __version__
 from mambacontrol.atlas import Atlas, load_atlas
 from mambacontrol.data.covariates import CovariateNorm, encode_covariates
 from mambacontrol.errors import MambaControlError, ModelError
-from mambacontrol.io import check_limit, write_text_atomic
+from mambacontrol.io import check_limit, write_json
 from mambacontrol.models.autoencoder import Autoencoder
 from mambacontrol.models.controlnet import MambaControlNet
 from mambacontrol.models.schedulers import SAMPLERS, NoiseSchedule, sampling_scheduler
@@ -193,7 +193,7 @@ class ProgressionPipeline:
         out.mkdir(parents=True, exist_ok=True)
         for name in self.index()["components"]:
             getattr(self, name).save(out / name)
-        write_text_atomic(out / INDEX_NAME, json.dumps(self.index(), indent=2) + "\n")
+        write_json(out / INDEX_NAME, self.index())
         return out
 
     @classmethod

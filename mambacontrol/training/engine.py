@@ -68,7 +68,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from mambacontrol.errors import ConfigError, MambaControlError, ModelError
-from mambacontrol.io.atomic import write_text_atomic
+from mambacontrol.io.tables import write_json
 from mambacontrol.training.checkpoint import (
     capture_rng_state,
     check_tensors_match,
@@ -190,7 +190,12 @@ class StageSummary:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> StageSummary:
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+        """Inverse of :meth:`to_dict` (a number written as JSON ``null`` comes back as NaN)."""
+        values = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        for k in ("wall_time_s", "samples_per_s", "final_loss"):
+            if k in values and values[k] is None:
+                values[k] = float("nan")
+        return cls(**values)
 
 
 def stage_summary_path(out_dir: str | Path, stage: str) -> Path:
@@ -200,8 +205,7 @@ def stage_summary_path(out_dir: str | Path, stage: str) -> Path:
 
 def write_stage_summary(out_dir: str | Path, summary: StageSummary) -> Path:
     """Record a finished stage (atomically), so ``train all`` can skip it."""
-    return write_text_atomic(stage_summary_path(out_dir, summary.stage),
-                             json.dumps(summary.to_dict(), indent=1) + "\n")
+    return write_json(stage_summary_path(out_dir, summary.stage), summary.to_dict(), indent=1)
 
 
 def read_stage_summary(out_dir: str | Path, stage: str) -> StageSummary | None:

@@ -23,7 +23,7 @@ import logging
 from pathlib import Path
 
 from mambacontrol.errors import ConfigError, ModelError
-from mambacontrol.io import OutputFolder, write_text_atomic
+from mambacontrol.io import OutputFolder, write_json, write_text_atomic
 from mambacontrol.training.config import (
     config_differences,
     config_to_dict,
@@ -237,4 +237,4 @@ class TrainingRun:
                 **parts)
         except ModelError as exc:
             raise ModelError(f"{self.out}: the trained components do not fit together ({exc})") from None
-        return write_text_atomic(self.out / INDEX_NAME, json.dumps(pipe.index(), indent=2) + "\n")
+        return write_json(self.out / INDEX_NAME, pipe.index())

@@ -1,5 +1,6 @@
 """Fidelity of the generator (issue item 4) on three subjects at 4 mm over eight years, each with
-its pre-baseline history; and the baseline's signal about the future."""
+its pre-baseline history, under both dynamics (network: limbic epicentres only, so the disease
+ordering is the typical one); and the baseline's signal about the future."""
 
 import numpy as np
 import pytest
@@ -12,6 +13,13 @@ from mambacontrol.synth.simulate import (
     SynthConfig,
     partial_volume_volumes,
 )
+from mambacontrol.synth.spread import SpreadModel
+
+LIMBIC = SpreadModel(subtype_probabilities=(1.0, 0.0, 0.0))
+
+
+def config_for(dynamics):
+    return SynthConfig(grid="4mm", dynamics=dynamics, spread=LIMBIC)
 
 TIMELINES = {"CN": ((0.0, "CN"),), "MCI": ((0.0, "MCI"), (3.0, "AD")), "AD": ((0.0, "AD"),)}
 HISTORIES = {"CN": ((-12.0, "CN"),), "MCI": ((-12.0, "CN"), (-3.0, "MCI")),
@@ -29,9 +37,9 @@ def context(atlas):
     return GridContext(atlas)
 
 
-@pytest.fixture(scope="module")
-def simulators(context):
-    config = SynthConfig(grid="4mm")
+@pytest.fixture(scope="module", params=["independent", "network"])
+def simulators(context, request):
+    config = config_for(request.param)
     out = {}
     for i, (dx, timeline) in enumerate(TIMELINES.items()):
         plan = SubjectPlan(i, f"sub-{i + 1:03d}", "train", "F" if i % 2 else "M", 72.0, dx, VISITS,
@@ -121,10 +129,11 @@ def test_follow_up_continues_the_same_trajectory(cohort, simulators):
             assert relative_error(v.volumes, sim.reference_volumes, log_ratio, big) < 0.02, (dx, v.years)
 
 
-def test_baseline_deficit_predicts_the_future_rate_within_diagnosis_and_age(atlas, context):
+@pytest.mark.parametrize("dynamics", ["independent", "network"])
+def test_baseline_deficit_predicts_the_future_rate_within_diagnosis_and_age(atlas, context, dynamics):
     """Subjects of one diagnosis, age and sex: the smaller the hippocampus (larger the ventricles)
     at baseline, relative to head size, the faster it changes after baseline."""
-    config = SynthConfig(grid="4mm")
+    config = config_for(dynamics)
     index = {lab: i for i, lab in enumerate(atlas.label_ids)}
     template = atlas.region_volumes()
     template_icv = float((np.asarray(atlas.mask) > 0.5).sum() * atlas.voxel_volume)

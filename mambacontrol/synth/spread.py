@@ -5,7 +5,7 @@ starts at subject-specific epicentres and spreads along the anatomy graph's cont
 network diffusion (Raj et al. 2012, Neuron 73:1204), fed by a seeding source at the epicentres
 whose strength follows the disease stage:
 
-    dx/dt = −β L x + α(t) · e ⊙ (1 − x)
+    dx/dt = −β L x + (κ(t) x + α(t) e) ⊙ (1 − x)
 
 - ``L = I − D⁻¹W``: the random-walk Laplacian of the grey-matter regions' face-contact areas
   (:meth:`~mambacontrol.graph.AnatomyGraph.from_atlas` without homologue edges, restricted to
@@ -16,9 +16,12 @@ whose strength follows the disease stage:
 - ``e``: the epicentre pattern (max 1), drawn from a subtype (:data:`SUBTYPES`: mostly limbic /
   medial temporal, also posterior-cortical and frontal variants, as in data-driven subtype
   studies, e.g. Vogel et al. 2021, Nat Med 27:871) with subject-level weights and asymmetry.
-- ``α(t)``: seeding strength by stage, ``SpreadModel.seeding`` = (preclinical, MCI, AD); zero
-  before the preclinical phase, which starts ``preclinical_years`` before MCI onset. A subject
-  who never reaches MCI has no pathology.
+- ``α(t)`` and ``κ(t)``: seeding at the epicentres and local growth of the load where it has
+  arrived (the logistic term of the Fisher–Kolmogorov model of prion-like spread, Weickenmeier
+  et al. 2019, J Mech Phys Solids 124:264), by phase, ``SpreadModel.seeding`` and ``growth`` =
+  (preclinical, MCI, AD); both zero before the preclinical phase, which starts
+  ``preclinical_years`` before MCI onset (neurodegeneration precedes symptoms by years). A
+  subject who never reaches MCI within its life here has no pathology.
 
 White-matter and CSF regions have no load of their own: theirs is the contact-weighted mean of
 their grey-matter neighbours' (white matter degenerates behind the cortex it connects; a
@@ -70,6 +73,7 @@ class SpreadModel:
         subtype_probabilities: probability of each of :data:`SUBTYPES`, in its order.
         beta: median spread rate β (per year; the Laplacian's eigenvalues lie in [0, 2]).
         beta_sd: log-normal sd of a subject's β.
+        growth: local growth κ of the load (per year) in the preclinical phase, in MCI and in AD.
         seeding: seeding strength α (per year) in the preclinical phase, in MCI and in AD.
         preclinical_years: range of years of preclinical seeding before MCI onset (uniform).
         weight_sd: log-normal sd of each epicentre structure's weight.
@@ -80,25 +84,30 @@ class SpreadModel:
     """
 
     subtype_probabilities: tuple[float, float, float] = (0.6, 0.25, 0.15)
-    beta: float = 0.5
+    beta: float = 1.0
     beta_sd: float = 0.3
-    growth: float = 0.6
-    seeding: tuple[float, float, float] = (0.05, 0.15, 0.4)
-    preclinical_years: tuple[float, float] = (2.0, 6.0)
+    growth: tuple[float, float, float] = (0.3, 0.6, 0.6)
+    seeding: tuple[float, float, float] = (0.1, 0.15, 0.4)
+    preclinical_years: tuple[float, float] = (5.0, 10.0)
     weight_sd: float = 0.4
     asymmetry_sd: float = 0.25
     vulnerability_floor: float = 0.5
-    reference_years: tuple[float, float, float] = (4.0, 3.0, 2.5)
+    reference_years: tuple[float, float, float] = (7.5, 3.0, 2.5)
     step: float = 0.01
 
     def __post_init__(self) -> None:
+        for name in ("subtype_probabilities", "seeding", "growth", "preclinical_years",
+                     "reference_years"):
+            object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
         p = self.subtype_probabilities
         if len(p) != len(SUBTYPES) or min(p) < 0 or not np.isclose(sum(p), 1.0):
             raise ValueError(f"subtype_probabilities={p} must be {len(SUBTYPES)} non-negative "
                              "fractions summing to 1")
-        if self.beta < 0 or min(self.seeding) < 0 or self.step <= 0:
-            raise ValueError(f"beta={self.beta}, seeding={self.seeding} and step={self.step} must "
-                             "be non-negative (step positive)")
+        if self.beta < 0 or min(self.seeding + self.growth) < 0 or self.step <= 0:
+            raise ValueError(f"beta={self.beta}, seeding={self.seeding}, growth={self.growth} and "
+                             f"step={self.step} must be non-negative (step positive)")
+        if len(self.seeding) != 3 or len(self.growth) != 3:
+            raise ValueError("seeding and growth need one value per phase: preclinical, MCI, AD")
         lo, hi = self.preclinical_years
         if not 0 <= lo <= hi:
             raise ValueError(f"preclinical_years={self.preclinical_years} must be a range 0 <= lo <= hi")
@@ -201,27 +210,27 @@ def integrate(graph: SpreadGraph, model: SpreadModel, epicentre: np.ndarray, bet
     n = max(1, int(round((end - start) / model.step)))
     times = start + (end - start) * np.arange(n + 1) / n
     h = (end - start) / n
-    alpha = np.zeros(n)
+    alpha, kappa = np.zeros(n), np.zeros(n)
     mid = times[:-1] + 0.5 * h
     for lo, hi, phase in segments:
         if phase >= 0:
-            alpha[(mid >= lo) & (mid < hi)] = model.seeding[phase]
+            inside = (mid >= lo) & (mid < hi)
+            alpha[inside] = model.seeding[phase]
+            kappa[inside] = model.growth[phase]
     p = graph.transition
 
-    kappa = model.growth
-
-    def f(x, a):
-        return -beta * (x - p @ x) + (kappa * x + a * epicentre) * (1.0 - x)
+    def f(x, a, g):
+        return -beta * (x - p @ x) + (g * x + a * epicentre) * (1.0 - x)
 
     x = np.zeros((n + 1, len(epicentre)))
     for k in range(n):
-        xk, a = x[k], alpha[k]
+        xk, a, g = x[k], alpha[k], kappa[k]
         if a == 0.0 and not xk.any():
             continue
-        k1 = f(xk, a)
-        k2 = f(xk + 0.5 * h * k1, a)
-        k3 = f(xk + 0.5 * h * k2, a)
-        k4 = f(xk + h * k3, a)
+        k1 = f(xk, a, g)
+        k2 = f(xk + 0.5 * h * k1, a, g)
+        k3 = f(xk + 0.5 * h * k2, a, g)
+        k4 = f(xk + h * k3, a, g)
         x[k + 1] = np.clip(xk + h / 6.0 * (k1 + 2 * k2 + 2 * k3 + k4), 0.0, 1.0)
     return times, x
 

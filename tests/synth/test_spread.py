@@ -109,6 +109,8 @@ def test_network_rates_stay_in_the_calibrated_ranges(atlas):
         annual = rates.annual_at(0.0)
         rows[plan.baseline_diagnosis].append((annual[hipp].mean(), annual[vent].mean(),
                                               rates.load_at(0.0).mean(), rates.subtype))
+        if len(plan.timeline) == 1 and plan.baseline_diagnosis == "CN":  # never converts: no disease
+            assert rates.mci_onset is None and rates.load.max() == 0.0
         if plan.index == 0:  # the same seed, the same rates
             again = draw_network_rates(plan.rng("spread"), effects, context.spread_graph,
                                        config.spread, rate_model, plan.history, plan.timeline,
@@ -117,7 +119,8 @@ def test_network_rates_stay_in_the_calibrated_ranges(atlas):
             np.testing.assert_array_equal(again.annual, rates.annual)
     assert set(subtypes) == set(SUBTYPES) and subtypes.count("limbic") > len(subtypes) / 2
     cn, mci, ad = (np.array([r[:3] for r in rows[d]]) for d in ("CN", "MCI", "AD"))
-    assert -1.4 < cn[:, 0].mean() < -0.7 and cn[:, 2].max() < 0.05
+    # CN includes preclinical subjects (converting within follow-up), so a little load
+    assert -1.4 < cn[:, 0].mean() < -0.7 and np.median(cn[:, 0]) > -1.2
     limbic_ad = np.array([r[0] for r in rows["AD"] if r[3] == "limbic"])
     assert -5.5 < limbic_ad.mean() < -3.0
     assert cn[:, 0].mean() > mci[:, 0].mean() > ad[:, 0].mean()

@@ -8,8 +8,14 @@ diagnosis, how a baseline volume deficit (relative to head size) correlates with
 future annual rate, plain and with age partialled out (``--no-history`` for a cohort whose
 baselines carry no pre-baseline atrophy, for comparison).
 
+``--dynamics`` picks the generator's dynamics (default ``network``); for a network cohort the
+results also hold its subtypes, and per baseline diagnosis and subtype the disease extent and the
+hippocampal rate at baseline and at the last visit (``network``).
+
     python benchmarks/bench_synth.py --subjects 20 --visits 3 --spacing 2 --workers 2
     python benchmarks/bench_synth.py --subjects 80 --visits 2-5 --spacing 4 --workers 2
+    python benchmarks/bench_synth.py --subjects 80 --visits 2-5 --spacing 2 --workers 1 --seed 1 \\
+        --dynamics independent --out runs/ind80_2mm_s1
 """
 
 from __future__ import annotations
@@ -175,6 +181,30 @@ def baseline_signal(manifest: Manifest, meta: dict, atlas) -> dict:
     return out
 
 
+def network_summary(meta: dict) -> dict:
+    """Subtypes, and per baseline diagnosis and subtype: subjects, mean disease extent at baseline,
+    mean hippocampal and lateral-ventricle rate at baseline and at the last visit (% per year)."""
+    subjects = [s for s in meta["subjects"] if "network" in s]
+    out: dict = {"subtypes": {}, "by_diagnosis": {}}
+    for s in subjects:
+        out["subtypes"][s["network"]["subtype"]] = out["subtypes"].get(s["network"]["subtype"], 0) + 1
+    for dx in DIAGNOSES:
+        for subtype in sorted(out["subtypes"]):
+            sel = [s["network"] for s in subjects
+                   if s["baseline_diagnosis"] == dx and s["network"]["subtype"] == subtype]
+            if not sel:
+                continue
+            entry = {"subjects": len(sel),
+                     "extent_baseline": round(float(np.mean([n["extent"][0] for n in sel])), 3)}
+            for key in ("hippocampus", "lateral_ventricles", "whole_brain"):
+                entry[f"{key}_rate_baseline"] = round(float(np.mean(
+                    [n["annual_change_pct"][0][key] for n in sel])), 3)
+                entry[f"{key}_rate_last_visit"] = round(float(np.mean(
+                    [n["annual_change_pct"][-1][key] for n in sel])), 3)
+            out["by_diagnosis"].setdefault(dx, {})[subtype] = entry
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--subjects", type=int, default=20)
@@ -186,10 +216,11 @@ def main() -> None:
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--no-history", action="store_true",
                    help="baselines without pre-baseline atrophy (for comparison)")
+    p.add_argument("--dynamics", default="network", choices=("network", "independent"))
     args = p.parse_args()
     design = CohortDesign(subjects=args.subjects, visits=parse_visits(args.visits),
                           pre_baseline=not args.no_history)
-    config = SynthConfig(grid=grid_for_spacing(args.spacing), design=design)
+    config = SynthConfig(grid=grid_for_spacing(args.spacing), design=design, dynamics=args.dynamics)
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.out) if args.out else Path(tmp) / "cohort"
@@ -206,7 +237,8 @@ def main() -> None:
         result = {
             "command": (f"python benchmarks/bench_synth.py --subjects {args.subjects} --visits "
                         f"{args.visits} --spacing {args.spacing} --workers {args.workers} --seed {args.seed}"
-                        + (" --no-history" if args.no_history else "")),
+                        + (" --no-history" if args.no_history else "")
+                        + f" --dynamics {args.dynamics}"),
             "machine": {"cpus_visible": os.cpu_count(), "cpus_usable": len(os.sched_getaffinity(0)),
                         "processor": platform.processor() or platform.machine(),
                         "python": platform.python_version()},
@@ -219,6 +251,8 @@ def main() -> None:
                 manifest, list(atlas.key_groups["hippocampus"])),
             "baseline_signal": baseline_signal(manifest, meta, atlas),
         }
+        if args.dynamics == "network":
+            result["network"] = network_summary(meta)
         print(json.dumps(result, indent=2))
         print(format_summary(summarize_cohort(manifest)))
         if args.json:

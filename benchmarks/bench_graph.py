@@ -19,6 +19,8 @@ absolute error (% volume change of the region). ``--seeds`` trains each variant 
 and reports the mean (and each seed's figure in ``results.json``); ``--json PATH`` writes
 ``{"groups": {group: {method: mean_abs_error}}}`` for the methods ``trajectory_head``,
 ``per_node``, ``prior``, ``population_rate``, ``no_change`` (and the other variants trained).
+``--linear`` instead fits per-region ridge regressions on the true baseline volumes, own and
+with the grey-matter neighbours' (:func:`linear_ceiling`): what the volumes say, linearly.
 
     python benchmarks/bench_graph.py --grid 4mm --manifest COHORT/manifest.csv --steps 1500 \\
         --out runs/bench_graph
@@ -196,6 +198,66 @@ def quality(manifest_path: Path, grid: str, steps: int, seed: int, config: dict,
             "steps": steps, "seed": seed, "history": res.history, "key_groups": rows}
 
 
+def linear_ceiling(manifest_path: Path, grid: str, ridge: float = 10.0) -> dict:
+    """What a baseline's true regional volumes say about each region's future change, linearly.
+
+    For every region, a ridge regression of its annual % change on the pairs' prior design
+    (diagnosis × [1, age]) plus: nothing (``prior``), the region's own baseline
+    ``log(V_r / V_brain)`` (``own``), and also the mean of its grey-matter neighbours' (``own +
+    neighbours``, the anatomy graph's contact edges), all z-scored on the train pairs. Truth and
+    inputs are the manifest's ``vol_r<label>`` columns, so this is the ceiling of a per-node and of
+    a one-hop graph model when volumes are measured exactly, free of the network's training.
+    Returns test mean absolute errors (% volume change) per key group and ``all_regions``.
+    """
+    atlas = load_atlas(grid=grid)
+    manifest = Manifest.from_csv(manifest_path)
+    graph = AnatomyGraph.from_atlas(atlas, homologue_edges=False)
+    labels = list(atlas.label_ids)
+    if [g[0] for g in graph.node_labels] != labels:
+        raise ValueError("linear_ceiling needs one node per atlas label, in atlas order")
+    grey = np.array([r.tissue == "gm" for r in atlas.regions])
+    adjacency = (np.asarray(graph.weights) > 0) & grey[None]
+    neighbours = adjacency / np.maximum(adjacency.sum(axis=1, keepdims=True), 1)
+    brain = [labels.index(lab) for lab in atlas.key_groups["whole_brain"]]
+
+    def rows(split: str):
+        feats, target, years, cov = [], [], [], []
+        for pair in manifest.select(split).pairs():
+            base = np.array([float(pair.earlier.extra[f"vol_r{lab}"]) for lab in labels])
+            follow = np.array([float(pair.later.extra[f"vol_r{lab}"]) for lab in labels])
+            feats.append(np.log(base / base[brain].sum()))
+            target.append(100.0 * (follow / base - 1.0))
+            years.append(pair.years)
+            cov.append((pair.earlier.age, pair.years, pair.earlier.sex, pair.earlier.diagnosis))
+        from mambacontrol.data.covariates import CovariateNorm, encode_covariates
+
+        c = encode_covariates(*[list(x) for x in zip(*cov)], CovariateNorm())
+        design = prior_design(c.double(), torch.tensor(years).double()).numpy()
+        return np.array(feats), np.array(target), np.array(years), design
+
+    (f_tr, y_tr, t_tr, d_tr), (f_te, y_te, t_te, d_te) = rows("train"), rows("test")
+    mu, sd = f_tr.mean(axis=0), f_tr.std(axis=0) + 1e-9
+    z_tr, z_te = (f_tr - mu) / sd, (f_te - mu) / sd
+    inputs = {"prior": lambda z, r: np.zeros((len(z), 0)),
+              "own": lambda z, r: z[:, [r]],
+              "own + neighbours": lambda z, r: np.column_stack([z[:, r], z @ neighbours[r]])}
+    out: dict = {}
+    for name, extra in inputs.items():
+        pred = np.zeros_like(y_te)
+        for r in range(len(labels)):
+            x_tr = np.column_stack([d_tr, extra(z_tr, r)])
+            x_te = np.column_stack([d_te, extra(z_te, r)])
+            penalty = ridge * np.eye(x_tr.shape[1])
+            penalty[: d_tr.shape[1], : d_tr.shape[1]] = 1e-6 * np.eye(d_tr.shape[1])
+            coef = np.linalg.solve(x_tr.T @ x_tr + penalty, x_tr.T @ (y_tr[:, r] / t_tr))
+            pred[:, r] = (x_te @ coef) * t_te
+        err = np.abs(pred - y_te)
+        out[name] = {g: float(err[:, [labels.index(lab) for lab in labs]].mean())
+                     for g, labs in atlas.key_groups.items() if g != "whole_brain"}
+        out[name][ALL_REGIONS] = float(err.mean())
+    return out
+
+
 def gate_json(runs: dict[str, list[dict]]) -> dict:
     """``{"groups": {group: {method: mean_abs_error}}}`` from each variant's runs (one per seed):
     ``trajectory_head`` (the full variant), ``per_node``, the other variants by name, and the
@@ -242,6 +304,8 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, help="node-feature cache folder (default: OUT/features)")
     parser.add_argument("--json", type=Path, help="write {groups: {group: {method: MAE}}} here")
     parser.add_argument("--no-speed", action="store_true", help="skip the speed measurements")
+    parser.add_argument("--linear", action="store_true",
+                        help="only the linear ceiling from true volumes (no training; see linear_ceiling)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -249,7 +313,10 @@ def main() -> None:
     if not args.no_speed:
         results["speed"] = speed(args.grid)
         print(json.dumps(results["speed"], indent=1))
-    if args.manifest is not None:
+    if args.manifest is not None and args.linear:
+        results["linear_ceiling"] = linear_ceiling(args.manifest, args.grid)
+        print(json.dumps(results["linear_ceiling"], indent=1))
+    elif args.manifest is not None:
         names = (args.variants.split(",") if args.variants
                  else list(ABLATIONS) if args.ablation else ["full"])
         unknown = [n for n in names if n not in ABLATIONS]

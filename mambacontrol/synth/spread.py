@@ -281,7 +281,7 @@ class NetworkRates:
     beta: float
     preclinical_years: float
     mci_onset: float | None
-    _cumulative: np.ndarray = field(repr=False, default=None)
+    _cumulative: np.ndarray = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         steps = np.diff(self.times)[:, None]
@@ -333,8 +333,8 @@ class NetworkRates:
         return float((rates * w).sum() / w.sum())
 
     def extent(self, years: float, volumes: np.ndarray | None = None) -> float:
-        """Disease extent at a time: the mean grey-matter... load of all regions, weighted by
-        ``volumes`` (default equal weights)."""
+        """Disease extent at a time: the mean load of the regions weighted by ``volumes`` (R,)
+        (default equal weights; ``cohort.json`` weights grey matter by its reference volume)."""
         load = self.load_at(years)
         w = np.ones_like(load) if volumes is None else np.asarray(volumes, dtype=np.float64)
         return float((load * w).sum() / w.sum())

@@ -250,6 +250,9 @@ def reference_load(graph: SpreadGraph, model: SpreadModel, key: tuple = ()) -> n
         _, x = integrate(graph, model, graph.epicentre(SUBTYPES["limbic"]), model.beta, segments,
                          start, 0.0)
         _REFERENCE[cache_key] = graph.spread @ x[-1]
+        log.debug("reference load: %d of %d regions at least %.2f", int(
+            (_REFERENCE[cache_key] >= model.vulnerability_floor).sum()), len(graph.regions),
+            model.vulnerability_floor)
     return _REFERENCE[cache_key]
 
 

@@ -8,8 +8,17 @@ diagnosis, how a baseline volume deficit (relative to head size) correlates with
 future annual rate, plain and with age partialled out (``--no-history`` for a cohort whose
 baselines carry no pre-baseline atrophy, for comparison).
 
+``--dynamics`` picks the generator's dynamics (default ``network``); for a network cohort the
+results also hold its subtypes, and per baseline diagnosis and subtype the disease extent and the
+hippocampal rate at baseline and at the last visit (``network``). ``--ceiling N`` writes no
+cohort: it draws N network subjects' dynamics and measures, free of images and training, how much
+a region's grey-matter neighbours add to predicting its change (:func:`spread_ceiling`).
+
     python benchmarks/bench_synth.py --subjects 20 --visits 3 --spacing 2 --workers 2
     python benchmarks/bench_synth.py --subjects 80 --visits 2-5 --spacing 4 --workers 2
+    python benchmarks/bench_synth.py --subjects 80 --visits 2-5 --spacing 2 --workers 1 --seed 1 \\
+        --dynamics independent --out runs/ind80_2mm_s1
+    python benchmarks/bench_synth.py --ceiling 400 --spacing 2 --seed 7
 """
 
 from __future__ import annotations
@@ -175,6 +184,117 @@ def baseline_signal(manifest: Manifest, meta: dict, atlas) -> dict:
     return out
 
 
+def spread_ceiling(subjects: int, seed: int, grid: str, shape_sd: float = 0.05,
+                   ridge: float = 10.0) -> dict:
+    """How much a region's neighbours add to predicting its change, with no images in the way.
+
+    Plans ``subjects`` network subjects (``seed``) and draws their dynamics only (no anatomy,
+    no images). Every visit pair gives, at the earlier visit, per region: its true load, and its
+    log volume over the reference (pre-baseline plus follow-up log ratio) plus Gaussian shape
+    noise of ``shape_sd`` (the anatomy model's spread of a region's volume over head size is
+    0.045–0.063); the target is the region's % change to the later visit. Per region, ridge
+    regressions of the annual change on the prior design (diagnosis × [1, age]) plus: nothing,
+    the region's own input, and also the mean of its grey-matter neighbours' (contact graph).
+    Test: every fifth subject. Returns mean absolute errors (percentage points) for hippocampus,
+    entorhinal and all regions (the mean over regions of each region's error).
+    """
+    import torch
+
+    from mambacontrol.atlas import load_atlas
+    from mambacontrol.data.covariates import CovariateNorm, encode_covariates
+    from mambacontrol.graph.trajectory import prior_design
+    from mambacontrol.synth.plan import plan_cohort
+    from mambacontrol.synth.rates import RateModel
+    from mambacontrol.synth.simulate import GridContext
+    from mambacontrol.synth.spread import draw_network_rates
+
+    atlas = load_atlas(grid=grid)
+    context, config, rate_model = GridContext(atlas), SynthConfig(grid=grid), RateModel()
+    graph = context.spread_graph
+    grey = np.array([r.tissue == "gm" for r in atlas.regions])
+    adjacency = graph.adjacency & grey[None]
+    neighbours = adjacency / np.maximum(adjacency.sum(axis=1, keepdims=True), 1)
+    noise = np.random.default_rng(seed)
+    rows: dict[str, list] = {"train": [], "test": []}
+    for plan in plan_cohort(CohortDesign(subjects=subjects), seed):
+        effects = rate_model.effects(plan.rng("rates"), plan.baseline_age, plan.sex, atlas.regions)
+        rates = draw_network_rates(plan.rng("spread"), effects, graph, config.spread, rate_model,
+                                   plan.history, plan.timeline, plan.visit_years[-1], plan.sex,
+                                   context.reference_load(config.spread))
+        shape = noise.normal(0.0, shape_sd, len(atlas.regions))
+        history = rates.log_ratio(plan.history, 0.0)
+        years = plan.visit_years
+        for k, start in enumerate(years):
+            at_start = rates.log_ratio(plan.timeline, start)
+            for end in years[k + 1:]:
+                change = 100.0 * np.expm1(rates.log_ratio(plan.timeline, end) - at_start)
+                rows["test" if plan.index % 5 == 0 else "train"].append(
+                    {"volume": shape + history + at_start, "load": rates.load_at(start),
+                     "target": change, "age": plan.baseline_age + start, "years": end - start,
+                     "sex": plan.sex, "dx": plan.diagnosis_at(start)})
+
+    def arrays(split: str):
+        r = rows[split]
+        years = np.array([x["years"] for x in r])
+        cov = encode_covariates([x["age"] for x in r], years, [x["sex"] for x in r],
+                                [x["dx"] for x in r], CovariateNorm())
+        design = prior_design(cov.double(), torch.from_numpy(years).double()).numpy()
+        return r, np.array([x["target"] for x in r]), years, design
+
+    (tr, y_tr, t_tr, d_tr), (te, y_te, t_te, d_te) = arrays("train"), arrays("test")
+    labels = list(atlas.label_ids)
+    groups = {"hippocampus": [labels.index(lab) for lab in atlas.key_groups["hippocampus"]],
+              "entorhinal": [labels.index(lab) for lab in atlas.key_groups["entorhinal"]]}
+    out: dict = {"subjects": subjects, "train_pairs": len(tr), "test_pairs": len(te),
+                 "shape_sd": shape_sd}
+    for kind in ("load", "volume"):
+        f_tr = np.array([x[kind] for x in tr])
+        f_te = np.array([x[kind] for x in te])
+        mu, sd = f_tr.mean(axis=0), f_tr.std(axis=0) + 1e-9
+        z_tr, z_te = (f_tr - mu) / sd, (f_te - mu) / sd
+        for mode in ("prior", "own", "own + neighbours"):
+            pred = np.zeros_like(y_te)
+            for r in range(len(labels)):
+                extra_tr = {"prior": [], "own": [z_tr[:, r]],
+                            "own + neighbours": [z_tr[:, r], z_tr @ neighbours[r]]}[mode]
+                extra_te = {"prior": [], "own": [z_te[:, r]],
+                            "own + neighbours": [z_te[:, r], z_te @ neighbours[r]]}[mode]
+                x_tr, x_te = np.column_stack([d_tr, *extra_tr]), np.column_stack([d_te, *extra_te])
+                penalty = ridge * np.eye(x_tr.shape[1])
+                penalty[: d_tr.shape[1], : d_tr.shape[1]] = 1e-6 * np.eye(d_tr.shape[1])
+                coef = np.linalg.solve(x_tr.T @ x_tr + penalty, x_tr.T @ (y_tr[:, r] / t_tr))
+                pred[:, r] = (x_te @ coef) * t_te
+            err = np.abs(pred - y_te)
+            entry = {g: round(float(err[:, idx].mean()), 4) for g, idx in groups.items()}
+            entry["all_regions"] = round(float(err.mean()), 4)
+            out[f"{kind}: {mode}"] = entry
+    return out
+
+
+def network_summary(meta: dict) -> dict:
+    """Subtypes, and per baseline diagnosis and subtype: subjects, mean disease extent at baseline,
+    mean hippocampal and lateral-ventricle rate at baseline and at the last visit (% per year)."""
+    subjects = [s for s in meta["subjects"] if "network" in s]
+    out: dict = {"subtypes": {}, "by_diagnosis": {}}
+    for s in subjects:
+        out["subtypes"][s["network"]["subtype"]] = out["subtypes"].get(s["network"]["subtype"], 0) + 1
+    for dx in DIAGNOSES:
+        for subtype in sorted(out["subtypes"]):
+            sel = [s["network"] for s in subjects
+                   if s["baseline_diagnosis"] == dx and s["network"]["subtype"] == subtype]
+            if not sel:
+                continue
+            entry = {"subjects": len(sel),
+                     "extent_baseline": round(float(np.mean([n["extent"][0] for n in sel])), 3)}
+            for key in ("hippocampus", "lateral_ventricles", "whole_brain"):
+                entry[f"{key}_rate_baseline"] = round(float(np.mean(
+                    [n["annual_change_pct"][0][key] for n in sel])), 3)
+                entry[f"{key}_rate_last_visit"] = round(float(np.mean(
+                    [n["annual_change_pct"][-1][key] for n in sel])), 3)
+            out["by_diagnosis"].setdefault(dx, {})[subtype] = entry
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--subjects", type=int, default=20)
@@ -186,10 +306,22 @@ def main() -> None:
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--no-history", action="store_true",
                    help="baselines without pre-baseline atrophy (for comparison)")
+    p.add_argument("--dynamics", default="network", choices=("network", "independent"))
+    p.add_argument("--ceiling", type=int, metavar="N",
+                   help="only the image-free spread ceiling on N planned network subjects "
+                        "(spread_ceiling; no cohort is written)")
     args = p.parse_args()
+    if args.ceiling:
+        t0 = time.perf_counter()
+        result = spread_ceiling(args.ceiling, args.seed, grid_for_spacing(args.spacing))
+        result["wall_s"] = round(time.perf_counter() - t0, 1)
+        print(json.dumps(result, indent=2))
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        return
     design = CohortDesign(subjects=args.subjects, visits=parse_visits(args.visits),
                           pre_baseline=not args.no_history)
-    config = SynthConfig(grid=grid_for_spacing(args.spacing), design=design)
+    config = SynthConfig(grid=grid_for_spacing(args.spacing), design=design, dynamics=args.dynamics)
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.out) if args.out else Path(tmp) / "cohort"
@@ -206,7 +338,8 @@ def main() -> None:
         result = {
             "command": (f"python benchmarks/bench_synth.py --subjects {args.subjects} --visits "
                         f"{args.visits} --spacing {args.spacing} --workers {args.workers} --seed {args.seed}"
-                        + (" --no-history" if args.no_history else "")),
+                        + (" --no-history" if args.no_history else "")
+                        + f" --dynamics {args.dynamics}"),
             "machine": {"cpus_visible": os.cpu_count(), "cpus_usable": len(os.sched_getaffinity(0)),
                         "processor": platform.processor() or platform.machine(),
                         "python": platform.python_version()},
@@ -219,6 +352,8 @@ def main() -> None:
                 manifest, list(atlas.key_groups["hippocampus"])),
             "baseline_signal": baseline_signal(manifest, meta, atlas),
         }
+        if args.dynamics == "network":
+            result["network"] = network_summary(meta)
         print(json.dumps(result, indent=2))
         print(format_summary(summarize_cohort(manifest)))
         if args.json:

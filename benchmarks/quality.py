@@ -6,7 +6,8 @@ the test split beside both baselines and the ablations, on the same pairs.
 
 Steps (each skipped when its output exists, so the script resumes):
 
-1. ``mambacontrol synth`` cohort (2 mm);
+1. ``mambacontrol synth`` cohort (2 mm; ``--dynamics``, default ``network``: atrophy spreads
+   along the anatomy graph; an existing cohort of other dynamics in ``<out>/cohort`` is refused);
 2. ``mambacontrol train all`` with ``train/configs/synthetic-2mm.yaml`` → ``<out>/full``;
 3. ablations sharing the full model's autoencoder, graph and UNet, each retraining only the
    ControlNet: ``attention`` (attention instead of Mamba), ``no-fourier`` (no Fourier refinement),
@@ -105,6 +106,8 @@ def main() -> int:
     parser.add_argument("--subjects", type=int, default=80)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--dynamics", choices=("network", "independent"), default="network",
+                        help="the cohort's dynamics (mambacontrol synth --dynamics)")
     parser.add_argument("--pairs", choices=("all", "last"), default="last")
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--config", default="train/configs/synthetic-2mm.yaml")
@@ -117,7 +120,12 @@ def main() -> int:
     manifest = cohort / "manifest.csv"
     if not manifest.is_file():
         mc("synth", "--out", str(cohort), "--subjects", str(args.subjects), "--seed", str(args.seed),
-           "--spacing", "2", "--workers", str(args.workers))
+           "--spacing", "2", "--workers", str(args.workers), "--dynamics", args.dynamics)
+    else:  # a cohort.json without "dynamics" is independent (written before network dynamics)
+        found = json.loads((cohort / "cohort.json").read_text())["config"].get("dynamics", "independent")
+        if found != args.dynamics:
+            raise SystemExit(f"{cohort} holds a {found} cohort, not {args.dynamics}; "
+                             "choose another --out or --dynamics")
     full = out / "full"
     resume = ["--resume"] if (full / "checkpoints").is_dir() else []
     mc("train", "all", "--config", args.config, "--out", str(full), f"data.manifest={manifest}", *resume)

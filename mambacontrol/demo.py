@@ -6,6 +6,7 @@ stopped (``mambacontrol demo --out DIR`` again).
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +43,11 @@ def build_demo_cohort(out: Path, subjects: int = DEMO_SUBJECTS, workers: int = 1
     manifest = Path(out) / "cohort" / "manifest.csv"
     if manifest.is_file():
         m = Manifest.from_csv(manifest)
-        if len(m.subjects()) == subjects:
+        meta = Path(out) / "cohort" / "cohort.json"
+        # a cohort.json without "dynamics" was written before network dynamics: independent
+        dynamics = (json.loads(meta.read_text())["config"].get("dynamics", "independent")
+                    if meta.is_file() else None)
+        if len(m.subjects()) == subjects and dynamics == "network":
             return m
     return generate_cohort(Path(out) / "cohort", subjects=subjects, seed=DEMO_SEED, grid=DEMO_GRID,
                            workers=workers, overwrite=True)

@@ -25,6 +25,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--visits", default="2-5", help="visits per subject, N or MIN-MAX (default: 2-5)")
     p.add_argument("--split", default="70/10/20",
                    help="train/valid/test percentages of subjects (default: 70/10/20)")
+    p.add_argument("--dynamics", default="network", choices=("network", "independent"),
+                   help="network: atrophy spreads from each subject's epicentres along the anatomy "
+                        "graph; independent: every region's rate drawn on its own (the generator "
+                        "before network dynamics, for comparison) (default: network)")
     p.add_argument("--no-figure", action="store_true", help="do not write overview.png")
     p.add_argument("--overwrite", action="store_true", help="replace a cohort already in --out")
     p.set_defaults(func=run)
@@ -71,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         args.out, subjects=args.subjects, seed=args.seed, grid=grid_for_spacing(args.spacing),
         visits=parse_visits(args.visits), split=parse_split(args.split),
         workers=args.workers if args.workers is not None else default_workers(),
-        figure=not args.no_figure, overwrite=args.overwrite)
+        figure=not args.no_figure, overwrite=args.overwrite, dynamics=args.dynamics)
     print(f"wrote {args.out}/manifest.csv, cohort.json"
           + ("" if args.no_figure else ", overview.png"))
     print(format_summary(summarize_cohort(manifest)))

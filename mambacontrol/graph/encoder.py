@@ -13,6 +13,12 @@ Data flow (each spectral step can be switched off for ablation)::
 Graph layers are torch-geometric's (GCNConv, ChebConv, GATv2Conv). The graph's edges and
 Laplacian eigenbasis are saved with the weights, and its identity (atlas, checksum, grid,
 grouping) in the config, so a model is never run on another atlas or grid by mistake.
+
+``per_node=True`` is the same network with the graph's edges removed, the baseline that tells
+what the graph adds: no edges, so every graph convolution only mixes a node with itself, and the
+eigenbasis of the edgeless graph (Laplacian ``I``: every eigenvalue 1, eigenvectors the node
+axes), so the spectral filters and the Fourier refinement act on each node alone. Each node then
+sees only its own features, its identity embedding and the covariates.
 """
 
 from __future__ import annotations
@@ -112,6 +118,8 @@ class GraphEncoder(Component):
         dropout: dropout inside the layers.
         feature_dropout: dropout on the normalised input features (training only), so the model
             leans on the covariates and the graph rather than memorising individual scans.
+        per_node: drop the graph's edges (the per-node ablation, see the module docstring);
+            ``num_edges`` must then be 0.
     """
 
     @register_to_config
@@ -123,10 +131,12 @@ class GraphEncoder(Component):
                  spectral_filters: bool = True, filter_kind: str = "wavelet",
                  filter_scales: list | tuple = (0.5, 1.0, 2.0, 4.0, 8.0),
                  fourier_refine: bool = True, fourier_modes: int | None = None,
-                 dropout: float = 0.1, feature_dropout: float = 0.1):
+                 dropout: float = 0.1, feature_dropout: float = 0.1, per_node: bool = False):
         super().__init__()
         if num_nodes < 1 or num_edges < 0:
             raise ValueError(f"num_nodes {num_nodes} must be ≥ 1 and num_edges {num_edges} ≥ 0")
+        if per_node and num_edges:
+            raise ValueError(f"a per-node encoder has no edges; got num_edges {num_edges}")
         if conv not in CONVS:
             raise ValueError(f"conv '{conv}' is not one of {', '.join(CONVS)}")
         if filter_kind not in FILTER_KINDS:
@@ -180,18 +190,25 @@ class GraphEncoder(Component):
             graph: the anatomy graph.
             feature_norm: training statistics of the node features (None: identity).
             covariate_norm: covariate normalisation (None: the defaults).
-            **kwargs: architecture arguments of the constructor.
+            **kwargs: architecture arguments of the constructor (``per_node=True``: store no
+                edges and the edgeless graph's eigenbasis instead of ``graph``'s).
         """
         data = graph.data
         norm = feature_norm or FeatureNorm.identity(graph.num_nodes)
-        model = cls(num_nodes=graph.num_nodes, num_edges=int(data.edge_index.shape[1]),
+        per_node = bool(kwargs.get("per_node", False))
+        model = cls(num_nodes=graph.num_nodes,
+                    num_edges=0 if per_node else int(data.edge_index.shape[1]),
                     graph=graph.identity.to_dict(), feature_mean=norm.mean, feature_std=norm.std,
                     covariate_norm=(covariate_norm or CovariateNorm()).to_dict(), **kwargs)
         with torch.no_grad():
-            model.edge_index.copy_(data.edge_index)
-            model.edge_weight.copy_(data.edge_weight / data.edge_weight.mean())
-            model.eigenvalues.copy_(torch.tensor(graph.eigenvalues))
-            model.eigenvectors.copy_(torch.tensor(graph.eigenvectors))
+            if per_node:
+                model.eigenvalues.fill_(1.0)
+                model.eigenvectors.copy_(torch.eye(graph.num_nodes))
+            else:
+                model.edge_index.copy_(data.edge_index)
+                model.edge_weight.copy_(data.edge_weight / data.edge_weight.mean())
+                model.eigenvalues.copy_(torch.tensor(graph.eigenvalues))
+                model.eigenvectors.copy_(torch.tensor(graph.eigenvectors))
         return model
 
     def check_graph(self, graph: AnatomyGraph) -> None:

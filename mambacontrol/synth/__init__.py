@@ -7,8 +7,12 @@ Every subject's reference anatomy is the atlas template and labels under a rando
 diffeomorphism (affine plus a low-frequency stationary velocity field); its scans have a contrast,
 bias field and Rician noise of its own. Subjects have an age, a sex and a diagnosis (CN/MCI/AD,
 converting CN→MCI about 5 %/yr and MCI→AD about 15 %/yr) and 2-5 visits at irregular intervals
-over up to 8 years. Each region changes volume at a subject-specific annual rate drawn around
-published means (:mod:`~mambacontrol.synth.rates`); the change is produced by smooth deformations
+over up to 8 years. With ``dynamics="network"`` (the default) a pathology load spreads from the
+subject's epicentres (a limbic, posterior-cortical or frontal subtype) along the grey-matter
+contact graph, and each region's rate is its ageing rate plus its vulnerability times its load
+(:mod:`~mambacontrol.synth.spread`); with ``dynamics="independent"`` (the generator before, same
+seed, same bytes) each region changes volume at a subject-specific annual rate drawn around
+published means (:mod:`~mambacontrol.synth.rates`). The change is produced by smooth deformations
 whose divergence is prescribed region by region (a spectral Poisson solve) and calibrated until
 the realised change matches (:mod:`~mambacontrol.synth.atrophy`). The same rates act before the
 first visit: from age 60 every subject aged at its CN rates, an MCI subject spent 1-5 years at its
@@ -32,10 +36,11 @@ column                     meaning
                            maps at 2 mm barely change, so never count label voxels as truth)
 ``vol_<group>``            the same for each ``Atlas.key_groups`` group (sum of its regions):
                            hippocampus, amygdala, entorhinal, lateral_ventricles, whole_brain
-``rate_<group>``           the subject's prescribed annual volume change of the group at its
-                           baseline diagnosis, % per year (baseline-volume-weighted mean of its
-                           regions' rates; after a conversion the next stage's rates apply, see
-                           ``cohort.json``); the same on every row of a subject
+``rate_<group>``           the subject's prescribed annual volume change of the group at
+                           baseline, % per year (baseline-volume-weighted mean of its regions'
+                           rates; network: the instantaneous rate, which follows the load;
+                           independent: at the baseline diagnosis, the next stage's after a
+                           conversion; see ``cohort.json``); the same on every row of a subject
 ``mask_path``              the visit's brain mask (the image is zero outside it)
 ``visit``, ``years``       visit number (1 = baseline) and years since baseline
 ``baseline_diagnosis``     diagnosis at the first visit (``diagnosis`` is the visit's own)

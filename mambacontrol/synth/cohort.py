@@ -34,6 +34,7 @@ from mambacontrol.io import OutputFolder, save_nifti, write_json
 from mambacontrol.synth.plan import CohortDesign, SubjectPlan, plan_cohort
 from mambacontrol.synth.rates import STAGES
 from mambacontrol.synth.simulate import GridContext, SimulatedVisit, SubjectSimulator, SynthConfig
+from mambacontrol.synth.spread import DYNAMICS, NetworkRates
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +166,31 @@ def _stage_rates(sim: SubjectSimulator, ctx: GridContext, baseline: SimulatedVis
         for key, labels in ctx.atlas.key_groups.items()} for stage in STAGES}
 
 
+def _key_group_rates(sim: SubjectSimulator, ctx: GridContext, visit: SimulatedVisit) -> dict:
+    """Annual % change of every key group at a visit under network dynamics (weighted by the
+    visit's volumes): the instantaneous rate, which follows the spreading load."""
+    index = _label_index(ctx)
+    return {key: _round(sim.rates.group_rate(visit.diagnosis, labels,
+                                             [visit.volumes[index[lab]] for lab in labels],
+                                             visit.years), 6)
+            for key, labels in ctx.atlas.key_groups.items()}
+
+
+def _network_entry(sim: SubjectSimulator, ctx: GridContext, visits: list[dict]) -> dict:
+    """The subject's network dynamics for ``cohort.json``: subtype, epicentre, spread rate,
+    and at every visit the disease extent (grey-matter load weighted by reference volume)."""
+    rates: NetworkRates = sim.rates
+    names = {r.label: r.name for r in ctx.atlas.regions}
+    grey = np.array([r.tissue == "gm" for r in ctx.atlas.regions], dtype=np.float64)
+    weights = sim.reference_volumes * grey
+    return {"subtype": rates.subtype,
+            "epicentre": {names[lab]: w for lab, w in rates.epicentre.items()},
+            "beta_per_year": rates.beta, "preclinical_years": rates.preclinical_years,
+            "mci_onset_years": rates.mci_onset,
+            "extent": [_round(rates.extent(v["years"], weights), 4) for v in visits],
+            "annual_change_pct": [v.pop("annual_change_pct") for v in visits]}
+
+
 def simulate_and_write(plan: SubjectPlan, out: Path, config: SynthConfig) -> dict:
     """Simulate one subject and write its files into ``out`` (an absolute folder).
 
@@ -176,28 +202,40 @@ def simulate_and_write(plan: SubjectPlan, out: Path, config: SynthConfig) -> dic
     sim = SubjectSimulator(plan, ctx, config)
     affine = ctx.atlas.grid.affine
     rows, checks = [], []
+    network = isinstance(sim.rates, NetworkRates)
     for visit in sim.visits():
         if visit.index == 0:
-            baseline, stage_rates = visit, _stage_rates(sim, ctx, visit)
+            baseline = visit
+            # the manifest's rate_<group>: at the baseline diagnosis (independent), or the
+            # instantaneous rate at baseline (network, where it follows the load)
+            stage_rates = None if network else _stage_rates(sim, ctx, visit)
+            row_rates = (_key_group_rates(sim, ctx, visit) if network
+                         else stage_rates[plan.baseline_diagnosis])
         paths = _visit_paths(out, plan, visit.index)
         save_nifti(paths["image"], visit.image, affine, dtype=np.float32)
         save_nifti(paths["segm"], visit.labels, affine, dtype=np.int16)
         save_nifti(paths["mask"], visit.mask, affine, dtype=np.uint8)
-        rows.append(_manifest_row(plan, visit, ctx, out, paths, stage_rates[plan.baseline_diagnosis]))
+        rows.append(_manifest_row(plan, visit, ctx, out, paths, row_rates))
         checks.append(_visit_checks(visit, baseline, ctx))
+        if network:
+            checks[-1]["annual_change_pct"] = _key_group_rates(sim, ctx, visit)
     subject = plan.to_dict()
     subject.update({"contrast_gamma": _round(sim.gamma, 5),
                     "anatomy": {k: _round(v, 5) for k, v in sim.anatomy.summary().items()},
                     "intracranial_volume_mm3": _round(sim.intracranial_volume, 7),
-                    "pre_baseline": _pre_baseline(sim, ctx),
-                    "annual_change_pct_by_stage": stage_rates, "visits": checks})
+                    "pre_baseline": _pre_baseline(sim, ctx)})
+    if network:
+        subject["network"] = _network_entry(sim, ctx, checks)
+    else:
+        subject["annual_change_pct_by_stage"] = stage_rates
+    subject["visits"] = checks
     return {"rows": rows, "subject": subject}
 
 
 def generate_cohort(out: str | os.PathLike, *, subjects: int = 20, seed: int = 0, grid: str = "2mm",
                     visits: Sequence[int] = (2, 5), split: Sequence[float] = (0.7, 0.1, 0.2),
                     workers: int = 1, figure: bool = True, overwrite: bool = False,
-                    config: SynthConfig | None = None) -> Manifest:
+                    config: SynthConfig | None = None, dynamics: str = "network") -> Manifest:
     """Simulate a longitudinal cohort on the atlas and write it to ``out``.
 
     Args:
@@ -210,7 +248,11 @@ def generate_cohort(out: str | os.PathLike, *, subjects: int = 20, seed: int = 0
         workers: processes simulating subjects in parallel (results do not depend on it).
         figure: also write ``overview.png``.
         overwrite: replace an existing cohort's files in ``out``.
-        config: every generator parameter (overrides ``subjects``, ``grid``, ``visits``, ``split``).
+        config: every generator parameter (overrides ``subjects``, ``grid``, ``visits``, ``split``,
+            ``dynamics``).
+        dynamics: ``network`` (atrophy spreads from subject-specific epicentres along the anatomy
+            graph, :mod:`~mambacontrol.synth.spread`) or ``independent`` (each region's rate drawn
+            on its own: the generator before network dynamics, file for file, for comparison).
 
     Returns:
         The written manifest, read back and validated.
@@ -225,12 +267,14 @@ def generate_cohort(out: str | os.PathLike, *, subjects: int = 20, seed: int = 0
     if workers < 1:
         raise ConfigError(f"workers={workers} must be at least 1")
     if config is None:
+        if dynamics not in DYNAMICS:
+            raise ConfigError(f"dynamics '{dynamics}' is not one of {', '.join(DYNAMICS)}")
         try:
             design = CohortDesign(subjects=int(subjects), visits=tuple(int(v) for v in visits),
                                   split=tuple(float(s) for s in split))
         except ValueError as exc:
             raise ConfigError(f"{exc}; fix the cohort size, --visits or --split") from None
-        config = SynthConfig(grid=grid, design=design)
+        config = SynthConfig(grid=grid, design=design, dynamics=dynamics)
     atlas = load_atlas(config.atlas, config.grid)
     plans = plan_cohort(config.design, seed)
     with OutputFolder.claim(out, "synth", overwrite=overwrite) as folder:
@@ -260,7 +304,10 @@ def _write_cohort(folder: OutputFolder, plans: list[SubjectPlan], atlas, config:
             "truth": ("vol_* = integral of the Jacobian determinant of the template-to-visit map "
                       "(subject shape, then the atrophy before baseline, then the progression since) "
                       "over each template region (mm3); rate_* = prescribed annual % change of the "
-                      "group at the baseline diagnosis, the same rates before and after baseline"),
+                      + ("group at the baseline diagnosis, the same rates before and after baseline"
+                         if config.dynamics == "independent" else
+                         "group at baseline; under network dynamics the rates follow the pathology "
+                         "load spreading from the subject's epicentre (subjects[].network)")),
             "config": config.to_dict(),
             "subjects": [r["subject"] for r in results]}
     folder.record("cohort.json")

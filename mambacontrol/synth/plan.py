@@ -23,7 +23,9 @@ import numpy as np
 
 from mambacontrol.data import DIAGNOSES, SPLITS
 
-SUBJECT_STREAMS = ("plan", "rates", "anatomy", "appearance")
+SUBJECT_STREAMS = ("plan", "rates", "anatomy", "appearance", "spread")
+"""A subject's independent random streams. Children of a ``SeedSequence`` do not depend on how
+many are spawned, so ``spread`` (drawn only by network dynamics) left the first four unchanged."""
 
 
 @dataclass(frozen=True)
@@ -137,7 +139,8 @@ class SubjectPlan:
 
     def rng(self, stream: str) -> np.random.Generator:
         """A fresh generator at the start of one of the subject's streams (``plan``, ``rates``,
-        ``anatomy``, ``appearance``): the same numbers in every process and on every call."""
+        ``anatomy``, ``appearance``, ``spread``): the same numbers in every process and on every
+        call."""
         return subject_generators(self.seed)[stream]
 
     def to_dict(self) -> dict:

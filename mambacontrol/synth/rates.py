@@ -97,6 +97,26 @@ class RateModel:
     female_factor: float = 1.05
     male_factor: float = 0.95
 
+    def effects(self, rng: np.random.Generator, age: float, sex: str,
+                regions: Sequence[Region]) -> SubjectEffects:
+        """One subject's random effects, drawn in a fixed order from its ``rates`` stream.
+
+        Args:
+            rng: the subject's generator.
+            age: baseline age in years.
+            sex: ``F`` or ``M``.
+            regions: the atlas regions.
+        """
+        groups = sorted({r.group for r in regions})
+        group_effect = dict(zip(groups, _normal(rng, self.group_sd, len(groups))))
+        region_effect = _normal(rng, self.region_sd, len(regions))
+        aging = float(np.exp(_normal(rng, self.aging_sd, 1)[0]))
+        disease = float(np.exp(_normal(rng, self.disease_sd, 1)[0]))
+        age_factor = float(np.exp(self.age_slope * (age - self.age_reference)))
+        sex_factor = self.female_factor if sex == "F" else self.male_factor
+        effect = sex_factor * np.exp(np.array([group_effect[r.group] for r in regions]) + region_effect)
+        return SubjectEffects(effect, aging, disease, age_factor)
+
     def draw(self, rng: np.random.Generator, age: float, sex: str,
              regions: Sequence[Region]) -> SubjectRates:
         """One subject's annual rates at every stage.
@@ -108,17 +128,27 @@ class RateModel:
             regions: the atlas regions.
         """
         mean = region_mean_rates(regions)
-        groups = sorted({r.group for r in regions})
-        group_effect = dict(zip(groups, _normal(rng, self.group_sd, len(groups))))
-        region_effect = _normal(rng, self.region_sd, len(regions))
-        aging = float(np.exp(_normal(rng, self.aging_sd, 1)[0]))
-        disease = float(np.exp(_normal(rng, self.disease_sd, 1)[0]))
-        age_factor = float(np.exp(self.age_slope * (age - self.age_reference)))
-        sex_factor = self.female_factor if sex == "F" else self.male_factor
-        effect = sex_factor * np.exp(np.array([group_effect[r.group] for r in regions]) + region_effect)
-        cn = mean[0] * age_factor * aging
-        annual = np.stack([effect * (cn + (mean[s] - mean[0]) * disease) for s in range(3)])
+        fx = self.effects(rng, age, sex, regions)
+        cn = mean[0] * fx.age_factor * fx.aging
+        annual = np.stack([fx.effect * (cn + (mean[s] - mean[0]) * fx.disease) for s in range(3)])
         return SubjectRates(tuple(r.label for r in regions), annual)
+
+
+@dataclass(frozen=True)
+class SubjectEffects:
+    """A subject's random effects on its rates (see the module docstring).
+
+    Attributes:
+        effect: (R,) ``sex · exp(ε_group + ε_region)`` per region.
+        aging: ``m_aging``.
+        disease: ``m_disease``.
+        age_factor: ``exp(age_slope · (age − reference))``.
+    """
+
+    effect: np.ndarray
+    aging: float
+    disease: float
+    age_factor: float
 
 
 @dataclass(frozen=True)

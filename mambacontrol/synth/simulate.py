@@ -36,12 +36,27 @@ from mambacontrol.synth.fields import identity, sample
 from mambacontrol.synth.plan import CohortDesign, SubjectPlan
 from mambacontrol.synth.poisson import PoissonSolver
 from mambacontrol.synth.rates import RateModel, SubjectRates
+from mambacontrol.synth.spread import (
+    DYNAMICS,
+    NetworkRates,
+    SpreadGraph,
+    SpreadModel,
+    draw_network_rates,
+    reference_load,
+)
 from mambacontrol.synth.trajectory import Leg, Trajectory
 
 
 @dataclass(frozen=True)
 class SynthConfig:
-    """Every parameter of the generator (written to ``cohort.json``)."""
+    """Every parameter of the generator (written to ``cohort.json``).
+
+    Attributes:
+        dynamics: ``network`` (pathology spreads on the anatomy graph,
+            :mod:`~mambacontrol.synth.spread`) or ``independent`` (each region's rate drawn on its
+            own, :mod:`~mambacontrol.synth.rates`: the generator before network dynamics).
+        spread: parameters of the network dynamics (unused by ``independent``).
+    """
 
     atlas: str = "icbm152-2009a-nmm"
     grid: str = "2mm"
@@ -50,9 +65,21 @@ class SynthConfig:
     anatomy: AnatomyModel = field(default_factory=AnatomyModel)
     atrophy: AtrophyModel = field(default_factory=AtrophyModel)
     appearance: AppearanceModel = field(default_factory=AppearanceModel)
+    dynamics: str = "network"
+    spread: SpreadModel = field(default_factory=SpreadModel)
+
+    def __post_init__(self) -> None:
+        if self.dynamics not in DYNAMICS:
+            raise ValueError(f"dynamics={self.dynamics!r} is not one of {', '.join(DYNAMICS)}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The parameters as a dict. An ``independent`` config leaves out ``dynamics`` and
+        ``spread``, so its ``cohort.json`` is byte for byte the one the generator wrote before
+        network dynamics existed (a ``cohort.json`` without ``dynamics`` is independent)."""
+        d = asdict(self)
+        if self.dynamics == "independent":
+            del d["dynamics"], d["spread"]
+        return d
 
 
 class GridContext:
@@ -70,6 +97,15 @@ class GridContext:
         self.mask = np.asarray(atlas.mask, dtype=np.float32)
         self.voxel_volume = atlas.voxel_volume
         self.solver = PoissonSolver(self.shape)
+
+    @cached_property
+    def spread_graph(self) -> SpreadGraph:
+        """The regions' contact graph for network dynamics (built on first use)."""
+        return SpreadGraph(self.atlas)
+
+    def reference_load(self, model: SpreadModel) -> np.ndarray:
+        """(R,) load of the reference typical subject (:func:`~mambacontrol.synth.spread.reference_load`)."""
+        return reference_load(self.spread_graph, model, (self.atlas.id, self.atlas.checksum))
 
     @cached_property
     def template_coefficients(self) -> np.ndarray:
@@ -179,8 +215,17 @@ class SubjectSimulator:
         self.context = context
         self.config = config
         streams = {name: plan.rng(name) for name in ("rates", "anatomy", "appearance")}
-        self.rates: SubjectRates = config.rates.draw(streams["rates"], plan.baseline_age, plan.sex,
-                                                     context.atlas.regions)
+        self.rates: SubjectRates | NetworkRates
+        if config.dynamics == "independent":
+            self.rates = config.rates.draw(streams["rates"], plan.baseline_age, plan.sex,
+                                           context.atlas.regions)
+        else:
+            effects = config.rates.effects(streams["rates"], plan.baseline_age, plan.sex,
+                                           context.atlas.regions)
+            self.rates = draw_network_rates(
+                plan.rng("spread"), effects, context.spread_graph, config.spread, config.rates,
+                plan.history, plan.timeline, plan.visit_years[-1], plan.sex,
+                context.reference_load(config.spread))
         self.anatomy = SubjectAnatomy(context.atlas.mask, context.atlas.spacing, plan.sex,
                                       streams["anatomy"], config.anatomy)
         self._appearance_rng = streams["appearance"]

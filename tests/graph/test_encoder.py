@@ -117,3 +117,35 @@ def test_bad_arguments_and_inputs(graph4, inputs):
         enc(inputs[0][:, :50], inputs[1])
     with pytest.raises(MambaControlError, match="covariates"):
         enc(inputs[0], inputs[1][:1])
+
+
+@pytest.mark.parametrize("conv", ["gcn", "cheb"])
+def test_per_node_encoder_sees_no_neighbour(tmp_path, graph4, inputs, conv):
+    """The per-node ablation: changing one node's features moves that node's embedding only;
+    with the graph's edges, its neighbours move too. It saves and loads without edges."""
+    feats, cov = inputs
+    node = graph4.node_names.index("Left Hippocampus")
+    neighbours = np.flatnonzero(graph4.weights[node] > 0)
+    bumped = feats.clone()
+    bumped[:, node] += 1.0
+    moved = {}
+    for per_node in (False, True):
+        torch.manual_seed(0)
+        enc = GraphEncoder.from_graph(graph4, conv=conv, per_node=per_node, **TINY).eval()
+        with torch.no_grad():
+            delta = (enc(bumped, cov)[0] - enc(feats, cov)[0]).abs().amax(dim=(0, 2))
+        moved[per_node] = delta
+        assert delta[node] > 1e-4
+    assert (moved[False][neighbours] > 1e-6).all()
+    others = np.setdiff1d(np.arange(graph4.num_nodes), [node])
+    assert float(moved[True][others].max()) == 0.0
+    torch.manual_seed(0)
+    enc = GraphEncoder.from_graph(graph4, conv=conv, per_node=True, **TINY).eval()
+    assert enc.edge_index.shape == (2, 0) and torch.equal(enc.eigenvectors, torch.eye(134))
+    enc.save(tmp_path / "enc")
+    loaded = GraphEncoder.load(tmp_path / "enc")
+    assert loaded.config.per_node and loaded.edge_index.shape == (2, 0)
+    for a, b in zip(loaded(feats, cov), enc(feats, cov)):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="per-node encoder has no edges"):
+        GraphEncoder(num_nodes=134, num_edges=10, per_node=True, **TINY)

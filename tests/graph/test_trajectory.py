@@ -133,3 +133,24 @@ def test_group_percent_change_uses_each_labels_node(atlas4):
     out = group_percent_change(graph, log_ratio, vols, labels, {"hippocampus": [47, 48], "brainstem": [35]})
     assert out["hippocampus"][0] == pytest.approx(-10.0)
     assert out["brainstem"][0] == pytest.approx(0.0)
+
+
+def test_per_node_variant_trains_saves_and_loads_without_edges(tmp_path, atlas4):
+    """The per-node ablation through ``TrajectoryConfig.encoder``: trained, saved and loaded with
+    no edges, and a prediction for one node does not move when another node's features change."""
+    splits = ["train", "train", "train", "test"]  # no valid split: the last state is kept
+    manifest = make_cohort(tmp_path / "c", atlas4, n_subjects=4, splits=splits)
+    config = {**SMALL, "encoder": {**SMALL.get("encoder", {}), "per_node": True}}
+    res = train_trajectory(manifest, atlas4, config, steps=20, seed=0, out_dir=tmp_path / "model")
+    loaded = TrajectoryModel.load(tmp_path / "model")
+    assert loaded.encoder.config.per_node and loaded.encoder.edge_index.shape == (2, 0)
+    pair = res.train.pairs[0]
+    feats = res.train.features[0].numpy().copy()
+    p = pair.earlier
+    before = loaded.predict(feats, p.age, pair.years, p.sex, p.diagnosis)
+    node = AnatomyGraph.from_atlas(atlas4).node_names.index("Left Hippocampus")
+    feats[node] *= 1.5
+    after = loaded.predict(feats, p.age, pair.years, p.sex, p.diagnosis)
+    others = np.arange(134) != node
+    assert after[0, node] != before[0, node]  # the node sees its own features
+    np.testing.assert_array_equal(after[0, others], before[0, others])

@@ -42,3 +42,14 @@ def test_parse_visits_and_split():
     for bad in ("70/30", "a/b/c", "-1/1/1"):
         with pytest.raises(ConfigError, match="--split"):
             parse_split(bad)
+
+
+def test_synth_dynamics_flag(tmp_path, capsys):
+    import json
+
+    for dynamics in ("network", "independent"):
+        out = tmp_path / dynamics
+        assert main(["-q", "synth", "--out", str(out), "--subjects", "2", "--spacing", "4",
+                     "--visits", "2", "--workers", "1", "--no-figure", "--dynamics", dynamics]) == 0
+        config = json.loads((out / "cohort.json").read_text())["config"]
+        assert config.get("dynamics", "independent") == dynamics

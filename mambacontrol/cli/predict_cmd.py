@@ -123,7 +123,12 @@ def run(args: argparse.Namespace) -> int:
                             overwrite=args.overwrite) as folder:
         done, failed = predict_many(_load(args), requests, folder, settings, model_dir=args.model,
                                     overwrite=args.overwrite)
-    print(f"{len(done)} of {len(requests)} scans predicted into {args.out}")
+    return _report(done, failed, len(requests), args.out)
+
+
+def _report(done: list, failed: dict, total: int, out: str) -> int:
+    """A batch's one-line result, each failure on stderr; exit status 1 when any scan failed."""
+    print(f"{len(done)} of {total} scans predicted into {out}")
     for name, err in failed.items():
         print(f"failed: {name}: {err}", file=sys.stderr)
     return 1 if failed else 0
@@ -146,10 +151,7 @@ def _predict_bids(args, manifest, requests, inputs, settings) -> int:
                             overwrite=args.overwrite) as folder:
         done, failed = predict_bids(_load(args), targets, folder, settings, model_dir=args.model,
                                     overwrite=args.overwrite)
-    print(f"{len(done)} of {len(targets)} scans predicted into the BIDS derivative {args.out}")
-    for name, err in failed.items():
-        print(f"failed: {name}: {err}", file=sys.stderr)
-    return 1 if failed else 0
+    return _report(done, failed, len(targets), f"the BIDS derivative {args.out}")
 
 
 def _path(value: str | None) -> Path | None:

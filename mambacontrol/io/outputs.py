@@ -211,6 +211,8 @@ class OutputFolder:
         marker = self._read_marker()
         present = [e for e in sorted(os.listdir(self.path))
                    if e not in _OWN_FILES and not e.startswith(STAGING)]
+        if marker is not None and not present:  # everything it listed is gone: an empty folder
+            marker = None
         if marker is None and present and earlier_run is not None and earlier_run(self.path):
             marker = {"command": self.command, "entries": present}
         if marker is None and not present:  # new, or left empty by a run of ours that died

@@ -174,3 +174,13 @@ def test_csv_cells_never_run_as_formulas():
 def test_json_is_strict():
     text = json_text({"a": float("nan"), "b": [float("inf"), 1.0]})
     assert json.loads(text) == {"a": None, "b": [None, 1.0]} and "NaN" not in text
+
+
+def test_a_folder_emptied_by_its_user_is_new_again(tmp_path):
+    out = tmp_path / "o"
+    with OutputFolder.claim(out, "synth") as folder:
+        _commit_file(folder, "manifest.csv", "x")
+    (out / "manifest.csv").unlink()
+    with OutputFolder.claim(out, "predict") as folder:  # only the stale marker was left
+        _commit_file(folder, "summary.json", "{}")
+    assert json.loads((out / MARKER).read_text())["command"] == "predict"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -72,3 +73,25 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes,
     with atomic_path(path, inputs) as tmp:
         tmp.write_bytes(data)
     return Path(path)
+
+
+def replace_dir(staged: str | os.PathLike, target: str | os.PathLike) -> Path:
+    """Move a finished folder ``staged`` onto ``target`` (a sibling on the same file system).
+
+    An existing ``target`` is first renamed aside and deleted only once ``staged`` is in its place,
+    so at every moment one complete version exists; should the second rename fail, the old one is
+    put back.
+    """
+    staged, target = Path(staged), Path(target)
+    if not target.exists():
+        os.replace(staged, target)
+        return target
+    old = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.old")
+    os.replace(target, old)
+    try:
+        os.replace(staged, target)
+    except BaseException:
+        os.replace(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    return target

@@ -21,6 +21,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from mambacontrol.errors import ModelError
+from mambacontrol.io.atomic import replace_dir
 from mambacontrol.io.limits import check_limit
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
@@ -42,13 +43,7 @@ class Component(ModelMixin, ConfigMixin):
         tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
         try:
             self.save_pretrained(tmp, safe_serialization=True)
-            if target.exists():
-                old = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.old")
-                os.replace(target, old)
-                os.replace(tmp, target)
-                shutil.rmtree(old)
-            else:
-                os.replace(tmp, target)
+            replace_dir(tmp, target)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp)

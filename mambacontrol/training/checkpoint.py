@@ -38,6 +38,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from mambacontrol.errors import ModelError
+from mambacontrol.io.atomic import replace_dir
 from mambacontrol.io.digest import sha256_file
 
 FORMAT_VERSION = 1
@@ -238,13 +239,7 @@ def write_checkpoint(root: str | os.PathLike, step: int, state: Mapping[str, Any
         state_path.write_text(json.dumps(record, indent=1), encoding="utf-8")
         _fsync(state_path)
         _fsync(tmp)
-        if target.exists():   # rewriting the same step (e.g. a repeated final save): swap
-            old = base / f".{target.name}.{uuid.uuid4().hex[:8]}.tmp"
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
+        replace_dir(tmp, target)  # rewriting the same step (e.g. a repeated final save) swaps
         _fsync(base)
     finally:
         if tmp.exists():

@@ -184,3 +184,30 @@ def test_a_folder_emptied_by_its_user_is_new_again(tmp_path):
     with OutputFolder.claim(out, "predict") as folder:  # only the stale marker was left
         _commit_file(folder, "summary.json", "{}")
     assert json.loads((out / MARKER).read_text())["command"] == "predict"
+
+
+def test_replace_dir_swaps_whole_folders_and_restores_on_failure(tmp_path, monkeypatch):
+    from mambacontrol.io.atomic import replace_dir
+
+    target, staged = tmp_path / "unet", tmp_path / ".unet.new"
+    target.mkdir()
+    (target / "w").write_text("old")
+    staged.mkdir()
+    (staged / "w").write_text("new")
+    replace_dir(staged, target)
+    assert (target / "w").read_text() == "new" and sorted(os.listdir(tmp_path)) == ["unet"]
+    staged.mkdir()
+    (staged / "w").write_text("newer")
+    real = os.replace
+    calls = []
+
+    def flaky(src, dst):
+        calls.append(src)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", flaky)
+    with pytest.raises(OSError):
+        replace_dir(staged, target)
+    assert (target / "w").read_text() == "new"  # the old version is back in place

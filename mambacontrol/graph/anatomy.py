@@ -10,8 +10,10 @@ float64, with a fixed sign convention, so spectral features are the same on ever
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 import torch
@@ -237,6 +239,18 @@ class AnatomyGraph:
         if key not in cls._cache:
             cls._cache[key] = cls._build(atlas, grouping, bool(homologue_edges), homologue_weight)
         return cls._cache[key]
+
+    @classmethod
+    def from_identity(cls, atlas: Atlas, identity: Mapping[str, Any] | None) -> AnatomyGraph:
+        """The graph a saved model was built for (``identity`` as :meth:`GraphIdentity.to_dict`
+        wrote it; missing keys take :meth:`from_atlas`'s defaults), on ``atlas``.
+
+        The caller still checks the model against it (``check_graph``): this only rebuilds.
+        """
+        ident = identity or {}
+        return cls.from_atlas(atlas, grouping=ident.get("grouping", "region"),
+                              homologue_edges=ident.get("homologue_edges", True),
+                              homologue_weight=ident.get("homologue_weight"))
 
     @classmethod
     def _build(cls, atlas: Atlas, grouping: str, homologue_edges: bool,

@@ -150,11 +150,7 @@ class ProgressionPipeline:
         if self._graph is None:
             from mambacontrol.graph import AnatomyGraph
 
-            ident = self.graph_encoder.config.graph or {}
-            self._graph = AnatomyGraph.from_atlas(
-                self.atlas, grouping=ident.get("grouping", "region"),
-                homologue_edges=ident.get("homologue_edges", True),
-                homologue_weight=ident.get("homologue_weight"))
+            self._graph = AnatomyGraph.from_identity(self.atlas, self.graph_encoder.config.graph)
         return self._graph
 
     @property

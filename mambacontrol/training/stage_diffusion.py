@@ -97,10 +97,7 @@ def _items(cfg: RunConfig, data: RunData, out: Path, frozen: dict, factor: int) 
     if "graph_encoder" in frozen:
         from mambacontrol.graph import AnatomyGraph
 
-        ident = frozen["graph_encoder"].config.graph
-        graph = AnatomyGraph.from_atlas(data.atlas, grouping=ident["grouping"],
-                                        homologue_edges=ident["homologue_edges"],
-                                        homologue_weight=ident.get("homologue_weight"))
+        graph = AnatomyGraph.from_identity(data.atlas, frozen["graph_encoder"].config.graph)
         frozen["graph_encoder"].check_graph(graph)
     pairs = data.pairs("train")
     if not pairs:

@@ -48,6 +48,10 @@ sampling: {num_inference_steps: 3, num_samples: 2}
 """
 
 
+TIMINGS = ("wall_time_s", "samples_per_s", "seconds")
+"""Keys that hold timings, left out of the fingerprint."""
+
+
 def _cli(*args: str) -> None:
     command = [sys.executable, "-m", "mambacontrol.cli.main", "--threads", "1", "-q", *args]
     done = subprocess.run(command, capture_output=True, text=True)
@@ -109,8 +113,7 @@ def run(out: Path) -> dict:
     for nifti in sorted((out / "predict").rglob("*.nii.gz")):
         prints[f"image:{nifti.relative_to(out / 'predict')}"] = _sha(nifti)
     _flat(json.loads((out / "evaluation" / "metrics.json").read_text()), "metrics", prints)
-    for key in [k for k in prints if k.endswith(("wall_seconds", "samples_per_second", "seconds"))
-                or ".timing" in k or "elapsed" in k]:
+    for key in [k for k in prints if k.endswith(TIMINGS)]:
         del prints[key]
     return prints
 

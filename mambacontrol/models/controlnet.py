@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 import torch
 from diffusers.configuration_utils import register_to_config
@@ -32,13 +33,13 @@ from torch import nn
 
 from mambacontrol.data.covariates import NUM_COVARIATES
 from mambacontrol.models.unet import DenoisingUNet, covariate_mlp
-from mambacontrol.nn import FourierRefine3d, MambaBlock3d
+from mambacontrol.nn import DIRECTIONS, FourierRefine3d, MambaBlock3d
 from mambacontrol.nn.component import Component
 
 log = logging.getLogger(__name__)
 
-MIXERS = ("mamba", "attention")
-DEFAULT_DIRECTIONS = ("x+", "x-", "y+", "y-", "z+", "z-")
+Mixer = Literal["mamba", "attention"]
+MIXERS = get_args(Mixer)
 
 
 def _conv(cin: int, cout: int, kernel: int = 3) -> Convolution:
@@ -112,8 +113,8 @@ class MambaControlNet(Component):
                  channels: Sequence[int] = (64, 128, 128), num_res_blocks: int = 1,
                  norm_num_groups: int = 16, attention_levels: Sequence[bool] = (False, True, True),
                  num_head_channels: int = 32, context_dim: int = 64, transformer_num_layers: int = 1,
-                 mixer: str = "mamba", mamba_levels: Sequence[bool] | None = None,
-                 mamba_directions: Sequence[str] = DEFAULT_DIRECTIONS, mamba_d_state: int = 16,
+                 mixer: Mixer = "mamba", mamba_levels: Sequence[bool] | None = None,
+                 mamba_directions: Sequence[str] = DIRECTIONS, mamba_d_state: int = 16,
                  mamba_expand: int = 2, share_mamba_weights: bool = True,
                  fourier_levels: Sequence[bool] | None = None, fourier_modes: Sequence[int] = (6, 6, 6),
                  hint_width: int = 32, num_covariates: int = NUM_COVARIATES,

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Literal, get_args
 
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, SchedulerMixin
 
-PREDICTION_TYPES = ("epsilon", "v_prediction")
-BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+PredictionType = Literal["epsilon", "v_prediction"]
+BetaSchedule = Literal["linear", "scaled_linear", "squaredcos_cap_v2"]
+PREDICTION_TYPES = get_args(PredictionType)
+BETA_SCHEDULES = get_args(BetaSchedule)
 SAMPLERS = {"ddim": DDIMScheduler, "dpm-solver": DPMSolverMultistepScheduler, "ddpm": DDPMScheduler}
 
 
 @dataclass(frozen=True)
 class NoiseSchedule:
     """The forward process shared by training and sampling (saved with the model).
+
+    Its fields are the ``diffusion`` section of a run config (beside the UNet's ``target``); these
+    defaults are the run's.
 
     Attributes:
         num_train_timesteps: diffusion steps of the forward process.
@@ -23,16 +29,18 @@ class NoiseSchedule:
     """
 
     num_train_timesteps: int = 1000
-    beta_schedule: str = "scaled_linear"
+    beta_schedule: BetaSchedule = "scaled_linear"
     beta_start: float = 0.0015
     beta_end: float = 0.0205
-    prediction_type: str = "epsilon"
+    prediction_type: PredictionType = "v_prediction"
 
     def __post_init__(self):
         if self.prediction_type not in PREDICTION_TYPES:
-            raise ValueError(f"prediction_type '{self.prediction_type}' is not one of {', '.join(PREDICTION_TYPES)}")
+            raise ValueError(f"prediction_type '{self.prediction_type}' is not one of "
+                             f"{', '.join(PREDICTION_TYPES)}")
         if self.beta_schedule not in BETA_SCHEDULES:
-            raise ValueError(f"beta_schedule '{self.beta_schedule}' is not one of {', '.join(BETA_SCHEDULES)}")
+            raise ValueError(f"beta_schedule '{self.beta_schedule}' is not one of "
+                             f"{', '.join(BETA_SCHEDULES)}")
         if self.num_train_timesteps < 2:
             raise ValueError(f"num_train_timesteps must be ≥ 2, got {self.num_train_timesteps}")
         if not 0 < self.beta_start < self.beta_end < 1:

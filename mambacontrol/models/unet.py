@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal, get_args
 
 import torch
 from diffusers.configuration_utils import register_to_config
@@ -12,7 +13,8 @@ from torch import nn
 from mambacontrol.data.covariates import NUM_COVARIATES
 from mambacontrol.nn.component import Component
 
-TARGETS = ("delta", "absolute")
+Target = Literal["delta", "absolute"]
+TARGETS = get_args(Target)
 
 
 def covariate_mlp(num_covariates: int, width: int) -> nn.Sequential:
@@ -52,7 +54,7 @@ class DenoisingUNet(Component):
                  attention_levels: Sequence[bool] = (False, True, True), num_res_blocks: int = 1,
                  norm_num_groups: int = 16, num_head_channels: int = 32, context_dim: int = 64,
                  transformer_num_layers: int = 1, num_covariates: int = NUM_COVARIATES,
-                 target: str = "delta", target_scale: float = 1.0,
+                 target: Target = "delta", target_scale: float = 1.0,
                  use_flash_attention: bool = True):
         super().__init__()
         channels = tuple(int(c) for c in channels)

@@ -14,6 +14,10 @@ Values follow YAML's rules, with one kindness: a ``float`` field accepts a strin
 as a float, because PyYAML reads ``1e-4`` (no dot) as a string. An ``int`` is accepted where a
 ``float`` is expected; a ``bool`` is never accepted as a number.
 
+A section that is a component's keyword arguments is made from the component's signature
+(:func:`signature_fields`, so its defaults are the component's) and turned back into arguments
+with :func:`arguments_for`.
+
 Overrides are ``dotted.key=value`` strings; the value is parsed as YAML (``a.b=3``,
 ``a.c=[1, 2]``, ``a.d=null``, ``a.e=cosine``) and replaces the file's value before checking.
 
@@ -37,14 +41,18 @@ Example::
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
+import functools
+import inspect
 import math
+import operator
 import os
 import re
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union
 
@@ -141,6 +149,57 @@ def require_same_config(saved: Any, current: Any, what: str) -> None:
                           f"same config, or start a new run in another output folder")
 
 
+# --- sections that are a callable's keyword arguments --------------------------------------------
+
+def signature_fields(fn: Callable, names: Sequence[str]) -> list[tuple[str, Any, Any]]:
+    """Schema fields, for :func:`dataclasses.make_dataclass`, that are keyword arguments of ``fn``.
+
+    Each field's name, type and default are the argument's own, so a config section made of them
+    re-declares nothing: the defaults live in ``fn``'s signature alone. A ``Sequence[T]`` argument
+    becomes a ``list[T]`` field (what YAML holds) and a tuple default a list default.
+
+    Args:
+        fn: a class (its ``__init__``) or a function, with type annotations.
+        names: the arguments the config may set, in the order the YAML lists them.
+
+    Raises:
+        ValueError: a name that is not an argument of ``fn``.
+    """
+    params = inspect.signature(fn).parameters
+    hints = typing.get_type_hints(fn.__init__ if isinstance(fn, type) else fn)
+    fields = []
+    for name in names:
+        if name not in params:
+            raise ValueError(f"{name!r} is not an argument of {fn.__qualname__}")
+        default = params[name].default
+        if default is inspect.Parameter.empty:
+            spec = dataclasses.field()
+        elif isinstance(default, (list, tuple)):
+            spec = dataclasses.field(default_factory=functools.partial(list, default))
+        else:
+            spec = dataclasses.field(default=default)
+        fields.append((name, _yaml_type(hints[name]), spec))
+    return fields
+
+
+def arguments_for(fn: Callable, section: Any) -> dict[str, Any]:
+    """The fields of the dataclass ``section`` that are keyword arguments of ``fn`` (copies, in
+    field order): ``fn(**arguments_for(fn, section), **derived)``."""
+    params = inspect.signature(fn).parameters
+    return {f.name: copy.deepcopy(getattr(section, f.name))
+            for f in dataclasses.fields(section) if f.name in params}
+
+
+def _yaml_type(tp: Any) -> Any:
+    """``tp`` with every ``Sequence[T]`` read as ``list[T]``."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Sequence:
+        return list[_yaml_type(args[0])] if args else list
+    if origin is Union or origin is types.UnionType:
+        return functools.reduce(operator.or_, [_yaml_type(a) for a in args])
+    return tp
+
+
 # --- parsing -------------------------------------------------------------------------------------
 
 def _parse_yaml(text: str, source: str) -> dict[str, Any]:
@@ -231,79 +290,91 @@ def _build_dataclass(cls: type, data: Any, prefix: str, source: str) -> Any:
 
 
 def _check_value(tp: Any, value: Any, key: str, source: str) -> Any:
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-
-    def wrong() -> ConfigError:
-        return ConfigError(f"{source}: {key}: expected {_type_name(tp)}, got {value!r} "
-                           f"({type(value).__name__}); fix the value")
-
+    """``value`` checked against (and converted to) the schema type ``tp``."""
+    origin = typing.get_origin(tp)
     if tp is Any:
         return value
     if origin is Union or origin is types.UnionType:
-        if value is None and type(None) in args:
-            return None
-        options = [a for a in args if a is not type(None)]
-        if len(options) == 1:          # a plain Optional[T]: the inner message is the precise one
-            return _check_value(options[0], value, key, source)
-        for option in options:
-            try:
-                return _check_value(option, value, key, source)
-            except ConfigError:
-                continue
-        raise wrong()
+        return _check_union(tp, value, key, source)
     if value is None:
-        raise wrong()
+        raise _wrong_type(tp, value, key, source)
     if origin is Literal:
-        if not any(value == a and type(value) is type(a) for a in args):
-            choices = ", ".join(repr(a) for a in args)
-            raise ConfigError(f"{source}: {key}: {value!r} is not one of {choices}; pick one of them")
-        return value
+        return _check_choice(tp, value, key, source)
     if dataclasses.is_dataclass(tp):
         return _build_dataclass(tp, value, key, source)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise wrong()
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise wrong()
-        return value
-    if tp is float:
-        if isinstance(value, bool):
-            raise wrong()
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str) and _FLOAT_TEXT.match(value.strip()):
-            return float(value)
-        raise wrong()
-    if tp is str:
-        if not isinstance(value, str):
-            raise wrong()
-        return value
-    if tp is Path:
-        if not isinstance(value, (str, Path)):
-            raise wrong()
-        return Path(value)
+    if tp in _SCALARS:
+        return _check_scalar(tp, value, key, source)
     if tp in (list, tuple) or origin in (list, tuple, Sequence):
-        if not isinstance(value, (list, tuple)):
-            raise wrong()
-        if origin is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
-            if len(value) != len(args):
-                raise ConfigError(f"{source}: {key}: expected {len(args)} values "
-                                  f"({_type_name(tp)}), got {len(value)}: {value!r}")
-            items = [_check_value(a, v, f"{key}[{i}]", source)
-                     for i, (a, v) in enumerate(zip(args, value))]
-        else:
-            item_tp = args[0] if args else Any
-            items = [_check_value(item_tp, v, f"{key}[{i}]", source) for i, v in enumerate(value)]
-        return tuple(items) if (tp is tuple or origin is tuple) else items
+        return _check_sequence(tp, value, key, source)
     if tp is dict or origin in (dict, Mapping):
-        if not isinstance(value, Mapping):
-            raise wrong()
-        key_tp, val_tp = args if len(args) == 2 else (Any, Any)
-        return {_check_value(key_tp, k, f"{key}.{k}", source):
-                _check_value(val_tp, v, f"{key}.{k}", source) for k, v in value.items()}
+        return _check_mapping(tp, value, key, source)
     raise ValueError(f"{key}: the config schema uses an unsupported type {tp!r}")
+
+
+def _wrong_type(tp: Any, value: Any, key: str, source: str) -> ConfigError:
+    return ConfigError(f"{source}: {key}: expected {_type_name(tp)}, got {value!r} "
+                       f"({type(value).__name__}); fix the value")
+
+
+def _check_union(tp: Any, value: Any, key: str, source: str) -> Any:
+    args = typing.get_args(tp)
+    if value is None and type(None) in args:
+        return None
+    options = [a for a in args if a is not type(None)]
+    if len(options) == 1:          # a plain Optional[T]: the inner message is the precise one
+        return _check_value(options[0], value, key, source)
+    for option in options:
+        try:
+            return _check_value(option, value, key, source)
+        except ConfigError:
+            continue
+    raise _wrong_type(tp, value, key, source)
+
+
+def _check_choice(tp: Any, value: Any, key: str, source: str) -> Any:
+    args = typing.get_args(tp)
+    if not any(value == a and type(value) is type(a) for a in args):
+        choices = ", ".join(repr(a) for a in args)
+        raise ConfigError(f"{source}: {key}: {value!r} is not one of {choices}; pick one of them")
+    return value
+
+
+_SCALARS = {bool: (bool,), int: (int,), float: (int, float), str: (str,), Path: (str, Path)}
+"""Each scalar schema type and the YAML value types it accepts (a bool only where a bool is
+expected)."""
+
+
+def _check_scalar(tp: type, value: Any, key: str, source: str) -> Any:
+    if tp is float and isinstance(value, str) and _FLOAT_TEXT.match(value.strip()):
+        return float(value)  # PyYAML reads 1e-4 (no dot) as a string
+    if isinstance(value, bool) != (tp is bool) or not isinstance(value, _SCALARS[tp]):
+        raise _wrong_type(tp, value, key, source)
+    return tp(value) if tp in (float, Path) else value
+
+
+def _check_sequence(tp: Any, value: Any, key: str, source: str) -> list | tuple:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if not isinstance(value, (list, tuple)):
+        raise _wrong_type(tp, value, key, source)
+    if origin is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
+        if len(value) != len(args):
+            raise ConfigError(f"{source}: {key}: expected {len(args)} values "
+                              f"({_type_name(tp)}), got {len(value)}: {value!r}")
+        items = [_check_value(a, v, f"{key}[{i}]", source)
+                 for i, (a, v) in enumerate(zip(args, value))]
+    else:
+        item_tp = args[0] if args else Any
+        items = [_check_value(item_tp, v, f"{key}[{i}]", source) for i, v in enumerate(value)]
+    return tuple(items) if (tp is tuple or origin is tuple) else items
+
+
+def _check_mapping(tp: Any, value: Any, key: str, source: str) -> dict:
+    if not isinstance(value, Mapping):
+        raise _wrong_type(tp, value, key, source)
+    args = typing.get_args(tp)
+    key_tp, val_tp = args if len(args) == 2 else (Any, Any)
+    return {_check_value(key_tp, k, f"{key}.{k}", source):
+            _check_value(val_tp, v, f"{key}.{k}", source) for k, v in value.items()}
 
 
 # --- helpers -------------------------------------------------------------------------------------

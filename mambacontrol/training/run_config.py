@@ -1,7 +1,14 @@
 """The schema of a training run: what `train/configs/*.yaml` may say, with defaults.
 
 Every stage has a ``model`` (architecture, saved in the component's config) and a ``train``
-(optimisation) section. Ablations are switches here, not code forks:
+(optimisation) section. A network's section *is* some of its component's keyword arguments:
+made from the constructor's signature (:func:`~mambacontrol.training.config.signature_fields`:
+same names, types and defaults), and passed back to it with the arguments the run derives
+(``DenoisingUNet(**arguments_for(DenoisingUNet, cfg.unet.model), latent_channels=...)``), so every
+default lives in the component alone. Likewise ``diffusion`` holds
+:class:`~mambacontrol.models.schedulers.NoiseSchedule`'s arguments (and the UNet's ``target``),
+and ``sampling`` is :class:`~mambacontrol.pipeline.progression.SamplingDefaults` itself.
+Ablations are switches here, not code forks:
 
 - no graph: ``graph.enabled: false`` (no graph hint, no graph tokens; retrains the UNet), or
   ``controlnet.model.graph_hint: false`` (the ControlNet alone loses the graph map);
@@ -14,8 +21,22 @@ Every stage has a ``model`` (architecture, saved in the component's config) and 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass, field, make_dataclass
+from typing import Any, Literal
+
+from mambacontrol.models.autoencoder import Autoencoder
+from mambacontrol.models.controlnet import MambaControlNet
+from mambacontrol.models.schedulers import NoiseSchedule
+from mambacontrol.models.unet import DenoisingUNet
+from mambacontrol.pipeline.progression import SamplingDefaults
+from mambacontrol.training.config import signature_fields
+
+
+def _section(name: str, doc: str, *field_groups: list[tuple[str, Any, Any]]) -> type:
+    """A schema dataclass made of the given fields (see
+    :func:`~mambacontrol.training.config.signature_fields`)."""
+    fields = [f for group in field_groups for f in group]
+    return make_dataclass(name, fields, namespace={"__doc__": doc, "__module__": __name__})
 
 
 @dataclass
@@ -66,12 +87,10 @@ class OptimConfig:
     warmup_steps: int = 50
 
 
-@dataclass
-class AutoencoderModel:
-    channels: list[int] = field(default_factory=lambda: [32, 64, 64])
-    latent_channels: int = 3
-    num_res_blocks: int = 1
-    norm_num_groups: int = 16
+AutoencoderModel = _section(
+    "AutoencoderModel", "The autoencoder's architecture.",
+    signature_fields(Autoencoder, ("channels", "latent_channels", "num_res_blocks",
+                                   "norm_num_groups")))
 
 
 @dataclass
@@ -112,26 +131,18 @@ class GraphStage:
     train: OptimConfig = field(default_factory=lambda: OptimConfig(steps=1500, batch_size=32, lr=2e-3))
 
 
-@dataclass
-class DiffusionConfig:
-    """The forward process and what the networks predict."""
+DiffusionConfig = _section(
+    "DiffusionConfig", "The forward process (the noise schedule) and what the networks generate "
+    "(the UNet's ``target``) and predict.",
+    signature_fields(DenoisingUNet, ("target",)),
+    signature_fields(NoiseSchedule, ("prediction_type", "num_train_timesteps", "beta_schedule",
+                                     "beta_start", "beta_end")))
 
-    target: Literal["delta", "absolute"] = "delta"
-    prediction_type: Literal["epsilon", "v_prediction"] = "v_prediction"
-    num_train_timesteps: int = 1000
-    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "scaled_linear"
-    beta_start: float = 0.0015
-    beta_end: float = 0.0205
-
-
-@dataclass
-class UNetModel:
-    channels: list[int] = field(default_factory=lambda: [64, 128, 128])
-    attention_levels: list[bool] = field(default_factory=lambda: [False, True, True])
-    num_res_blocks: int = 1
-    norm_num_groups: int = 16
-    num_head_channels: int = 32
-    concat_base: bool = True
+UNetModel = _section(
+    "UNetModel", "The denoiser's architecture (its latent channels come from the autoencoder, its "
+    "context width from the graph encoder, its target from ``diffusion``).",
+    signature_fields(DenoisingUNet, ("channels", "attention_levels", "num_res_blocks",
+                                     "norm_num_groups", "num_head_channels", "concat_base")))
 
 
 @dataclass
@@ -145,23 +156,16 @@ class UNetStage:
     train: DiffusionTrain = field(default_factory=DiffusionTrain)
 
 
-@dataclass
-class ControlNetModel:
-    """ControlNet settings (``mamba_levels: null`` = Mamba where the UNet has attention, plus the
-    mid block; ``fourier_levels: null`` = Fourier refinement of the first level's features;
-    ``graph_hint: false`` leaves the graph map out of the hint, the ControlNet-level no-graph
-    ablation that keeps the UNet's graph tokens)."""
-
-    mixer: Literal["mamba", "attention"] = "mamba"
-    mamba_levels: list[bool] | None = None
-    mamba_directions: list[str] = field(default_factory=lambda: ["x+", "x-", "y+", "y-", "z+", "z-"])
-    mamba_d_state: int = 16
-    mamba_expand: int = 2
-    share_mamba_weights: bool = True
-    fourier_levels: list[bool] | None = None
-    fourier_modes: list[int] = field(default_factory=lambda: [6, 6, 6])
-    hint_width: int = 32
-    graph_hint: bool = True
+ControlNetModel = _section(
+    "ControlNetModel", "ControlNet settings (``mamba_levels: null`` = Mamba where the UNet has "
+    "attention, plus the mid block; ``fourier_levels: null`` = Fourier refinement of the first "
+    "level's features; ``graph_hint: false`` leaves the graph map out of the hint, the "
+    "ControlNet-level no-graph ablation that keeps the UNet's graph tokens). The rest of its "
+    "architecture is the UNet's.",
+    signature_fields(MambaControlNet, ("mixer", "mamba_levels", "mamba_directions",
+                                       "mamba_d_state", "mamba_expand", "share_mamba_weights",
+                                       "fourier_levels", "fourier_modes", "hint_width")),
+    [("graph_hint", bool, field(default=True))])
 
 
 @dataclass
@@ -169,16 +173,6 @@ class ControlNetStage:
     enabled: bool = True
     model: ControlNetModel = field(default_factory=ControlNetModel)
     train: DiffusionTrain = field(default_factory=DiffusionTrain)
-
-
-@dataclass
-class SamplingConfig:
-    """Defaults saved with the model for ``predict`` and ``evaluate``."""
-
-    sampler: Literal["ddim", "dpm-solver", "ddpm"] = "ddim"
-    num_inference_steps: int = 25
-    num_samples: int = 4
-    decode: Literal["difference", "direct"] = "difference"
 
 
 @dataclass
@@ -193,4 +187,4 @@ class RunConfig:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     unet: UNetStage = field(default_factory=UNetStage)
     controlnet: ControlNetStage = field(default_factory=ControlNetStage)
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    sampling: SamplingDefaults = field(default_factory=SamplingDefaults)

@@ -22,17 +22,30 @@ import json
 import logging
 from pathlib import Path
 
+from mambacontrol.atlas import load_atlas
 from mambacontrol.errors import ConfigError, ModelError
+from mambacontrol.graph import GraphEncoder, TrajectoryHead
 from mambacontrol.io import OutputFolder, write_json, write_text_atomic
+from mambacontrol.models.autoencoder import Autoencoder
+from mambacontrol.models.controlnet import MambaControlNet
+from mambacontrol.models.unet import DenoisingUNet
+from mambacontrol.pipeline.progression import INDEX_NAME, ProgressionPipeline
 from mambacontrol.training.config import (
     config_differences,
     config_to_dict,
     dump_config,
     load_config,
 )
+from mambacontrol.training.configs import resolve_config_path
+from mambacontrol.training.data import RunData
 from mambacontrol.training.data_order import process_state
 from mambacontrol.training.engine import StageSummary, read_stage_summary, write_stage_summary
+from mambacontrol.training.model_card import write_model_card
 from mambacontrol.training.run_config import RunConfig
+from mambacontrol.training.stage_autoencoder import train_autoencoder
+from mambacontrol.training.stage_diffusion import noise_schedule, train_controlnet, train_unet
+from mambacontrol.training.stage_graph import train_graph
+from mambacontrol.training.stage_latents import encode_latents
 from mambacontrol.training.validate import validate_run_config
 
 log = logging.getLogger(__name__)
@@ -50,8 +63,6 @@ def resolve_config(config_path: str | Path, overrides: list[str] | None = None,
     """Load a run config (a YAML path or a bundled config's name, see
     :func:`~mambacontrol.training.configs.resolve_config_path`); ``manifest`` (e.g. from the
     demo) replaces ``data.manifest``."""
-    from mambacontrol.training.configs import resolve_config_path
-
     config_path = resolve_config_path(config_path)
     extra = list(overrides or [])
     if manifest is not None:
@@ -66,8 +77,6 @@ def resolve_config(config_path: str | Path, overrides: list[str] | None = None,
 def _is_run_folder(path: Path) -> bool:
     """A run folder written before output markers existed (or copied): it has the run's config,
     stage records or model index."""
-    from mambacontrol.pipeline.progression import INDEX_NAME
-
     return any((path / name).exists() for name in ("config.yaml", "stages", INDEX_NAME))
 
 
@@ -90,8 +99,6 @@ class TrainingRun:
     @property
     def data(self):
         if self._data is None:
-            from mambacontrol.training.data import RunData
-
             self._data = RunData(self.cfg.data.manifest, self.cfg.data.atlas, self.cfg.data.grid,
                                  self.out / "cache", self.cfg.seed)
         return self._data
@@ -178,8 +185,6 @@ class TrainingRun:
 
     def write_card(self) -> Path:
         """Write the model card ``README.md`` (see :mod:`~mambacontrol.training.model_card`)."""
-        from mambacontrol.training.model_card import write_model_card
-
         return write_model_card(self.out, self.cfg, self.metrics)
 
     def _run_stage(self, stage: str, resume: bool) -> StageSummary:
@@ -188,19 +193,11 @@ class TrainingRun:
             section, name = key.split(".")
             cfg_dict[section].pop(name, None)
         if stage == "autoencoder":
-            from mambacontrol.training.stage_autoencoder import train_autoencoder
-
             return train_autoencoder(self.cfg, self.data, self.out, resume, cfg_dict)
         if stage == "latents":
-            from mambacontrol.training.stage_latents import encode_latents
-
             return encode_latents(self.data, self.out)
         if stage == "graph":
-            from mambacontrol.training.stage_graph import train_graph
-
             return train_graph(self.cfg, self.data, self.out, resume, cfg_dict)
-        from mambacontrol.training.stage_diffusion import train_controlnet, train_unet
-
         fn = train_unet if stage == "unet" else train_controlnet
         return fn(self.cfg, self.data, self.out, resume, cfg_dict)
 
@@ -208,33 +205,18 @@ class TrainingRun:
         """Write ``model_index.json`` from the components present (needs autoencoder and UNet)."""
         if not (self.out / "autoencoder").is_dir() or not (self.out / "unet").is_dir():
             return None
-        from mambacontrol.atlas import load_atlas
-        from mambacontrol.models.autoencoder import Autoencoder
-        from mambacontrol.models.controlnet import MambaControlNet
-        from mambacontrol.models.unet import DenoisingUNet
-        from mambacontrol.pipeline.progression import (
-            INDEX_NAME,
-            ProgressionPipeline,
-            SamplingDefaults,
-        )
-        from mambacontrol.training.stage_diffusion import noise_schedule
-
         parts = {}
         if self.cfg.graph.enabled and (self.out / "graph_encoder").is_dir():
-            from mambacontrol.graph import GraphEncoder, TrajectoryHead
-
             parts["graph_encoder"] = GraphEncoder.load(self.out / "graph_encoder")
             if (self.out / "trajectory_head").is_dir():
                 parts["trajectory_head"] = TrajectoryHead.load(self.out / "trajectory_head")
         if self.cfg.controlnet.enabled and self.finished("controlnet") is not None:
             parts["controlnet"] = MambaControlNet.load(self.out / "controlnet")
-        s = self.cfg.sampling
         try:
             pipe = ProgressionPipeline(
                 Autoencoder.load(self.out / "autoencoder"), DenoisingUNet.load(self.out / "unet"),
                 noise_schedule(self.cfg), load_atlas(self.cfg.data.atlas, self.cfg.data.grid),
-                sampling=SamplingDefaults(s.sampler, s.num_inference_steps, s.num_samples, s.decode),
-                **parts)
+                sampling=self.cfg.sampling, **parts)
         except ModelError as exc:
             raise ModelError(f"{self.out}: the trained components do not fit together ({exc})") from None
         return write_json(self.out / INDEX_NAME, pipe.index())

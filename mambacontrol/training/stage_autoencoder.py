@@ -18,12 +18,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from monai.data import Dataset
+from monai.losses import PatchAdversarialLoss
+from monai.networks.nets import PatchDiscriminator
+from monai.transforms import RandSpatialCropd
 from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from mambacontrol.errors import ConfigError
 from mambacontrol.models.autoencoder import Autoencoder
 from mambacontrol.training.common import engine_settings, make_optimizer
+from mambacontrol.training.config import arguments_for
 from mambacontrol.training.data import RunData
 from mambacontrol.training.data_order import ResumableBatches
 from mambacontrol.training.engine import StageSummary, Trainer, TrainingDivergedError
@@ -33,9 +39,8 @@ log = logging.getLogger(__name__)
 
 
 def build_autoencoder(cfg: RunConfig) -> Autoencoder:
-    m = cfg.autoencoder.model
-    return Autoencoder(channels=list(m.channels), latent_channels=m.latent_channels,
-                       num_res_blocks=m.num_res_blocks, norm_num_groups=m.norm_num_groups)
+    """The autoencoder of ``autoencoder.model``."""
+    return Autoencoder(**arguments_for(Autoencoder, cfg.autoencoder.model))
 
 
 def kl_divergence(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -50,9 +55,6 @@ class PatchGAN(nn.Module):
 
     def __init__(self, channels: int = 32, num_layers: int = 3):
         super().__init__()
-        from monai.losses import PatchAdversarialLoss
-        from monai.networks.nets import PatchDiscriminator
-
         self.net = PatchDiscriminator(spatial_dims=3, num_layers_d=num_layers, channels=channels,
                                       in_channels=1, out_channels=1)
         self.loss = PatchAdversarialLoss(criterion="least_squares")
@@ -71,9 +73,6 @@ class PatchGAN(nn.Module):
 def patch_dataset(data: RunData, patch: list[int]):
     """MONAI Dataset of the training scans with a seeded random crop (re-seeded per item by
     :class:`ResumableBatches`)."""
-    from monai.data import Dataset
-    from monai.transforms import RandSpatialCropd
-
     images = []
     for v in tqdm(data.train_visits, desc="loading training scans", disable=None, leave=False):
         images.append({"image": data.prepared(v).image[None].astype(np.float32)})
@@ -86,14 +85,11 @@ def train_autoencoder(cfg: RunConfig, data: RunData, out: Path, resume: bool,
                       config_dict: dict) -> StageSummary:
     """Train, compute the scale factor, save ``<out>/autoencoder``."""
     t = cfg.autoencoder.train
-    factor = 2 ** (len(cfg.autoencoder.model.channels) - 1)
-    if any(int(p) % factor for p in t.patch_size):
-        from mambacontrol.errors import ConfigError
-
-        raise ConfigError(f"autoencoder.train.patch_size {t.patch_size} must be divisible by the "
-                          f"autoencoder's downsampling factor {factor}")
     torch.manual_seed(cfg.seed)
     ae = build_autoencoder(cfg)
+    if any(int(p) % ae.downsample_factor for p in t.patch_size):
+        raise ConfigError(f"autoencoder.train.patch_size {t.patch_size} must be divisible by the "
+                          f"autoencoder's downsampling factor {ae.downsample_factor}")
     ae.check_shape(data.atlas.grid.shape)
     models: dict[str, nn.Module] = {"autoencoder": ae}
     gan = None

@@ -18,12 +18,14 @@ from torch.nn import functional as F
 
 from mambacontrol.data.covariates import CovariateNorm
 from mambacontrol.errors import ConfigError
+from mambacontrol.graph import AnatomyGraph, GraphEncoder
 from mambacontrol.models.autoencoder import Autoencoder
 from mambacontrol.models.controlnet import MambaControlNet
 from mambacontrol.models.schedulers import NoiseSchedule, training_scheduler
 from mambacontrol.models.unet import DenoisingUNet
 from mambacontrol.pipeline.conditioning import build_hint, encode_graph, hint_channels
 from mambacontrol.training.common import engine_settings, make_optimizer
+from mambacontrol.training.config import arguments_for
 from mambacontrol.training.data import RunData, pair_items, weights_hash
 from mambacontrol.training.data_order import ResumableBatches
 from mambacontrol.training.engine import StageSummary, Trainer
@@ -31,28 +33,25 @@ from mambacontrol.training.run_config import RunConfig
 
 
 def noise_schedule(cfg: RunConfig) -> NoiseSchedule:
-    d = cfg.diffusion
-    return NoiseSchedule(num_train_timesteps=d.num_train_timesteps, beta_schedule=d.beta_schedule,
-                         beta_start=d.beta_start, beta_end=d.beta_end, prediction_type=d.prediction_type)
+    """The run's forward process: the ``diffusion`` section's schedule arguments."""
+    return NoiseSchedule(**arguments_for(NoiseSchedule, cfg.diffusion))
 
 
 def build_unet(cfg: RunConfig, latent_channels: int, context_dim: int) -> DenoisingUNet:
-    m = cfg.unet.model
-    return DenoisingUNet(latent_channels=latent_channels, concat_base=m.concat_base,
-                         channels=list(m.channels), attention_levels=list(m.attention_levels),
-                         num_res_blocks=m.num_res_blocks, norm_num_groups=m.norm_num_groups,
-                         num_head_channels=m.num_head_channels, context_dim=context_dim,
-                         target=cfg.diffusion.target)
+    """The denoiser of ``unet.model`` generating ``diffusion.target``, on latents of
+    ``latent_channels`` (the autoencoder's) with context tokens of width ``context_dim`` (the
+    graph encoder's)."""
+    return DenoisingUNet(**arguments_for(DenoisingUNet, cfg.unet.model),
+                         target=cfg.diffusion.target, latent_channels=latent_channels,
+                         context_dim=context_dim)
 
 
 def build_controlnet(cfg: RunConfig, unet: DenoisingUNet, graph_dim: int) -> MambaControlNet:
-    m = cfg.controlnet.model
+    """The ControlNet of ``controlnet.model``, shaped like and initialised from ``unet``, for a
+    hint carrying ``graph_dim`` graph channels (0: no graph map)."""
     return MambaControlNet.from_unet(
-        unet, hint_channels=hint_channels(unet.config.latent_channels, graph_dim), mixer=m.mixer,
-        mamba_levels=m.mamba_levels, mamba_directions=list(m.mamba_directions),
-        mamba_d_state=m.mamba_d_state, mamba_expand=m.mamba_expand,
-        share_mamba_weights=m.share_mamba_weights, fourier_levels=m.fourier_levels,
-        fourier_modes=list(m.fourier_modes), hint_width=m.hint_width)
+        unet, hint_channels=hint_channels(unet.config.latent_channels, graph_dim),
+        **arguments_for(MambaControlNet, cfg.controlnet.model))
 
 
 class DiffusionObjective:
@@ -84,8 +83,6 @@ def _graph_parts(models: dict, batch: dict):
 def _load_frozen(out: Path, cfg: RunConfig, device) -> dict:
     frozen = {}
     if cfg.graph.enabled:
-        from mambacontrol.graph import GraphEncoder
-
         frozen["graph_encoder"] = GraphEncoder.load(out / "graph_encoder", device)
     return frozen
 
@@ -95,8 +92,6 @@ def _items(cfg: RunConfig, data: RunData, out: Path, frozen: dict, factor: int) 
     norm = CovariateNorm()
     graph = None
     if "graph_encoder" in frozen:
-        from mambacontrol.graph import AnatomyGraph
-
         graph = AnatomyGraph.from_identity(data.atlas, frozen["graph_encoder"].config.graph)
         frozen["graph_encoder"].check_graph(graph)
     pairs = data.pairs("train")

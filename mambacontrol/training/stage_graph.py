@@ -11,18 +11,17 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from mambacontrol.graph.encoder import GraphEncoder
+from mambacontrol.training.config import arguments_for
 from mambacontrol.training.data import RunData
 from mambacontrol.training.engine import StageSummary
 from mambacontrol.training.run_config import RunConfig
 
 
 def graph_encoder_arch(cfg: RunConfig) -> dict:
-    """The GraphEncoder's architecture arguments from the config's ``graph.model``."""
-    m = cfg.graph.model
-    return dict(embed_dim=m.embed_dim, num_layers=m.num_layers, conv=m.conv,
-                num_tokens=m.num_tokens, spectral_filters=m.spectral_filters,
-                filter_kind=m.filter_kind, fourier_refine=m.fourier_refine,
-                dropout=m.dropout, feature_dropout=m.feature_dropout)
+    """The GraphEncoder's architecture arguments: the ``graph.model`` settings that are its
+    keyword arguments."""
+    return arguments_for(GraphEncoder, cfg.graph.model)
 
 
 def train_graph(cfg: RunConfig, data: RunData, out: Path, resume: bool, config_dict: dict) -> StageSummary:

@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from mambacontrol.models.autoencoder import Autoencoder
 from mambacontrol.training.data import RunData, weights_hash
+from mambacontrol.training.data_order import process_state
 from mambacontrol.training.engine import StageSummary
 
 log = logging.getLogger(__name__)
@@ -20,8 +21,6 @@ log = logging.getLogger(__name__)
 def encode_latents(data: RunData, out: Path, device: str | torch.device = "cpu") -> StageSummary:
     """Encode every visit (all splits) with ``<out>/autoencoder``; visits already cached with this
     autoencoder are skipped, so an interrupted stage resumes where it stopped."""
-    from mambacontrol.training.data_order import process_state
-
     state = process_state()
     if not state.is_main_process:  # one process encodes; the others wait for the cache
         state.wait_for_everyone()

@@ -1,11 +1,12 @@
 """Check a whole run config before the first stage runs.
 
-The YAML loader already checks keys and types (:mod:`mambacontrol.training.config`); this module
-checks the values that would otherwise fail only when their stage starts, hours into a run:
-optimisation settings, the atlas and grid, the manifest's existence, and every enabled stage's
-network, built from the config on the meta device (no memory, no weights), so that a bad channel
-count or group norm, an oversize network (the ``max_model_parameters`` limit), a grid the
-autoencoder cannot divide or a latent grid the UNet cannot divide is refused at once.
+The YAML loader already checks keys and types (:mod:`mambacontrol.training.config`), and the
+sampling defaults check themselves when loaded; this module checks the values that would otherwise
+fail only when their stage starts, hours into a run: optimisation settings, the atlas and grid,
+the manifest's existence, the noise schedule, and every enabled stage's network, built from the
+config on the meta device (no memory, no weights), so that a bad channel count or group norm, an
+oversize network (the ``max_model_parameters`` limit), a grid the autoencoder cannot divide or a
+latent grid the UNet cannot divide is refused at once.
 """
 
 from __future__ import annotations
@@ -15,10 +16,15 @@ from pathlib import Path
 
 import torch
 
-from mambacontrol.atlas import load_atlas
+from mambacontrol.atlas import Atlas, load_atlas
 from mambacontrol.errors import ConfigError, MambaControlError
+from mambacontrol.graph.encoder import GraphEncoder
 from mambacontrol.io.limits import check_limit
+from mambacontrol.training.engine import check_trackers
 from mambacontrol.training.run_config import OptimConfig, RunConfig
+from mambacontrol.training.stage_autoencoder import build_autoencoder
+from mambacontrol.training.stage_diffusion import build_controlnet, build_unet, noise_schedule
+from mambacontrol.training.stage_graph import graph_encoder_arch
 
 
 def _positive_int(key: str, value: int, minimum: int = 1) -> None:
@@ -47,8 +53,6 @@ def _check_engine(cfg: RunConfig) -> None:
         _positive_int(f"engine.{name}", getattr(e, name), 0)
     if not (math.isfinite(e.max_grad_norm) and e.max_grad_norm > 0):
         raise ConfigError(f"engine.max_grad_norm: {e.max_grad_norm} must be a positive number")
-    from mambacontrol.training.engine import check_trackers
-
     check_trackers(e.trackers, "engine.trackers")
 
 
@@ -67,21 +71,31 @@ def _build(key: str, make):
 def validate_run_config(cfg: RunConfig) -> None:
     """Raise :class:`ConfigError` (one line naming the key) for any value that a stage would
     refuse, before any stage runs."""
-    from mambacontrol.graph.encoder import GraphEncoder
-    from mambacontrol.pipeline.progression import SamplingDefaults
-    from mambacontrol.training.stage_autoencoder import build_autoencoder
-    from mambacontrol.training.stage_diffusion import build_controlnet, build_unet, noise_schedule
-    from mambacontrol.training.stage_graph import graph_encoder_arch
-
-    if cfg.data.manifest is not None and not Path(cfg.data.manifest).is_file():
-        raise ConfigError(f"data.manifest: {cfg.data.manifest} does not exist; give a manifest CSV")
-    try:
-        atlas = load_atlas(cfg.data.atlas, cfg.data.grid)
-    except MambaControlError as exc:
-        raise ConfigError(f"data.atlas/data.grid: {exc}") from None
+    atlas = _check_data(cfg)
     if not 0 <= cfg.seed < 2 ** 63:
         raise ConfigError(f"seed: {cfg.seed} must lie in 0…{2 ** 63 - 1}")
     _check_engine(cfg)
+    _check_optimisation(cfg)
+    _check_autoencoder_training(cfg, atlas)
+    try:
+        noise_schedule(cfg)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"diffusion: {exc}") from None
+    _check_networks(cfg, atlas)
+
+
+def _check_data(cfg: RunConfig) -> Atlas:
+    """The manifest exists and the atlas loads on the grid; returns the atlas."""
+    if cfg.data.manifest is not None and not Path(cfg.data.manifest).is_file():
+        raise ConfigError(f"data.manifest: {cfg.data.manifest} does not exist; give a manifest CSV")
+    try:
+        return load_atlas(cfg.data.atlas, cfg.data.grid)
+    except MambaControlError as exc:
+        raise ConfigError(f"data.atlas/data.grid: {exc}") from None
+
+
+def _check_optimisation(cfg: RunConfig) -> None:
+    """Every enabled stage's ``train`` section."""
     stages = {"autoencoder": cfg.autoencoder.train, "unet": cfg.unet.train}
     if cfg.graph.enabled:
         stages["graph"] = cfg.graph.train
@@ -89,6 +103,10 @@ def validate_run_config(cfg: RunConfig) -> None:
         stages["controlnet"] = cfg.controlnet.train
     for name, train in stages.items():
         _check_optim(f"{name}.train", train)
+
+
+def _check_autoencoder_training(cfg: RunConfig, atlas: Atlas) -> None:
+    """Patch size within the grid, non-negative loss weights, at least one scan for the scale."""
     t = cfg.autoencoder.train
     patch = list(t.patch_size)
     if len(patch) != 3 or any(p < 1 or p > s for p, s in zip(patch, atlas.grid.shape)):
@@ -99,33 +117,29 @@ def validate_run_config(cfg: RunConfig) -> None:
             raise ConfigError(f"autoencoder.train.{name}: {getattr(t, name)} must be ≥ 0")
     _positive_int("autoencoder.train.scale_scans", t.scale_scans)
 
-    try:
-        noise_schedule(cfg)
-        s = cfg.sampling
-        SamplingDefaults(s.sampler, s.num_inference_steps, s.num_samples, s.decode)
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"diffusion/sampling: {exc}") from None
 
+def _check_networks(cfg: RunConfig, atlas: Atlas) -> None:
+    """Every enabled stage's network, built on the meta device, and the grids they must divide."""
     ae = _build("autoencoder.model", lambda: build_autoencoder(cfg))
     try:
         ae.check_shape(atlas.grid.shape)
-        for p in patch:
-            if p % ae.downsample_factor:
-                raise ValueError(f"patch size {patch} is not divisible by the autoencoder's "
-                                 f"downsampling factor {ae.downsample_factor}")
+        patch = list(cfg.autoencoder.train.patch_size)
+        if any(p % ae.downsample_factor for p in patch):
+            raise ValueError(f"patch size {patch} is not divisible by the autoencoder's "
+                             f"downsampling factor {ae.downsample_factor}")
     except ValueError as exc:
         raise ConfigError(f"autoencoder: {exc}") from None
     graph_dim = cfg.graph.model.embed_dim
     if cfg.graph.enabled:
-        m = cfg.graph.model
         _build("graph.model", lambda: GraphEncoder(num_nodes=len(atlas.regions), num_edges=0,
                                                     **graph_encoder_arch(cfg)))
-        _positive_int("graph.model.head_hidden", m.head_hidden)
+        _positive_int("graph.model.head_hidden", cfg.graph.model.head_hidden)
     unet = _build("unet.model", lambda: build_unet(cfg, ae.config.latent_channels, graph_dim))
     latent = [s // ae.downsample_factor for s in atlas.grid.shape]
     if any(s % unet.downsample_factor for s in latent):
-        raise ConfigError(f"unet.model.channels: the latent grid {tuple(latent)} is not divisible by "
-                          f"the UNet's downsampling factor {unet.downsample_factor}; use fewer levels")
+        raise ConfigError(f"unet.model.channels: the latent grid {tuple(latent)} is not divisible "
+                          f"by the UNet's downsampling factor {unet.downsample_factor}; use fewer "
+                          "levels")
     if cfg.controlnet.enabled:
         hint_graph = graph_dim if cfg.graph.enabled and cfg.controlnet.model.graph_hint else 0
         _build("controlnet.model", lambda: build_controlnet(cfg, unet, hint_graph))

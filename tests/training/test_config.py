@@ -1,4 +1,5 @@
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields, make_dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -6,12 +7,14 @@ import pytest
 
 from mambacontrol.errors import ConfigError
 from mambacontrol.training.config import (
+    arguments_for,
     config_differences,
     config_from_dict,
     config_to_dict,
     dump_config,
     load_config,
     require_same_config,
+    signature_fields,
 )
 
 
@@ -147,3 +150,37 @@ def test_differences_and_resume_refusal():
     with pytest.raises(ConfigError, match="run directory r was started with another config "
                                           "\\(train.channels: .*train.optim.lr: 0.0001 -> 0.0002\\)"):
         require_same_config(config_to_dict(a), b, "run directory r")
+
+
+class Net:
+    """A component stand-in: its signature is the only place its defaults live."""
+
+    def __init__(self, width: int, channels: Sequence[int] = (8, 16),
+                 levels: Sequence[bool] | None = None, mode: Literal["a", "b"] = "a"):
+        self.args = dict(width=width, channels=channels, levels=levels, mode=mode)
+
+
+def test_signature_fields_take_names_types_and_defaults_from_the_signature():
+    Section = make_dataclass("Section", signature_fields(Net, ["mode", "channels", "levels"])
+                             + [("switch", bool, field(default=True))])
+    assert [f.name for f in fields(Section)] == ["mode", "channels", "levels", "switch"]
+    section = load_config(Section)
+    assert section == Section(mode="a", channels=[8, 16], levels=None, switch=True)
+    assert load_config(Section, overrides=["levels=[true, false]"]).levels == [True, False]
+    with pytest.raises(ConfigError, match="channels: expected list\\[int\\], got 8"):
+        load_config(Section, overrides=["channels=8"])
+    with pytest.raises(ConfigError, match="'c' is not one of 'a', 'b'"):
+        load_config(Section, overrides=["mode=c"])
+    with pytest.raises(ValueError, match="'depth' is not an argument of Net"):
+        signature_fields(Net, ["depth"])
+
+
+def test_arguments_for_passes_a_section_back_to_its_callable():
+    Section = make_dataclass("Section", signature_fields(Net, ["channels", "mode"])
+                             + [("switch", bool, field(default=True))])
+    section = Section()
+    args = arguments_for(Net, section)
+    assert args == {"channels": [8, 16], "mode": "a"}  # not the section's own switch
+    args["channels"].append(32)
+    assert section.channels == [8, 16]  # copies
+    assert Net(width=4, **arguments_for(Net, section)).args["channels"] == [8, 16]

@@ -1,0 +1,46 @@
+"""The run config's network sections are their components' keyword arguments: one set of defaults."""
+
+import torch
+
+from mambacontrol.models.autoencoder import Autoencoder
+from mambacontrol.models.controlnet import MambaControlNet
+from mambacontrol.models.schedulers import NoiseSchedule
+from mambacontrol.models.unet import DenoisingUNet
+from mambacontrol.nn.component import Component
+from mambacontrol.nn.scan_order import DIRECTIONS
+from mambacontrol.pipeline.conditioning import hint_channels
+from mambacontrol.pipeline.progression import SamplingDefaults
+from mambacontrol.training.config import dump_config, load_config
+from mambacontrol.training.run_config import RunConfig
+from mambacontrol.training.stage_autoencoder import build_autoencoder
+from mambacontrol.training.stage_diffusion import build_controlnet, build_unet, noise_schedule
+
+
+def _same_network(built: Component, default: Component) -> None:
+    assert built.to_json_string() == default.to_json_string()  # the saved config.json
+    assert ({k: v.shape for k, v in built.state_dict().items()}
+            == {k: v.shape for k, v in default.state_dict().items()})
+
+
+def test_default_run_config_builds_the_default_constructors_networks():
+    cfg = RunConfig()
+    derived = dict(latent_channels=cfg.autoencoder.model.latent_channels,
+                   context_dim=cfg.graph.model.embed_dim)  # what the run takes from other stages
+    graph_dim = cfg.graph.model.embed_dim
+    with torch.device("meta"):
+        _same_network(build_autoencoder(cfg), Autoencoder())
+        unet = DenoisingUNet(**derived)
+        _same_network(build_unet(cfg, **derived), unet)
+        _same_network(build_controlnet(cfg, unet, graph_dim), MambaControlNet.from_unet(
+            unet, hint_channels(unet.config.latent_channels, graph_dim)))
+    assert noise_schedule(cfg) == NoiseSchedule()
+    assert NoiseSchedule().prediction_type == "v_prediction"  # the run's default, the only one
+    assert cfg.sampling == SamplingDefaults()
+    assert cfg.controlnet.model.mamba_directions == list(DIRECTIONS)
+
+
+def test_saved_run_config_reads_back_equal():
+    cfg = load_config(RunConfig, overrides=["controlnet.model.mamba_levels=[false, true, true]",
+                                            "sampling.num_samples=3"])
+    assert load_config(RunConfig, text=dump_config(cfg)) == cfg
+    assert isinstance(cfg.sampling, SamplingDefaults) and cfg.sampling.num_samples == 3

@@ -39,19 +39,23 @@ class Autoencoder(Component):
         if len(channels) < 1:
             raise ValueError("channels must list at least one level")
         if any(c % norm_num_groups for c in channels):
-            raise ValueError(f"norm_num_groups={norm_num_groups} must divide every channel count {channels}")
+            raise ValueError(f"norm_num_groups={norm_num_groups} must divide every channel count "
+                             f"{channels}")
         if latent_channels < 1:
             raise ValueError(f"latent_channels must be ≥ 1, got {latent_channels}")
         if not scaling_factor > 0:
             raise ValueError(f"scaling_factor must be > 0, got {scaling_factor}")
-        levels = tuple(attention_levels) if attention_levels is not None else (False,) * len(channels)
+        levels = (tuple(attention_levels) if attention_levels is not None
+                  else (False,) * len(channels))
         if len(levels) != len(channels):
-            raise ValueError(f"attention_levels has {len(levels)} entries for {len(channels)} levels")
+            raise ValueError(f"attention_levels has {len(levels)} entries for {len(channels)} "
+                             "levels")
         self.net = AutoencoderKL(
             spatial_dims=3, in_channels=1, out_channels=1, channels=channels,
             latent_channels=latent_channels, num_res_blocks=num_res_blocks,
             attention_levels=levels, norm_num_groups=norm_num_groups,
-            with_encoder_nonlocal_attn=with_nonlocal_attn, with_decoder_nonlocal_attn=with_nonlocal_attn)
+            with_encoder_nonlocal_attn=with_nonlocal_attn,
+            with_decoder_nonlocal_attn=with_nonlocal_attn)
 
     @property
     def downsample_factor(self) -> int:
@@ -73,7 +77,8 @@ class Autoencoder(Component):
         f = self.downsample_factor
         if any(int(s) % f for s in shape):
             raise ValueError(f"image grid {tuple(shape)} is not divisible by the autoencoder's "
-                             f"downsampling factor {f}; use a grid whose sizes are multiples of {f}")
+                             f"downsampling factor {f}; use a grid whose sizes are multiples of "
+                             f"{f}")
 
     def encode_moments(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Unscaled posterior mean and standard deviation, each (B, C_z, x, y, z), for training."""

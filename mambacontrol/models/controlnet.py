@@ -3,10 +3,11 @@
 Built with MONAI's block factories (``get_down_block``), so its down path and mid-block resnets
 have the UNet's exact state-dict names and can be initialised from a trained UNet
 (:meth:`MambaControlNet.from_unet`). Where the UNet has (cross-)attention, the ControlNet has
-multi-directional 3D Mamba blocks (``mixer="mamba"``) — or the UNet's attention (``mixer="attention"``,
-the ablation). A Fourier refinement block filters the control features in the frequency domain.
-Every output projection is zero-initialised, so a fresh ControlNet leaves the UNet unchanged.
-Covariates enter through the timestep embedding (an MLP whose last layer starts at zero).
+multi-directional 3D Mamba blocks (``mixer="mamba"``) — or the UNet's attention
+(``mixer="attention"``, the ablation). A Fourier refinement block filters the control features in
+the frequency domain. Every output projection is zero-initialised, so a fresh ControlNet leaves the
+UNet unchanged. Covariates enter through the timestep embedding (an MLP whose last layer starts at
+zero).
 
 The hint is a (B, hint_channels, x, y, z) map on the latent grid: the baseline latent, the
 rasterised graph embedding and a Δt map, concatenated by the pipeline.
@@ -14,6 +15,7 @@ rasterised graph embedding and a Δt map, concatenated by the pipeline.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -48,7 +50,8 @@ def _conv(cin: int, cout: int, kernel: int = 3) -> Convolution:
 
 
 class HintEmbedding(nn.Module):
-    """Latent-grid hint (B, H, x, y, z) -> features (B, C0, x, y, z); the last conv starts at zero."""
+    """Latent-grid hint (B, H, x, y, z) -> features (B, C0, x, y, z); the last conv starts at
+    zero."""
 
     def __init__(self, hint_channels: int, width: int, out_channels: int):
         super().__init__()
@@ -62,7 +65,8 @@ class HintEmbedding(nn.Module):
 
 
 class MambaMidBlock(nn.Module):
-    """Mid block with MONAI's resnet names (``resnet_1``, ``resnet_2``) and a Mamba block between."""
+    """Mid block with MONAI's resnet names (``resnet_1``, ``resnet_2``) and a Mamba block
+    between."""
 
     def __init__(self, channels: int, temb_channels: int, norm_num_groups: int, mamba: nn.Module):
         super().__init__()
@@ -83,8 +87,29 @@ class WeightCopyReport:
     """What :meth:`MambaControlNet.copy_weights_from_unet` did, tensor by tensor."""
 
     copied: list[str] = field(default_factory=list)
-    unet_only: list[str] = field(default_factory=list)  # UNet tensors with no ControlNet counterpart
-    controlnet_only: list[str] = field(default_factory=list)  # ControlNet tensors left as initialised
+    #: UNet tensors with no ControlNet counterpart
+    unet_only: list[str] = field(default_factory=list)
+    #: ControlNet tensors left as initialised
+    controlnet_only: list[str] = field(default_factory=list)
+
+
+def _level_switches(levels: int, attention_levels: Sequence[bool],
+                    mamba_levels: Sequence[bool] | None,
+                    fourier_levels: Sequence[bool] | None) -> tuple[tuple, tuple]:
+    """Per level, whether a Mamba block and a Fourier block mix the features entering it
+    (defaults: Mamba everywhere, Fourier at the first level).
+
+    Raises:
+        ValueError: a per-level list whose length is not the number of levels.
+    """
+    mamba = tuple(mamba_levels) if mamba_levels is not None else (True,) * levels
+    fourier = (tuple(fourier_levels) if fourier_levels is not None
+               else (True,) + (False,) * (levels - 1))
+    for name, switches in (("attention_levels", attention_levels), ("mamba_levels", mamba),
+                           ("fourier_levels", fourier)):
+        if len(switches) != levels:
+            raise ValueError(f"{name} has {len(switches)} entries for {levels} levels")
+    return mamba, fourier
 
 
 class MambaControlNet(Component):
@@ -112,11 +137,13 @@ class MambaControlNet(Component):
     def __init__(self, in_channels: int = 6, hint_channels: int = 4,
                  channels: Sequence[int] = (64, 128, 128), num_res_blocks: int = 1,
                  norm_num_groups: int = 16, attention_levels: Sequence[bool] = (False, True, True),
-                 num_head_channels: int = 32, context_dim: int = 64, transformer_num_layers: int = 1,
+                 num_head_channels: int = 32, context_dim: int = 64,
+                 transformer_num_layers: int = 1,
                  mixer: Mixer = "mamba", mamba_levels: Sequence[bool] | None = None,
                  mamba_directions: Sequence[str] = DIRECTIONS, mamba_d_state: int = 16,
                  mamba_expand: int = 2, share_mamba_weights: bool = True,
-                 fourier_levels: Sequence[bool] | None = None, fourier_modes: Sequence[int] = (6, 6, 6),
+                 fourier_levels: Sequence[bool] | None = None,
+                 fourier_modes: Sequence[int] = (6, 6, 6),
                  hint_width: int = 32, num_covariates: int = NUM_COVARIATES,
                  use_flash_attention: bool = True):
         super().__init__()
@@ -124,61 +151,61 @@ class MambaControlNet(Component):
         n = len(channels)
         if mixer not in MIXERS:
             raise ValueError(f"mixer '{mixer}' is not one of {', '.join(MIXERS)}")
-        if len(attention_levels) != n:
-            raise ValueError(f"attention_levels has {len(attention_levels)} entries for {n} levels")
-        mamba_levels = tuple(mamba_levels) if mamba_levels is not None else (True,) * n
-        fourier_levels = tuple(fourier_levels) if fourier_levels is not None else (True,) + (False,) * (n - 1)
-        if len(mamba_levels) != n:
-            raise ValueError(f"mamba_levels has {len(mamba_levels)} entries for {n} levels")
-        if len(fourier_levels) != n:
-            raise ValueError(f"fourier_levels has {len(fourier_levels)} entries for {n} levels")
+        mamba_levels, fourier_levels = _level_switches(n, attention_levels, mamba_levels,
+                                                       fourier_levels)
         if any(c % norm_num_groups for c in channels):
-            raise ValueError(f"norm_num_groups={norm_num_groups} must divide every channel count {channels}")
+            raise ValueError(f"norm_num_groups={norm_num_groups} must divide every channel count "
+                             f"{channels}")
         if hint_channels < 1 or in_channels < 1:
-            raise ValueError(f"hint_channels and in_channels must be ≥ 1, got {hint_channels}, {in_channels}")
+            raise ValueError(f"hint_channels and in_channels must be ≥ 1, got {hint_channels}, "
+                             f"{in_channels}")
         use_attention = mixer == "attention"
         temb = channels[0] * 4
+        unet_blocks = dict(  # the settings MONAI's down and mid blocks share
+            spatial_dims=3, temb_channels=temb, norm_num_groups=norm_num_groups, norm_eps=1e-6,
+            num_head_channels=num_head_channels, transformer_num_layers=transformer_num_layers,
+            cross_attention_dim=context_dim, use_flash_attention=use_flash_attention)
 
-        self.conv_in = _conv(in_channels, channels[0])
-        self.time_embed = nn.Sequential(nn.Linear(channels[0], temb), nn.SiLU(), nn.Linear(temb, temb))
-        self.covariate_embed = covariate_mlp(num_covariates, temb)
-        nn.init.zeros_(self.covariate_embed[-1].weight)
-        nn.init.zeros_(self.covariate_embed[-1].bias)
-        self.hint_embed = HintEmbedding(hint_channels, hint_width, channels[0])
-
-        def mamba(c: int) -> MambaBlock3d:
-            return MambaBlock3d(c, d_state=mamba_d_state, expand=mamba_expand,
-                                directions=tuple(mamba_directions), share_weights=share_mamba_weights)
+        self._build_stem(in_channels, hint_channels, hint_width, channels[0], temb, num_covariates)
+        mamba = functools.partial(MambaBlock3d, d_state=mamba_d_state, expand=mamba_expand,
+                                  directions=tuple(mamba_directions),
+                                  share_weights=share_mamba_weights)
 
         self.fourier_blocks = nn.ModuleList()
         self.mamba_blocks = nn.ModuleList()
         self.down_blocks = nn.ModuleList()
-        self.controlnet_down_blocks = nn.ModuleList([zero_module(_conv(channels[0], channels[0], 1))])
+        self.controlnet_down_blocks = nn.ModuleList(
+            [zero_module(_conv(channels[0], channels[0], 1))])
         cin = channels[0]
         for i, cout in enumerate(channels):
             self.fourier_blocks.append(
-                FourierRefine3d(cin, modes=tuple(fourier_modes)) if fourier_levels[i] else nn.Identity())
-            self.mamba_blocks.append(mamba(cin) if (not use_attention and mamba_levels[i]) else nn.Identity())
+                FourierRefine3d(cin, modes=tuple(fourier_modes)) if fourier_levels[i]
+                else nn.Identity())
+            self.mamba_blocks.append(mamba(cin) if (not use_attention and mamba_levels[i])
+                                     else nn.Identity())
             last = i == n - 1
             self.down_blocks.append(get_down_block(
-                spatial_dims=3, in_channels=cin, out_channels=cout, temb_channels=temb,
-                num_res_blocks=num_res_blocks, norm_num_groups=norm_num_groups, norm_eps=1e-6,
+                in_channels=cin, out_channels=cout, num_res_blocks=num_res_blocks,
                 add_downsample=not last, resblock_updown=False, with_attn=False,
-                with_cross_attn=use_attention and bool(attention_levels[i]),
-                num_head_channels=num_head_channels, transformer_num_layers=transformer_num_layers,
-                cross_attention_dim=context_dim, use_flash_attention=use_flash_attention))
+                with_cross_attn=use_attention and bool(attention_levels[i]), **unet_blocks))
             for _ in range(num_res_blocks + (0 if last else 1)):
                 self.controlnet_down_blocks.append(zero_module(_conv(cout, cout, 1)))
             cin = cout
-        if use_attention:
-            self.middle_block = get_mid_block(
-                spatial_dims=3, in_channels=channels[-1], temb_channels=temb,
-                norm_num_groups=norm_num_groups, norm_eps=1e-6, with_conditioning=True,
-                num_head_channels=num_head_channels, transformer_num_layers=transformer_num_layers,
-                cross_attention_dim=context_dim, use_flash_attention=use_flash_attention)
-        else:
-            self.middle_block = MambaMidBlock(channels[-1], temb, norm_num_groups, mamba(channels[-1]))
+        self.middle_block = (
+            get_mid_block(in_channels=channels[-1], with_conditioning=True, **unet_blocks)
+            if use_attention else
+            MambaMidBlock(channels[-1], temb, norm_num_groups, mamba(channels[-1])))
         self.controlnet_mid_block = zero_module(_conv(channels[-1], channels[-1], 1))
+
+    def _build_stem(self, in_channels: int, hint_channels: int, hint_width: int, width: int,
+                    temb: int, num_covariates: int) -> None:
+        """Input conv, time and covariate embeddings (the latter starts at zero), hint embedding."""
+        self.conv_in = _conv(in_channels, width)
+        self.time_embed = nn.Sequential(nn.Linear(width, temb), nn.SiLU(), nn.Linear(temb, temb))
+        self.covariate_embed = covariate_mlp(num_covariates, temb)
+        nn.init.zeros_(self.covariate_embed[-1].weight)
+        nn.init.zeros_(self.covariate_embed[-1].bias)
+        self.hint_embed = HintEmbedding(hint_channels, hint_width, width)
 
     @classmethod
     def from_unet(cls, unet: DenoisingUNet, hint_channels: int, copy_weights: bool = True,
@@ -196,13 +223,14 @@ class MambaControlNet(Component):
         uc = unet.config
         shared = dict(in_channels=unet.input_channels, channels=list(uc.channels),
                       num_res_blocks=uc.num_res_blocks, norm_num_groups=uc.norm_num_groups,
-                      attention_levels=list(uc.attention_levels), num_head_channels=uc.num_head_channels,
+                      attention_levels=list(uc.attention_levels),
+                      num_head_channels=uc.num_head_channels,
                       context_dim=uc.context_dim, transformer_num_layers=uc.transformer_num_layers,
                       num_covariates=uc.num_covariates, use_flash_attention=uc.use_flash_attention)
         clash = sorted(set(shared) & set(kwargs))
         if clash:
             raise ValueError(f"{', '.join(clash)} come from the UNet and cannot be overridden")
-        if kwargs.get("mamba_levels") is None:  # Mamba where the UNet has attention (and the mid block)
+        if kwargs.get("mamba_levels") is None:  # Mamba where the UNet has attention (and mid block)
             kwargs["mamba_levels"] = list(uc.attention_levels)
         net = cls(hint_channels=hint_channels, **shared, **kwargs)
         if copy_weights:
@@ -232,8 +260,9 @@ class MambaControlNet(Component):
                 report.unet_only.append(name)
                 continue
             if own[name].shape != tensor.shape:
-                raise ValueError(f"UNet tensor {name} has shape {tuple(tensor.shape)}, the ControlNet's "
-                                 f"has {tuple(own[name].shape)}: the two were not built alike")
+                raise ValueError(f"UNet tensor {name} has shape {tuple(tensor.shape)}, the "
+                                 f"ControlNet's has {tuple(own[name].shape)}: the two were not "
+                                 "built alike")
             update[name] = tensor.detach().clone()
             report.copied.append(name)
         report.controlnet_only = [k for k in own if k not in update]
@@ -258,7 +287,8 @@ class MambaControlNet(Component):
             ``down_block_additional_residuals`` / ``mid_block_additional_residual``.
         """
         if hint.shape[2:] != x.shape[2:]:
-            raise ValueError(f"hint grid {tuple(hint.shape[2:])} differs from the latent grid {tuple(x.shape[2:])}")
+            raise ValueError(f"hint grid {tuple(hint.shape[2:])} differs from the latent grid "
+                             f"{tuple(x.shape[2:])}")
         attn = self.config.mixer == "attention"
         if attn and context is None:
             raise ValueError("the attention ControlNet needs the UNet's cross-attention context")
@@ -272,5 +302,6 @@ class MambaControlNet(Component):
             h, res = down(hidden_states=h, temb=emb, context=ctx)
             skips.extend(res)
         h = self.middle_block(hidden_states=h, temb=emb, context=ctx)
-        down_res = [proj(s) * conditioning_scale for s, proj in zip(skips, self.controlnet_down_blocks)]
+        down_res = [proj(s) * conditioning_scale
+                    for s, proj in zip(skips, self.controlnet_down_blocks)]
         return down_res, self.controlnet_mid_block(h) * conditioning_scale

@@ -44,7 +44,8 @@ class NoiseSchedule:
         if self.num_train_timesteps < 2:
             raise ValueError(f"num_train_timesteps must be ≥ 2, got {self.num_train_timesteps}")
         if not 0 < self.beta_start < self.beta_end < 1:
-            raise ValueError(f"need 0 < beta_start < beta_end < 1, got {self.beta_start}, {self.beta_end}")
+            raise ValueError(f"need 0 < beta_start < beta_end < 1, got {self.beta_start}, "
+                             f"{self.beta_end}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -58,7 +59,8 @@ def training_scheduler(schedule: NoiseSchedule) -> DDPMScheduler:
                          clip_sample=False, timestep_spacing="trailing")
 
 
-def sampling_scheduler(schedule: NoiseSchedule | SchedulerMixin, sampler: str = "ddim") -> SchedulerMixin:
+def sampling_scheduler(schedule: NoiseSchedule | SchedulerMixin,
+                       sampler: str = "ddim") -> SchedulerMixin:
     """A sampler over the same forward process: ``ddim``, ``dpm-solver`` or ``ddpm``.
 
     Args:

@@ -23,7 +23,8 @@ def covariate_mlp(num_covariates: int, width: int) -> nn.Sequential:
 
 
 class DenoisingUNet(Component):
-    """Denoises the latent target (the change Δz, or the follow-up latent) given the baseline latent.
+    """Denoises the latent target (the change Δz, or the follow-up latent) given the baseline
+    latent.
 
     Cross-attention context = one covariate token (age, Δt, sex, diagnosis through an MLP) followed
     by the graph encoder's pooled tokens when given. With ``concat_base`` the baseline latent is
@@ -66,13 +67,16 @@ class DenoisingUNet(Component):
             raise ValueError(f"attention_levels has {len(attention_levels)} entries for "
                              f"{len(channels)} levels (channels={channels})")
         if any(c % norm_num_groups for c in channels):
-            raise ValueError(f"norm_num_groups={norm_num_groups} must divide every channel count {channels}")
+            raise ValueError(f"norm_num_groups={norm_num_groups} must divide every channel count "
+                             f"{channels}")
         if context_dim < 1 or latent_channels < 1:
-            raise ValueError(f"context_dim and latent_channels must be ≥ 1, got {context_dim}, {latent_channels}")
+            raise ValueError(f"context_dim and latent_channels must be ≥ 1, got {context_dim}, "
+                             f"{latent_channels}")
         self.covariate_embed = covariate_mlp(num_covariates, context_dim)
         self.net = DiffusionModelUNet(
             spatial_dims=3, in_channels=self.input_channels, out_channels=latent_channels,
-            num_res_blocks=num_res_blocks, channels=channels, attention_levels=tuple(attention_levels),
+            num_res_blocks=num_res_blocks, channels=channels,
+            attention_levels=tuple(attention_levels),
             norm_num_groups=norm_num_groups, num_head_channels=num_head_channels,
             with_conditioning=True, cross_attention_dim=context_dim,
             transformer_num_layers=transformer_num_layers, use_flash_attention=use_flash_attention)
@@ -89,13 +93,15 @@ class DenoisingUNet(Component):
         return raw * self.config.target_scale
 
     def latents_from_target(self, z_base: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """The follow-up latent from a (scaled) generated target; inverts :meth:`target_from_latents`."""
+        """The follow-up latent from a (scaled) generated target; inverts
+        :meth:`target_from_latents`."""
         raw = target / self.config.target_scale
         return z_base + raw if self.config.target == "delta" else raw
 
     @property
     def input_channels(self) -> int:
-        """Channels of the network input (noisy latent, plus the baseline latent if concatenated)."""
+        """Channels of the network input (noisy latent, plus the baseline latent if
+        concatenated)."""
         return self.config.latent_channels * (2 if self.config.concat_base else 1)
 
     @property
@@ -110,14 +116,15 @@ class DenoisingUNet(Component):
             return torch.cat([noisy, z_base], dim=1)
         return noisy
 
-    def context(self, covariates: torch.Tensor, graph_tokens: torch.Tensor | None = None) -> torch.Tensor:
+    def context(self, covariates: torch.Tensor,
+                graph_tokens: torch.Tensor | None = None) -> torch.Tensor:
         """(B, K) covariates [+ (B, T, E) graph tokens] -> (B, 1 [+ T], E) context."""
         tok = self.covariate_embed(covariates).unsqueeze(1)
         if graph_tokens is None:
             return tok
         if graph_tokens.shape[-1] != self.config.context_dim:
-            raise ValueError(f"graph tokens have width {graph_tokens.shape[-1]}, the UNet's context_dim "
-                             f"is {self.config.context_dim}")
+            raise ValueError(f"graph tokens have width {graph_tokens.shape[-1]}, the UNet's "
+                             f"context_dim is {self.config.context_dim}")
         return torch.cat([tok, graph_tokens.to(tok.dtype)], dim=1)
 
     def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, covariates: torch.Tensor,
@@ -133,8 +140,8 @@ class DenoisingUNet(Component):
         if any(s % f for s in x.shape[2:]):
             raise ValueError(f"latent grid {tuple(x.shape[2:])} is not divisible by the UNet's "
                              f"downsampling factor {f}")
-        return self.net(
-            x, timesteps, context=self.context(covariates, graph_tokens),
-            down_block_additional_residuals=(tuple(down_block_additional_residuals)
-                                             if down_block_additional_residuals is not None else None),
-            mid_block_additional_residual=mid_block_additional_residual)
+        down = (tuple(down_block_additional_residuals)
+                if down_block_additional_residuals is not None else None)
+        return self.net(x, timesteps, context=self.context(covariates, graph_tokens),
+                        down_block_additional_residuals=down,
+                        mid_block_additional_residual=mid_block_additional_residual)

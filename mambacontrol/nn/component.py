@@ -73,8 +73,9 @@ class Component(ModelMixin, ConfigMixin):
         accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
         unknown = sorted(k for k in config if not k.startswith("_") and k not in accepted)
         if unknown:
-            raise ModelError(f"{cfg_path}: unknown setting(s) {', '.join(unknown)} for {cls.__name__}; "
-                             "the model was saved by another version of mambacontrol")
+            raise ModelError(f"{cfg_path}: unknown setting(s) {', '.join(unknown)} for "
+                             f"{cls.__name__}; the model was saved by another version of "
+                             "mambacontrol")
         # The config is first built on the meta device (no memory), so that a config asking for
         # huge layers is refused, and checked against the weights file's header, before anything
         # is allocated.
@@ -83,7 +84,8 @@ class Component(ModelMixin, ConfigMixin):
                 skeleton = cls.from_config(config)
         except (TypeError, ValueError, AttributeError, IndexError, KeyError, RuntimeError,
                 OverflowError) as exc:
-            raise ModelError(f"{cfg_path}: config does not build a {cls.__name__} ({exc})") from None
+            raise ModelError(f"{cfg_path}: config does not build a {cls.__name__} "
+                             f"({exc})") from None
         expected = skeleton.state_dict()
         check_limit("max_model_parameters", sum(t.numel() for t in expected.values()),
                     f"{cfg_path}: the config builds a {cls.__name__} with that many parameters")

@@ -10,7 +10,8 @@ from mambacontrol.errors import ConfigError
 
 def config_folders() -> list[Path]:
     here = Path(__file__).resolve()
-    return [d for d in (here.parents[1] / "_configs", here.parents[2] / "train" / "configs") if d.is_dir()]
+    candidates = (here.parents[1] / "_configs", here.parents[2] / "train" / "configs")
+    return [d for d in candidates if d.is_dir()]
 
 
 def bundled_config(name: str) -> Path:
@@ -23,7 +24,8 @@ def bundled_config(name: str) -> Path:
         path = folder / f"{name}.yaml"
         if path.is_file():
             return path
-    raise ConfigError(f"no bundled config '{name}'; available: {', '.join(bundled_names()) or 'none'}")
+    raise ConfigError(f"no bundled config '{name}'; available: "
+                      f"{', '.join(bundled_names()) or 'none'}")
 
 
 def bundled_names() -> list[str]:

@@ -69,8 +69,8 @@ def resolve_config(config_path: str | Path, overrides: list[str] | None = None,
         extra.append(f"data.manifest={json.dumps(str(manifest))}")
     cfg = load_config(RunConfig, config_path, overrides=extra)
     if cfg.data.manifest is None:
-        raise ConfigError(f"{config_path}: data.manifest is not set; add `data.manifest=PATH` to the "
-                          "command or the config")
+        raise ConfigError(f"{config_path}: data.manifest is not set; add `data.manifest=PATH` to "
+                          "the command or the config")
     return cfg
 
 
@@ -125,8 +125,9 @@ class TrainingRun:
             every = config_differences(saved, self.cfg)
             diff = [d for d in every if d.split(":", 1)[0] not in LOGGING_ONLY]
             if diff:
-                raise ConfigError(f"{self.out} holds a run with another config ({'; '.join(diff[:4])}); "
-                                  "use another --out, or the same config to resume")
+                raise ConfigError(f"{self.out} holds a run with another config "
+                                  f"({'; '.join(diff[:4])}); use another --out, or the same "
+                                  "config to resume")
             if every:  # only where it logs changed: record the config this call runs with
                 write_text_atomic(path, dump_config(self.cfg))
         else:
@@ -144,7 +145,8 @@ class TrainingRun:
         if stage != "all" and stage not in STAGES:
             raise ConfigError(f"stage '{stage}' is not one of {', '.join(STAGES)}, all")
         if stage != "all" and not self.enabled(stage):
-            raise ConfigError(f"stage '{stage}' is switched off in this config ({stage}.enabled: false)")
+            raise ConfigError(f"stage '{stage}' is switched off in this config "
+                              f"({stage}.enabled: false)")
         validate_run_config(self.cfg)  # every stage's settings, before the first one runs
         main = process_state().is_main_process
         folder = (OutputFolder.claim(self.out, "train", inputs=[self.cfg.data.manifest],
@@ -165,7 +167,7 @@ class TrainingRun:
             if stage == "all" and self.finished(s) is not None:
                 log.info("%s: already finished, skipped", s)
                 continue
-            for need in REQUIRES[s] + (("graph",) if s in ("unet", "controlnet") and self.cfg.graph.enabled else ()):
+            for need in self.requirements(s):
                 if self.finished(need) is None:
                     raise ConfigError(f"stage '{s}' needs stage '{need}' first: "
                                       f"mambacontrol train {need} --config ... --out {self.out}")
@@ -182,6 +184,11 @@ class TrainingRun:
         if not done and process_state().is_main_process:
             self.write_card()  # nothing trained (all finished): the card still gets new metrics
         return done
+
+    def requirements(self, stage: str) -> tuple[str, ...]:
+        """The stages whose outputs ``stage`` reads."""
+        graph = ("graph",) if stage in ("unet", "controlnet") and self.cfg.graph.enabled else ()
+        return REQUIRES[stage] + graph
 
     def write_card(self) -> Path:
         """Write the model card ``README.md`` (see :mod:`~mambacontrol.training.model_card`)."""
@@ -218,5 +225,6 @@ class TrainingRun:
                 noise_schedule(self.cfg), load_atlas(self.cfg.data.atlas, self.cfg.data.grid),
                 sampling=self.cfg.sampling, **parts)
         except ModelError as exc:
-            raise ModelError(f"{self.out}: the trained components do not fit together ({exc})") from None
+            raise ModelError(f"{self.out}: the trained components do not fit together "
+                             f"({exc})") from None
         return write_json(self.out / INDEX_NAME, pipe.index())

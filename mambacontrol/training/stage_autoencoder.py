@@ -78,7 +78,8 @@ def patch_dataset(data: RunData, patch: list[int]):
         images.append({"image": data.prepared(v).image[None].astype(np.float32)})
     shape = images[0]["image"].shape[1:]
     roi = [min(int(p), int(s)) for p, s in zip(patch, shape)]
-    return Dataset(images, transform=RandSpatialCropd(keys=["image"], roi_size=roi, random_size=False))
+    crop = RandSpatialCropd(keys=["image"], roi_size=roi, random_size=False)
+    return Dataset(images, transform=crop)
 
 
 def train_autoencoder(cfg: RunConfig, data: RunData, out: Path, resume: bool,
@@ -116,7 +117,8 @@ def train_autoencoder(cfg: RunConfig, data: RunData, out: Path, resume: bool,
         return loss, metrics
 
     trainer = Trainer("autoencoder", models, optimizer, step_fn, batches, out, steps=t.steps,
-                      lr_scheduler=scheduler, config=config_dict, image_every=cfg.engine.image_every,
+                      lr_scheduler=scheduler, config=config_dict,
+                      image_every=cfg.engine.image_every,
                       image_logger=_reconstruction_logger(data), **engine_settings(cfg))
     summary = trainer.run(resume=resume)
     if trainer.accelerator.is_main_process:

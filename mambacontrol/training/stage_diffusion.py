@@ -67,7 +67,8 @@ class DiffusionObjective:
         noise = torch.randn_like(target)
         t = torch.randint(0, self.num_steps, (target.shape[0],), device=target.device)
         noisy = self.scheduler.add_noise(target, noise, t)
-        goal = noise if self.prediction_type == "epsilon" else self.scheduler.get_velocity(target, noise, t)
+        goal = (noise if self.prediction_type == "epsilon"
+                else self.scheduler.get_velocity(target, noise, t))
         return noisy, t, goal
 
 
@@ -76,7 +77,8 @@ def _graph_parts(models: dict, batch: dict):
     if encoder is None:
         return None, None
     with torch.no_grad():
-        _, tokens, gmap = encode_graph(encoder, batch["features"], batch["assignment"], batch["covariates"])
+        _, tokens, gmap = encode_graph(encoder, batch["features"], batch["assignment"],
+                                       batch["covariates"])
     return tokens, gmap
 
 
@@ -135,13 +137,19 @@ def denoising_logger(objective: DiffusionObjective, item: dict, denoise):
 
 def target_scale(unet: DenoisingUNet, items: list[dict]) -> float:
     """1 / std of the unscaled targets over the training pairs."""
-    raw = torch.stack([unet.target_from_latents(i["z_base"], i["z_follow"]) / unet.config.target_scale
-                       for i in items])
+    raw = torch.stack([unet.target_from_latents(i["z_base"], i["z_follow"])
+                       / unet.config.target_scale for i in items])
     std = float(raw.double().std())
     return 1.0 / std if std > 0 else 1.0
 
 
-def train_unet(cfg: RunConfig, data: RunData, out: Path, resume: bool, config_dict: dict) -> StageSummary:
+def _preview(unet: DenoisingUNet, item: dict) -> dict:
+    """A training pair with its diffusion target, for :func:`denoising_logger`."""
+    return {**item, "target": unet.target_from_latents(item["z_base"], item["z_follow"])}
+
+
+def train_unet(cfg: RunConfig, data: RunData, out: Path, resume: bool,
+               config_dict: dict) -> StageSummary:
     """Train the denoiser; save ``<out>/unet`` (EMA weights)."""
     ae = Autoencoder.load(out / "autoencoder")
     frozen = _load_frozen(out, cfg, "cpu")
@@ -158,20 +166,22 @@ def train_unet(cfg: RunConfig, data: RunData, out: Path, resume: bool, config_di
         tokens, _ = _graph_parts(models, batch)
         target = unet.target_from_latents(batch["z_base"], batch["z_follow"])  # config only
         noisy, ts, goal = objective.noisy(target)
-        pred = models["unet"](noisy, ts, batch["covariates"], z_base=batch["z_base"], graph_tokens=tokens)
+        pred = models["unet"](noisy, ts, batch["covariates"], z_base=batch["z_base"],
+                              graph_tokens=tokens)
         loss = F.mse_loss(pred.float(), goal.float())
         return loss, {}
 
     def denoise(models, batch, noisy, ts):
         tokens, _ = _graph_parts(models, batch)
-        return models["unet"](noisy, ts, batch["covariates"], z_base=batch["z_base"], graph_tokens=tokens)
+        return models["unet"](noisy, ts, batch["covariates"], z_base=batch["z_base"],
+                              graph_tokens=tokens)
 
-    preview = {**items[0], "target": unet.target_from_latents(items[0]["z_base"], items[0]["z_follow"])}
     trainer = Trainer("unet", {"unet": unet}, optimizer, step_fn,
                       ResumableBatches(items, t.batch_size, seed=cfg.seed), out, steps=t.steps,
                       lr_scheduler=scheduler, frozen=frozen, ema=("unet",), ema_decay=t.ema_decay,
                       config=config_dict, image_every=cfg.engine.image_every,
-                      image_logger=denoising_logger(objective, preview, denoise), **engine_settings(cfg))
+                      image_logger=denoising_logger(objective, _preview(unet, items[0]), denoise),
+                      **engine_settings(cfg))
     summary = trainer.run(resume=resume)
     if trainer.accelerator.is_main_process:
         with trainer.ema_weights() as models:
@@ -186,7 +196,8 @@ def train_controlnet(cfg: RunConfig, data: RunData, out: Path, resume: bool,
     ae = Autoencoder.load(out / "autoencoder")
     unet = DenoisingUNet.load(out / "unet")
     frozen = _load_frozen(out, cfg, "cpu")
-    graph_dim = frozen["graph_encoder"].config.embed_dim if frozen and cfg.controlnet.model.graph_hint else 0
+    graph_dim = (frozen["graph_encoder"].config.embed_dim
+                 if frozen and cfg.controlnet.model.graph_hint else 0)
     torch.manual_seed(cfg.seed)
     controlnet = build_controlnet(cfg, unet, graph_dim)
     items = _items(cfg, data, out, frozen, ae.downsample_factor)
@@ -213,12 +224,12 @@ def train_controlnet(cfg: RunConfig, data: RunData, out: Path, resume: bool,
         loss = F.mse_loss(pred.float(), goal.float())
         return loss, {}
 
-    preview = {**items[0], "target": unet.target_from_latents(items[0]["z_base"], items[0]["z_follow"])}
     trainer = Trainer("controlnet", {"controlnet": controlnet}, optimizer, step_fn,
                       ResumableBatches(items, t.batch_size, seed=cfg.seed), out, steps=t.steps,
                       lr_scheduler=scheduler, frozen=frozen, ema=("controlnet",),
                       ema_decay=t.ema_decay, config=config_dict, image_every=cfg.engine.image_every,
-                      image_logger=denoising_logger(objective, preview, denoise), **engine_settings(cfg))
+                      image_logger=denoising_logger(objective, _preview(unet, items[0]), denoise),
+                      **engine_settings(cfg))
     summary = trainer.run(resume=resume)
     if trainer.accelerator.is_main_process:
         with trainer.ema_weights() as models:

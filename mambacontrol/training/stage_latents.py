@@ -34,6 +34,7 @@ def encode_latents(data: RunData, out: Path, device: str | torch.device = "cpu")
         x = torch.from_numpy(data.prepared(v).image)[None, None].to(device)
         data.save_latent(v, ae.encode(x)[0], ae_hash)
     wall = time.perf_counter() - start
-    log.info("encoded %d scans (%d already cached) in %.1f s", len(todo), len(visits) - len(todo), wall)
+    log.info("encoded %d scans (%d already cached) in %.1f s", len(todo),
+             len(visits) - len(todo), wall)
     state.wait_for_everyone()
     return StageSummary("latents", len(todo), wall, len(todo) / wall if wall > 0 else 0.0, 0.0)

@@ -47,7 +47,8 @@ def _check_optim(key: str, t: OptimConfig) -> None:
 
 def _check_engine(cfg: RunConfig) -> None:
     e = cfg.engine
-    for name in ("gradient_accumulation_steps", "checkpoint_every", "keep_checkpoints", "log_every"):
+    for name in ("gradient_accumulation_steps", "checkpoint_every", "keep_checkpoints",
+                 "log_every"):
         _positive_int(f"engine.{name}", getattr(e, name))
     for name in ("image_every", "num_workers"):
         _positive_int(f"engine.{name}", getattr(e, name), 0)

@@ -60,7 +60,8 @@ def test_autoencoder_scaling_factor_is_applied_and_saved(tmp_path):
 
 def test_autoencoder_rejects_indivisible_grid():
     ae = Autoencoder(channels=(8, 8, 8), norm_num_groups=4)
-    with pytest.raises(ValueError, match="not divisible by the autoencoder's downsampling factor 4"):
+    with pytest.raises(ValueError,
+                       match="not divisible by the autoencoder's downsampling factor 4"):
         ae.encode(torch.rand(1, 1, 16, 18, 16))
 
 
@@ -106,7 +107,8 @@ def test_controlnet_shapes_and_zero_init(unet, mixer, fourier):
     x, zb, t, cov = _inputs()
     hint = torch.randn(2, 5, 8, 8, 8)
     down, mid = cn(unet.network_input(x, zb), t, hint, cov, context=unet.context(cov))
-    assert [tuple(d.shape[1:]) for d in down] == [(16, 8, 8, 8), (16, 8, 8, 8), (16, 4, 4, 4), (32, 4, 4, 4)]
+    assert [tuple(d.shape[1:]) for d in down] == [(16, 8, 8, 8), (16, 8, 8, 8), (16, 4, 4, 4),
+                                                  (32, 4, 4, 4)]
     assert mid.shape == (2, 32, 4, 4, 4)
     base = unet(x, t, cov, z_base=zb)
     assert base.abs().sum() > 0

@@ -50,7 +50,8 @@ def write(tmp_path, text, name="run.yaml"):
 
 
 def test_loads_nested_values_and_keeps_defaults(tmp_path):
-    path = write(tmp_path, "name: toy\ntrain:\n  steps: 5\n  optim:\n    lr: 1e-3\n    betas: [0.5, 0.9]\n")
+    path = write(tmp_path, "name: toy\ntrain:\n  steps: 5\n  optim:\n    lr: 1e-3\n"
+                           "    betas: [0.5, 0.9]\n")
     cfg = load_config(Run, path)
     assert cfg == Run(name="toy", train=Train(steps=5, optim=Optim(lr=1e-3, betas=(0.5, 0.9))))
     assert isinstance(cfg.train.optim.lr, float) and isinstance(cfg.train.optim.betas, tuple)
@@ -90,7 +91,8 @@ def test_wrong_types_name_key_value_and_expected_type(key, value, expected):
 
 
 def test_numbers_follow_yaml_with_float_kindness():
-    cfg = load_config(Run, text="name: toy\ntrain: {optim: {lr: 1e-4}}\n")   # PyYAML: "1e-4" is a str
+    # PyYAML reads "1e-4" as a str
+    cfg = load_config(Run, text="name: toy\ntrain: {optim: {lr: 1e-4}}\n")
     assert cfg.train.optim.lr == 1e-4
     cfg = load_config(Run, text="name: toy\ntrain: {optim: {lr: 1}}\n")
     assert cfg.train.optim.lr == 1.0 and isinstance(cfg.train.optim.lr, float)
@@ -111,7 +113,8 @@ def test_overrides_parse_yaml_scalars_lists_and_null():
 
 
 def test_bad_overrides_are_named():
-    with pytest.raises(ConfigError, match="override 'train.optim.lrr=1'.*unknown key 'train.optim.lrr'"):
+    with pytest.raises(ConfigError,
+                       match="override 'train.optim.lrr=1'.*unknown key 'train.optim.lrr'"):
         load_config(Run, text="name: t\n", overrides=["train.optim.lrr=1"])
     with pytest.raises(ConfigError, match="override 'seed.x=1': seed is a int, it has no key 'x'"):
         load_config(Run, text="name: t\n", overrides=["seed.x=1"])
@@ -131,7 +134,8 @@ def test_bad_files(tmp_path):
 
 
 def test_dump_round_trip_is_equal_and_plain(tmp_path):
-    cfg = load_config(Run, text="name: toy\n", overrides=["train.optim.lr=1e-5", "train.weights.a=2"])
+    cfg = load_config(Run, text="name: toy\n",
+                      overrides=["train.optim.lr=1e-5", "train.weights.a=2"])
     text = dump_config(cfg)
     assert "!!python" not in text and text.index("name") < text.index("train")
     assert load_config(Run, text=text) == cfg
@@ -140,7 +144,8 @@ def test_dump_round_trip_is_equal_and_plain(tmp_path):
 
 def test_differences_and_resume_refusal():
     a = load_config(Run, text="name: toy\n")
-    b = load_config(Run, text="name: toy\n", overrides=["train.optim.lr=2e-4", "train.channels=[8]"])
+    b = load_config(Run, text="name: toy\n",
+                    overrides=["train.optim.lr=2e-4", "train.channels=[8]"])
     assert config_differences(a, a) == []
     assert config_differences(a, b) == ["train.channels: [8, 16] -> [8]",
                                         "train.optim.lr: 0.0001 -> 0.0002"]
@@ -148,7 +153,8 @@ def test_differences_and_resume_refusal():
     assert config_differences({"x": 1}, {"x": True}) == ["x: 1 -> true"]
     require_same_config(config_to_dict(a), a, "run directory r")
     with pytest.raises(ConfigError, match="run directory r was started with another config "
-                                          "\\(train.channels: .*train.optim.lr: 0.0001 -> 0.0002\\)"):
+                                          "\\(train.channels: .*train.optim.lr: "
+                                          "0.0001 -> 0.0002\\)"):
         require_same_config(config_to_dict(a), b, "run directory r")
 
 

@@ -1,4 +1,5 @@
-"""The run config's network sections are their components' keyword arguments: one set of defaults."""
+"""The run config's network sections are their components' keyword arguments, with the
+components' defaults."""
 
 import torch
 

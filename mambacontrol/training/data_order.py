@@ -26,6 +26,10 @@ Example::
     it = iter(batches)
     first = next(it)                # a collated batch: dict of (B, ...) tensors
     state = batches.state_dict()    # {"epoch": 0, "position": 2, ...}: JSON, saved with checkpoints
+
+:class:`RandomIndexBatches` is the other order a stage may use: every batch drawn with replacement
+from tensors held in memory, by ``torch.randint`` from a seeded ``torch.Generator`` (the graph
+stage's pairs).
 """
 
 from __future__ import annotations
@@ -218,6 +222,41 @@ class ResumableBatches:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue from a saved state; takes effect at the next ``iter()``."""
         self.order.load_state_dict(state)
+
+
+class RandomIndexBatches:
+    """Endless batches of in-memory tensors, each ``min(batch_size, N)`` items drawn uniformly
+    with replacement (``torch.randint`` from a ``torch.Generator`` seeded with ``seed``).
+
+    Args:
+        tensors: name → (N, ...) tensor; a batch holds the same items of each.
+        batch_size: items per batch (at most N are drawn).
+        seed: seed of the generator.
+
+    The state (``state_dict``) is the generator's, as JSON.
+    """
+
+    def __init__(self, tensors: Mapping[str, torch.Tensor], batch_size: int, seed: int):
+        self.tensors = dict(tensors)
+        sizes = {name: len(t) for name, t in self.tensors.items()}
+        if not sizes or len(set(sizes.values())) != 1 or min(sizes.values()) < 1:
+            raise ValueError(f"tensors must share one non-zero leading size; got {sizes}")
+        if batch_size < 1:
+            raise ConfigError(f"batch_size {batch_size} must be ≥ 1")
+        self.num_items = next(iter(sizes.values()))
+        self.batch_size = min(int(batch_size), self.num_items)
+        self.generator = torch.Generator().manual_seed(int(seed))
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        while True:
+            index = torch.randint(self.num_items, (self.batch_size,), generator=self.generator)
+            yield {name: t[index] for name, t in self.tensors.items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state().tolist()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.generator.set_state(torch.tensor(state["generator"], dtype=torch.uint8))
 
 
 class SeededItems(torch.utils.data.Dataset):

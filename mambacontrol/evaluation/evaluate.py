@@ -92,10 +92,12 @@ class EvaluationSettings:
     def check(self) -> None:
         unknown = [b for b in self.baselines if b not in BASELINE_NAMES]
         if unknown:
-            raise MambaControlError(f"baseline(s) {', '.join(unknown)} unknown; choose from copy, linear")
+            raise MambaControlError(f"baseline(s) {', '.join(unknown)} unknown; choose from "
+                                    f"copy, linear")
         if self.pairs not in ("all", "last"):
             raise MambaControlError(f"--pairs {self.pairs} is not all or last")
-        if self.samples is not None and self.samples < 1 or self.steps is not None and self.steps < 1:
+        if (self.samples is not None and self.samples < 1
+                or self.steps is not None and self.steps < 1):
             raise MambaControlError("samples and steps must be ≥ 1")
         if self.samples is not None:
             check_limit("max_samples", self.samples, f"--samples {self.samples}")
@@ -199,7 +201,8 @@ def _read_manifest(manifest_path: str | os.PathLike, s: EvaluationSettings) -> M
     """The manifest, refused when the evaluated split has no pairs."""
     raw = Manifest.from_csv(manifest_path)
     if not raw.select(s.split).pairs(s.pairs):
-        raise MambaControlError(f"{manifest_path}: split '{s.split}' has no visit pairs to evaluate")
+        raise MambaControlError(f"{manifest_path}: split '{s.split}' has no visit pairs to "
+                                f"evaluate")
     return raw
 
 
@@ -213,8 +216,9 @@ def _shared_atlas(pipes: Mapping[str, ProgressionPipeline]) -> Atlas:
     atlas = next(iter(pipes.values())).atlas
     for n, p in pipes.items():
         if p.atlas.checksum != atlas.checksum:
-            raise MambaControlError(f"model {n} works on {p.atlas.id} {p.atlas.grid_name}, the first "
-                                    f"on {atlas.id} {atlas.grid_name}; compare models of one grid")
+            raise MambaControlError(f"model {n} works on {p.atlas.id} {p.atlas.grid_name}, the "
+                                    f"first on {atlas.id} {atlas.grid_name}; compare models of "
+                                    f"one grid")
     return atlas
 
 

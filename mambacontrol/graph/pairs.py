@@ -1,11 +1,12 @@
 """What the graph encoder and trajectory head learn from: a manifest's visit pairs, and the loss.
 
 For every (earlier, later) pair of a split (:func:`build_pairs`): node features of the earlier
-scan (image and label map), its covariates (age, Δt, sex, diagnosis), and the true node log volume ratio. The truth
-comes from the manifest's ``vol_r<label>`` columns (mm³ of every atlas region, as the synthetic
-cohort writes them, measured sub-voxel). A manifest without them falls back to counting label
-voxels in both segmentations, which sees no change smaller than a voxel layer: atrophy of a few
-% per year leaves 2 mm label maps unchanged for years, so such targets are mostly zero.
+scan (image and label map), its covariates (age, Δt, sex, diagnosis), and the true node log
+volume ratio. The truth comes from the manifest's ``vol_r<label>`` columns (mm³ of every atlas
+region, as the synthetic cohort writes them, measured sub-voxel). A manifest without them falls
+back to counting label voxels in both segmentations, which sees no change smaller than a voxel
+layer: atrophy of a few % per year leaves 2 mm label maps unchanged for years, so such targets
+are mostly zero.
 :func:`trajectory_loss` scores predicted node log volume ratios against them (the training loop
 is in :mod:`mambacontrol.training`).
 """
@@ -88,22 +89,23 @@ def visit_label_volumes(visit: Visit, label_ids: list[int], from_columns: bool) 
                                     f"'{raw}', not a volume in mm³") from None
         return out
     if visit.segm_path is None:
-        raise ManifestError(f"visit {visit.image_uid}: no segm_path; a label map is needed for every "
-                            "scan (propagate the atlas labels by registration first)")
+        raise ManifestError(f"visit {visit.image_uid}: no segm_path; a label map is needed for "
+                            "every scan (propagate the atlas labels by registration first)")
     labels = load_nifti(visit.segm_path, labels=True)
     counts = np.bincount(labels.data.ravel().astype(np.int64), minlength=max(label_ids) + 1)
     return counts[label_ids].astype(np.float64) * labels.voxel_volume
 
 
-def node_volumes(graph: AnatomyGraph, label_volumes: np.ndarray, label_ids: list[int]) -> np.ndarray:
+def node_volumes(graph: AnatomyGraph, label_volumes: np.ndarray,
+                 label_ids: list[int]) -> np.ndarray:
     """(N, R) node volumes: label volumes (N, L) summed over each node's labels."""
     col = {lab: i for i, lab in enumerate(label_ids)}
     return np.stack([label_volumes[:, [col[lab] for lab in labels]].sum(axis=1)
                      for labels in graph.node_labels], axis=1)
 
 
-def build_pairs(manifest: Manifest, split: str, atlas: Atlas, graph: AnatomyGraph, cache: FeatureCache,
-                covariate_norm: CovariateNorm) -> PairSet:
+def build_pairs(manifest: Manifest, split: str, atlas: Atlas, graph: AnatomyGraph,
+                cache: FeatureCache, covariate_norm: CovariateNorm) -> PairSet:
     """Features, covariates and truth of every pair of one split.
 
     Raises:
@@ -112,12 +114,14 @@ def build_pairs(manifest: Manifest, split: str, atlas: Atlas, graph: AnatomyGrap
     sub = manifest.select(split)
     pairs = sub.pairs()
     if not pairs:
-        raise ManifestError(f"split '{split}' has no visit pairs (subjects need ≥ 2 visits at different ages)")
+        raise ManifestError(f"split '{split}' has no visit pairs (subjects need ≥ 2 visits at "
+                            f"different ages)")
     label_ids = atlas.label_ids
     from_columns = has_volume_columns(sub, label_ids)
     if not from_columns:
-        log.warning("manifest has no %s<label> columns for every visit: targets come from label-voxel "
-                    "counts of the follow-up segmentations, which see no sub-voxel change", VOLUME_PREFIX)
+        log.warning("manifest has no %s<label> columns for every visit: targets come from "
+                    "label-voxel counts of the follow-up segmentations, which see no sub-voxel "
+                    "change", VOLUME_PREFIX)
     feats, base, follow = [], [], []
     for pair in tqdm(pairs, desc=f"features ({split})", disable=None, leave=False):
         b = pair.earlier

@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from accelerate import PartialState
 
 from mambacontrol.errors import ConfigError
 
@@ -54,7 +55,6 @@ def process_state() -> Any:
     Under ``torchrun`` without GPUs Accelerate needs ``cpu=True`` to start its gloo process group;
     the engine's ``Accelerator`` makes the same choice, so both agree on ranks and devices.
     """
-    from accelerate import PartialState
     return PartialState(cpu=not torch.cuda.is_available())
 
 
@@ -151,7 +151,8 @@ class BatchOrder:
 
     def advanced(self, steps: int) -> tuple[int, int]:
         """``(epoch, position)`` after ``steps`` more batches, without changing the state."""
-        flat = self.epoch * self.num_items + self.position + steps * self.batch_size * self.world_size
+        flat = (self.epoch * self.num_items + self.position
+                + steps * self.batch_size * self.world_size)
         return divmod(flat, self.num_items)
 
 
@@ -172,8 +173,10 @@ class ResumableBatches:
         collate_fn: merges a list of items into a batch (default: ``monai.data.list_data_collate``).
         num_workers: background loader processes (0 loads in this process).
         rank: this process's index (see :class:`BatchOrder`); ``None`` asks Accelerate
-            (``PartialState().process_index``), which is 0 outside ``accelerate launch``/``torchrun``.
-        world_size: number of processes; ``None`` asks Accelerate (``PartialState().num_processes``).
+            (``PartialState().process_index``), which is 0 outside ``accelerate launch`` or
+            ``torchrun``.
+        world_size: number of processes; ``None`` asks Accelerate
+            (``PartialState().num_processes``).
         shuffle: ``False`` keeps the dataset order.
     """
 
@@ -188,7 +191,7 @@ class ResumableBatches:
         if num_workers < 0:
             raise ValueError(f"num_workers must be ≥ 0, got {num_workers}")
         if collate_fn is None:
-            from monai.data import list_data_collate
+            from monai.data import list_data_collate  # heavy (MONAI, 3 s): only when needed
             collate_fn = list_data_collate
         if rank is None or world_size is None:
             state = process_state()

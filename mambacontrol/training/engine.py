@@ -121,7 +121,8 @@ class StageSummary:
     resumed_from: int = 0
 
     def line(self) -> str:
-        """One line for people: ``unet: 2000 steps in 1h02m03s, 12.3 samples/s, final loss 0.0412``."""
+        """One line for people, e.g. ``unet: 2000 steps in 1h02m03s, 12.3 samples/s, final loss
+        0.0412``."""
         resumed = f" (resumed from step {self.resumed_from})" if self.resumed_from else ""
         return (f"{self.stage}: {self.steps} steps in {format_duration(self.wall_time_s)}, "
                 f"{self.samples_per_s:.3g} samples/s, final loss {self.final_loss:.4g}{resumed}")
@@ -213,9 +214,9 @@ class Trainer:
         trackers: the experiment trackers' names.
     """
 
-    def __init__(self, stage: str, models: Mapping[str, nn.Module], optimizer: torch.optim.Optimizer,
-                 step_fn: StepFn, batches: ResumableBatchSource, out_dir: str | Path | None, *,
-                 steps: int, lr_scheduler: Any | None = None,
+    def __init__(self, stage: str, models: Mapping[str, nn.Module],
+                 optimizer: torch.optim.Optimizer, step_fn: StepFn, batches: ResumableBatchSource,
+                 out_dir: str | Path | None, *, steps: int, lr_scheduler: Any | None = None,
                  frozen: Mapping[str, nn.Module] | None = None, checkpoint_every: int = 500,
                  keep_checkpoints: int = 3, log_every: int = 10, image_every: int = 0,
                  image_logger: ImageLogger | None = None, evaluate: EvaluateFn | None = None,
@@ -232,7 +233,8 @@ class Trainer:
                          at_least_zero={"checkpoint_every": checkpoint_every,
                                         "image_every": image_every})
         if evaluate is not None and int(evaluate_every) < 1:
-            raise ValueError(f"evaluate_every must be ≥ 1 with an evaluate hook, got {evaluate_every}")
+            raise ValueError(f"evaluate_every must be ≥ 1 with an evaluate hook, got "
+                             f"{evaluate_every}")
         if out_dir is None and trackers:
             raise ValueError(f"trackers {list(trackers)} need an out_dir to log into")
         self.trackers = check_trackers(trackers, "trackers")
@@ -340,7 +342,8 @@ class Trainer:
         latest = self._checkpoints.latest() if self._checkpoints is not None else None
         if latest is not None and not resume:
             raise ConfigError(f"{self._checkpoints.root} already holds checkpoints (latest "
-                              f"{latest.name}); resume them (--resume) or use another output folder")
+                              f"{latest.name}); resume them (--resume) or use another output "
+                              f"folder")
         if latest is not None:
             progress = self._checkpoints.restore(latest, self.accelerator, self._parts())
             logger.info("%s: resuming from %s", self.stage, latest)
@@ -528,7 +531,8 @@ def _check_arguments(stage: str, models: Mapping[str, nn.Module], frozen: Mappin
         try:
             json.dumps(config)   # it goes into every checkpoint
         except (TypeError, ValueError) as exc:
-            raise ValueError(f"config must be JSON-able (e.g. config_to_dict(cfg)): {exc}") from None
+            raise ValueError(f"config must be JSON-able (e.g. config_to_dict(cfg)): "
+                             f"{exc}") from None
 
 
 def _frozen_on(module: nn.Module, device: torch.device) -> nn.Module:

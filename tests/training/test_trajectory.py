@@ -30,7 +30,8 @@ def atlas4():
 
 def test_head_overfits_a_tiny_cohort(tmp_path, atlas4):
     manifest = make_cohort(tmp_path / "c", atlas4, n_subjects=6)
-    result = train_trajectory(manifest, atlas4, {**SMALL, "population_prior": False}, steps=200, seed=0)
+    result = train_trajectory(manifest, atlas4, {**SMALL, "population_prior": False}, steps=200,
+                              seed=0)
     first, last = result.history[0]["train_loss"], result.history[-1]["train_loss"]
     assert last < first / 10
     assert evaluate_loss(result.model, result.train) < first / 10
@@ -39,7 +40,7 @@ def test_head_overfits_a_tiny_cohort(tmp_path, atlas4):
 def test_population_prior_reproduces_a_linear_cohort(tmp_path, atlas4):
     manifest = make_cohort(tmp_path / "c", atlas4, n_subjects=3)
     result = train_trajectory(manifest, atlas4, SMALL, steps=1)
-    head = TrajectoryHead.from_config(result.model.head.config)  # an untrained head with the fitted prior
+    head = TrajectoryHead.from_config(result.model.head.config)  # untrained, the fitted prior
     emb = torch.zeros(len(result.train), 134, 16)
     pred = head(emb, result.train.covariates, result.train.years)
     # the cohort's rates depend on the diagnosis only: the prior reproduces every pair
@@ -51,7 +52,8 @@ def test_trained_model_round_trip_and_truth(tmp_path, atlas4):
     manifest = make_cohort(tmp_path / "c", atlas4, n_subjects=6, splits=splits)
     res = train_trajectory(manifest, atlas4, SMALL, steps=50, seed=1, cache_dir=tmp_path / "cache",
                            out_dir=tmp_path / "model")
-    assert len(res.train) == 9 and len(res.valid) == 6 and all("valid_loss" in h for h in res.history)
+    assert len(res.train) == 9 and len(res.valid) == 6
+    assert all("valid_loss" in h for h in res.history)
     assert res.history[0]["step"] == 0  # the untrained state (the prior) is a candidate
     # truth: the manifest's log volume ratios, per node
     graph = AnatomyGraph.from_atlas(atlas4)
@@ -65,7 +67,8 @@ def test_trained_model_round_trip_and_truth(tmp_path, atlas4):
     a = loaded.predict(feats, p.age, pair.years, p.sex, p.diagnosis)
     b = res.model.predict(feats, p.age, pair.years, p.sex, p.diagnosis)
     assert a.shape == (1, 134) and np.array_equal(a, b)
-    assert train_trajectory(manifest, atlas4, SMALL, steps=50, seed=1).history == res.history  # seeded
+    seeded = train_trajectory(manifest, atlas4, SMALL, steps=50, seed=1)
+    assert seeded.history == res.history
     with pytest.raises(ModelError, match="grouping"):
         loaded.check_graph(AnatomyGraph.from_atlas(atlas4, "group"))
 

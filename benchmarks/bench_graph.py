@@ -50,11 +50,11 @@ from mambacontrol.graph import (
     group_percent_change,
     node_features,
     region_fractions,
-    train_trajectory,
 )
 from mambacontrol.graph.features import FeatureCache
-from mambacontrol.graph.training import build_pairs
+from mambacontrol.graph.pairs import build_pairs
 from mambacontrol.graph.trajectory import num_prior_columns, prior_design
+from mambacontrol.training.trajectory import train_trajectory
 
 ABLATIONS = {
     "full": {},

@@ -19,18 +19,21 @@ Writes ``metrics.json``, ``pairs.csv``, ``regions.csv`` and a self-contained ``r
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from mambacontrol.data import Manifest
+from mambacontrol.atlas import Atlas
+from mambacontrol.data import Manifest, Visit, VisitPair
 from mambacontrol.errors import MambaControlError
 from mambacontrol.evaluation.aggregate import summarize
 from mambacontrol.evaluation.baselines import (
+    LinearRates,
     copy_baseline,
     copy_baseline_volumes,
     fit_linear_rates,
@@ -51,11 +54,16 @@ from mambacontrol.evaluation.records import (
 )
 from mambacontrol.evaluation.report import render_report, write_report
 from mambacontrol.io import OutputFolder, check_limit
+from mambacontrol.pipeline.prepare import PreparedScan, load_on_grid, prepare_manifest
+from mambacontrol.pipeline.progression import Prediction, ProgressionPipeline
+from mambacontrol.registration import measure_regional_volumes
 
 BASELINE_NAMES = {"copy": COPY_BASELINE, "linear": LINEAR_BASELINE}
 PREPARED_NAME = "prepared"
 OUTPUT_NAMES = ("metrics.json", "pairs.csv", "regions.csv", "report.html")
 CHANGE_THRESHOLD = 0.05
+PANEL_DIAGNOSES = ("AD", "MCI", "CN")
+"""Diagnoses the report shows a slice panel of (one pair each, the main model's prediction)."""
 
 
 @dataclass
@@ -84,10 +92,12 @@ class EvaluationSettings:
     def check(self) -> None:
         unknown = [b for b in self.baselines if b not in BASELINE_NAMES]
         if unknown:
-            raise MambaControlError(f"baseline(s) {', '.join(unknown)} unknown; choose from copy, linear")
+            raise MambaControlError(f"baseline(s) {', '.join(unknown)} unknown; choose from "
+                                    f"copy, linear")
         if self.pairs not in ("all", "last"):
             raise MambaControlError(f"--pairs {self.pairs} is not all or last")
-        if self.samples is not None and self.samples < 1 or self.steps is not None and self.steps < 1:
+        if (self.samples is not None and self.samples < 1
+                or self.steps is not None and self.steps < 1):
             raise MambaControlError("samples and steps must be ≥ 1")
         if self.samples is not None:
             check_limit("max_samples", self.samples, f"--samples {self.samples}")
@@ -99,8 +109,13 @@ class EvaluationSettings:
             raise MambaControlError(f"--seed {self.seed} must be a whole number in 0–{2 ** 63 - 1}")
 
 
-def unique_names(dirs: Sequence[str | os.PathLike]) -> dict[str, Path]:
-    """Method names for model folders: their folder names, made unique."""
+Volumes = dict[int, float]
+"""Atlas label → volume in mm³."""
+
+
+def method_names(dirs: Sequence[str | os.PathLike]) -> dict[str, Path]:
+    """Method names for model folders: their folder names, made unique with a ``-2``, ``-3``…
+    suffix (not :func:`mambacontrol.io.unique_names`, which refuses ids that collide)."""
     out: dict[str, Path] = {}
     for d in dirs:
         base = Path(d).resolve().name or "model"
@@ -153,124 +168,265 @@ def evaluate(manifest_path: str | os.PathLike, models: Sequence[str | os.PathLik
 def _evaluate(manifest_path: str | os.PathLike, models: Sequence[str | os.PathLike],
               folder: OutputFolder, s: EvaluationSettings,
               command: Sequence[str] | str | None, device: str) -> dict:
-    from mambacontrol.pipeline.prepare import load_on_grid, prepare_manifest
-    from mambacontrol.pipeline.progression import ProgressionPipeline
-    from mambacontrol.registration import measure_regional_volumes
-
-    raw = Manifest.from_csv(manifest_path)  # bad input fails before the models load
-    if not raw.select(s.split).pairs(s.pairs):
-        raise MambaControlError(f"{manifest_path}: split '{s.split}' has no visit pairs to evaluate")
-    names = unique_names(models)
-    pipes = {n: ProgressionPipeline.from_pretrained(d, device) for n, d in names.items()}
-    first = next(iter(pipes.values()))
-    atlas = first.atlas
-    for n, p in pipes.items():
-        if p.atlas.checksum != atlas.checksum:
-            raise MambaControlError(f"model {n} works on {p.atlas.id} {p.atlas.grid_name}, the first "
-                                    f"on {atlas.id} {atlas.grid_name}; compare models of one grid")
+    """The evaluation's steps, in order: read, load, prepare, fit baselines, score, write."""
+    raw = _read_manifest(manifest_path, s)  # bad input fails before the models load
+    names = method_names(models)
+    pipes = _load_models(names, device)
+    atlas = _shared_atlas(pipes)
     folder.record(PREPARED_NAME)
     manifest = prepare_manifest(raw, atlas, folder.path / PREPARED_NAME, seed=s.seed)
-    pairs = manifest.select(s.split).pairs(s.pairs)
-    if s.max_pairs is not None:
-        pairs = pairs[: s.max_pairs]
+    pairs = _pairs_to_evaluate(manifest, s)
+    scans = GridScans(manifest, atlas, s.seed)
+    linear = (_fit_linear_baseline(manifest, scans, manifest_path)
+              if "linear" in s.baselines else None)
     exact = all(has_manifest_volumes(v) for p in pairs for v in (p.earlier, p.later))
-    mask_of = {v.image_uid: v.extra.get("mask_path") for v in manifest}
+    scores = _score_pairs(pairs, pipes, scans, linear, s, exact)
 
-    def scan(v):
-        mp = mask_of.get(v.image_uid) or None
-        if mp and not Path(mp).is_absolute() and manifest.path is not None:
-            mp = manifest.path.parent / mp
-        return load_on_grid(v.image_path, v.segm_path, mp, atlas)
+    summary = summarize(scores.results)
+    run_settings = _run_settings(s, len(pairs), exact)
+    provenance = collect_provenance(command=command, models={n: str(d) for n, d in names.items()},
+                                    manifest=manifest_path, split=s.split,
+                                    extra={k: f"{v:.1f} s" for k, v in scores.timings.items()})
+    region_names = {r.label: r.name for r in atlas.regions}
+    html = render_report(summary, scores.results, provenance=provenance, panels=scores.panels,
+                         region_names=region_names, linear_rates=linear, settings=run_settings)
+    _write_outputs(folder, summary, scores.results, html, provenance=provenance,
+                   settings=run_settings, linear=linear, region_names=region_names)
+    return summary
 
-    def measure(base_scan, image) -> tuple[dict[int, float], dict[int, float]]:
-        vols = measure_regional_volumes(base_scan.image, image, base_scan.labels, atlas.grid,
-                                        atlas.label_ids, seed=s.seed)
+
+# --- reading and loading -------------------------------------------------------------------------
+
+def _read_manifest(manifest_path: str | os.PathLike, s: EvaluationSettings) -> Manifest:
+    """The manifest, refused when the evaluated split has no pairs."""
+    raw = Manifest.from_csv(manifest_path)
+    if not raw.select(s.split).pairs(s.pairs):
+        raise MambaControlError(f"{manifest_path}: split '{s.split}' has no visit pairs to "
+                                f"evaluate")
+    return raw
+
+
+def _load_models(names: Mapping[str, Path], device: str) -> dict[str, ProgressionPipeline]:
+    """Method name → loaded pipeline."""
+    return {n: ProgressionPipeline.from_pretrained(d, device) for n, d in names.items()}
+
+
+def _shared_atlas(pipes: Mapping[str, ProgressionPipeline]) -> Atlas:
+    """The first model's atlas, refused unless every model works on it."""
+    atlas = next(iter(pipes.values())).atlas
+    for n, p in pipes.items():
+        if p.atlas.checksum != atlas.checksum:
+            raise MambaControlError(f"model {n} works on {p.atlas.id} {p.atlas.grid_name}, the "
+                                    f"first on {atlas.id} {atlas.grid_name}; compare models of "
+                                    f"one grid")
+    return atlas
+
+
+def _pairs_to_evaluate(manifest: Manifest, s: EvaluationSettings) -> list[VisitPair]:
+    """The split's pairs (``all`` or ``last``), the first ``max_pairs`` of them."""
+    pairs = manifest.select(s.split).pairs(s.pairs)
+    return pairs if s.max_pairs is None else pairs[: s.max_pairs]
+
+
+class GridScans:
+    """A prepared manifest's scans on the atlas grid, and their regional volume measurement.
+
+    Args:
+        manifest: every visit on the atlas grid (:func:`prepare_manifest`), masks in
+            ``mask_path`` (relative to the manifest's folder or absolute).
+        atlas: the atlas of the grid.
+        seed: the registration seed of every measurement.
+    """
+
+    def __init__(self, manifest: Manifest, atlas: Atlas, seed: int):
+        self.manifest = manifest
+        self.atlas = atlas
+        self.seed = seed
+        self._masks = {v.image_uid: v.extra.get("mask_path") for v in manifest}
+
+    def load(self, visit: Visit) -> PreparedScan:
+        """The visit's image, labels and mask on the grid."""
+        mask_path = self._masks.get(visit.image_uid) or None
+        if mask_path and not Path(mask_path).is_absolute() and self.manifest.path is not None:
+            mask_path = self.manifest.path.parent / mask_path
+        return load_on_grid(visit.image_path, visit.segm_path, mask_path, self.atlas)
+
+    def measure(self, base: PreparedScan, image) -> tuple[Volumes, Volumes]:
+        """``(baseline volumes, volumes of image)``: a registration from the baseline to the
+        ``(X, Y, Z)`` image, its Jacobian integrated over the baseline's regions."""
+        vols = measure_regional_volumes(base.image, image, base.labels, self.atlas.grid,
+                                        self.atlas.label_ids, seed=self.seed)
         d = vols.as_dict()
         return {k: b for k, (b, _) in d.items()}, {k: o for k, (_, o) in d.items()}
 
-    linear = None
-    if "linear" in s.baselines:
-        train_pairs = manifest.select("train").pairs()
-        if not train_pairs:
-            raise MambaControlError(f"{manifest_path}: the linear baseline is fitted on train pairs, "
-                                    "and the train split has none; drop it with --baselines copy")
-        if all(has_manifest_volumes(v) for p in train_pairs for v in (p.earlier, p.later)):
-            samples = samples_from_pairs(train_pairs)
-            source = "ground-truth regional volumes of the train pairs (manifest vol_r<label>)"
-        else:
-            cache: dict[str, tuple] = {}
 
-            def measured(v):
-                pair = next(p for p in train_pairs if v in (p.earlier, p.later))
-                key = (pair.earlier.image_uid, v.image_uid)
-                if key not in cache:
-                    b = scan(pair.earlier)
-                    cache[key] = measure(b, scan(v).image)
-                base, other = cache[key]
-                return base if v is pair.earlier else other
+# --- the linear baseline -------------------------------------------------------------------------
 
-            samples = samples_from_pairs(train_pairs, volumes=measured)
-            source = "train pairs measured by registration (Jacobian integral)"
-        linear = fit_linear_rates(samples, atlas.key_groups, source=source)
+def _fit_linear_baseline(manifest: Manifest, scans: GridScans,
+                         manifest_path: str | os.PathLike) -> LinearRates:
+    """Population rates fitted on the train pairs: their ground-truth columns, or, without them,
+    their volumes measured by registration."""
+    train_pairs = manifest.select("train").pairs()
+    if not train_pairs:
+        raise MambaControlError(f"{manifest_path}: the linear baseline is fitted on train pairs, "
+                                "and the train split has none; drop it with --baselines copy")
+    if all(has_manifest_volumes(v) for p in train_pairs for v in (p.earlier, p.later)):
+        samples = samples_from_pairs(train_pairs)
+        source = "ground-truth regional volumes of the train pairs (manifest vol_r<label>)"
+    else:
+        samples = samples_from_pairs(train_pairs, volumes=_measured_volumes(train_pairs, scans))
+        source = "train pairs measured by registration (Jacobian integral)"
+    return fit_linear_rates(samples, scans.atlas.key_groups, source=source)
 
-    results: list[PairResult] = []
-    panels: list[SlicePanel] = []
-    timings = {"prediction": 0.0, "metrics": 0.0, "measurement": 0.0}
-    first_name = next(iter(pipes))
+
+def _measured_volumes(train_pairs: Sequence[VisitPair],
+                      scans: GridScans) -> Callable[[Visit], Volumes]:
+    """Visit → its volumes measured from the baseline of the first pair that holds it (each
+    measurement made once)."""
+    cache: dict[tuple[str, str], tuple[Volumes, Volumes]] = {}
+
+    def measured(v: Visit) -> Volumes:
+        pair = next(p for p in train_pairs if v in (p.earlier, p.later))
+        key = (pair.earlier.image_uid, v.image_uid)
+        if key not in cache:
+            cache[key] = scans.measure(scans.load(pair.earlier), scans.load(v).image)
+        base, other = cache[key]
+        return base if v is pair.earlier else other
+
+    return measured
+
+
+# --- scoring -------------------------------------------------------------------------------------
+
+@dataclass
+class Scores:
+    """What scoring the pairs gives: one result per pair and method, the report's slice panels,
+    and the time spent per kind of work (seconds)."""
+
+    results: list[PairResult] = field(default_factory=list)
+    panels: list[SlicePanel] = field(default_factory=list)
+    timings: dict[str, float] = field(
+        default_factory=lambda: {"prediction": 0.0, "metrics": 0.0, "measurement": 0.0})
+
+    @contextlib.contextmanager
+    def timed(self, kind: str) -> Iterator[None]:
+        """Add the ``with`` block's time to ``timings[kind]``."""
+        start = time.perf_counter()
+        yield
+        self.timings[kind] += time.perf_counter() - start
+
+
+@dataclass
+class PairOnGrid:
+    """One pair's scans on the grid and its measured truth.
+
+    Attributes:
+        pair, info: the pair and its record.
+        base, follow: the earlier and later scans.
+        base_volumes: label → mm³ of the baseline (from the truth's measurement).
+        truth: label → mm³, the measured true change applied to ``base_volumes``.
+    """
+
+    pair: VisitPair
+    info: PairInfo
+    base: PreparedScan
+    follow: PreparedScan
+    base_volumes: Volumes
+    truth: Volumes
+
+
+def _score_pairs(pairs: Sequence[VisitPair], pipes: Mapping[str, ProgressionPipeline],
+                 scans: GridScans, linear: LinearRates | None, s: EvaluationSettings,
+                 exact: bool) -> Scores:
+    """Every pair scored by every method: the measurement floor (with exact ground truth), the
+    baselines, then the models."""
+    scores = Scores()
+    main_model = next(iter(pipes))
+    groups = scans.atlas.key_groups
     for pair in tqdm(pairs, desc="evaluating pairs", disable=None):
-        info = PairInfo.from_visit_pair(pair)
-        base, follow = scan(pair.earlier), scan(pair.later)
-        mask = base.mask
-        t0 = time.perf_counter()
-        base_vols, truth_vols = measure(base, follow.image)
-        timings["measurement"] += time.perf_counter() - t0
-        truth_pct = _pct(base_vols, truth_vols)
-        truth = _on_base(base_vols, truth_pct)
+        p = _pair_on_grid(pair, scans, scores)
         if exact:
-            exact_pct = _pct(manifest_volumes(pair.earlier), manifest_volumes(pair.later))
-            regions, groups = regional_change(base_vols, truth, _on_base(base_vols, exact_pct),
-                                              atlas.key_groups)
-            results.append(PairResult(info, MEASUREMENT_FLOOR, {}, regions, groups))
+            scores.results.append(_measurement_floor(p, groups))
         if "copy" in s.baselines:
-            t0 = time.perf_counter()
-            metrics = image_metrics(copy_baseline(base.image), base.image, follow.image, mask,
-                                    threshold=CHANGE_THRESHOLD)
-            timings["metrics"] += time.perf_counter() - t0
-            regions, groups = regional_change(base_vols, copy_baseline_volumes(base_vols), truth,
-                                              atlas.key_groups)
-            results.append(PairResult(info, COPY_BASELINE, metrics, regions, groups))
+            scores.results.append(_copy_baseline_result(p, groups, scores))
         if linear is not None:
-            pred = linear.predict(base_vols, pair.earlier.diagnosis, pair.years)
-            regions, groups = regional_change(base_vols, pred, truth, atlas.key_groups)
-            results.append(PairResult(info, LINEAR_BASELINE, {}, regions, groups))
+            pred = linear.predict(p.base_volumes, pair.earlier.diagnosis, pair.years)
+            regions, by_group = regional_change(p.base_volumes, pred, p.truth, groups)
+            scores.results.append(PairResult(p.info, LINEAR_BASELINE, {}, regions, by_group))
         for name, pipe in pipes.items():
-            t0 = time.perf_counter()
-            pred = pipe.predict(base.image, base.labels, pair.earlier.age, pair.earlier.sex,
-                                pair.earlier.diagnosis, pair.years, mask=mask,
-                                num_samples=s.samples, num_inference_steps=s.steps, seed=s.seed)[0]
-            t1 = time.perf_counter()
-            metrics = image_metrics(pred.image, base.image, follow.image, mask, threshold=CHANGE_THRESHOLD)
-            t2 = time.perf_counter()
-            _, pred_vols = measure(base, pred.image)
-            t3 = time.perf_counter()
-            timings["prediction"] += t1 - t0
-            timings["metrics"] += t2 - t1
-            timings["measurement"] += t3 - t2
-            regions, groups = regional_change(base_vols, _on_base(base_vols, _pct(base_vols, pred_vols)),
-                                              truth, atlas.key_groups)
-            results.append(PairResult(info, name, metrics, regions, groups))
-            wanted = ("AD", "MCI", "CN")
-            if (name == first_name and len(panels) < s.panels
-                    and pair.earlier.diagnosis not in {p.pair.diagnosis for p in panels}
-                    and pair.earlier.diagnosis in wanted):
-                panels.append(SlicePanel(info, name, base.image, follow.image, pred.image, mask,
-                                         pred.uncertainty))
+            prediction = _score_model(name, pipe, p, scans, s, scores)
+            if name == main_model and _wants_panel(scores.panels, s.panels, pair):
+                scores.panels.append(SlicePanel(p.info, name, p.base.image, p.follow.image,
+                                                prediction.image, p.base.mask,
+                                                prediction.uncertainty))
+    return scores
 
-    summary = summarize(results)
-    samples_text = str(s.samples) if s.samples else "model default"
-    run_settings = {
-        "split": s.split, "pairs": f"{s.pairs} ({len(pairs)} pairs)",
-        "samples per prediction": samples_text, "sampler steps": str(s.steps or "model default"),
+
+def _pair_on_grid(pair: VisitPair, scans: GridScans, scores: Scores) -> PairOnGrid:
+    """Load the pair's scans and measure its true change."""
+    base, follow = scans.load(pair.earlier), scans.load(pair.later)
+    with scores.timed("measurement"):
+        base_vols, truth_vols = scans.measure(base, follow.image)
+    truth = _on_base(base_vols, _pct(base_vols, truth_vols))
+    return PairOnGrid(pair, PairInfo.from_visit_pair(pair), base, follow, base_vols, truth)
+
+
+def _measurement_floor(p: PairOnGrid, groups: Mapping[str, Sequence[int]]) -> PairResult:
+    """The truth measured by registration, scored against the exact ground truth."""
+    exact_pct = _pct(manifest_volumes(p.pair.earlier), manifest_volumes(p.pair.later))
+    regions, by_group = regional_change(p.base_volumes, p.truth,
+                                        _on_base(p.base_volumes, exact_pct), groups)
+    return PairResult(p.info, MEASUREMENT_FLOOR, {}, regions, by_group)
+
+
+def _copy_baseline_result(p: PairOnGrid, groups: Mapping[str, Sequence[int]],
+                          scores: Scores) -> PairResult:
+    """The baseline scan as the prediction."""
+    with scores.timed("metrics"):
+        metrics = image_metrics(copy_baseline(p.base.image), p.base.image, p.follow.image,
+                                p.base.mask, threshold=CHANGE_THRESHOLD)
+    regions, by_group = regional_change(p.base_volumes, copy_baseline_volumes(p.base_volumes),
+                                        p.truth, groups)
+    return PairResult(p.info, COPY_BASELINE, metrics, regions, by_group)
+
+
+def _score_model(name: str, pipe: ProgressionPipeline, p: PairOnGrid, scans: GridScans,
+                 s: EvaluationSettings, scores: Scores) -> Prediction:
+    """One model's prediction of the pair, scored (the result goes into ``scores``)."""
+    earlier = p.pair.earlier
+    with scores.timed("prediction"):
+        prediction = pipe.predict(p.base.image, p.base.labels, earlier.age, earlier.sex,
+                                  earlier.diagnosis, p.pair.years, mask=p.base.mask,
+                                  num_samples=s.samples, num_inference_steps=s.steps,
+                                  seed=s.seed)[0]
+    with scores.timed("metrics"):
+        metrics = image_metrics(prediction.image, p.base.image, p.follow.image, p.base.mask,
+                                threshold=CHANGE_THRESHOLD)
+    with scores.timed("measurement"):
+        _, pred_vols = scans.measure(p.base, prediction.image)
+    regions, by_group = regional_change(
+        p.base_volumes, _on_base(p.base_volumes, _pct(p.base_volumes, pred_vols)), p.truth,
+        scans.atlas.key_groups)
+    scores.results.append(PairResult(p.info, name, metrics, regions, by_group))
+    return prediction
+
+
+def _wants_panel(panels: Sequence[SlicePanel], limit: int, pair: VisitPair) -> bool:
+    """Whether the report still wants a slice panel of this pair: up to ``limit``, one per
+    diagnosis (AD, MCI, CN)."""
+    diagnosis = pair.earlier.diagnosis
+    return (len(panels) < limit and diagnosis not in {p.pair.diagnosis for p in panels}
+            and diagnosis in PANEL_DIAGNOSES)
+
+
+# --- writing -------------------------------------------------------------------------------------
+
+def _run_settings(s: EvaluationSettings, n_pairs: int, exact: bool) -> dict[str, str]:
+    """The settings table of the report and ``metrics.json``."""
+    return {
+        "split": s.split, "pairs": f"{s.pairs} ({n_pairs} pairs)",
+        "samples per prediction": str(s.samples) if s.samples else "model default",
+        "sampler steps": str(s.steps or "model default"),
         "change threshold τ": f"{CHANGE_THRESHOLD} (intensity, 0–1 scale)",
         "regional measurement": "SyN registration from the baseline, Jacobian integrated over "
                                 "the baseline's regions (the same for every image and the truth)",
@@ -279,20 +435,19 @@ def _evaluate(manifest_path: str | os.PathLike, models: Sequence[str | os.PathLi
                  else "measured by registration (no exact ground truth in the manifest)",
         "seed": str(s.seed),
     }
-    provenance = collect_provenance(command=command, models={n: str(d) for n, d in names.items()},
-                                    manifest=manifest_path, split=s.split,
-                                    extra={k: f"{v:.1f} s" for k, v in timings.items()})
-    region_names = {r.label: r.name for r in atlas.regions}
-    html = render_report(summary, results, provenance=provenance, panels=panels,
-                         region_names=region_names, linear_rates=linear, settings=run_settings)
+
+
+def _write_outputs(folder: OutputFolder, summary: dict, results: Sequence[PairResult], html: str,
+                   *, provenance: dict, settings: dict[str, str], linear: LinearRates | None,
+                   region_names: Mapping[int, str]) -> None:
+    """``metrics.json``, ``pairs.csv``, ``regions.csv`` and ``report.html``, staged and then
+    committed into ``folder`` together."""
     with folder.staging() as staged:
         write_metrics_json(staged / "metrics.json", summary, provenance=provenance,
-                           settings=run_settings,
+                           settings=settings,
                            linear_rates=linear.to_dict() if linear is not None else None)
         write_pairs_csv(staged / "pairs.csv", results)
         write_regions_csv(staged / "regions.csv", summary, region_names)
         write_report(staged / "report.html", html)
         for name in OUTPUT_NAMES:
             folder.commit(staged / name, name)
-    return summary
-

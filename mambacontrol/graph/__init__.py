@@ -1,5 +1,6 @@
 """Anatomy graph of atlas regions with graph-Fourier (spectral) features, the graph encoder, the
-rasterisation of node embeddings onto a grid, and the regional trajectory head (torch-geometric).
+rasterisation of node embeddings onto a grid, the regional trajectory head, and the visit pairs
+and loss it learns from (torch-geometric; the training loop is in :mod:`mambacontrol.training`).
 
 Imports torch and torch-geometric; ``import mambacontrol`` does not import this subpackage.
 """
@@ -9,7 +10,6 @@ from mambacontrol.graph.encoder import GraphEncoder
 from mambacontrol.graph.features import FEATURE_NAMES, FeatureCache, FeatureNorm, node_features
 from mambacontrol.graph.raster import majority_nodes, rasterize, region_fractions
 from mambacontrol.graph.spectral import GraphFourierRefine, SpectralFilterBank
-from mambacontrol.graph.training import TrajectoryConfig, train_trajectory
 from mambacontrol.graph.trajectory import TrajectoryHead, TrajectoryModel, group_percent_change
 
 __all__ = [
@@ -22,7 +22,6 @@ __all__ = [
     "GraphFourierRefine",
     "GraphIdentity",
     "SpectralFilterBank",
-    "TrajectoryConfig",
     "TrajectoryHead",
     "TrajectoryModel",
     "fixed_sign_eigh",
@@ -31,5 +30,4 @@ __all__ = [
     "node_features",
     "rasterize",
     "region_fractions",
-    "train_trajectory",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
+from diffusers.optimization import get_cosine_schedule_with_warmup
 
 from mambacontrol.training.run_config import OptimConfig, RunConfig
 
@@ -15,11 +16,9 @@ def make_optimizer(params: Iterable[torch.nn.Parameter], opt: OptimConfig):
     Returns:
         (optimizer, lr_scheduler)
     """
-    from diffusers.optimization import get_cosine_schedule_with_warmup
-
     optimizer = torch.optim.AdamW(list(params), lr=opt.lr, weight_decay=opt.weight_decay)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=min(opt.warmup_steps, opt.steps),
-                                                num_training_steps=opt.steps)
+    scheduler = get_cosine_schedule_with_warmup(
+        optimizer, num_warmup_steps=min(opt.warmup_steps, opt.steps), num_training_steps=opt.steps)
     return optimizer, scheduler
 
 

@@ -1,9 +1,9 @@
 """Training data: the run's manifest, scans prepared on the atlas grid, cached latents, pairs.
 
-Scans not on the atlas grid are prepared once (:func:`~mambacontrol.pipeline.prepare.prepare_manifest`:
-registration, labels) and latents encoded once (the ``latents`` stage) into
-``<run>/cache/latents/<image_uid>.safetensors``, tagged with the autoencoder's weights hash so a
-retrained autoencoder invalidates them.
+Scans not on the atlas grid are prepared once
+(:func:`~mambacontrol.pipeline.prepare.prepare_manifest`: registration, labels) and latents
+encoded once (the ``latents`` stage) into ``<run>/cache/latents/<image_uid>.safetensors``, tagged
+with the autoencoder's weights hash so a retrained autoencoder invalidates them.
 """
 
 from __future__ import annotations
@@ -22,13 +22,13 @@ from mambacontrol.data import Manifest, Visit, VisitPair
 from mambacontrol.data.covariates import CovariateNorm, encode_covariates
 from mambacontrol.errors import ConfigError, ModelError
 from mambacontrol.io import atomic_path, unique_names
+from mambacontrol.nn.component import WEIGHTS_NAME
+from mambacontrol.pipeline.conditioning import graph_scan_inputs
 from mambacontrol.pipeline.prepare import PreparedScan, load_on_grid, prepare_manifest
 
 
 def weights_hash(component_dir: Path) -> str:
     """SHA-256 (16 hex) of a saved component's weights file."""
-    from mambacontrol.nn.component import WEIGHTS_NAME
-
     return hashlib.sha256((Path(component_dir) / WEIGHTS_NAME).read_bytes()).hexdigest()[:16]
 
 
@@ -50,7 +50,8 @@ class RunData:
         self.manifest = prepare_manifest(Manifest.from_csv(manifest_path), self.atlas,
                                          self.cache_dir / "prepared", seed=seed)
         if not self.manifest.select("train").visits:
-            raise ConfigError(f"{manifest_path}: no visit is in the train split; a run needs training data")
+            raise ConfigError(f"{manifest_path}: no visit is in the train split; a run needs "
+                              f"training data")
         self._names = unique_names(((f"row {i + 1}", v.image_uid)
                                     for i, v in enumerate(self.manifest)), "image_uid")
 
@@ -128,8 +129,6 @@ def pair_items(data: RunData, pairs: list[VisitPair], ae_hash: str, norm: Covari
                graph=None, factor: int = 1) -> list[dict[str, torch.Tensor]]:
     """Tensors of every pair: cached latents, covariates at the earlier visit, and (with a graph)
     the earlier scan's node features and latent-grid node assignment."""
-    from mambacontrol.pipeline.conditioning import graph_scan_inputs
-
     latents: dict[str, torch.Tensor] = {}
     graph_inputs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 

@@ -26,6 +26,10 @@ Example::
     it = iter(batches)
     first = next(it)                # a collated batch: dict of (B, ...) tensors
     state = batches.state_dict()    # {"epoch": 0, "position": 2, ...}: JSON, saved with checkpoints
+
+:class:`RandomIndexBatches` is the other order a stage may use: every batch drawn with replacement
+from tensors held in memory, by ``torch.randint`` from a seeded ``torch.Generator`` (the graph
+stage's pairs).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from accelerate import PartialState
 
 from mambacontrol.errors import ConfigError
 
@@ -50,7 +55,6 @@ def process_state() -> Any:
     Under ``torchrun`` without GPUs Accelerate needs ``cpu=True`` to start its gloo process group;
     the engine's ``Accelerator`` makes the same choice, so both agree on ranks and devices.
     """
-    from accelerate import PartialState
     return PartialState(cpu=not torch.cuda.is_available())
 
 
@@ -147,7 +151,8 @@ class BatchOrder:
 
     def advanced(self, steps: int) -> tuple[int, int]:
         """``(epoch, position)`` after ``steps`` more batches, without changing the state."""
-        flat = self.epoch * self.num_items + self.position + steps * self.batch_size * self.world_size
+        flat = (self.epoch * self.num_items + self.position
+                + steps * self.batch_size * self.world_size)
         return divmod(flat, self.num_items)
 
 
@@ -168,8 +173,10 @@ class ResumableBatches:
         collate_fn: merges a list of items into a batch (default: ``monai.data.list_data_collate``).
         num_workers: background loader processes (0 loads in this process).
         rank: this process's index (see :class:`BatchOrder`); ``None`` asks Accelerate
-            (``PartialState().process_index``), which is 0 outside ``accelerate launch``/``torchrun``.
-        world_size: number of processes; ``None`` asks Accelerate (``PartialState().num_processes``).
+            (``PartialState().process_index``), which is 0 outside ``accelerate launch`` or
+            ``torchrun``.
+        world_size: number of processes; ``None`` asks Accelerate
+            (``PartialState().num_processes``).
         shuffle: ``False`` keeps the dataset order.
     """
 
@@ -184,7 +191,7 @@ class ResumableBatches:
         if num_workers < 0:
             raise ValueError(f"num_workers must be ≥ 0, got {num_workers}")
         if collate_fn is None:
-            from monai.data import list_data_collate
+            from monai.data import list_data_collate  # heavy (MONAI, 3 s): only when needed
             collate_fn = list_data_collate
         if rank is None or world_size is None:
             state = process_state()
@@ -218,6 +225,41 @@ class ResumableBatches:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue from a saved state; takes effect at the next ``iter()``."""
         self.order.load_state_dict(state)
+
+
+class RandomIndexBatches:
+    """Endless batches of in-memory tensors, each ``min(batch_size, N)`` items drawn uniformly
+    with replacement (``torch.randint`` from a ``torch.Generator`` seeded with ``seed``).
+
+    Args:
+        tensors: name → (N, ...) tensor; a batch holds the same items of each.
+        batch_size: items per batch (at most N are drawn).
+        seed: seed of the generator.
+
+    The state (``state_dict``) is the generator's, as JSON.
+    """
+
+    def __init__(self, tensors: Mapping[str, torch.Tensor], batch_size: int, seed: int):
+        self.tensors = dict(tensors)
+        sizes = {name: len(t) for name, t in self.tensors.items()}
+        if not sizes or len(set(sizes.values())) != 1 or min(sizes.values()) < 1:
+            raise ValueError(f"tensors must share one non-zero leading size; got {sizes}")
+        if batch_size < 1:
+            raise ConfigError(f"batch_size {batch_size} must be ≥ 1")
+        self.num_items = next(iter(sizes.values()))
+        self.batch_size = min(int(batch_size), self.num_items)
+        self.generator = torch.Generator().manual_seed(int(seed))
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        while True:
+            index = torch.randint(self.num_items, (self.batch_size,), generator=self.generator)
+            yield {name: t[index] for name, t in self.tensors.items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state().tolist()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.generator.set_state(torch.tensor(state["generator"], dtype=torch.uint8))
 
 
 class SeededItems(torch.utils.data.Dataset):

@@ -22,8 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from safetensors import safe_open
 
 from mambacontrol._version import __version__
+from mambacontrol.atlas import load_atlas
+from mambacontrol.data import Manifest
 from mambacontrol.errors import MambaControlError
 from mambacontrol.io import write_text_atomic
 from mambacontrol.training.engine import read_stage_summary
@@ -62,8 +65,6 @@ def write_model_card(run_dir: str | os.PathLike, cfg: RunConfig,
 
 def render_model_card(run: Path, cfg: RunConfig, metrics: str | os.PathLike | None = None) -> str:
     """The card's text (see :func:`write_model_card`)."""
-    from mambacontrol.atlas import load_atlas
-
     atlas = load_atlas(cfg.data.atlas, cfg.data.grid)
     licence = atlas.licence
     non_commercial = any("noncommercial" in v.replace("-", "").replace(" ", "").lower()
@@ -109,8 +110,6 @@ def render_model_card(run: Path, cfg: RunConfig, metrics: str | os.PathLike | No
 
 def _data_facts(cfg: RunConfig) -> dict[str, Any]:
     """Counts per split from the manifest (read without checking the image files)."""
-    from mambacontrol.data import Manifest
-
     facts: dict[str, Any] = {"manifest": str(cfg.data.manifest)}
     try:
         manifest = Manifest.from_csv(cfg.data.manifest, check_files=False)
@@ -128,7 +127,8 @@ def _data_facts(cfg: RunConfig) -> dict[str, Any]:
         for v in part:
             dx[v.diagnosis] = dx.get(v.diagnosis, 0) + 1
         splits[split] = {"subjects": len(part.subjects()), "visits": len(part), "pairs": len(pairs),
-                         "diagnoses": dx, "ages": (min(v.age for v in part), max(v.age for v in part)),
+                         "diagnoses": dx,
+                         "ages": (min(v.age for v in part), max(v.age for v in part)),
                          "years": (min(years), max(years)) if years else None}
     facts["splits"] = splits
     facts["synthetic"] = any(k.startswith("rate_") for v in manifest for k in v.extra)
@@ -149,8 +149,9 @@ def _status(run: Path, cfg: RunConfig, loadable: bool) -> list[str]:
 
 
 def _data_lines(data: Mapping[str, Any], atlas) -> list[str]:
-    out = [f"- manifest: `{data['manifest']}`"
-           + (" (a synthetic cohort made by `mambacontrol synth`)" if data.get("synthetic") else "")]
+    synthetic = (" (a synthetic cohort made by `mambacontrol synth`)" if data.get("synthetic")
+                 else "")
+    out = [f"- manifest: `{data['manifest']}`{synthetic}"]
     if "error" in data:
         out.append(f"- the manifest could not be read when this card was written ({data['error']})")
     else:
@@ -170,8 +171,6 @@ def _data_lines(data: Mapping[str, Any], atlas) -> list[str]:
 
 
 def _parameters(folder: Path) -> int | None:
-    from safetensors import safe_open
-
     weights = folder / "diffusion_pytorch_model.safetensors"
     if not weights.is_file():
         return None

@@ -1,9 +1,10 @@
 """Stage ``graph``: the anatomy-graph encoder and the regional trajectory head.
 
 Trained together on the regional volume change of the training pairs
-(:func:`mambacontrol.graph.train_trajectory`; the truth comes from the manifest's ``vol_r<label>``
-columns when present). With a ``valid`` split the state with the lowest validation loss is kept.
-The stage takes seconds to minutes, so it is not checkpointed: an interrupted run repeats it.
+(:func:`~mambacontrol.training.trajectory.train_trajectory`, on the engine's ``Trainer``; the
+truth comes from the manifest's ``vol_r<label>`` columns when present). With a ``valid`` split
+the state with the lowest validation loss is kept. The stage takes seconds to minutes, so it is
+not checkpointed: an interrupted run repeats it. Under DDP one process trains it, the others wait.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ from pathlib import Path
 from mambacontrol.graph.encoder import GraphEncoder
 from mambacontrol.training.config import arguments_for
 from mambacontrol.training.data import RunData
+from mambacontrol.training.data_order import process_state
 from mambacontrol.training.engine import StageSummary
 from mambacontrol.training.run_config import RunConfig
+from mambacontrol.training.trajectory import TrajectoryConfig, train_trajectory
 
 
 def graph_encoder_arch(cfg: RunConfig) -> dict:
@@ -24,23 +27,17 @@ def graph_encoder_arch(cfg: RunConfig) -> dict:
     return arguments_for(GraphEncoder, cfg.graph.model)
 
 
-def train_graph(cfg: RunConfig, data: RunData, out: Path, resume: bool, config_dict: dict) -> StageSummary:
+def train_graph(cfg: RunConfig, data: RunData, out: Path, resume: bool,
+                config_dict: dict) -> StageSummary:
     """Train and save ``<out>/graph_encoder`` and ``<out>/trajectory_head``."""
-    from mambacontrol.graph import TrajectoryConfig, train_trajectory
-
-    m, t = cfg.graph.model, cfg.graph.train
-    tc = TrajectoryConfig(
-        grouping=m.grouping, homologue_edges=m.homologue_edges, lr=t.lr,
-        weight_decay=t.weight_decay, batch_size=t.batch_size,
-        encoder=graph_encoder_arch(cfg), head=dict(hidden=m.head_hidden))
-    from mambacontrol.training.data_order import process_state
-
+    t = cfg.graph.train
+    config = TrajectoryConfig.from_stage(cfg.graph, encoder=graph_encoder_arch(cfg))
     state = process_state()
     if not state.is_main_process:  # small: one process trains it, the others wait
         state.wait_for_everyone()
         return StageSummary("graph", t.steps, 0.0, 0.0, float("nan"))
     start = time.perf_counter()
-    result = train_trajectory(data.manifest, data.atlas, tc, steps=t.steps, seed=cfg.seed,
+    result = train_trajectory(data.manifest, data.atlas, config, steps=t.steps, seed=cfg.seed,
                               cache_dir=out / "cache" / "features")
     result.model.encoder.save(out / "graph_encoder")
     result.model.head.save(out / "trajectory_head")
@@ -48,4 +45,5 @@ def train_graph(cfg: RunConfig, data: RunData, out: Path, resume: bool, config_d
     wall = time.perf_counter() - start
     last = [h for h in result.history if "train_loss" in h]
     final = last[-1]["train_loss"] if last else float("nan")
-    return StageSummary("graph", t.steps, wall, t.steps * min(t.batch_size, len(result.train)) / wall, final)
+    samples = t.steps * min(t.batch_size, len(result.train))
+    return StageSummary("graph", t.steps, wall, samples / wall, final)

@@ -1,24 +1,10 @@
-import logging
-
 import numpy as np
 import pytest
 import torch
 
 from mambacontrol.data.covariates import encode_covariates
-from mambacontrol.errors import ConfigError, ManifestError, ModelError
-from mambacontrol.graph import (
-    AnatomyGraph,
-    TrajectoryHead,
-    TrajectoryModel,
-    group_percent_change,
-    train_trajectory,
-)
-from mambacontrol.graph.training import evaluate_loss
+from mambacontrol.graph import AnatomyGraph, TrajectoryHead, group_percent_change
 from mambacontrol.graph.trajectory import fit_prior, prior_design
-from tests.graph.conftest import make_cohort, region_rates
-
-SMALL = {"encoder": {"embed_dim": 16, "num_layers": 1, "num_tokens": 2, "token_heads": 2},
-         "head": {"hidden": 16}, "eval_every": 25, "lr": 3e-3}
 
 
 def _covariates(n, dx="AD", age=70.0):
@@ -68,61 +54,6 @@ def test_fit_prior_recovers_a_linear_rate_model():
     assert np.all(np.isfinite(only_cn)) and np.all(only_cn[:, [1, 2, 4, 5]] == 0)  # absent diagnoses
 
 
-def test_head_overfits_a_tiny_cohort(tmp_path, atlas4):
-    manifest = make_cohort(tmp_path / "c", atlas4, n_subjects=6)
-    result = train_trajectory(manifest, atlas4, {**SMALL, "population_prior": False}, steps=200, seed=0)
-    first, last = result.history[0]["train_loss"], result.history[-1]["train_loss"]
-    assert last < first / 10
-    assert evaluate_loss(result.model, result.train) < first / 10
-
-
-def test_population_prior_reproduces_a_linear_cohort(tmp_path, atlas4):
-    manifest = make_cohort(tmp_path / "c", atlas4, n_subjects=3)
-    result = train_trajectory(manifest, atlas4, SMALL, steps=1)
-    head = TrajectoryHead.from_config(result.model.head.config)  # an untrained head with the fitted prior
-    emb = torch.zeros(len(result.train), 134, 16)
-    pred = head(emb, result.train.covariates, result.train.years)
-    # the cohort's rates depend on the diagnosis only: the prior reproduces every pair
-    torch.testing.assert_close(pred, result.train.log_ratio, atol=2e-4, rtol=1e-3)
-
-
-def test_trained_model_round_trip_and_truth(tmp_path, atlas4):
-    splits = ["train", "train", "train", "valid", "valid", "test"]
-    manifest = make_cohort(tmp_path / "c", atlas4, n_subjects=6, splits=splits)
-    res = train_trajectory(manifest, atlas4, SMALL, steps=50, seed=1, cache_dir=tmp_path / "cache",
-                           out_dir=tmp_path / "model")
-    assert len(res.train) == 9 and len(res.valid) == 6 and all("valid_loss" in h for h in res.history)
-    assert res.history[0]["step"] == 0  # the untrained state (the prior) is a candidate
-    # truth: the manifest's log volume ratios, per node
-    graph = AnatomyGraph.from_atlas(atlas4)
-    pair = res.train.pairs[0]
-    expected = pair.years * region_rates(atlas4, pair.earlier.diagnosis) / 100
-    np.testing.assert_allclose(res.train.log_ratio[0].numpy(), expected, rtol=1e-4, atol=1e-6)
-    loaded = TrajectoryModel.load(tmp_path / "model")
-    loaded.check_graph(graph)
-    p = pair.earlier
-    feats = res.train.features[0].numpy()
-    a = loaded.predict(feats, p.age, pair.years, p.sex, p.diagnosis)
-    b = res.model.predict(feats, p.age, pair.years, p.sex, p.diagnosis)
-    assert a.shape == (1, 134) and np.array_equal(a, b)
-    assert train_trajectory(manifest, atlas4, SMALL, steps=50, seed=1).history == res.history  # seeded
-    with pytest.raises(ModelError, match="grouping"):
-        loaded.check_graph(AnatomyGraph.from_atlas(atlas4, "group"))
-
-
-def test_label_count_fallback_and_bad_manifests(tmp_path, atlas4, caplog):
-    manifest = make_cohort(tmp_path / "c", atlas4, n_subjects=2, volume_columns=False)
-    with caplog.at_level(logging.WARNING):
-        res = train_trajectory(manifest, atlas4, SMALL, steps=2)
-    assert "sub-voxel" in caplog.text
-    assert torch.all(res.train.log_ratio == 0)  # same label map at every visit: no visible change
-    one_visit = make_cohort(tmp_path / "d", atlas4, n_subjects=2, visits=(0.0,))
-    with pytest.raises(ManifestError, match="no visit pairs"):
-        train_trajectory(one_visit, atlas4, SMALL, steps=2)
-    with pytest.raises(ConfigError, match="unknown trajectory config key"):
-        train_trajectory(manifest, atlas4, {"learning_rate": 1.0}, steps=2)
-
-
 def test_group_percent_change_uses_each_labels_node(atlas4):
     graph = AnatomyGraph.from_atlas(atlas4, "group")  # one node for both hippocampi
     labels = atlas4.label_ids
@@ -133,24 +64,3 @@ def test_group_percent_change_uses_each_labels_node(atlas4):
     out = group_percent_change(graph, log_ratio, vols, labels, {"hippocampus": [47, 48], "brainstem": [35]})
     assert out["hippocampus"][0] == pytest.approx(-10.0)
     assert out["brainstem"][0] == pytest.approx(0.0)
-
-
-def test_per_node_variant_trains_saves_and_loads_without_edges(tmp_path, atlas4):
-    """The per-node ablation through ``TrajectoryConfig.encoder``: trained, saved and loaded with
-    no edges, and a prediction for one node does not move when another node's features change."""
-    splits = ["train", "train", "train", "test"]  # no valid split: the last state is kept
-    manifest = make_cohort(tmp_path / "c", atlas4, n_subjects=4, splits=splits)
-    config = {**SMALL, "encoder": {**SMALL.get("encoder", {}), "per_node": True}}
-    res = train_trajectory(manifest, atlas4, config, steps=20, seed=0, out_dir=tmp_path / "model")
-    loaded = TrajectoryModel.load(tmp_path / "model")
-    assert loaded.encoder.config.per_node and loaded.encoder.edge_index.shape == (2, 0)
-    pair = res.train.pairs[0]
-    feats = res.train.features[0].numpy().copy()
-    p = pair.earlier
-    before = loaded.predict(feats, p.age, pair.years, p.sex, p.diagnosis)
-    node = AnatomyGraph.from_atlas(atlas4).node_names.index("Left Hippocampus")
-    feats[node] *= 1.5
-    after = loaded.predict(feats, p.age, pair.years, p.sex, p.diagnosis)
-    others = np.arange(134) != node
-    assert after[0, node] != before[0, node]  # the node sees its own features
-    np.testing.assert_array_equal(after[0, others], before[0, others])

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -5,7 +7,12 @@ from monai.data import Dataset
 from monai.transforms import Compose, Lambdad, RandFlipd, RandSpatialCropd
 
 from mambacontrol.errors import ConfigError
-from mambacontrol.training.data_order import BatchOrder, ResumableBatches, item_seed
+from mambacontrol.training.data_order import (
+    BatchOrder,
+    RandomIndexBatches,
+    ResumableBatches,
+    item_seed,
+)
 
 
 def volumes(n=5, size=6):
@@ -112,3 +119,20 @@ def test_bad_arguments():
         BatchOrder(3, 1, rank=2, world_size=2)
     with pytest.raises(ValueError, match="augment must be a MONAI randomizable transform"):
         ResumableBatches(volumes(), 2, augment=lambda d: d)
+
+
+def test_random_index_batches_draw_with_replacement_and_resume_from_their_state():
+    tensors = {"x": torch.arange(5.0), "y": torch.arange(5) * 10}
+    batches = RandomIndexBatches(tensors, batch_size=8, seed=4)
+    stream = iter(batches)
+    first = next(stream)
+    assert first["x"].shape == (5,) and torch.equal(first["y"], first["x"].long() * 10)  # ≤ N items
+    generator = torch.Generator().manual_seed(4)
+    assert torch.equal(first["x"], torch.randint(5, (5,), generator=generator).float())
+    state = json.loads(json.dumps(batches.state_dict()))
+    expected = [next(stream) for _ in range(3)]
+    again = RandomIndexBatches(tensors, batch_size=8, seed=99)
+    again.load_state_dict(state)
+    assert all(torch.equal(a["x"], b["x"]) for a, b in zip(iter(again), expected))
+    with pytest.raises(ValueError, match="one non-zero leading size"):
+        RandomIndexBatches({"x": torch.zeros(3), "y": torch.zeros(4)}, 2, 0)

@@ -271,7 +271,7 @@ def test_bad_arguments(tmp_path):
 
 
 def test_without_a_terminal_progress_goes_to_the_log(tmp_path, caplog):
-    caplog.set_level("INFO", logger="mambacontrol.training.engine")
+    caplog.set_level("INFO", logger="mambacontrol.training.progress")
     make_trainer(tmp_path / "run", steps=20).run()     # pytest's output is not a terminal
     lines = [r.getMessage() for r in caplog.records if ": step " in r.getMessage()]
     assert [line.split(",")[0] for line in lines] == ["toy: step 5/20", "toy: step 10/20",

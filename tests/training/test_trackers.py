@@ -10,8 +10,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from mambacontrol.errors import ConfigError
 from mambacontrol.training.config import load_config
 from mambacontrol.training.data_order import ResumableBatches
-from mambacontrol.training.engine import TRACKERS, Trainer, check_trackers
+from mambacontrol.training.engine import Trainer
 from mambacontrol.training.run_config import RunConfig
+from mambacontrol.training.trackers import TRACKERS, check_trackers
 
 DATA = [{"x": np.full((1, 4), float(i), dtype=np.float32)} for i in range(4)]
 

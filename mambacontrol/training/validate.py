@@ -20,11 +20,11 @@ from mambacontrol.atlas import Atlas, load_atlas
 from mambacontrol.errors import ConfigError, MambaControlError
 from mambacontrol.graph.encoder import GraphEncoder
 from mambacontrol.io.limits import check_limit
-from mambacontrol.training.engine import check_trackers
 from mambacontrol.training.run_config import OptimConfig, RunConfig
 from mambacontrol.training.stage_autoencoder import build_autoencoder
 from mambacontrol.training.stage_diffusion import build_controlnet, build_unet, noise_schedule
 from mambacontrol.training.stage_graph import graph_encoder_arch
+from mambacontrol.training.trackers import check_trackers
 
 
 def _positive_int(key: str, value: int, minimum: int = 1) -> None:

@@ -34,7 +34,7 @@ from mambacontrol.registration import (
     measure_regional_volumes,
     propagate_labels,
 )
-from mambacontrol.registration.standins import (
+from mambacontrol.testing.standins import (
     lps_grid,
     non_brain_images,
     radial_warp,

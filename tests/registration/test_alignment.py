@@ -13,7 +13,7 @@ from mambacontrol.registration import (
     template_similarity,
 )
 from mambacontrol.registration.alignment import antialias
-from mambacontrol.registration.standins import (
+from mambacontrol.testing.standins import (
     lps_grid,
     non_brain_images,
     rigid_motion,

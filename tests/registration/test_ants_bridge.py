@@ -17,7 +17,7 @@ from mambacontrol.registration._ants import (
     to_ants,
     transform_to_ras_matrix,
 )
-from mambacontrol.registration.standins import rigid_motion
+from mambacontrol.testing.standins import rigid_motion
 
 OBLIQUE = np.array([[0.0, 0.0, -1.1, 60.0], [1.05, 0.0, 0.0, -80.0], [0.0, 0.95, 0.0, -40.0],
                     [0.0, 0.0, 0.0, 1.0]])

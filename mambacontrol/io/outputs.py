@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import socket
 import time
 import uuid
@@ -30,7 +29,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from mambacontrol.errors import InputFileError
-from mambacontrol.io.atomic import write_text_atomic
+from mambacontrol.io.atomic import remove_path, replace_dir, write_text_atomic
 
 MARKER = ".mambacontrol-output.json"
 LOCK = ".mambacontrol.lock"
@@ -217,7 +216,7 @@ class OutputFolder:
             marker = {"command": self.command, "entries": present}
         if marker is None and not present:  # new, or left empty by a run of ours that died
             for stale in self.path.glob(f"{STAGING}*"):
-                _remove(stale)
+                remove_path(stale)
         if marker is None:
             if present and not overwrite:
                 raise OutputFolderError(
@@ -235,7 +234,7 @@ class OutputFolder:
                     f"--out {self.path}: holds an earlier `mambacontrol {self.command}` output; pass "
                     "--overwrite to replace it, or choose another --out")
             for stale in self.path.glob(f"{STAGING}*"):  # left by a run of ours that was killed
-                _remove(stale)
+                remove_path(stale)
             if self.entries:
                 self._write_marker()
 
@@ -281,25 +280,14 @@ class OutputFolder:
         try:
             yield tmp
         finally:
-            _remove(tmp)
+            remove_path(tmp)
 
     def commit(self, source: Path, name: str) -> Path:
         """Move ``source`` (a staged file or folder) into place as ``name``, replacing only the
         command's own earlier entry of that name."""
         self.check_free([name])
-        target = self.path / name
-        old = None
-        if target.exists() or target.is_symlink():
-            old = self.path / f"{STAGING}old-{uuid.uuid4().hex[:8]}"
-            os.replace(target, old)
-        try:
-            os.replace(source, target)
-        except BaseException:
-            if old is not None:
-                os.replace(old, target)
-            raise
-        if old is not None:
-            _remove(old)
+        target = replace_dir(source, self.path / name,
+                             aside=self.path / f"{STAGING}old-{uuid.uuid4().hex[:8]}")
         self.record(name)
         return target
 
@@ -338,7 +326,7 @@ class OutputFolder:
         keep = set(keep)
         gone = [e for e in self.entries if e not in keep]
         for name in gone:
-            _remove(self.path / name)
+            remove_path(self.path / name)
             self.entries.discard(name)
         if gone:
             self._write_marker()
@@ -351,7 +339,7 @@ class OutputFolder:
                 with contextlib.suppress(FileNotFoundError):
                     (self.path / name).unlink()
             for stale in self.path.glob(f"{STAGING}*"):
-                _remove(stale)
+                remove_path(stale)
             with contextlib.suppress(OSError):
                 self.path.rmdir()  # only when empty: never deletes anything else
             self._locked = False
@@ -372,11 +360,3 @@ def _check_entry_name(name: str) -> None:
     if not name or name in (".", "..") or "/" in name or os.sep in name or name in _OWN_FILES \
             or name.startswith(STAGING):
         raise ValueError(f"'{name}' is not a plain entry name of an output folder")
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()

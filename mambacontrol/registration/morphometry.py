@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import ants
 import numpy as np
 
+from mambacontrol.data.change import percent_change
 from mambacontrol.io import Grid
 from mambacontrol.registration.deformable import SyNSettings, syn_registration, uncrop
 
@@ -52,7 +53,7 @@ class RegionalVolumes:
         """(R,) change from the baseline to the other image, in % of the baseline volume
         (NaN for a region absent from the baseline)."""
         with np.errstate(divide="ignore", invalid="ignore"):
-            return 100.0 * (self.other_mm3 / self.baseline_mm3 - 1.0)
+            return percent_change(self.other_mm3, self.baseline_mm3)
 
     def as_dict(self) -> dict[int, tuple[float, float]]:
         """``{label: (baseline mm³, other mm³)}``."""

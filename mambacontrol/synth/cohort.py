@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from mambacontrol._version import __version__
 from mambacontrol.atlas import load_atlas
 from mambacontrol.data import Manifest, Visit
+from mambacontrol.data.change import percent_change
 from mambacontrol.errors import ConfigError
 from mambacontrol.io import OutputFolder, save_nifti, write_json
 from mambacontrol.synth.plan import CohortDesign, SubjectPlan, plan_cohort
@@ -134,9 +135,9 @@ def _visit_checks(visit: SimulatedVisit, baseline: SimulatedVisit, ctx: GridCont
         b, bpv = baseline.volumes[ids].sum(), baseline.pv_volumes[ids].sum()
         target = (np.exp(visit.prescribed_log_ratio[ids]) * baseline.volumes[ids]).sum() / b
         checks["change_pct"][key] = {
-            "prescribed": _round(100 * float(target - 1.0), 5),
-            "realised": _round(100 * float(visit.volumes[ids].sum() / b - 1.0), 5),
-            "partial_volume": _round(100 * float(visit.pv_volumes[ids].sum() / bpv - 1.0), 5)}
+            "prescribed": _round(float(percent_change(target)), 5),
+            "realised": _round(float(percent_change(visit.volumes[ids].sum(), b)), 5),
+            "partial_volume": _round(float(percent_change(visit.pv_volumes[ids].sum(), bpv)), 5)}
     return checks
 
 
@@ -150,8 +151,9 @@ def _pre_baseline(sim: SubjectSimulator, ctx: GridContext) -> dict:
     for key, labels in ctx.atlas.key_groups.items():
         ids = [index[lab] for lab in labels]
         reference = sim.reference_volumes[ids].sum()
-        change[key] = {"prescribed": _round(100 * float(prescribed[ids].sum() / reference - 1.0), 5),
-                       "realised": _round(100 * float(sim.baseline_volumes[ids].sum() / reference - 1.0), 5)}
+        realised = sim.baseline_volumes[ids].sum()
+        change[key] = {"prescribed": _round(float(percent_change(prescribed[ids].sum(), reference)), 5),
+                       "realised": _round(float(percent_change(realised, reference)), 5)}
     return {"years": sim.plan.pre_baseline_years(), "steps": history.steps,
             "max_gradient_norm": _round(history.max_gradient_norm, 4),
             "calibration_error": _round(history.calibration_error, 4),

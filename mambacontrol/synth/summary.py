@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mambacontrol.data import DIAGNOSES, SPLITS, Manifest
+from mambacontrol.data.change import percent_change
 from mambacontrol.errors import ManifestError
 
 _REGION_COLUMN = re.compile(r"^vol_r\d+$")
@@ -76,7 +77,7 @@ def summarize_cohort(manifest: Manifest) -> CohortSummary:
             for g in groups:
                 first, last = float(vs[0].extra[f"vol_{g}"]), float(vs[-1].extra[f"vol_{g}"])
                 if span > 0 and first > 0:
-                    changes[g].append(100.0 * ((last / first) ** (1.0 / span) - 1.0))
+                    changes[g].append(percent_change((last / first) ** (1.0 / span)))
         rows.append(DiagnosisSummary(
             dx, len(members), sum(len(vs) for vs in members),
             float(np.mean(years)) if years else 0.0,

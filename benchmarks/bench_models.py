@@ -20,19 +20,19 @@ import time
 
 import torch
 
+from mambacontrol.atlas import load_atlas
+from mambacontrol.pipeline.conditioning import hint_channels
+from mambacontrol.training.config import load_config
+from mambacontrol.training.configs import bundled_config
+from mambacontrol.training.run_config import RunConfig
+from mambacontrol.training.stage_autoencoder import build_autoencoder
+from mambacontrol.training.stage_diffusion import build_controlnet, build_unet
+
 COMPONENTS = ("autoencoder", "unet", "controlnet")
 
 
 def measure(config: str, component: str, threads: int, repeats: int) -> dict:
     """Forward + backward of one component, in this process."""
-    from mambacontrol.atlas import load_atlas
-    from mambacontrol.pipeline.conditioning import hint_channels
-    from mambacontrol.training.config import load_config
-    from mambacontrol.training.configs import bundled_config
-    from mambacontrol.training.run_config import RunConfig
-    from mambacontrol.training.stage_autoencoder import build_autoencoder
-    from mambacontrol.training.stage_diffusion import build_controlnet, build_unet
-
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     cfg = load_config(RunConfig, bundled_config(config))

@@ -33,9 +33,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from mambacontrol.atlas import load_atlas
 from mambacontrol.cli.synth_cmd import parse_visits
 from mambacontrol.data import DIAGNOSES, Manifest
+from mambacontrol.data.covariates import CovariateNorm, encode_covariates
+from mambacontrol.graph.trajectory import prior_design
 from mambacontrol.io import load_nifti
 from mambacontrol.synth import (
     CohortDesign,
@@ -45,6 +49,10 @@ from mambacontrol.synth import (
     grid_for_spacing,
     summarize_cohort,
 )
+from mambacontrol.synth.plan import plan_cohort
+from mambacontrol.synth.rates import RateModel
+from mambacontrol.synth.simulate import GridContext
+from mambacontrol.synth.spread import draw_network_rates
 
 SIGNAL_GROUPS = ("hippocampus", "amygdala", "entorhinal", "lateral_ventricles", "whole_brain")
 
@@ -198,16 +206,6 @@ def spread_ceiling(subjects: int, seed: int, grid: str, shape_sd: float = 0.05,
     Test: every fifth subject. Returns mean absolute errors (percentage points) for hippocampus,
     entorhinal and all regions (the mean over regions of each region's error).
     """
-    import torch
-
-    from mambacontrol.atlas import load_atlas
-    from mambacontrol.data.covariates import CovariateNorm, encode_covariates
-    from mambacontrol.graph.trajectory import prior_design
-    from mambacontrol.synth.plan import plan_cohort
-    from mambacontrol.synth.rates import RateModel
-    from mambacontrol.synth.simulate import GridContext
-    from mambacontrol.synth.spread import draw_network_rates
-
     atlas = load_atlas(grid=grid)
     context, config, rate_model = GridContext(atlas), SynthConfig(grid=grid), RateModel()
     graph = context.spread_graph
@@ -332,8 +330,6 @@ def main() -> None:
         wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0
         load_after = os.getloadavg()
         meta = json.loads((out / "cohort.json").read_text())
-        from mambacontrol.atlas import load_atlas
-
         atlas = load_atlas(meta["atlas"]["id"], meta["atlas"]["grid"])
         result = {
             "command": (f"python benchmarks/bench_synth.py --subjects {args.subjects} --visits "

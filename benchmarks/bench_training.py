@@ -18,6 +18,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from mambacontrol.training.configs import bundled_config
+
 STAGES = ("autoencoder", "latents", "graph", "unet", "controlnet")
 
 CHILD = """
@@ -38,8 +40,6 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=30, help="optimizer steps per trained stage")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    from mambacontrol.training.configs import bundled_config
-
     config = args.config if args.config.endswith(".yaml") else str(bundled_config(args.config))
     overrides = [f"{s}.train.steps={args.steps}" for s in ("autoencoder", "graph", "unet", "controlnet")]
     overrides += ["engine.checkpoint_every=0", "engine.image_every=0"]

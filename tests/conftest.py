@@ -28,6 +28,7 @@ def rng():
 @pytest.fixture(scope="session")
 def tiny_cohort(tmp_path_factory):
     """A synthetic cohort of 7 subjects (2–3 visits) on the 4 mm atlas grid, built once."""
+    # lazy (here and below): only the tests that use these fixtures pay for the imports
     from mambacontrol.synth import generate_cohort
 
     out = tmp_path_factory.mktemp("cohort")
@@ -67,7 +68,7 @@ def tiny_run_config(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_model(tiny_cohort, tiny_run_config, tmp_path_factory):
     """A model trained through every stage of the tiny config (a run folder)."""
-    from mambacontrol.training.runner import TrainingRun, resolve_config
+    from mambacontrol.training.runner import TrainingRun, resolve_config  # lazy: torch
 
     out = tmp_path_factory.mktemp("run")
     cfg = resolve_config(tiny_run_config, [], manifest=tiny_cohort)

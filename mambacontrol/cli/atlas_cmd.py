@@ -17,6 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_list(args: argparse.Namespace) -> int:
+    # lazy: keeps --help free of numpy and nibabel
     from mambacontrol.atlas import DEFAULT_ATLAS, list_atlases, load_atlas
 
     for name in list_atlases():
@@ -28,7 +29,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from mambacontrol.atlas import DEFAULT_ATLAS, load_atlas
+    from mambacontrol.atlas import DEFAULT_ATLAS, load_atlas  # lazy: keeps --help fast
 
     name = args.name or DEFAULT_ATLAS
     atlas = load_atlas(name)

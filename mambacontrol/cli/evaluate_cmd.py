@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from mambacontrol.cli.predict_cmd import _device
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -33,8 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mambacontrol.cli.predict_cmd import _device
-    from mambacontrol.evaluation.evaluate import EvaluationSettings, evaluate
+    from mambacontrol.evaluation.evaluate import EvaluationSettings, evaluate  # lazy: torch
 
     settings = EvaluationSettings(
         split=args.split, pairs=args.pairs,

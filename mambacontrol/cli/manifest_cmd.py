@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from mambacontrol.errors import MambaControlError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -37,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from mambacontrol.data import DIAGNOSES, SPLITS, Manifest
+    from mambacontrol.data import DIAGNOSES, SPLITS, Manifest  # lazy: keeps --help fast
 
     m = Manifest.from_csv(args.csv, check_files=not args.no_files)
     pairs = m.pairs()
@@ -55,10 +58,7 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def run_from_bids(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from mambacontrol.data.bids import manifest_from_bids
-    from mambacontrol.errors import MambaControlError
+    from mambacontrol.data.bids import manifest_from_bids  # lazy: keeps --help fast
 
     out = Path(args.out)
     if out.exists() and not args.overwrite:

@@ -64,7 +64,7 @@ def default_workers() -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mambacontrol.synth import (
+    from mambacontrol.synth import (  # lazy: keeps --help free of scipy and the simulator
         format_summary,
         generate_cohort,
         grid_for_spacing,

@@ -153,7 +153,7 @@ def manifest_from_bids(bids_dir: str | os.PathLike, *, age_column: str = "age",
         raise InputFileError(f"{root}: not a BIDS dataset (no dataset_description.json); give the "
                              "dataset's root folder")
     check_split_fractions(split)
-    from bids import BIDSLayout  # here, not at the top: pybids is slow to import
+    from bids import BIDSLayout  # lazy: pybids is slow to import
 
     schema_log = logging.getLogger("bidsschematools")  # its "no schema path" INFO line each run
     if schema_log.level == logging.NOTSET:

@@ -354,7 +354,7 @@ class AnatomyGraph:
     def data(self):
         """``torch_geometric.data.Data`` with ``edge_index`` (2, 2E), ``edge_weight`` (2E,),
         ``homologue`` (2E,) bool and ``num_nodes``; both directions of every edge, sorted."""
-        from torch_geometric.data import Data
+        from torch_geometric.data import Data  # lazy: torch-geometric is slow to import
 
         src, dst = np.nonzero(self.weights)
         homologue = np.zeros(len(src), dtype=bool)

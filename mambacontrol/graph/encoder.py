@@ -28,7 +28,7 @@ import torch
 from diffusers.configuration_utils import register_to_config
 from torch import nn
 
-from mambacontrol.data.covariates import NUM_COVARIATES, CovariateNorm
+from mambacontrol.data.covariates import NUM_COVARIATES, CovariateNorm, encode_covariates
 from mambacontrol.errors import MambaControlError, ModelError
 from mambacontrol.graph.anatomy import AnatomyGraph
 from mambacontrol.graph.features import NUM_FEATURES, FeatureNorm
@@ -58,7 +58,7 @@ class _GraphLayer(nn.Module):
 
     def __init__(self, conv: str, dim: int, cheb_k: int, heads: int, dropout: float):
         super().__init__()
-        from torch_geometric.nn import ChebConv, GATv2Conv, GCNConv
+        from torch_geometric.nn import ChebConv, GATv2Conv, GCNConv  # lazy: slow to import
 
         self.kind = conv
         if conv == "gcn":
@@ -217,8 +217,6 @@ class GraphEncoder(Component):
 
     def covariates(self, age, years, sex, diagnosis) -> torch.Tensor:
         """(B, 6) covariates encoded with this model's saved :class:`CovariateNorm`."""
-        from mambacontrol.data.covariates import encode_covariates
-
         return encode_covariates(age, years, sex, diagnosis, self.covariate_norm).to(self.device)
 
     def forward(self, node_features: torch.Tensor, covariates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -64,7 +64,7 @@ def _context(config: SynthConfig) -> GridContext:
 
 
 def _init_worker() -> None:
-    import torch
+    import torch  # lazy: `import mambacontrol.synth` stays free of torch
 
     torch.set_num_threads(1)
 
@@ -316,7 +316,7 @@ def _write_cohort(folder: OutputFolder, plans: list[SubjectPlan], atlas, config:
     write_json(out / "cohort.json", meta, indent=1)
     manifest = Manifest.from_csv(out / "manifest.csv")
     if figure:
-        from mambacontrol.synth.overview import plot_overview
+        from mambacontrol.synth.overview import plot_overview  # lazy: matplotlib, when asked
 
         folder.record("overview.png")
         plot_overview(manifest, out / "overview.png", atlas)

@@ -130,6 +130,7 @@ class SpreadGraph:
     """
 
     def __init__(self, atlas: Atlas):
+        # lazy: graph.anatomy imports torch, which only network dynamics need
         from mambacontrol.graph.anatomy import AnatomyGraph
 
         graph = AnatomyGraph.from_atlas(atlas, "region", homologue_edges=False)

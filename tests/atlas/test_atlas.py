@@ -1,3 +1,5 @@
+import shutil
+
 import numpy as np
 import pytest
 
@@ -74,8 +76,6 @@ def test_unknown_atlas_and_grid():
 
 
 def test_checksum_detects_tampering(tmp_path, monkeypatch):
-    import shutil
-
     src = load_atlas().root
     dst = tmp_path / src.name
     shutil.copytree(src, dst)

@@ -3,6 +3,7 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
+from bids import BIDSLayout
 
 from mambacontrol.cli.main import main
 from mambacontrol.data import Manifest
@@ -155,8 +156,6 @@ def test_horizon_label(years, label):
 
 
 def test_derivative_paths_and_description_indexed_by_pybids(tmp_path):
-    from bids import BIDSLayout
-
     raw = make_bids(tmp_path / "bids")
     out = tmp_path / "bids" / "derivatives" / "mambacontrol"
     desc = write_dataset_description(out, source_datasets=["../../"])

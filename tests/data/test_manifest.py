@@ -2,6 +2,7 @@ import csv
 
 import pytest
 
+import mambacontrol.data.manifest as manifest_module
 from mambacontrol.data import Manifest, normalize_diagnosis, normalize_sex
 from mambacontrol.errors import ManifestError
 
@@ -165,8 +166,6 @@ def test_cohort_diagnoses(value, expected):
 
 
 def test_cohort_diagnosis_logged_once(caplog):
-    import mambacontrol.data.manifest as manifest_module
-
     manifest_module._DX_LOGGED.discard("LMCI")
     with caplog.at_level("INFO", logger="mambacontrol.data.manifest"):
         for _ in range(3):

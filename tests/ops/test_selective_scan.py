@@ -5,6 +5,7 @@ import random
 import pytest
 import torch
 
+import mambacontrol.ops.chunked_scan as cs
 from mambacontrol.errors import MambaControlError
 from mambacontrol.ops import BACKENDS, resolve_backend, selective_scan
 from mambacontrol.ops.chunked_scan import chunked_scan, plan
@@ -220,8 +221,6 @@ def test_optional_shape_errors():
 
 
 def test_cpu_scan_runs_on_one_thread_and_restores_the_count():
-    from mambacontrol.ops import chunked_scan as cs
-
     seen = []
     original = cs.ChunkedScan._forward
 

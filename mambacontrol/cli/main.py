@@ -124,7 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     args.limit = list(args.limit) + list(getattr(args, "limit_after", []))
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
     # lazy: mambacontrol.io loads nibabel and numpy, which --help skips
     from mambacontrol.io.limits import reset_limits, set_limits
 
@@ -154,7 +155,8 @@ def failure_message(exc: BaseException) -> str | None:
     if isinstance(exc, MambaControlError):
         return str(exc)
     if isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and any(
-            s in str(exc) for s in ("out of memory", "can't allocate memory", "not enough memory"))):
+            s in str(exc) for s in ("out of memory", "can't allocate memory",
+                                    "not enough memory"))):
         return ("out of memory; use fewer --samples, a smaller grid or a machine with more memory "
                 "(or a GPU with --device cuda)")
     if isinstance(exc, UnicodeError):

@@ -27,7 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="an evaluation's metrics.json to quote in the model card README.md "
                         "(default: <out>/evaluation/metrics.json when it exists)")
     p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="config overrides, e.g. unet.train.lr=1e-4 data.manifest=cohort/manifest.csv")
+                   help="config overrides, e.g. unet.train.lr=1e-4 "
+                        "data.manifest=cohort/manifest.csv")
     p.set_defaults(func=run)
 
 

@@ -30,7 +30,8 @@ from mambacontrol.evaluation.records import (
 from mambacontrol.io.figures import new_figure, png_bytes, show_plane
 
 DPI = 110
-_FIXED_COLOURS = {COPY_BASELINE: "#8c8c8c", LINEAR_BASELINE: "#c9a227", MEASUREMENT_FLOOR: "#222222"}
+_FIXED_COLOURS = {COPY_BASELINE: "#8c8c8c", LINEAR_BASELINE: "#c9a227",
+                  MEASUREMENT_FLOOR: "#222222"}
 _MODEL_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#17becf", "#e377c2", "#8c564b")
 
 
@@ -129,11 +130,13 @@ def error_vs_years_chart(results: Sequence[PairResult], keys: Sequence[str],
     colours = method_colours(methods)
     fig = new_figure((4.2 * len(keys), 3.4))
     axes = fig.subplots(1, len(keys), squeeze=False)
-    centres = {label: (lo + (hi if np.isfinite(hi) else lo + 2.0)) / 2 for lo, hi, label in YEAR_BINS}
+    centres = {label: (lo + (hi if np.isfinite(hi) else lo + 2.0)) / 2
+               for lo, hi, label in YEAR_BINS}
     for ax, key in zip(axes[0], keys):
         spec = metric_spec(key)
         for m in methods:
-            mine = [(r.pair.years, pair_values(r).get(key, np.nan)) for r in results if r.method == m]
+            mine = [(r.pair.years, pair_values(r).get(key, np.nan)) for r in results
+                    if r.method == m]
             mine = [(t, v) for t, v in mine if np.isfinite(v)]
             if not mine:
                 continue

@@ -30,7 +30,8 @@ def check_not_input(path: str | os.PathLike, inputs: Iterable[str | os.PathLike]
         src_path = Path(src)
         if out.resolve() == src_path.resolve() or _same_file(out, src_path):
             raise InputFileError(
-                f"{out}: output would overwrite the input file {src_path}; choose another output path"
+                f"{out}: output would overwrite the input file {src_path}; "
+                "choose another output path"
             )
 
 
@@ -42,7 +43,8 @@ def temp_path_for(path: Path) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = ()) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike,
+                inputs: Iterable[str | os.PathLike] = ()) -> Iterator[Path]:
     """Yield a temporary path to write; on success it is renamed onto ``path`` in one step.
 
     On error the temporary file is removed and ``path`` is left as it was.

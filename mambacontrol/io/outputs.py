@@ -8,10 +8,10 @@ goes through :class:`OutputFolder`, which enforces one set of rules:
 - A lock file (``.mambacontrol.lock``) keeps a second command from writing into the same folder
   at the same time; a lock left by a process that no longer runs on this host is taken over.
 - A marker (``.mambacontrol-output.json``, written with the first entry) records which command
-  owns the folder and every entry (top-level file or folder) it created. A non-empty folder is refused unless it is the same
-  command's own earlier output and the command resumes (batch predict, train) or ``--overwrite``
-  is given. ``--overwrite`` replaces only entries the marker lists; anything else in the folder is
-  never replaced or deleted.
+  owns the folder and every entry (top-level file or folder) it created. A non-empty folder is
+  refused unless it is the same command's own earlier output and the command resumes (batch predict,
+  train) or ``--overwrite`` is given. ``--overwrite`` replaces only entries the marker lists;
+  anything else in the folder is never replaced or deleted.
 - Work is staged in hidden ``.staging-*`` folders inside ``--out`` and moved into place one entry
   at a time (a rename), so a failure leaves earlier entries as they were and nothing
   half-written; a folder the command created and never filled is removed again.
@@ -179,8 +179,9 @@ class OutputFolder:
                     continue
                 raise OutputFolderError(
                     f"--out {self.path}: another `mambacontrol {holder.get('command', '?')}` (pid "
-                    f"{holder.get('pid', '?')} on {holder.get('host', '?')}) is writing there; wait "
-                    f"for it to finish or choose another --out (if none runs, delete {lock})") from None
+                    f"{holder.get('pid', '?')} on {holder.get('host', '?')}) is writing there; "
+                    "wait for it to finish or choose another --out (if none runs, delete "
+                    f"{lock})") from None
             except OSError as exc:
                 raise OutputFolderError(f"--out {self.path}: cannot write there ({exc.strerror}); "
                                         "choose a writable --out") from None
@@ -220,19 +221,20 @@ class OutputFolder:
         if marker is None:
             if present and not overwrite:
                 raise OutputFolderError(
-                    f"--out {self.path}: is not empty and holds no mambacontrol output ({len(present)} "
-                    f"entries, e.g. '{present[0]}'); choose a new or empty --out, or pass "
-                    "--overwrite to write beside them (nothing there is replaced or deleted)")
+                    f"--out {self.path}: is not empty and holds no mambacontrol output "
+                    f"({len(present)} entries, e.g. '{present[0]}'); choose a new or empty --out, "
+                    "or pass --overwrite to write beside them (nothing there is replaced or "
+                    "deleted)")
         elif marker["command"] != self.command:
             raise OutputFolderError(
-                f"--out {self.path}: holds the output of `mambacontrol {marker['command']}`, not of "
-                f"`{self.command}`; choose another --out")
+                f"--out {self.path}: holds the output of `mambacontrol {marker['command']}`, "
+                f"not of `{self.command}`; choose another --out")
         else:
             self.entries = set(marker["entries"]) & set(present)
             if self.entries and not (resume or overwrite):
                 raise OutputFolderError(
-                    f"--out {self.path}: holds an earlier `mambacontrol {self.command}` output; pass "
-                    "--overwrite to replace it, or choose another --out")
+                    f"--out {self.path}: holds an earlier `mambacontrol {self.command}` output; "
+                    "pass --overwrite to replace it, or choose another --out")
             for stale in self.path.glob(f"{STAGING}*"):  # left by a run of ours that was killed
                 remove_path(stale)
             if self.entries:
@@ -248,8 +250,8 @@ class OutputFolder:
             marker = None
         if (not isinstance(marker, dict) or not isinstance(marker.get("command"), str)
                 or not isinstance(marker.get("entries"), list)):
-            raise OutputFolderError(f"--out {self.path}: its {MARKER} is unreadable; choose another "
-                                    "--out (or delete the marker if the folder is yours)")
+            raise OutputFolderError(f"--out {self.path}: its {MARKER} is unreadable; choose "
+                                    "another --out (or delete the marker if the folder is yours)")
         return marker
 
     def _write_marker(self) -> None:
@@ -333,7 +335,8 @@ class OutputFolder:
 
     # ---- releasing --------------------------------------------------------------------------
     def release(self, failed: bool = False) -> None:
-        """Drop the lock. After a failure, a folder this claim created and never filled is removed."""
+        """Drop the lock. After a failure, a folder this claim created and never filled is
+        removed."""
         if failed and self.created and not self.entries:
             for name in _OWN_FILES:
                 with contextlib.suppress(FileNotFoundError):

@@ -90,7 +90,8 @@ def measure_regional_volumes(baseline: np.ndarray, other: np.ndarray,
     Returns:
         Baseline and other volumes per region, and the Jacobian map.
     """
-    for name, arr in (("baseline", baseline), ("other", other), ("baseline_labels", baseline_labels)):
+    for name, arr in (("baseline", baseline), ("other", other),
+                      ("baseline_labels", baseline_labels)):
         if tuple(np.shape(arr)) != tuple(grid.shape):
             raise ValueError(f"{name} shape {np.shape(arr)} differs from the grid {grid.shape}")
     labels = np.asarray(baseline_labels)
@@ -107,6 +108,7 @@ def measure_regional_volumes(baseline: np.ndarray, other: np.ndarray,
     size = max(int(labels.max()), int(ids.max())) + 1
     flat = labels.ravel()
     base = np.bincount(flat, minlength=size)[ids] * voxel
-    warped = np.bincount(flat, weights=jacobian.ravel().astype(np.float64), minlength=size)[ids] * voxel
+    warped = np.bincount(flat, weights=jacobian.ravel().astype(np.float64),
+                         minlength=size)[ids] * voxel
     log.info("measured %d regional volumes in %.1f s", len(ids), time.perf_counter() - start)
     return RegionalVolumes(tuple(int(i) for i in ids), base.astype(np.float64), warped, jacobian)

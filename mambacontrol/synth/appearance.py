@@ -80,10 +80,12 @@ class AppearanceModel:
         x = np.clip(image[box], 0.0, None)[None].astype(np.float32)
         visit_gamma = gamma * float(np.exp(rng.normal(0.0, self.gamma_jitter)))
         x = np.asarray(AdjustContrast(visit_gamma)(x)) * bias_field[box][None]
-        bias = RandBiasField(degree=self.bias_degree, coeff_range=(0.0, self.visit_bias_coeff), prob=1.0)
+        bias = RandBiasField(degree=self.bias_degree,
+                             coeff_range=(0.0, self.visit_bias_coeff), prob=1.0)
         bias.set_random_state(seed=int(rng.integers(2**31)))
         x = np.asarray(bias(x))
-        noise = RandRicianNoise(prob=1.0, std=float(rng.uniform(*self.noise_range)), sample_std=False)
+        noise = RandRicianNoise(prob=1.0, std=float(rng.uniform(*self.noise_range)),
+                                sample_std=False)
         noise.set_random_state(seed=int(rng.integers(2**31)))
         x = np.asarray(noise(x))
         out = np.zeros(image.shape, dtype=np.float32)

@@ -48,7 +48,8 @@ _CONTEXTS: dict[tuple[str, str], GridContext] = {}
 
 
 def grid_for_spacing(spacing: str | float) -> str:
-    """Atlas grid name for a spacing in mm (``2`` → ``2mm``, ``1.5`` → ``1p5mm``, ``4`` → ``4mm``)."""
+    """Atlas grid name for a spacing in mm (``2`` → ``2mm``, ``1.5`` → ``1p5mm``, ``4`` →
+    ``4mm``)."""
     key = f"{float(spacing):g}" if not isinstance(spacing, str) else spacing.strip().rstrip("m")
     if key not in SPACING_GRIDS:
         raise ConfigError(f"spacing '{spacing}' is not available; choose one of "
@@ -152,7 +153,8 @@ def _pre_baseline(sim: SubjectSimulator, ctx: GridContext) -> dict:
         ids = [index[lab] for lab in labels]
         reference = sim.reference_volumes[ids].sum()
         realised = sim.baseline_volumes[ids].sum()
-        change[key] = {"prescribed": _round(float(percent_change(prescribed[ids].sum(), reference)), 5),
+        change[key] = {"prescribed": _round(float(percent_change(prescribed[ids].sum(),
+                                                                 reference)), 5),
                        "realised": _round(float(percent_change(realised, reference)), 5)}
     return {"years": sim.plan.pre_baseline_years(), "steps": history.steps,
             "max_gradient_norm": _round(history.max_gradient_norm, 4),
@@ -297,15 +299,17 @@ def _write_cohort(folder: OutputFolder, plans: list[SubjectPlan], atlas, config:
         folder.record(plan.subject_id)
     results = _run(plans, out.resolve(), config, workers)
     visits_list = [Visit(row["subject_id"], row["image_uid"], Path(row["image_path"]), row["age"],
-                         row["sex"], row["diagnosis"], row["split"], Path(row["segm_path"]), row["extra"])
+                         row["sex"], row["diagnosis"], row["split"],
+                         Path(row["segm_path"]), row["extra"])
                    for result in results for row in result["rows"]]
     folder.record("manifest.csv")
     Manifest(visits_list).to_csv(out / "manifest.csv")
     meta = {"generator": "mambacontrol.synth", "mambacontrol_version": __version__, "seed": seed,
             "atlas": {"id": atlas.id, "grid": atlas.grid_name, "checksum": atlas.checksum},
             "truth": ("vol_* = integral of the Jacobian determinant of the template-to-visit map "
-                      "(subject shape, then the atrophy before baseline, then the progression since) "
-                      "over each template region (mm3); rate_* = prescribed annual % change of the "
+                      "(subject shape, then the atrophy before baseline, then the progression "
+                      "since) over each template region (mm3); rate_* = prescribed annual % "
+                      "change of the "
                       + ("group at the baseline diagnosis, the same rates before and after baseline"
                          if config.dynamics == "independent" else
                          "group at baseline; under network dynamics the rates follow the pathology "

@@ -1,4 +1,5 @@
-"""Summary of a synthetic cohort from its manifest: who is in it and how fast their regions change."""
+"""Summary of a synthetic cohort from its manifest: who is in it and how fast their regions
+change."""
 
 from __future__ import annotations
 
@@ -47,7 +48,8 @@ class CohortSummary:
 
 
 def key_group_columns(manifest: Manifest) -> list[str]:
-    """Key groups with a ground-truth ``vol_<key>`` column (region columns ``vol_r<label>`` excluded)."""
+    """Key groups with a ground-truth ``vol_<key>`` column (region columns ``vol_r<label>``
+    excluded)."""
     first = manifest.visits[0].extra if len(manifest) else {}
     return [c[4:] for c in first if c.startswith("vol_") and not _REGION_COLUMN.match(c)]
 
@@ -84,7 +86,8 @@ def summarize_cohort(manifest: Manifest) -> CohortSummary:
             sum(vs[-1].diagnosis != vs[0].diagnosis for vs in members),
             {g: float(np.mean(c)) if c else float("nan") for g, c in changes.items()}))
     splits = {s: len(manifest.select(s).subjects()) for s in SPLITS}
-    return CohortSummary(len(by_subject), len(manifest), len(manifest.pairs()), splits, groups, rows)
+    return CohortSummary(len(by_subject), len(manifest), len(manifest.pairs()),
+                         splits, groups, rows)
 
 
 def _cell(value: float) -> str:
@@ -103,7 +106,8 @@ def format_summary(summary: CohortSummary) -> str:
     header = f"  {'diagnosis':<9} {'subjects':>8} {'visits':>6} {'years':>5} {'converted':>9}"
     lines.append(header + "".join(f"  {n:>{w}}" for n, w in zip(names, widths)))
     for r in summary.rows:
-        cells = "".join(f"  {_cell(r.annual_change[g]):>{w}}" for g, w in zip(summary.groups, widths))
+        cells = "".join(f"  {_cell(r.annual_change[g]):>{w}}"
+                        for g, w in zip(summary.groups, widths))
         lines.append(f"  {r.diagnosis:<9} {r.subjects:>8} {r.visits:>6} {r.mean_years:>5.1f} "
                      f"{r.converted:>9}" + cells)
     return "\n".join(lines)

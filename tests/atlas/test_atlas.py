@@ -79,7 +79,8 @@ def test_checksum_detects_tampering(tmp_path, monkeypatch):
     src = load_atlas().root
     dst = tmp_path / src.name
     shutil.copytree(src, dst)
-    (dst / "regions.csv").write_text((dst / "regions.csv").read_text().replace("Hippocampus", "Hippo"))
+    regions = dst / "regions.csv"
+    regions.write_text(regions.read_text().replace("Hippocampus", "Hippo"))
     monkeypatch.setenv("MAMBACONTROL_ATLAS_PATH", str(tmp_path))
     a = load_atlas()
     assert a.root == dst

@@ -108,7 +108,8 @@ def test_licence_file_metadata_and_atlas_info(capsys):
 
 
 def test_atlas_licence_is_what_the_build_script_writes():
-    spec = importlib.util.spec_from_file_location("build_atlas", ROOT / "atlases" / "build_atlas.py")
+    spec = importlib.util.spec_from_file_location("build_atlas",
+                                                  ROOT / "atlases" / "build_atlas.py")
     build = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(build)
     atlas = load_atlas()

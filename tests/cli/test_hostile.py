@@ -97,7 +97,8 @@ def test_concurrent_predict_on_one_out_is_refused(tiny_model, visit, tmp_path, c
     try:
         (out / LOCK).write_text(json.dumps({"pid": other.pid, "host": socket.gethostname(),
                                             "command": "predict"}))
-        refused(capsys, predict_args(visit, tiny_model, out), f"pid {other.pid}", "is writing there")
+        refused(capsys, predict_args(visit, tiny_model, out), f"pid {other.pid}",
+                "is writing there")
         assert (out / LOCK).is_file()  # the other writer's lock stays
     finally:
         other.kill()

@@ -147,7 +147,8 @@ def test_unique_names_refuse_collisions_naming_both_rows():
 
 
 def test_limits_name_themselves_and_can_be_raised(monkeypatch):
-    with pytest.raises(ResourceLimitError, match=r"--limit max_samples=N or \$MAMBACONTROL_MAX_SAMPLES"):
+    with pytest.raises(ResourceLimitError,
+                       match=r"--limit max_samples=N or \$MAMBACONTROL_MAX_SAMPLES"):
         check_limit("max_samples", 1e9, "--samples 1e9")
     monkeypatch.setenv("MAMBACONTROL_MAX_SAMPLES", "2e9")
     check_limit("max_samples", 1e9, "--samples 1e9")

@@ -25,7 +25,8 @@ OBLIQUE = rigid_motion((0.0, 0.0, 6.0), (0.0, 0.0, 0.0)) @ OBLIQUE
 
 
 def test_import_mambacontrol_does_not_import_ants():
-    code = "import sys, mambacontrol, mambacontrol.io, mambacontrol.atlas; print('ants' in sys.modules)"
+    code = ("import sys, mambacontrol, mambacontrol.io, mambacontrol.atlas; "
+            "print('ants' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

@@ -46,7 +46,8 @@ NILEARN_REQ = "nilearn==0.14.1"
 DEEPMRIPREP_REQ = "deepmriprep==0.3.0"
 NILEARN_DATA = "nilearn/datasets/data/mni_icbm152_{}_tal_nlin_sym_09a_converted.nii.gz"
 NMM_DATA = "deepmriprep/data/templates/neuromorphometrics.{}"
-# Written into atlas.json (``mambacontrol atlas info`` shows it); the full notices are in SOURCES.md.
+# Written into atlas.json (``mambacontrol atlas info`` shows it); the full notices are in
+# SOURCES.md.
 LICENCE = {
     "template": "ICBM152 2009a: MNI copyright notice, Copyright (C) 1993-2009 Louis Collins, "
                 "McConnell Brain Imaging Centre, Montreal Neurological Institute, McGill "
@@ -187,7 +188,8 @@ def grid_affine(spacing: float, shape: tuple[int, int, int]) -> np.ndarray:
 
 
 def subvoxel_points(shape, affine_target, affine_source, offset_index: int, n: int) -> np.ndarray:
-    """Source voxel coordinates of the ``offset_index``-th of n³ sub-points of every target voxel."""
+    """Source voxel coordinates of the ``offset_index``-th of n³ sub-points of every target
+    voxel."""
     k = np.unravel_index(offset_index, (n, n, n))
     offs = [(-0.5 + (ki + 0.5) / n) for ki in k]
     ii, jj, kk = np.meshgrid(*(np.arange(s, dtype=np.float64) + o for s, o in zip(shape, offs)),
@@ -285,7 +287,8 @@ def build(nilearn_whl: Path, nmm_whl: Path, out: Path) -> None:
         save(np.round(wm_g, 3), aff, gdir / "wm.nii.gz", np.float32)
         save(np.round(csf_g, 3), aff, gdir / "csf.nii.gz", np.float32)
         save(labels_g, aff, gdir / "labels.nii.gz", np.int16)
-        files = {f: sha256(gdir / f"{f}.nii.gz") for f in ("t1", "mask", "gm", "wm", "csf", "labels")}
+        files = {f: sha256(gdir / f"{f}.nii.gz")
+                 for f in ("t1", "mask", "gm", "wm", "csf", "labels")}
         grids_meta[name] = {"spacing_mm": spacing, "shape": list(shape),
                             "affine": aff.tolist(), "sha256": files}
         print(f"{name}: shape {shape}, brain {mask.sum() * spacing**3 / 1000:.0f} cm³, "
@@ -300,9 +303,9 @@ def build(nilearn_whl: Path, nmm_whl: Path, out: Path) -> None:
     key_groups["whole_brain"] = [r["label"] for r in regions if r["tissue"] in ("gm", "wm")]
     meta = {
         "id": ATLAS_ID,
-        "description": "ICBM152 2009a nonlinear symmetric template (T1, GM, WM; CSF = mask - GM - WM) "
-                       "with the Neuromorphometrics labels (134 regions), resampled by partial-volume "
-                       "averaging and majority vote.",
+        "description": "ICBM152 2009a nonlinear symmetric template (T1, GM, WM; CSF = mask - GM "
+                       "- WM) with the Neuromorphometrics labels (134 regions), resampled by "
+                       "partial-volume averaging and majority vote.",
         "sources": {"template": NILEARN_REQ, "labels": DEEPMRIPREP_REQ},
         "licence": LICENCE,
         "regions_sha256": sha256(out / "regions.csv"),

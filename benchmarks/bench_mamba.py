@@ -24,6 +24,12 @@ import resource
 import sys
 import time
 
+import torch
+from torch import nn
+
+from mambacontrol.nn import MambaBlock3d
+from mambacontrol.ops import selective_scan
+
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
@@ -45,8 +51,6 @@ def timed(step, repeats: int) -> tuple[float, float]:
 
 
 def scan_inputs(batch, dim, dstate, length, seed=0):
-    import torch
-
     g = torch.Generator().manual_seed(seed)
     return {
         "u": torch.randn(batch, dim, length, generator=g),
@@ -62,7 +66,7 @@ def mambapy_scan(mambapy_path):
     """mambapy's own selective scan (``MambaBlock.selective_scan``, which calls its ``pscan``) on
     our (B, D, L) layout; it works in (B, L, D), so the inputs are transposed first."""
     sys.path.insert(0, mambapy_path)
-    from mambapy.mamba import MambaBlock
+    from mambapy.mamba import MambaBlock  # lazy: never a dependency, found on mambapy_path
 
     def run(u, delta, A, B, C, D):
         y = MambaBlock.selective_scan(None, u.mT, delta.mT, A, B.mT, C.mT, D)
@@ -72,15 +76,11 @@ def mambapy_scan(mambapy_path):
 
 
 def measure_scan(method, batch, dim, dstate, length, repeats, threads, mambapy_path):
-    import torch
-
     torch.set_num_threads(threads)
     inputs = {k: v.requires_grad_() for k, v in scan_inputs(batch, dim, dstate, length).items()}
     if method == "mambapy":
         run = mambapy_scan(mambapy_path)
     else:
-        from mambacontrol.ops import selective_scan
-
         def run(u, delta, A, B, C, D):
             return selective_scan(u, delta, A, B, C, D=D, backend=method)
 
@@ -100,9 +100,6 @@ def attention_block(channels, fused, head_dim=32):
     """x + MultiHeadAttention(LayerNorm(x)) over the voxels: with PyTorch's fused attention
     (``scaled_dot_product_attention``, memory linear in the tokens) or written out as
     softmax(Q K^T / sqrt(d)) V (memory quadratic, as MONAI's ``SABlock`` by default)."""
-    import torch
-    from torch import nn
-
     class AttentionBlock3d(nn.Module):
         def __init__(self):
             super().__init__()
@@ -126,10 +123,6 @@ def attention_block(channels, fused, head_dim=32):
 
 
 def measure_block(method, channels, grid, batch, repeats, threads, directions):
-    import torch
-
-    from mambacontrol.nn import MambaBlock3d
-
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     if method == "mamba":

@@ -20,19 +20,19 @@ import time
 
 import torch
 
+from mambacontrol.atlas import load_atlas
+from mambacontrol.pipeline.conditioning import hint_channels
+from mambacontrol.training.config import load_config
+from mambacontrol.training.configs import bundled_config
+from mambacontrol.training.run_config import RunConfig
+from mambacontrol.training.stage_autoencoder import build_autoencoder
+from mambacontrol.training.stage_diffusion import build_controlnet, build_unet
+
 COMPONENTS = ("autoencoder", "unet", "controlnet")
 
 
 def measure(config: str, component: str, threads: int, repeats: int) -> dict:
     """Forward + backward of one component, in this process."""
-    from mambacontrol.atlas import load_atlas
-    from mambacontrol.pipeline.conditioning import hint_channels
-    from mambacontrol.training.config import load_config
-    from mambacontrol.training.configs import bundled_config
-    from mambacontrol.training.run_config import RunConfig
-    from mambacontrol.training.stage_autoencoder import build_autoencoder
-    from mambacontrol.training.stage_diffusion import build_controlnet, build_unet
-
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     cfg = load_config(RunConfig, bundled_config(config))
@@ -43,7 +43,8 @@ def measure(config: str, component: str, threads: int, repeats: int) -> dict:
     zc = cfg.autoencoder.model.latent_channels
     if component == "autoencoder":
         t = cfg.autoencoder.train
-        x = torch.rand(t.batch_size, 1, *[min(p, s) for p, s in zip(t.patch_size, atlas.grid.shape)])
+        x = torch.rand(t.batch_size, 1,
+                       *[min(p, s) for p, s in zip(t.patch_size, atlas.grid.shape)])
         params = ae.parameters()
 
         def step():
@@ -70,8 +71,10 @@ def measure(config: str, component: str, threads: int, repeats: int) -> dict:
             params = cn.parameters()
 
             def step():
-                res, mid = cn(unet.network_input(z, z), ts, hint, cov, context=unet.context(cov, tok))
-                return unet(z, ts, cov, z_base=z, graph_tokens=tok, down_block_additional_residuals=res,
+                res, mid = cn(unet.network_input(z, z), ts, hint, cov,
+                              context=unet.context(cov, tok))
+                return unet(z, ts, cov, z_base=z, graph_tokens=tok,
+                            down_block_additional_residuals=res,
                             mid_block_additional_residual=mid).square().mean()
     params = list(params)
     n_params = sum(p.numel() for p in params)
@@ -82,7 +85,8 @@ def measure(config: str, component: str, threads: int, repeats: int) -> dict:
         step().backward()
         times.append(time.perf_counter() - t0)
     return {"component": component, "params_m": n_params / 1e6, "batch": batch,
-            "step_s": min(times), "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}
+            "step_s": min(times),
+            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}
 
 
 def main() -> int:
@@ -98,10 +102,12 @@ def main() -> int:
     rows = []
     for comp in COMPONENTS:
         out = subprocess.run([sys.executable, __file__, "--config", args.config, "--threads",
-                              str(args.threads), "--repeats", str(args.repeats), "--component", comp],
+                              str(args.threads), "--repeats", str(args.repeats),
+                              "--component", comp],
                              capture_output=True, text=True, check=True)
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    print(f"config {args.config}, {args.threads} thread(s), {platform.machine()}, torch {torch.__version__}")
+    print(f"config {args.config}, {args.threads} thread(s), {platform.machine()}, torch "
+          f"{torch.__version__}")
     print("| component | parameters | batch | forward+backward | peak RSS |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for r in rows:

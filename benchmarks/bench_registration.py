@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/bench_registration.py speed       # align_to_atlas + propagate_labels, 1 mm scans
+    python benchmarks/bench_registration.py speed       # align_to_atlas + propagate_labels, 1 mm
     python benchmarks/bench_registration.py calibrate   # similarity of brains vs non-brain images
     python benchmarks/bench_registration.py measure     # regional volume measurement: error, time
     python benchmarks/bench_registration.py all --json results.json
@@ -34,7 +34,7 @@ from mambacontrol.registration import (
     measure_regional_volumes,
     propagate_labels,
 )
-from mambacontrol.registration.standins import (
+from mambacontrol.testing.standins import (
     lps_grid,
     non_brain_images,
     radial_warp,
@@ -108,7 +108,8 @@ def bench_speed(atlas: Atlas, repeats: int, bias_correction: bool = True,
             intensity_error = float(np.abs(aligned.image - reference.image)[both].mean())
             labels, t_labels, c_labels = timed(propagate_labels, aligned.image, atlas, seed=0)
             _, t_back, c_back = timed(aligned.to_native, aligned.image)
-            repeatable = bool(np.array_equal(propagate_labels(aligned.image, atlas, seed=0), labels))
+            again = propagate_labels(aligned.image, atlas, seed=0)
+            repeatable = bool(np.array_equal(again, labels))
             err_mean, err_max = brain_error_mm(aligned.transform.atlas_to_scan, motion, atlas)
             rows.append({
                 "case": name, "repeat": r, "scan_shape": list(scan.shape),
@@ -272,7 +273,8 @@ def main() -> None:
             settings = SyNSettings(metric, tuple(int(i) for i in its.split(",")),
                                    *(float(v) for v in numbers))
         print(f"\nsettings: {settings}")
-        names = " | ".join(f"{g} true / measured %" for g in ["left hippocampus", *atlas.key_groups])
+        names = " | ".join(f"{g} true / measured %"
+                           for g in ["left hippocampus", *atlas.key_groups])
         print(f"\n| case | {names} | all regions |error| mean / p90 (pp) | s per pair (CPU s) | "
               "deterministic | load |")
         print("|---" * (len(atlas.key_groups) + 6) + "|")

@@ -33,9 +33,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from mambacontrol.atlas import load_atlas
 from mambacontrol.cli.synth_cmd import parse_visits
 from mambacontrol.data import DIAGNOSES, Manifest
+from mambacontrol.data.covariates import CovariateNorm, encode_covariates
+from mambacontrol.graph.trajectory import prior_design
 from mambacontrol.io import load_nifti
 from mambacontrol.synth import (
     CohortDesign,
@@ -45,6 +49,10 @@ from mambacontrol.synth import (
     grid_for_spacing,
     summarize_cohort,
 )
+from mambacontrol.synth.plan import plan_cohort
+from mambacontrol.synth.rates import RateModel
+from mambacontrol.synth.simulate import GridContext
+from mambacontrol.synth.spread import draw_network_rates
 
 SIGNAL_GROUPS = ("hippocampus", "amygdala", "entorhinal", "lateral_ventricles", "whole_brain")
 
@@ -56,7 +64,8 @@ def cpu_seconds() -> float:
 
 
 def pre_baseline_checks(meta: dict) -> dict:
-    """The pre-baseline histories in ``cohort.json``: steps, their checks, realised vs prescribed."""
+    """The pre-baseline histories in ``cohort.json``: steps, their checks, realised vs
+    prescribed."""
     histories = [s["pre_baseline"] for s in meta["subjects"]]
     rel = [abs(c["realised"] - c["prescribed"]) / abs(c["prescribed"])
            for h in histories for c in h["change_pct"].values() if c["prescribed"]]
@@ -70,9 +79,10 @@ def pre_baseline_checks(meta: dict) -> dict:
             out["by_diagnosis"][dx] = {
                 "years_mean": {stage: float(np.mean([s["pre_baseline"]["years"].get(stage, 0.0)
                                                      for s in sel])) for stage in DIAGNOSES},
-                "change_pct_mean": {key: float(np.mean([s["pre_baseline"]["change_pct"][key]["realised"]
-                                                        for s in sel]))
-                                    for key in sel[0]["pre_baseline"]["change_pct"]}}
+                "change_pct_mean": {
+                    key: float(np.mean([s["pre_baseline"]["change_pct"][key]["realised"]
+                                        for s in sel]))
+                    for key in sel[0]["pre_baseline"]["change_pct"]}}
     return out
 
 
@@ -80,7 +90,8 @@ def fidelity(meta: dict) -> dict:
     """Fidelity figures over every follow-up visit in ``cohort.json``, overall and by diagnosis."""
     rows = [(s["baseline_diagnosis"], v) for s in meta["subjects"] for v in s["visits"][1:]]
     out: dict = {"follow_up_visits": len(rows),
-                 "min_jacobian": min(v["min_jacobian"] for s in meta["subjects"] for v in s["visits"]),
+                 "min_jacobian": min(v["min_jacobian"] for s in meta["subjects"]
+                                     for v in s["visits"]),
                  "max_gradient_norm": max(v["max_gradient_norm"] for _, v in rows),
                  "max_inverse_step_voxels": max(v["inverse_step_voxels"] for _, v in rows),
                  "regions_checked": rows[0][1]["regions_checked"],
@@ -95,7 +106,8 @@ def fidelity(meta: dict) -> dict:
                      v["realised_vs_prescribed_max_rel_error"] for v in sel),
                  "pv_rel_error_median": float(np.median([v["pv_vs_jacobian_rel_error"]["median"]
                                                          for v in sel])),
-                 "pv_rel_error_p90": float(np.median([v["pv_vs_jacobian_rel_error"]["p90"] for v in sel])),
+                 "pv_rel_error_p90": float(np.median([v["pv_vs_jacobian_rel_error"]["p90"]
+                                                      for v in sel])),
                  "pv_rel_error_max": max(v["pv_vs_jacobian_rel_error"]["max"] for v in sel),
                  "key_groups": {}}
         for key in sel[0]["change_pct"]:
@@ -107,18 +119,22 @@ def fidelity(meta: dict) -> dict:
 
 
 def label_count_blindness(manifest: Manifest, key_labels: list[int]) -> dict:
-    """Change seen by counting nearest-neighbour label voxels vs the true change, first to last visit."""
+    """Change seen by counting nearest-neighbour label voxels vs the true change, first to last
+    visit."""
     seen, truth = [], []
     for visits in manifest.by_subject().values():
         first, last = visits[0], visits[-1]
         counts = [np.isin(load_nifti(v.segm_path, labels=True).data, key_labels).sum()
                   for v in (first, last)]
         seen.append(100.0 * (counts[1] / counts[0] - 1.0))
-        truth.append(100.0 * (float(last.extra["vol_hippocampus"]) / float(first.extra["vol_hippocampus"]) - 1.0))
+        truth.append(100.0 * (float(last.extra["vol_hippocampus"])
+                              / float(first.extra["vol_hippocampus"]) - 1.0))
     seen_a, truth_a = np.array(seen), np.array(truth)
-    return {"true_change_pct_mean": float(truth_a.mean()), "label_count_change_pct_mean": float(seen_a.mean()),
+    return {"true_change_pct_mean": float(truth_a.mean()),
+            "label_count_change_pct_mean": float(seen_a.mean()),
             "label_count_abs_error_pct_mean": float(np.abs(seen_a - truth_a).mean()),
-            "correlation": float(np.corrcoef(seen_a, truth_a)[0, 1]) if len(seen) > 2 else float("nan")}
+            "correlation": float(np.corrcoef(seen_a, truth_a)[0, 1]) if len(seen) > 2
+            else float("nan")}
 
 
 def _pearson(x: np.ndarray, y: np.ndarray) -> float:
@@ -153,11 +169,13 @@ def baseline_signal(manifest: Manifest, meta: dict, atlas) -> dict:
         row = {"age": first.age}
         for key in SIGNAL_GROUPS:
             v0, v1 = float(first.extra[f"vol_{key}"]), float(last.extra[f"vol_{key}"])
-            row[f"deficit_{key}"] = float(np.log((v0 / icv[first.subject_id]) / (template[key] / template_icv)))
+            row[f"deficit_{key}"] = float(np.log((v0 / icv[first.subject_id])
+                                                 / (template[key] / template_icv)))
             row[f"rate_{key}"] = float(first.extra[f"rate_{key}"])
             row[f"realised_{key}"] = 100.0 * ((v1 / v0) ** (1.0 / years) - 1.0)
         rows[first.diagnosis].append(row)
-    out: dict = {"definition": "r(log((V_base/ICV)/(V_template/ICV_template)), future annual % change)",
+    out: dict = {"definition": "r(log((V_base/ICV)/(V_template/ICV_template)), future annual % "
+                               "change)",
                  "by_diagnosis": {}, "pooled_within_diagnosis": {}}
     centred: dict[str, list[np.ndarray]] = {}
     for dx, sel in rows.items():
@@ -171,7 +189,8 @@ def baseline_signal(manifest: Manifest, meta: dict, atlas) -> dict:
             realised = np.array([r[f"realised_{key}"] for r in sel])
             entry[key] = {"r_prescribed_rate": round(_pearson(deficit, rate), 3),
                           "r_realised_rate": round(_pearson(deficit, realised), 3),
-                          "partial_r_age": round(_pearson(_residual(deficit, age), _residual(rate, age)), 3)
+                          "partial_r_age": round(_pearson(_residual(deficit, age),
+                                                          _residual(rate, age)), 3)
                           if len(sel) >= 5 else float("nan"),
                           "deficit_pct_mean": round(100.0 * float(np.expm1(deficit).mean()), 2)}
             for name, values in (("deficit", deficit), ("rate", rate)):
@@ -180,7 +199,8 @@ def baseline_signal(manifest: Manifest, meta: dict, atlas) -> dict:
     for key in SIGNAL_GROUPS:
         if f"{key}:deficit" in centred:
             out["pooled_within_diagnosis"][key] = round(_pearson(
-                np.concatenate(centred[f"{key}:deficit"]), np.concatenate(centred[f"{key}:rate"])), 3)
+                np.concatenate(centred[f"{key}:deficit"]),
+                np.concatenate(centred[f"{key}:rate"])), 3)
     return out
 
 
@@ -198,16 +218,6 @@ def spread_ceiling(subjects: int, seed: int, grid: str, shape_sd: float = 0.05,
     Test: every fifth subject. Returns mean absolute errors (percentage points) for hippocampus,
     entorhinal and all regions (the mean over regions of each region's error).
     """
-    import torch
-
-    from mambacontrol.atlas import load_atlas
-    from mambacontrol.data.covariates import CovariateNorm, encode_covariates
-    from mambacontrol.graph.trajectory import prior_design
-    from mambacontrol.synth.plan import plan_cohort
-    from mambacontrol.synth.rates import RateModel
-    from mambacontrol.synth.simulate import GridContext
-    from mambacontrol.synth.spread import draw_network_rates
-
     atlas = load_atlas(grid=grid)
     context, config, rate_model = GridContext(atlas), SynthConfig(grid=grid), RateModel()
     graph = context.spread_graph
@@ -277,7 +287,8 @@ def network_summary(meta: dict) -> dict:
     subjects = [s for s in meta["subjects"] if "network" in s]
     out: dict = {"subtypes": {}, "by_diagnosis": {}}
     for s in subjects:
-        out["subtypes"][s["network"]["subtype"]] = out["subtypes"].get(s["network"]["subtype"], 0) + 1
+        subtype = s["network"]["subtype"]
+        out["subtypes"][subtype] = out["subtypes"].get(subtype, 0) + 1
     for dx in DIAGNOSES:
         for subtype in sorted(out["subtypes"]):
             sel = [s["network"] for s in subjects
@@ -332,12 +343,11 @@ def main() -> None:
         wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0
         load_after = os.getloadavg()
         meta = json.loads((out / "cohort.json").read_text())
-        from mambacontrol.atlas import load_atlas
-
         atlas = load_atlas(meta["atlas"]["id"], meta["atlas"]["grid"])
         result = {
             "command": (f"python benchmarks/bench_synth.py --subjects {args.subjects} --visits "
-                        f"{args.visits} --spacing {args.spacing} --workers {args.workers} --seed {args.seed}"
+                        f"{args.visits} --spacing {args.spacing} --workers {args.workers} "
+                        f"--seed {args.seed}"
                         + (" --no-history" if args.no_history else "")
                         + f" --dynamics {args.dynamics}"),
             "machine": {"cpus_visible": os.cpu_count(), "cpus_usable": len(os.sched_getaffinity(0)),

@@ -1,7 +1,8 @@
 """Training throughput (samples/s) and peak memory of every stage of a config.
 
     python benchmarks/bench_training.py --config demo --manifest runs/demo/cohort/manifest.csv
-    python benchmarks/bench_training.py --config synthetic-2mm --manifest runs/quality/cohort/manifest.csv --steps 20
+    python benchmarks/bench_training.py --config synthetic-2mm \\
+        --manifest runs/quality/cohort/manifest.csv --steps 20
 
 Each stage runs a few steps (``--steps``; the config's batch sizes and models) in its own
 process into a fresh run folder, so the peak resident memory is the stage's own; throughput is
@@ -17,6 +18,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from mambacontrol.training.configs import bundled_config
 
 STAGES = ("autoencoder", "latents", "graph", "unet", "controlnet")
 
@@ -38,10 +41,9 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=30, help="optimizer steps per trained stage")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    from mambacontrol.training.configs import bundled_config
-
     config = args.config if args.config.endswith(".yaml") else str(bundled_config(args.config))
-    overrides = [f"{s}.train.steps={args.steps}" for s in ("autoencoder", "graph", "unet", "controlnet")]
+    overrides = [f"{s}.train.steps={args.steps}"
+                 for s in ("autoencoder", "graph", "unet", "controlnet")]
     overrides += ["engine.checkpoint_every=0", "engine.image_every=0"]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -91,7 +91,9 @@ def table(metrics_path: Path) -> str:
         stats = overall.get(method, {}).get(key)
         if not stats or stats.get("mean") is None:
             return "–"
-        return f"{stats['mean']:.4g} ± {stats['sd']:.2g}" if stats.get("sd") is not None else f"{stats['mean']:.4g}"
+        if stats.get("sd") is None:
+            return f"{stats['mean']:.4g}"
+        return f"{stats['mean']:.4g} ± {stats['sd']:.2g}"
 
     lines = ["| method | " + " | ".join(c[1] for c in cols) + " |",
              "| --- | " + " | ".join("---:" for _ in cols) + " |"]
@@ -119,16 +121,19 @@ def main() -> int:
     cohort = out / "cohort"
     manifest = cohort / "manifest.csv"
     if not manifest.is_file():
-        mc("synth", "--out", str(cohort), "--subjects", str(args.subjects), "--seed", str(args.seed),
+        mc("synth", "--out", str(cohort), "--subjects", str(args.subjects),
+           "--seed", str(args.seed),
            "--spacing", "2", "--workers", str(args.workers), "--dynamics", args.dynamics)
     else:  # a cohort.json without "dynamics" is independent (written before network dynamics)
-        found = json.loads((cohort / "cohort.json").read_text())["config"].get("dynamics", "independent")
+        config = json.loads((cohort / "cohort.json").read_text())["config"]
+        found = config.get("dynamics", "independent")
         if found != args.dynamics:
             raise SystemExit(f"{cohort} holds a {found} cohort, not {args.dynamics}; "
                              "choose another --out or --dynamics")
     full = out / "full"
     resume = ["--resume"] if (full / "checkpoints").is_dir() else []
-    mc("train", "all", "--config", args.config, "--out", str(full), f"data.manifest={manifest}", *resume)
+    mc("train", "all", "--config", args.config, "--out", str(full),
+       f"data.manifest={manifest}", *resume)
     compare = []
     if not args.skip_ablations:
         compare = [ablation_run(full, n, o, manifest, args.config) for n, o in ABLATIONS.items()]

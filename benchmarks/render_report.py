@@ -124,10 +124,12 @@ def fabricate(atlas, n_pairs: int, seed: int):
             regions, groups = regional_change(vbase, vpred, vmeas, atlas.key_groups)
             results.append(PairResult(pair, name, image_metrics(pred, base, follow, mask),
                                       regions, groups))
-            if name == next(iter(MODELS)) and len(panels) < 3 and dx == ("AD", "MCI", "CN")[len(panels)]:
+            if (name == next(iter(MODELS)) and len(panels) < 3
+                    and dx == ("AD", "MCI", "CN")[len(panels)]):
                 uncertainty = np.abs(error) + 0.3 * np.abs(follow - base)
                 panels.append(SlicePanel(pair, name, base, follow, pred, mask, uncertainty))
-        regions, groups = regional_change(vbase, copy_baseline_volumes(vbase), vmeas, atlas.key_groups)
+        regions, groups = regional_change(vbase, copy_baseline_volumes(vbase), vmeas,
+                                          atlas.key_groups)
         results.append(PairResult(pair, COPY_BASELINE,
                                   image_metrics(copy_baseline(base), base, follow, mask),
                                   regions, groups))

@@ -30,16 +30,18 @@ from safetensors.numpy import load_file
 TINY_RUN_YAML = """
 seed: 0
 data: {grid: 4mm}
-engine: {mixed_precision: "no", checkpoint_every: 4, keep_checkpoints: 1, log_every: 2, image_every: 0,
-         trackers: []}
+engine: {mixed_precision: "no", checkpoint_every: 4, keep_checkpoints: 1, log_every: 2,
+         image_every: 0, trackers: []}
 autoencoder:
   model: {channels: [8, 8, 8], latent_channels: 2, num_res_blocks: 1, norm_num_groups: 4}
-  train: {steps: 6, batch_size: 1, lr: 1.0e-3, warmup_steps: 0, patch_size: [16, 16, 16], scale_scans: 2}
+  train: {steps: 6, batch_size: 1, lr: 1.0e-3, warmup_steps: 0, patch_size: [16, 16, 16],
+          scale_scans: 2}
 graph:
   model: {embed_dim: 8, num_layers: 1, num_tokens: 2}
   train: {steps: 60, batch_size: 4}
 unet:
-  model: {channels: [8, 16], attention_levels: [false, true], norm_num_groups: 4, num_head_channels: 8}
+  model: {channels: [8, 16], attention_levels: [false, true], norm_num_groups: 4,
+          num_head_channels: 8}
   train: {steps: 6, batch_size: 2, lr: 1.0e-3, warmup_steps: 0}
 controlnet:
   model: {mamba_d_state: 4, fourier_modes: [2, 2, 2], hint_width: 8}

@@ -63,7 +63,8 @@ def checkpoint_cost(params: int, folder: Path) -> str:
     read_checkpoint(path)
     read_s = time.perf_counter() - tic
     n = sum(p.numel() for p in net.parameters())
-    return (f"checkpoint of {n / 1e6:.1f} M params (weights + AdamW + EMA = {total / 2**20:.0f} MiB): "
+    return (f"checkpoint of {n / 1e6:.1f} M params "
+            f"(weights + AdamW + EMA = {total / 2**20:.0f} MiB): "
             f"write {write_s:.2f}s ({total / 2**20 / write_s:.0f} MiB/s), "
             f"read+verify {read_s:.2f}s ({total / 2**20 / read_s:.0f} MiB/s)")
 
@@ -97,9 +98,10 @@ def overhead(steps: int, folder: Path) -> str:
     tic = time.perf_counter()
     trainer.run()
     engine = (time.perf_counter() - tic) / steps
-    return (f"{steps} steps of a {width}-wide MLP, batch {batch}: bare loop {bare * 1e3:.2f} ms/step, "
-            f"Trainer {engine * 1e3:.2f} ms/step (+{(engine - bare) * 1e3:.2f} ms: EMA, clipping, "
-            f"loss check, logging, final checkpoint)")
+    return (f"{steps} steps of a {width}-wide MLP, batch {batch}: "
+            f"bare loop {bare * 1e3:.2f} ms/step, Trainer {engine * 1e3:.2f} ms/step "
+            f"(+{(engine - bare) * 1e3:.2f} ms: EMA, clipping, loss check, logging, final "
+            "checkpoint)")
 
 
 def main() -> None:

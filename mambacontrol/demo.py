@@ -37,6 +37,8 @@ def build_demo_cohort(out: Path, subjects: int = DEMO_SUBJECTS, workers: int = 1
     Returns:
         its :class:`~mambacontrol.data.Manifest`.
     """
+    # lazy (here and below): `mambacontrol --help` imports this module for its constants, and
+    # these modules load numpy, scipy and torch
     from mambacontrol.data import Manifest
     from mambacontrol.synth import generate_cohort
 
@@ -60,9 +62,7 @@ def run_demo(out: str | Path, subjects: int = DEMO_SUBJECTS, workers: int = 1,
     ``out`` is claimed for ``demo`` (:class:`mambacontrol.io.OutputFolder`): a new or empty folder,
     or an earlier demo's, which continues.
     """
-    # imported here: `mambacontrol --help` imports this module for its constants, and
-    # mambacontrol.io loads numpy and nibabel
-    from mambacontrol.io import OutputFolder
+    from mambacontrol.io import OutputFolder  # lazy: see build_demo_cohort
 
     with OutputFolder.claim(out, "demo", resume=True) as folder:
         folder.check_free(DEMO_PARTS)
@@ -71,6 +71,7 @@ def run_demo(out: str | Path, subjects: int = DEMO_SUBJECTS, workers: int = 1,
 
 def _run_demo(folder: OutputFolder, subjects: int, workers: int, overrides: list[str] | None,
               report) -> DemoResult:
+    # lazy: see build_demo_cohort
     from mambacontrol.evaluation.evaluate import EvaluationSettings, evaluate
     from mambacontrol.pipeline.progression import ProgressionPipeline
     from mambacontrol.pipeline.scan_prediction import PredictRequest, PredictSettings, predict_scan

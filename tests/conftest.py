@@ -28,6 +28,7 @@ def rng():
 @pytest.fixture(scope="session")
 def tiny_cohort(tmp_path_factory):
     """A synthetic cohort of 7 subjects (2–3 visits) on the 4 mm atlas grid, built once."""
+    # lazy (here and below): only the tests that use these fixtures pay for the imports
     from mambacontrol.synth import generate_cohort
 
     out = tmp_path_factory.mktemp("cohort")
@@ -39,15 +40,18 @@ def tiny_cohort(tmp_path_factory):
 TINY_RUN_YAML = """
 seed: 0
 data: {grid: 4mm}
-engine: {mixed_precision: "no", checkpoint_every: 2, keep_checkpoints: 2, log_every: 1, image_every: 2}
+engine: {mixed_precision: "no", checkpoint_every: 2, keep_checkpoints: 2, log_every: 1,
+         image_every: 2}
 autoencoder:
   model: {channels: [8, 8, 8], latent_channels: 2, num_res_blocks: 1, norm_num_groups: 4}
-  train: {steps: 2, batch_size: 1, lr: 1.0e-3, warmup_steps: 0, patch_size: [16, 16, 16], scale_scans: 2}
+  train: {steps: 2, batch_size: 1, lr: 1.0e-3, warmup_steps: 0, patch_size: [16, 16, 16],
+          scale_scans: 2}
 graph:
   model: {embed_dim: 8, num_layers: 1, num_tokens: 2}
   train: {steps: 3, batch_size: 4}
 unet:
-  model: {channels: [8, 16], attention_levels: [false, true], norm_num_groups: 4, num_head_channels: 8}
+  model: {channels: [8, 16], attention_levels: [false, true], norm_num_groups: 4,
+          num_head_channels: 8}
   train: {steps: 3, batch_size: 2, lr: 1.0e-3, warmup_steps: 0}
 controlnet:
   model: {mamba_d_state: 4, fourier_modes: [2, 2, 2], hint_width: 8}
@@ -67,7 +71,7 @@ def tiny_run_config(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_model(tiny_cohort, tiny_run_config, tmp_path_factory):
     """A model trained through every stage of the tiny config (a run folder)."""
-    from mambacontrol.training.runner import TrainingRun, resolve_config
+    from mambacontrol.training.runner import TrainingRun, resolve_config  # lazy: torch
 
     out = tmp_path_factory.mktemp("run")
     cfg = resolve_config(tiny_run_config, [], manifest=tiny_cohort)

@@ -39,7 +39,8 @@ class Region:
 
 
 def atlas_search_path() -> list[Path]:
-    """Folders searched for atlases: ``$MAMBACONTROL_ATLAS_PATH``, the installed copy, the checkout."""
+    """Folders searched for atlases: ``$MAMBACONTROL_ATLAS_PATH``, the installed copy, the
+    checkout."""
     dirs = [Path(p) for p in os.environ.get(ATLAS_PATH_ENV, "").split(os.pathsep) if p]
     here = Path(__file__).resolve()
     dirs += [here.parents[1] / "_atlases", here.parents[2] / "atlases"]
@@ -86,21 +87,25 @@ class Atlas:
         self.id: str = self.meta["id"]
         if grid_name not in self.meta["grids"]:
             raise MambaControlError(
-                f"atlas '{self.id}' has no grid '{grid_name}'; available: {', '.join(self.meta['grids'])}")
+                f"atlas '{self.id}' has no grid '{grid_name}'; available: "
+                f"{', '.join(self.meta['grids'])}")
         self.grid_name = grid_name
         g = self.meta["grids"][grid_name]
         self.grid = Grid(tuple(g["shape"]), np.asarray(g["affine"], dtype=np.float64))
         self.regions = self._read_regions()
-        self.key_groups: dict[str, list[int]] = {k: list(v) for k, v in self.meta["key_groups"].items()}
+        self.key_groups: dict[str, list[int]] = {k: list(v)
+                                                 for k, v in self.meta["key_groups"].items()}
 
     def _read_regions(self) -> list[Region]:
         with open(self.root / "regions.csv", newline="") as fh:
-            rows = [Region(int(r["label"]), r["name"], r["hemisphere"], r["group"], r["lobe"], r["tissue"])
+            rows = [Region(int(r["label"]), r["name"], r["hemisphere"], r["group"],
+                           r["lobe"], r["tissue"])
                     for r in csv.DictReader(fh)]
         return sorted(rows, key=lambda r: r.label)
 
     def __repr__(self) -> str:
-        return f"Atlas({self.id!r}, grid={self.grid_name!r}, shape={self.grid.shape}, regions={len(self.regions)})"
+        return (f"Atlas({self.id!r}, grid={self.grid_name!r}, shape={self.grid.shape}, "
+                f"regions={len(self.regions)})")
 
     @property
     def spacing(self) -> float:
@@ -118,13 +123,15 @@ class Atlas:
 
     def path(self, map_name: str) -> Path:
         if map_name not in MAPS:
-            raise MambaControlError(f"unknown atlas map '{map_name}'; choose one of {', '.join(MAPS)}")
+            raise MambaControlError(f"unknown atlas map '{map_name}'; choose one of "
+                                    f"{', '.join(MAPS)}")
         return self.root / self.grid_name / f"{map_name}.nii.gz"
 
     def _load(self, map_name: str) -> np.ndarray:
         vol = load_nifti(self.path(map_name), labels=map_name in ("labels", "mask"))
         if not Grid.of(vol).same_as(self.grid):
-            raise InputFileError(f"{self.path(map_name)}: grid differs from atlas.json; rebuild the atlas")
+            raise InputFileError(f"{self.path(map_name)}: grid differs from atlas.json; rebuild "
+                                 "the atlas")
         data = vol.data
         data.setflags(write=False)
         return data
@@ -203,7 +210,8 @@ class Atlas:
 
     @cached_property
     def checksum(self) -> str:
-        """SHA-256 over this grid's map checksums and the region table, as recorded in atlas.json."""
+        """SHA-256 over this grid's map checksums and the region table, as recorded in
+        atlas.json."""
         g = self.meta["grids"][self.grid_name]["sha256"]
         parts = [self.id, self.grid_name, self.meta["regions_sha256"]] + [g[m] for m in MAPS]
         return hashlib.sha256("|".join(parts).encode()).hexdigest()

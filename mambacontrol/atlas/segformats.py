@@ -211,7 +211,8 @@ class SegmentationMapping:
 
     Attributes:
         labels_atlas: (X, Y, Z) int32 atlas label ids; 0 where the map is background and where its
-            id has no single atlas region (split and unmapped ids: see :func:`merge_with_propagated`).
+            id has no single atlas region (split and unmapped ids: see
+            :func:`merge_with_propagated`).
         fmt: ``atlas`` or ``freesurfer``.
         mapped_fraction: fraction of the labelled voxels whose id maps to atlas regions (direct or
             split); 1 for ``atlas``.
@@ -462,9 +463,9 @@ def merge_with_propagated(mapping: SegmentationMapping, propagated: np.ndarray) 
         (X, Y, Z) int32 atlas label ids: the directly mapped regions as the segmentation has them;
         voxels of split structures with the propagated label where it is one of the structure's
         regions, else the nearest one of them (grown from the 6-neighbours; for a voxel that
-        growth cannot reach, the region whose propagated centroid is nearest); voxels of unmapped ids with the propagated label
-        unless it is a directly mapped region (else the nearest label that is not); background
-        where the segmentation has background.
+        growth cannot reach, the region whose propagated centroid is nearest); voxels of unmapped
+        ids with the propagated label unless it is a directly mapped region (else the nearest label
+        that is not); background where the segmentation has background.
     """
     prop = np.asarray(propagated)
     if prop.shape != mapping.labels_atlas.shape:

@@ -17,6 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_list(args: argparse.Namespace) -> int:
+    # lazy: keeps --help free of numpy and nibabel
     from mambacontrol.atlas import DEFAULT_ATLAS, list_atlases, load_atlas
 
     for name in list_atlases():
@@ -28,7 +29,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from mambacontrol.atlas import DEFAULT_ATLAS, load_atlas
+    from mambacontrol.atlas import DEFAULT_ATLAS, load_atlas  # lazy: keeps --help fast
 
     name = args.name or DEFAULT_ATLAS
     atlas = load_atlas(name)
@@ -37,7 +38,8 @@ def run_info(args: argparse.Namespace) -> int:
     print(f"  sources: {', '.join(f'{k} from {v}' for k, v in atlas.meta['sources'].items())}")
     print(f"  regions: {len(atlas.regions)} ({len(atlas.group_names())} groups)")
     print("  licence:")
-    for part, text in (atlas.licence or {"all": "not stated in atlas.json; ask its provider"}).items():
+    for part, text in (atlas.licence
+                       or {"all": "not stated in atlas.json; ask its provider"}).items():
         print(f"    {part}: {text}")
     notices = atlas.root.parent / "SOURCES.md"
     if notices.is_file():
@@ -53,6 +55,7 @@ def run_info(args: argparse.Namespace) -> int:
     print(f"  key regions, volume in mm³ on grid {atlas.grid_name}:")
     vols = atlas.key_group_volumes()
     for key, ids in atlas.key_groups.items():
-        shown = "labels " + ", ".join(str(i) for i in ids) if len(ids) <= 6 else f"{len(ids)} labels"
+        shown = ("labels " + ", ".join(str(i) for i in ids) if len(ids) <= 6
+                 else f"{len(ids)} labels")
         print(f"    {key:<20} {vols[key]:>12,.0f}   ({shown})")
     return 0

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import time
 
-from mambacontrol.demo import DEMO_GRID, DEMO_SUBJECTS
+from mambacontrol.cli.atlas_cmd import run_info
+from mambacontrol.cli.synth_cmd import default_workers
+from mambacontrol.demo import DEMO_GRID, DEMO_SUBJECTS, run_demo
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,10 +27,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mambacontrol.cli.atlas_cmd import run_info
-    from mambacontrol.cli.synth_cmd import default_workers
-    from mambacontrol.demo import run_demo
-
     start = time.perf_counter()
     print("mambacontrol demo: bundled atlas")
     code = run_info(argparse.Namespace(name=None, verify=True))

@@ -1,17 +1,20 @@
-"""``mambacontrol evaluate``: metrics, baselines, ablations and an HTML report on a manifest split."""
+"""``mambacontrol evaluate``: metrics, baselines, ablations and an HTML report on a manifest
+split."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from mambacontrol.cli.predict_cmd import _device
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "evaluate", help="evaluate a model on a manifest split, beside baselines, with a report",
         description="Predict every (earlier, later) pair of a split and compare with the truth and "
-                    "with the copy-baseline and regional linear extrapolation. Writes metrics.json, "
-                    "pairs.csv, regions.csv and report.html.")
+                    "with the copy-baseline and regional linear extrapolation. Writes "
+                    "metrics.json, pairs.csv, regions.csv and report.html.")
     p.add_argument("--manifest", required=True, help="manifest CSV with a split column")
     p.add_argument("--model", required=True,
                    help="trained model folder, or a Hugging Face Hub id (org/name)")
@@ -33,8 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mambacontrol.cli.predict_cmd import _device
-    from mambacontrol.evaluation.evaluate import EvaluationSettings, evaluate
+    from mambacontrol.evaluation.evaluate import EvaluationSettings, evaluate  # lazy: torch
 
     settings = EvaluationSettings(
         split=args.split, pairs=args.pairs,
@@ -45,5 +47,6 @@ def run(args: argparse.Namespace) -> int:
                        command=["mambacontrol", *sys.argv[1:]], device=_device(args.device),
                        overwrite=args.overwrite)
     n = max(summary["n_pairs"].values(), default=0)
-    print(f"evaluated {n} pairs × {len(summary['methods'])} methods; report: {args.out}/report.html")
+    print(f"evaluated {n} pairs × {len(summary['methods'])} methods; "
+          f"report: {args.out}/report.html")
     return 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -103,11 +104,9 @@ def set_threads(n: int | None) -> None:
     runs) read: set before any command imports them."""
     if n is None:
         return
-    import os
-
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"):
         os.environ[var] = str(n)
-    import torch
+    import torch  # lazy: keeps --help free of torch
 
     torch.set_num_threads(n)
 
@@ -125,8 +124,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     args.limit = list(args.limit) + list(getattr(args, "limit_after", []))
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    # imported here, not at the top: mambacontrol.io loads nibabel and numpy, which --help skips
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    # lazy: mambacontrol.io loads nibabel and numpy, which --help skips
     from mambacontrol.io.limits import reset_limits, set_limits
 
     try:
@@ -155,7 +155,8 @@ def failure_message(exc: BaseException) -> str | None:
     if isinstance(exc, MambaControlError):
         return str(exc)
     if isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and any(
-            s in str(exc) for s in ("out of memory", "can't allocate memory", "not enough memory"))):
+            s in str(exc) for s in ("out of memory", "can't allocate memory",
+                                    "not enough memory"))):
         return ("out of memory; use fewer --samples, a smaller grid or a machine with more memory "
                 "(or a GPU with --device cuda)")
     if isinstance(exc, UnicodeError):

@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from mambacontrol.errors import MambaControlError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -37,11 +40,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from mambacontrol.data import DIAGNOSES, SPLITS, Manifest
+    from mambacontrol.data import DIAGNOSES, SPLITS, Manifest  # lazy: keeps --help fast
 
     m = Manifest.from_csv(args.csv, check_files=not args.no_files)
     pairs = m.pairs()
-    print(f"{args.csv}: valid; {len(m.subjects())} subjects, {len(m)} visits, {len(pairs)} visit pairs")
+    print(f"{args.csv}: valid; {len(m.subjects())} subjects, {len(m)} visits, "
+          f"{len(pairs)} visit pairs")
     print(f"  {'split':<8}" + "".join(f"{d:>6}" for d in DIAGNOSES) + f"{'visits':>8}")
     for split in SPLITS:
         sel = m.select(split)
@@ -55,10 +59,7 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def run_from_bids(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from mambacontrol.data.bids import manifest_from_bids
-    from mambacontrol.errors import MambaControlError
+    from mambacontrol.data.bids import manifest_from_bids  # lazy: keeps --help fast
 
     out = Path(args.out)
     if out.exists() and not args.overwrite:
@@ -71,9 +72,11 @@ def run_from_bids(args: argparse.Namespace) -> int:
     try:
         split = [float(x) for x in args.split.split(",")]
     except ValueError:
-        raise MambaControlError(f"--split '{args.split}' is not three numbers, e.g. 0.7,0.1,0.2") from None
+        raise MambaControlError(
+            f"--split '{args.split}' is not three numbers, e.g. 0.7,0.1,0.2") from None
     manifest = manifest_from_bids(args.bids_dir, age_column=args.age_column,
-                                  sex_column=args.sex_column, diagnosis_column=args.diagnosis_column,
+                                  sex_column=args.sex_column,
+                                  diagnosis_column=args.diagnosis_column,
                                   split_column=args.split_column, split=split, seed=args.seed)
     manifest.to_csv(out)
     counts = {s: len(manifest.select(s)) for s in ("train", "valid", "test")}

@@ -21,8 +21,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="atlas grid in mm: 2 (96×112×96), 1.5 (120×144×120) or 4 "
                         "(48×56×48, quick; demo and tests) (default: 2)")
     p.add_argument("--workers", type=int, default=None,
-                   help="parallel processes (default: CPU count, at most 4; results do not depend on it)")
-    p.add_argument("--visits", default="2-5", help="visits per subject, N or MIN-MAX (default: 2-5)")
+                   help="parallel processes (default: CPU count, at most 4; results do not depend "
+                        "on it)")
+    p.add_argument("--visits", default="2-5",
+                   help="visits per subject, N or MIN-MAX (default: 2-5)")
     p.add_argument("--split", default="70/10/20",
                    help="train/valid/test percentages of subjects (default: 70/10/20)")
     p.add_argument("--dynamics", default="network", choices=("network", "independent"),
@@ -64,7 +66,7 @@ def default_workers() -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mambacontrol.synth import (
+    from mambacontrol.synth import (  # lazy: keeps --help free of scipy and the simulator
         format_summary,
         generate_cohort,
         grid_for_spacing,

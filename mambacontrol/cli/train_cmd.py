@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mambacontrol.errors import ConfigError
+
 STAGE_CHOICES = ("autoencoder", "latents", "graph", "unet", "controlnet", "all")
 
 
@@ -25,24 +27,23 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="an evaluation's metrics.json to quote in the model card README.md "
                         "(default: <out>/evaluation/metrics.json when it exists)")
     p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="config overrides, e.g. unet.train.lr=1e-4 data.manifest=cohort/manifest.csv")
+                   help="config overrides, e.g. unet.train.lr=1e-4 "
+                        "data.manifest=cohort/manifest.csv")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from mambacontrol.errors import ConfigError
-
     bad = [o for o in args.overrides if "=" not in o]
     if bad:
         raise ConfigError(f"override '{bad[0]}' is not key=value (e.g. unet.train.steps=100)")
+    # lazy: keeps --help (and the check above) free of torch
+    from mambacontrol.training.data_order import process_state
     from mambacontrol.training.runner import TrainingRun, resolve_config
 
     cfg = resolve_config(args.config, args.overrides)
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).name.removesuffix(
         ".yaml").removesuffix(".yml")
     summaries = TrainingRun(cfg, out, metrics=args.metrics).run(args.stage, resume=args.resume)
-    from mambacontrol.training.data_order import process_state
-
     if process_state().is_main_process:  # under torchrun / accelerate launch, one report
         for s in summaries:
             print(s.line())

@@ -69,7 +69,8 @@ def _read_tsv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
-        raise InputFileError(f"{path}: cannot read this TSV ({exc}); re-save it as UTF-8 text") from None
+        raise InputFileError(
+            f"{path}: cannot read this TSV ({exc}); re-save it as UTF-8 text") from None
     reader = csv.DictReader(text.splitlines(), delimiter="\t")
     header = [h.strip() for h in (reader.fieldnames or [])]
     rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in reader]
@@ -102,8 +103,9 @@ def check_split_fractions(fractions: Sequence[float]) -> tuple[float, float, flo
     """``(train, valid, test)`` fractions, each >= 0, summing to 1; MambaControlError otherwise."""
     f = tuple(float(x) for x in fractions)
     if len(f) != 3 or any(not math.isfinite(x) or x < 0 for x in f) or abs(sum(f) - 1) > 1e-6:
-        raise MambaControlError(f"split fractions {','.join(str(x) for x in fractions)} are not three "
-                                "numbers >= 0 summing to 1 (train,valid,test), e.g. 0.7,0.1,0.2")
+        raise MambaControlError(f"split fractions {','.join(str(x) for x in fractions)} are not "
+                                "three numbers >= 0 summing to 1 (train,valid,test), e.g. "
+                                "0.7,0.1,0.2")
     return f  # type: ignore[return-value]
 
 
@@ -153,7 +155,7 @@ def manifest_from_bids(bids_dir: str | os.PathLike, *, age_column: str = "age",
         raise InputFileError(f"{root}: not a BIDS dataset (no dataset_description.json); give the "
                              "dataset's root folder")
     check_split_fractions(split)
-    from bids import BIDSLayout  # here, not at the top: pybids is slow to import
+    from bids import BIDSLayout  # lazy: pybids is slow to import
 
     schema_log = logging.getLogger("bidsschematools")  # its "no schema path" INFO line each run
     if schema_log.level == logging.NOTSET:
@@ -178,7 +180,8 @@ def manifest_from_bids(bids_dir: str | os.PathLike, *, age_column: str = "age",
     by_session: dict[tuple[str, str], list] = {}
     for img in images:
         ent = img.get_entities()
-        by_session.setdefault((f"sub-{ent['subject']}", str(ent.get("session", ""))), []).append(img)
+        by_session.setdefault((f"sub-{ent['subject']}", str(ent.get("session", ""))),
+                              []).append(img)
 
     sessions: dict[str, tuple[Path, list[str], dict[str, dict[str, str]]]] = {}
     for sub in sorted({s for s, _ in by_session}):
@@ -241,7 +244,8 @@ def manifest_from_bids(bids_dir: str | os.PathLike, *, age_column: str = "age",
     dup = sorted(u for u, n in Counter(v.image_uid for v in visits).items() if n > 1)
     if dup:
         raise ManifestError(f"{root}: several T1w images share the id {dup[0]} (their entities do "
-                            "not tell them apart); keep one per session or give them acq/run labels")
+                            "not tell them apart); keep one per session or give them acq/run "
+                            "labels")
     manifest._check_consistency()
     return manifest
 
@@ -335,7 +339,8 @@ def _entity(value: str | None, prefix: str, what: str) -> str:
 
 
 def bids_derivative_paths(out_root: str | os.PathLike, subject: str, session: str | None,
-                          years: float, entities: Mapping[str, str] | None = None) -> dict[str, Path]:
+                          years: float,
+                          entities: Mapping[str, str] | None = None) -> dict[str, Path]:
     """Where one prediction goes in a BIDS derivative dataset.
 
     Args:
@@ -377,7 +382,8 @@ def dataset_description(*, name: str = "mambacontrol predictions",
     return out
 
 
-def write_dataset_description(out_root: str | os.PathLike, *, name: str = "mambacontrol predictions",
+def write_dataset_description(out_root: str | os.PathLike, *,
+                              name: str = "mambacontrol predictions",
                               source_datasets: Sequence[str] = ()) -> Path:
     """Write ``<out_root>/dataset_description.json`` (atomic; see :func:`dataset_description`)."""
     root = Path(out_root)

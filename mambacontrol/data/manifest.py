@@ -60,7 +60,8 @@ _DX_ALIASES: dict[str, tuple[str, str]] = {
     "lmci": ("MCI", "ADNI's late MCI"), "late mci": ("MCI", "ADNI's late MCI"),
     "mild cognitive impairment": ("MCI", "mild cognitive impairment"),
     "dementia": ("AD", "dementia"), "ad dementia": ("AD", "AD dementia"),
-    "alzheimers": ("AD", "Alzheimer's disease"), "alzheimers disease": ("AD", "Alzheimer's disease"),
+    "alzheimers": ("AD", "Alzheimer's disease"),
+    "alzheimers disease": ("AD", "Alzheimer's disease"),
     "alzheimer disease": ("AD", "Alzheimer's disease"),
     "alzheimers dementia": ("AD", "Alzheimer's dementia"),
 }
@@ -91,8 +92,8 @@ def normalize_diagnosis(value: str) -> str:
                    .replace("\u2019", "").split())
     hit = _DX_ALIASES.get(key)
     if hit is None:
-        raise ValueError(f"diagnosis '{value}' is not one of CN, MCI, AD (or 0, 0.5, 1; EMCI, LMCI, "
-                         "SMC, SCD, NC, HC, dementia, Alzheimer's are also read)")
+        raise ValueError(f"diagnosis '{value}' is not one of CN, MCI, AD (or 0, 0.5, 1; EMCI, "
+                         "LMCI, SMC, SCD, NC, HC, dementia, Alzheimer's are also read)")
     dx, source = hit
     if source and raw not in _DX_LOGGED:
         _DX_LOGGED.add(raw)
@@ -170,7 +171,8 @@ class Manifest:
                 then every row's split is ``""``).
 
         Raises:
-            ManifestError: naming the file, row (1 = first data row) and column of the first problem.
+            ManifestError: naming the file, row (1 = first data row) and column of the first
+                problem.
         """
         p = Path(path)
         if not p.is_file():
@@ -179,7 +181,8 @@ class Manifest:
             text = p.read_text(encoding="utf-8-sig")
         except UnicodeDecodeError as exc:
             line = p.read_bytes()[: exc.start].count(b"\n") + 1
-            raise ManifestError(f"{p}: line {line} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x}); "
+            raise ManifestError(f"{p}: line {line} is not UTF-8 text "
+                                f"(byte 0x{exc.object[exc.start]:02x}); "
                                 "re-save the CSV as UTF-8") from None
         except OSError as exc:
             raise ManifestError(f"{p}: cannot read the manifest ({exc.strerror}); check the path "
@@ -192,7 +195,8 @@ class Manifest:
             missing = [c for c in required if c not in header]
             if missing:
                 raise ManifestError(
-                    f"{p}: missing column(s) {', '.join(missing)}; found {', '.join(header) or 'none'}. "
+                    f"{p}: missing column(s) {', '.join(missing)}; "
+                    f"found {', '.join(header) or 'none'}. "
                     f"A manifest needs {', '.join(REQUIRED_COLUMNS)} (segm_path optional)")
             rows = [{(k or "").strip(): csv_uncell(v if isinstance(v, str) else "")
                      for k, v in r.items()} for r in reader]
@@ -245,16 +249,16 @@ class Manifest:
             if check_files and not segm.is_file():
                 raise bad("segm_path", f"file {segm} not found")
         extra = {k: v for k, v in row.items() if k not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS}
-        return Visit(row["subject_id"].strip(), row["image_uid"].strip(), image, age, sex, dx, split,
-                     segm, extra)
+        return Visit(row["subject_id"].strip(), row["image_uid"].strip(), image, age, sex, dx,
+                     split, segm, extra)
 
     def _check_consistency(self) -> None:
         where = f"{self.path}: " if self.path else ""
         seen: dict[str, int] = {}
         for i, v in enumerate(self.visits, start=1):
             if v.image_uid in seen:
-                raise ManifestError(f"{where}row {i}, column 'image_uid': '{v.image_uid}' repeats row "
-                                    f"{seen[v.image_uid]}; image_uid must be unique")
+                raise ManifestError(f"{where}row {i}, column 'image_uid': '{v.image_uid}' repeats "
+                                    f"row {seen[v.image_uid]}; image_uid must be unique")
             seen[v.image_uid] = i
         first: dict[str, tuple[int, Visit]] = {}
         for i, v in enumerate(self.visits, start=1):
@@ -263,14 +267,16 @@ class Manifest:
                 continue
             j, w = first[v.subject_id]
             if v.sex != w.sex:
-                raise ManifestError(f"{where}row {i}, column 'sex': subject '{v.subject_id}' is {w.sex} "
-                                    f"in row {j} and {v.sex} here; one sex per subject")
+                raise ManifestError(f"{where}row {i}, column 'sex': subject '{v.subject_id}' is "
+                                    f"{w.sex} in row {j} and {v.sex} here; one sex per subject")
             if v.split != w.split:
-                raise ManifestError(f"{where}row {i}, column 'split': subject '{v.subject_id}' is in "
-                                    f"'{w.split}' in row {j} and '{v.split}' here; split by subject")
+                raise ManifestError(f"{where}row {i}, column 'split': subject '{v.subject_id}' is "
+                                    f"in '{w.split}' in row {j} and '{v.split}' here; split by "
+                                    "subject")
 
     def to_csv(self, path: str | os.PathLike, *, relative_to: Path | None = None) -> Path:
-        """Write the manifest atomically; paths relative to ``relative_to`` (default: the CSV's folder)."""
+        """Write the manifest atomically; paths relative to ``relative_to`` (default: the CSV's
+        folder)."""
         out = Path(path)
         base = (relative_to or out.parent).resolve()
         extra_cols: list[str] = []

@@ -1,4 +1,4 @@
-"""Report figures as PNG bytes (matplotlib, Agg backend, no display needed).
+"""Report figures as PNG bytes (matplotlib's Agg canvas through ``io.figures``, no display).
 
 Every figure takes plain data (a summary from :func:`aggregate.summarize`, results or arrays) and
 returns PNG bytes; :func:`data_uri` embeds them in HTML. Method names go into legends with ``$``
@@ -8,34 +8,30 @@ escaped, so no user string is read as matplotlib mathtext.
 from __future__ import annotations
 
 import base64
-import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402  (the backend is chosen first)
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from mambacontrol.evaluation.aggregate import (  # noqa: E402
+from mambacontrol.evaluation.aggregate import (
     YEAR_BINS,
     metric_spec,
     pair_values,
     years_bin,
 )
-from mambacontrol.evaluation.records import (  # noqa: E402
+from mambacontrol.evaluation.records import (
     COPY_BASELINE,
     LINEAR_BASELINE,
     MEASUREMENT_FLOOR,
     PairInfo,
     PairResult,
 )
+from mambacontrol.io.figures import new_figure, png_bytes, show_plane
 
 DPI = 110
-_FIXED_COLOURS = {COPY_BASELINE: "#8c8c8c", LINEAR_BASELINE: "#c9a227", MEASUREMENT_FLOOR: "#222222"}
+_FIXED_COLOURS = {COPY_BASELINE: "#8c8c8c", LINEAR_BASELINE: "#c9a227",
+                  MEASUREMENT_FLOOR: "#222222"}
 _MODEL_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#17becf", "#e377c2", "#8c564b")
 
 
@@ -53,11 +49,8 @@ def plain_text(text: str) -> str:
 
 
 def to_png(fig: Figure) -> bytes:
-    """Render and close a figure."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
+    """A report figure as PNG: ``DPI``, cropped to its content, matplotlib's version stamped."""
+    return png_bytes(fig, dpi=DPI, tight=True, software_stamp=True)
 
 
 def data_uri(png: bytes) -> str:
@@ -96,7 +89,8 @@ def key_group_error_chart(summary: dict) -> bytes:
                  for g in groups] for m in methods}
     sds = {m: [summary["key_groups"][m].get(g, {}).get("abs_error_pct", {}).get("sd")
                for g in groups] for m in methods}
-    fig, ax = plt.subplots(figsize=(7.5, 0.55 * len(groups) * max(1, len(methods) / 3) + 1.4))
+    fig = new_figure((7.5, 0.55 * len(groups) * max(1, len(methods) / 3) + 1.4))
+    ax = fig.subplots()
     _grouped_bars(ax, [g.replace("_", " ") for g in groups], methods, means, sds, colours)
     ax.set_xlabel("absolute volume change error (% of baseline volume), mean ± sd over pairs")
     _legend_above(ax)
@@ -120,7 +114,8 @@ def region_error_chart(summary: dict, region_names: Mapping[int, str] | None = N
 
     means = {m: [stat(m, lab, "mean") for lab in labels] for m in methods}
     sds = {m: [stat(m, lab, "sd") for lab in labels] for m in methods}
-    fig, ax = plt.subplots(figsize=(7.5, 0.32 * len(labels) * max(1, len(methods) / 3) + 1.4))
+    fig = new_figure((7.5, 0.32 * len(labels) * max(1, len(methods) / 3) + 1.4))
+    ax = fig.subplots()
     _grouped_bars(ax, names, methods, means, sds, colours)
     ax.tick_params(axis="y", labelsize=8)
     ax.set_xlabel("absolute volume change error (% of baseline volume), mean ± sd over pairs")
@@ -133,12 +128,15 @@ def error_vs_years_chart(results: Sequence[PairResult], keys: Sequence[str],
     """One panel per statistic key: each pair's value against Δt (dots), and the mean per Δt bin
     (line through the bin centres), per method."""
     colours = method_colours(methods)
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4), squeeze=False)
-    centres = {label: (lo + (hi if np.isfinite(hi) else lo + 2.0)) / 2 for lo, hi, label in YEAR_BINS}
+    fig = new_figure((4.2 * len(keys), 3.4))
+    axes = fig.subplots(1, len(keys), squeeze=False)
+    centres = {label: (lo + (hi if np.isfinite(hi) else lo + 2.0)) / 2
+               for lo, hi, label in YEAR_BINS}
     for ax, key in zip(axes[0], keys):
         spec = metric_spec(key)
         for m in methods:
-            mine = [(r.pair.years, pair_values(r).get(key, np.nan)) for r in results if r.method == m]
+            mine = [(r.pair.years, pair_values(r).get(key, np.nan)) for r in results
+                    if r.method == m]
             mine = [(t, v) for t, v in mine if np.isfinite(v)]
             if not mine:
                 continue
@@ -193,7 +191,7 @@ class SlicePanel:
 
 def _show(ax, image: np.ndarray, **kwargs):
     """A coronal slice ``(X, Z)`` shown with superior up and the subject's left on the left."""
-    im = ax.imshow(np.asarray(image, float).T, origin="lower", interpolation="nearest", **kwargs)
+    im = show_plane(ax, np.asarray(image, float), **kwargs)
     ax.set_xticks([])
     ax.set_yticks([])
     return im
@@ -223,8 +221,8 @@ def slice_figure(panel: SlicePanel) -> bytes:
         columns.append(("uncertainty (sd)", unc, {"cmap": "magma", "vmin": 0,
                                                   "vmax": top if top > 0 else 1e-3}))
     aspect = base.shape[1] / base.shape[0]
-    fig, axes = plt.subplots(1, len(columns), figsize=(2.1 * len(columns), 2.1 * aspect + 0.9),
-                             squeeze=False)
+    fig = new_figure((2.1 * len(columns), 2.1 * aspect + 0.9))
+    axes = fig.subplots(1, len(columns), squeeze=False)
     for ax, (title, image, kw) in zip(axes[0], columns):
         im = _show(ax, image, **kw)
         ax.set_title(title, fontsize=9)

@@ -87,7 +87,8 @@ def _homologue_key(name: str, regions: list, grouping: str) -> tuple[str, str] |
     return None
 
 
-def face_contacts(node_map: np.ndarray, num_nodes: int, spacing: tuple[float, float, float]) -> np.ndarray:
+def face_contacts(node_map: np.ndarray, num_nodes: int,
+                  spacing: tuple[float, float, float]) -> np.ndarray:
     """Contact area between every pair of nodes.
 
     Args:
@@ -234,7 +235,8 @@ class AnatomyGraph:
             MambaControlError: for an unknown grouping.
         """
         if grouping not in GROUPINGS:
-            raise MambaControlError(f"grouping '{grouping}' is unknown; choose one of {', '.join(GROUPINGS)}")
+            raise MambaControlError(f"grouping '{grouping}' is unknown; choose one of "
+                                    f"{', '.join(GROUPINGS)}")
         key = (atlas.checksum, grouping, bool(homologue_edges), homologue_weight)
         if key not in cls._cache:
             cls._cache[key] = cls._build(atlas, grouping, bool(homologue_edges), homologue_weight)
@@ -291,10 +293,12 @@ class AnatomyGraph:
         counts = np.bincount(node_map[node_map >= 0], minlength=len(names)).astype(np.float64)
         coords = np.nonzero(node_map >= 0)
         idx = node_map[coords]
-        vox_centroid = np.stack([np.bincount(idx, weights=c, minlength=len(names)) for c in coords], 1)
+        vox_centroid = np.stack([np.bincount(idx, weights=c, minlength=len(names))
+                                 for c in coords], 1)
         vox_centroid /= np.maximum(counts, 1)[:, None]
         centroids = vox_centroid @ atlas.grid.affine[:3, :3].T + atlas.grid.affine[:3, 3]
-        identity = GraphIdentity(atlas.id, atlas.checksum, atlas.grid_name, grouping, homologue_edges,
+        identity = GraphIdentity(atlas.id, atlas.checksum, atlas.grid_name, grouping,
+                                 homologue_edges,
                                  None if homologue_weight is None else float(homologue_weight))
         tissue = {r.label: r.tissue for r in atlas.regions}
         graph = cls(identity, atlas.grid, names, node_labels, tissue, weights,
@@ -354,7 +358,7 @@ class AnatomyGraph:
     def data(self):
         """``torch_geometric.data.Data`` with ``edge_index`` (2, 2E), ``edge_weight`` (2E,),
         ``homologue`` (2E,) bool and ``num_nodes``; both directions of every edge, sorted."""
-        from torch_geometric.data import Data
+        from torch_geometric.data import Data  # lazy: torch-geometric is slow to import
 
         src, dst = np.nonzero(self.weights)
         homologue = np.zeros(len(src), dtype=bool)

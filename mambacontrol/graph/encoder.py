@@ -28,7 +28,7 @@ import torch
 from diffusers.configuration_utils import register_to_config
 from torch import nn
 
-from mambacontrol.data.covariates import NUM_COVARIATES, CovariateNorm
+from mambacontrol.data.covariates import NUM_COVARIATES, CovariateNorm, encode_covariates
 from mambacontrol.errors import MambaControlError, ModelError
 from mambacontrol.graph.anatomy import AnatomyGraph
 from mambacontrol.graph.features import NUM_FEATURES, FeatureNorm
@@ -58,7 +58,7 @@ class _GraphLayer(nn.Module):
 
     def __init__(self, conv: str, dim: int, cheb_k: int, heads: int, dropout: float):
         super().__init__()
-        from torch_geometric.nn import ChebConv, GATv2Conv, GCNConv
+        from torch_geometric.nn import ChebConv, GATv2Conv, GCNConv  # lazy: slow to import
 
         self.kind = conv
         if conv == "gcn":
@@ -80,7 +80,8 @@ class _GraphLayer(nn.Module):
         if self.kind == "gat":  # no static-graph support: run on the disjoint union of B copies
             offsets = torch.arange(b, device=h.device).repeat_interleave(edge_index.shape[1]) * r
             ei = edge_index.repeat(1, b) + offsets
-            out = self.conv(h.reshape(b * r, e), ei, edge_weight.repeat(b)[:, None]).reshape(b, r, e)
+            out = self.conv(h.reshape(b * r, e), ei,
+                            edge_weight.repeat(b)[:, None]).reshape(b, r, e)
         elif self.kind == "cheb":
             out = self.conv(h, edge_index, edge_weight, lambda_max=2.0)
         else:
@@ -150,7 +151,8 @@ class GraphEncoder(Component):
         if not 1 <= modes <= num_nodes:
             raise ValueError(f"fourier_modes {fourier_modes} must lie in 1…{num_nodes}")
         # checked in numpy, so that the module also builds on the meta device
-        mean = np.zeros((num_nodes, in_features)) if feature_mean is None else np.asarray(feature_mean)
+        mean = (np.zeros((num_nodes, in_features)) if feature_mean is None
+                else np.asarray(feature_mean))
         std = np.ones((num_nodes, in_features)) if feature_std is None else np.asarray(feature_std)
         if mean.shape != (num_nodes, in_features) or std.shape != (num_nodes, in_features):
             raise ValueError(f"feature_mean/feature_std must be ({num_nodes}, {in_features}); got "
@@ -168,7 +170,8 @@ class GraphEncoder(Component):
         self.register_buffer("norm_std", torch.tensor(std, dtype=torch.float32), persistent=False)
 
         self.feature_drop = nn.Dropout(feature_dropout)
-        self.filter_bank = SpectralFilterBank(list(filter_scales), filter_kind) if spectral_filters else None
+        self.filter_bank = (SpectralFilterBank(list(filter_scales), filter_kind)
+                            if spectral_filters else None)
         width = in_features * (1 + (self.filter_bank.num_filters if self.filter_bank else 0))
         self.input_proj = nn.Linear(width, embed_dim)
         self.node_identity = nn.Parameter(torch.randn(num_nodes, embed_dim) * 0.02)
@@ -217,11 +220,10 @@ class GraphEncoder(Component):
 
     def covariates(self, age, years, sex, diagnosis) -> torch.Tensor:
         """(B, 6) covariates encoded with this model's saved :class:`CovariateNorm`."""
-        from mambacontrol.data.covariates import encode_covariates
-
         return encode_covariates(age, years, sex, diagnosis, self.covariate_norm).to(self.device)
 
-    def forward(self, node_features: torch.Tensor, covariates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, node_features: torch.Tensor,
+                covariates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Encode.
 
         Args:
@@ -237,11 +239,13 @@ class GraphEncoder(Component):
         r, f = self.norm_mean.shape
         if node_features.dim() != 3 or tuple(node_features.shape[1:]) != (r, f):
             raise MambaControlError(f"node_features of shape {tuple(node_features.shape)} are not "
-                                    f"(B, {r}, {f}); compute them with the graph this model was built for")
+                                    f"(B, {r}, {f}); compute them with the graph this model was "
+                                    "built for")
         if covariates.shape != (node_features.shape[0], NUM_COVARIATES):
             raise MambaControlError(f"covariates of shape {tuple(covariates.shape)} are not "
                                     f"({node_features.shape[0]}, {NUM_COVARIATES})")
-        x = self.feature_drop((node_features.to(self.norm_mean.dtype) - self.norm_mean) / self.norm_std)
+        x = self.feature_drop(
+            (node_features.to(self.norm_mean.dtype) - self.norm_mean) / self.norm_std)
         parts = [x]
         if self.filter_bank is not None:
             parts.append(self.filter_bank(x, self.eigenvalues, self.eigenvectors))

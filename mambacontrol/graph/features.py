@@ -84,7 +84,8 @@ def node_features(image: np.ndarray, labels: np.ndarray, graph: AnatomyGraph,
         raise MambaControlError("label map is empty (no voxel > 0); pass the scan's segmentation")
     values = img.ravel()[inside].astype(np.float64)
     if not np.all(np.isfinite(values)):
-        raise MambaControlError("image holds NaN or infinite values inside the labels; fix the scan")
+        raise MambaControlError(
+            "image holds NaN or infinite values inside the labels; fix the scan")
     nodes = node_map.ravel()[inside]
     keep = nodes >= 0
     nodes, vals, vox = nodes[keep], values[keep], inside[keep]
@@ -98,7 +99,8 @@ def node_features(image: np.ndarray, labels: np.ndarray, graph: AnatomyGraph,
     mean = np.bincount(nodes, weights=vals, minlength=r) / safe
     var = np.bincount(nodes, weights=vals**2, minlength=r) / safe - mean**2
     ijk = np.stack(np.unravel_index(vox, img.shape), axis=1).astype(np.float64)
-    vox_centroid = np.stack([np.bincount(nodes, weights=ijk[:, a], minlength=r) for a in range(3)], 1) / safe[:, None]
+    vox_centroid = np.stack([np.bincount(nodes, weights=ijk[:, a], minlength=r)
+                             for a in range(3)], 1) / safe[:, None]
     centroid = vox_centroid @ aff[:3, :3].T + aff[:3, 3]
     centroid[~present] = graph.node_centroids[~present]
 
@@ -108,7 +110,8 @@ def node_features(image: np.ndarray, labels: np.ndarray, graph: AnatomyGraph,
         if label < len(tissue_lut) and tissue in TISSUES:
             tissue_lut[label] = TISSUES.index(tissue)
     membership = _tissue_membership(values, tissue_lut[lab_in])[keep]
-    tissue = np.stack([np.bincount(nodes, weights=membership[:, c], minlength=r) for c in range(3)], 1) / safe[:, None]
+    tissue = np.stack([np.bincount(nodes, weights=membership[:, c], minlength=r)
+                       for c in range(3)], 1) / safe[:, None]
 
     icv = inside.size * voxel_volume
     out = np.column_stack([np.log1p(volume), volume / icv, mean, np.sqrt(np.maximum(var, 0.0)),
@@ -153,7 +156,8 @@ class FeatureNorm:
     @classmethod
     def identity(cls, num_nodes: int, num_features: int = NUM_FEATURES) -> FeatureNorm:
         """Zero mean, unit spread (features pass unchanged)."""
-        return cls(np.zeros((num_nodes, num_features)).tolist(), np.ones((num_nodes, num_features)).tolist())
+        return cls(np.zeros((num_nodes, num_features)).tolist(),
+                   np.ones((num_nodes, num_features)).tolist())
 
 
 class FeatureCache:
@@ -212,5 +216,6 @@ class FeatureCache:
             if not Grid.of(vol).same_as(self.graph.grid):
                 raise InputFileError(
                     f"{p}: grid {vol.shape} differs from the atlas grid {self.graph.grid.shape} "
-                    f"({self.graph.identity.grid}); register and resample the scan to the atlas first")
+                    f"({self.graph.identity.grid}); register and resample the scan to the atlas "
+                    "first")
         return node_features(img.data, lab.data, self.graph, img.affine)

@@ -98,12 +98,13 @@ def rasterize(node_embeddings: torch.Tensor, assignment: torch.Tensor) -> torch.
         MambaControlError: when the number of nodes or the batch size disagree.
     """
     if node_embeddings.dim() != 3:
-        raise MambaControlError(f"node_embeddings of shape {tuple(node_embeddings.shape)} are not (B, R, E)")
+        raise MambaControlError(f"node_embeddings of shape {tuple(node_embeddings.shape)} are not "
+                                "(B, R, E)")
     b, r, e = node_embeddings.shape
     if assignment.is_floating_point():
         if assignment.dim() not in (4, 5) or assignment.shape[-4] != r:
-            raise MambaControlError(f"fractions of shape {tuple(assignment.shape)} are not (R, x, y, z) "
-                                    f"or (B, R, x, y, z) with R = {r}")
+            raise MambaControlError(f"fractions of shape {tuple(assignment.shape)} are not "
+                                    f"(R, x, y, z) or (B, R, x, y, z) with R = {r}")
         frac = assignment.to(node_embeddings.dtype)
         if frac.dim() == 4:
             return torch.einsum("bre,rxyz->bexyz", node_embeddings, frac)
@@ -111,11 +112,13 @@ def rasterize(node_embeddings: torch.Tensor, assignment: torch.Tensor) -> torch.
             raise MambaControlError(f"fractions have batch {frac.shape[0]}, embeddings {b}")
         return torch.einsum("bre,brxyz->bexyz", node_embeddings, frac)
     if assignment.dim() not in (3, 4):
-        raise MambaControlError(f"node index map of shape {tuple(assignment.shape)} is not (x, y, z) "
-                                "or (B, x, y, z)")
+        raise MambaControlError(f"node index map of shape {tuple(assignment.shape)} is not "
+                                "(x, y, z) or (B, x, y, z)")
     if assignment.numel() and (int(assignment.max()) >= r or int(assignment.min()) < -1):
-        raise MambaControlError(f"node index map holds values outside −1…{r - 1}; build it with the same graph")
-    padded = torch.cat([node_embeddings.new_zeros(b, 1, e), node_embeddings], dim=1)  # row 0: background
+        raise MambaControlError(f"node index map holds values outside −1…{r - 1}; build it with "
+                                "the same graph")
+    # row 0: background
+    padded = torch.cat([node_embeddings.new_zeros(b, 1, e), node_embeddings], dim=1)
     idx = assignment.long() + 1
     if idx.dim() == 3:
         painted = padded[:, idx]  # (B, x, y, z, E)

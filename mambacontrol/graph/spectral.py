@@ -80,7 +80,8 @@ class SpectralFilterBank(nn.Module):
         fn = wavelet_responses if self.kind == "wavelet" else heat_responses
         return fn(eigenvalues, self.scales)
 
-    def forward(self, x: torch.Tensor, eigenvalues: torch.Tensor, eigenvectors: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, eigenvalues: torch.Tensor,
+                eigenvectors: torch.Tensor) -> torch.Tensor:
         coeffs = eigenvectors.T @ x  # (B, K, F)
         h = self.responses(eigenvalues).to(x.dtype)  # (S, K)
         filtered = eigenvectors @ (h[None, :, :, None] * coeffs[:, None])  # (B, S, R, F)
@@ -89,7 +90,8 @@ class SpectralFilterBank(nn.Module):
 
 
 class GraphFourierRefine(nn.Module):
-    """Learned filter in the graph-frequency domain: GFT → per-frequency, per-channel gain → inverse GFT.
+    """Learned filter in the graph-frequency domain: GFT → per-frequency, per-channel gain → inverse
+    GFT.
 
     ``y = x + U_K (g ⊙ U_Kᵀ x)`` with ``U_K`` the lowest ``modes`` eigenvectors and ``g`` (K, C)
     initialised to zero, so the block is the identity at initialisation. This is the graph

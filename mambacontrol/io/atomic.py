@@ -30,7 +30,8 @@ def check_not_input(path: str | os.PathLike, inputs: Iterable[str | os.PathLike]
         src_path = Path(src)
         if out.resolve() == src_path.resolve() or _same_file(out, src_path):
             raise InputFileError(
-                f"{out}: output would overwrite the input file {src_path}; choose another output path"
+                f"{out}: output would overwrite the input file {src_path}; "
+                "choose another output path"
             )
 
 
@@ -42,7 +43,8 @@ def temp_path_for(path: Path) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = ()) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike,
+                inputs: Iterable[str | os.PathLike] = ()) -> Iterator[Path]:
     """Yield a temporary path to write; on success it is renamed onto ``path`` in one step.
 
     On error the temporary file is removed and ``path`` is left as it was.
@@ -75,23 +77,37 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes,
     return Path(path)
 
 
-def replace_dir(staged: str | os.PathLike, target: str | os.PathLike) -> Path:
-    """Move a finished folder ``staged`` onto ``target`` (a sibling on the same file system).
+def remove_path(path: str | os.PathLike) -> None:
+    """Delete a file, a symbolic link (not what it points to) or a folder tree; a missing path is
+    fine."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
 
-    An existing ``target`` is first renamed aside and deleted only once ``staged`` is in its place,
-    so at every moment one complete version exists; should the second rename fail, the old one is
-    put back.
+
+def replace_dir(staged: str | os.PathLike, target: str | os.PathLike,
+                aside: str | os.PathLike | None = None) -> Path:
+    """Move a finished folder (or file) ``staged`` onto ``target`` (a sibling on the same file
+    system).
+
+    An existing ``target`` is first renamed to ``aside`` (default: a hidden ``.<name>.<id>.old``
+    beside it) and deleted only once ``staged`` is in its place, so at every moment one complete
+    version exists; should the second rename fail, the old one is put back.
     """
     staged, target = Path(staged), Path(target)
-    if not target.exists():
+    if not (target.exists() or target.is_symlink()):
         os.replace(staged, target)
         return target
-    old = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.old")
+    old = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.old") if aside is None \
+        else Path(aside)
     os.replace(target, old)
     try:
         os.replace(staged, target)
     except BaseException:
         os.replace(old, target)
         raise
-    shutil.rmtree(old, ignore_errors=True)
+    remove_path(old)
     return target

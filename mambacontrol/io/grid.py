@@ -46,7 +46,8 @@ class Grid:
 
 
 def to_ras(volume: Volume) -> Volume:
-    """Reorient to the closest canonical (RAS+) voxel order; data are permuted/flipped, not resampled."""
+    """Reorient to the closest canonical (RAS+) voxel order; data are permuted/flipped, not
+    resampled."""
     img = nib.as_closest_canonical(nib.Nifti1Image(volume.data, volume.affine))
     return Volume(np.asarray(img.dataobj), np.asarray(img.affine, dtype=np.float64), volume.path)
 

@@ -36,7 +36,8 @@ LIMITS: dict[str, Limit] = {lim.name: lim for lim in (
     # a 0.5 mm isotropic whole head (512 x 512 x 400) is about 1.1e8 voxels
     Limit("max_voxels", 2.0 ** 28, "voxels in one image, as its header declares them"),
     # BrLP's UNet, the largest peer network, has 5.5e8 parameters
-    Limit("max_model_parameters", 2.0e9, "parameters of one model component, as its config builds it"),
+    Limit("max_model_parameters", 2.0e9,
+          "parameters of one model component, as its config builds it"),
     Limit("max_samples", 256, "samples averaged per prediction"),
     Limit("max_steps", 1000, "sampler steps per sample"),
 )}
@@ -45,7 +46,8 @@ _overrides: dict[str, float] = {}
 
 
 def limit(name: str) -> float:
-    """The current value of a limit: a ``--limit`` override, else the environment, else the default."""
+    """The current value of a limit: a ``--limit`` override, else the environment, else the
+    default."""
     spec = LIMITS[name]
     if name in _overrides:
         return _overrides[name]
@@ -93,5 +95,5 @@ def check_limit(name: str, value: float, subject: str) -> None:
     if value > bound:
         spec = LIMITS[name]
         raise ResourceLimitError(
-            f"{subject} ({value:.3g}), above the limit {name} = {bound:.3g} ({spec.what}); if this is "
-            f"intended, raise it with --limit {name}=N or ${spec.env}")
+            f"{subject} ({value:.3g}), above the limit {name} = {bound:.3g} ({spec.what}); if "
+            f"this is intended, raise it with --limit {name}=N or ${spec.env}")

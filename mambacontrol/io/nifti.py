@@ -71,7 +71,8 @@ def _open_image(path: Path):
     except nib.filebasedimages.ImageFileError as exc:
         raise _fail(path, f"not a NIfTI file ({exc})", "give a .nii or .nii.gz file") from None
     except (EOFError, OSError, zlib.error, gzip.BadGzipFile, ValueError) as exc:
-        raise _fail(path, f"corrupt or truncated file ({exc})", "re-export or re-copy the scan") from None
+        raise _fail(path, f"corrupt or truncated file ({exc})",
+                    "re-export or re-copy the scan") from None
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise _fail(path, f"is a {type(img).__name__}, not a NIfTI image", "convert it to NIfTI")
     shape = tuple(int(s) for s in img.shape)
@@ -109,7 +110,8 @@ def _read_image(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
     try:
         data = np.asarray(img.dataobj)
     except (EOFError, OSError, zlib.error, gzip.BadGzipFile, ValueError) as exc:
-        raise _fail(path, f"corrupt or truncated file ({exc})", "re-export or re-copy the scan") from None
+        raise _fail(path, f"corrupt or truncated file ({exc})",
+                    "re-export or re-copy the scan") from None
     zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
     return data, np.asarray(img.affine, dtype=np.float64), zooms
 
@@ -120,7 +122,8 @@ def _check_geometry(path: Path, shape: tuple[int, ...], zooms: tuple[float, ...]
         raise _fail(path, f"has a degenerate shape {shape}", "give a 3D scan")
     if not all(MIN_VOXEL_MM <= z <= MAX_VOXEL_MM for z in zooms):
         raise _fail(path, f"implausible voxel size {'×'.join(f'{z:g}' for z in zooms)} mm",
-                    f"voxel sizes must lie in [{MIN_VOXEL_MM}, {MAX_VOXEL_MM}] mm: check pixdim and units")
+                    f"voxel sizes must lie in [{MIN_VOXEL_MM}, {MAX_VOXEL_MM}] mm: check pixdim "
+                    "and units")
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
         raise _fail(path, "has a singular or non-finite affine", "fix the header's qform/sform")
 
@@ -188,7 +191,8 @@ def save_nifti(path: str | os.PathLike, data: np.ndarray, affine: np.ndarray, *,
         dtype: on-disk data type.
         inputs: files this output must not overwrite.
     """
-    img = nib.Nifti1Image(np.asarray(data).astype(dtype, copy=False), np.asarray(affine, dtype=np.float64))
+    img = nib.Nifti1Image(np.asarray(data).astype(dtype, copy=False),
+                          np.asarray(affine, dtype=np.float64))
     img.header.set_xyzt_units("mm")
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)

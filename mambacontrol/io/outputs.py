@@ -8,10 +8,10 @@ goes through :class:`OutputFolder`, which enforces one set of rules:
 - A lock file (``.mambacontrol.lock``) keeps a second command from writing into the same folder
   at the same time; a lock left by a process that no longer runs on this host is taken over.
 - A marker (``.mambacontrol-output.json``, written with the first entry) records which command
-  owns the folder and every entry (top-level file or folder) it created. A non-empty folder is refused unless it is the same
-  command's own earlier output and the command resumes (batch predict, train) or ``--overwrite``
-  is given. ``--overwrite`` replaces only entries the marker lists; anything else in the folder is
-  never replaced or deleted.
+  owns the folder and every entry (top-level file or folder) it created. A non-empty folder is
+  refused unless it is the same command's own earlier output and the command resumes (batch predict,
+  train) or ``--overwrite`` is given. ``--overwrite`` replaces only entries the marker lists;
+  anything else in the folder is never replaced or deleted.
 - Work is staged in hidden ``.staging-*`` folders inside ``--out`` and moved into place one entry
   at a time (a rename), so a failure leaves earlier entries as they were and nothing
   half-written; a folder the command created and never filled is removed again.
@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import socket
 import time
 import uuid
@@ -30,7 +29,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from mambacontrol.errors import InputFileError
-from mambacontrol.io.atomic import write_text_atomic
+from mambacontrol.io.atomic import remove_path, replace_dir, write_text_atomic
 
 MARKER = ".mambacontrol-output.json"
 LOCK = ".mambacontrol.lock"
@@ -180,8 +179,9 @@ class OutputFolder:
                     continue
                 raise OutputFolderError(
                     f"--out {self.path}: another `mambacontrol {holder.get('command', '?')}` (pid "
-                    f"{holder.get('pid', '?')} on {holder.get('host', '?')}) is writing there; wait "
-                    f"for it to finish or choose another --out (if none runs, delete {lock})") from None
+                    f"{holder.get('pid', '?')} on {holder.get('host', '?')}) is writing there; "
+                    "wait for it to finish or choose another --out (if none runs, delete "
+                    f"{lock})") from None
             except OSError as exc:
                 raise OutputFolderError(f"--out {self.path}: cannot write there ({exc.strerror}); "
                                         "choose a writable --out") from None
@@ -217,25 +217,26 @@ class OutputFolder:
             marker = {"command": self.command, "entries": present}
         if marker is None and not present:  # new, or left empty by a run of ours that died
             for stale in self.path.glob(f"{STAGING}*"):
-                _remove(stale)
+                remove_path(stale)
         if marker is None:
             if present and not overwrite:
                 raise OutputFolderError(
-                    f"--out {self.path}: is not empty and holds no mambacontrol output ({len(present)} "
-                    f"entries, e.g. '{present[0]}'); choose a new or empty --out, or pass "
-                    "--overwrite to write beside them (nothing there is replaced or deleted)")
+                    f"--out {self.path}: is not empty and holds no mambacontrol output "
+                    f"({len(present)} entries, e.g. '{present[0]}'); choose a new or empty --out, "
+                    "or pass --overwrite to write beside them (nothing there is replaced or "
+                    "deleted)")
         elif marker["command"] != self.command:
             raise OutputFolderError(
-                f"--out {self.path}: holds the output of `mambacontrol {marker['command']}`, not of "
-                f"`{self.command}`; choose another --out")
+                f"--out {self.path}: holds the output of `mambacontrol {marker['command']}`, "
+                f"not of `{self.command}`; choose another --out")
         else:
             self.entries = set(marker["entries"]) & set(present)
             if self.entries and not (resume or overwrite):
                 raise OutputFolderError(
-                    f"--out {self.path}: holds an earlier `mambacontrol {self.command}` output; pass "
-                    "--overwrite to replace it, or choose another --out")
+                    f"--out {self.path}: holds an earlier `mambacontrol {self.command}` output; "
+                    "pass --overwrite to replace it, or choose another --out")
             for stale in self.path.glob(f"{STAGING}*"):  # left by a run of ours that was killed
-                _remove(stale)
+                remove_path(stale)
             if self.entries:
                 self._write_marker()
 
@@ -249,8 +250,8 @@ class OutputFolder:
             marker = None
         if (not isinstance(marker, dict) or not isinstance(marker.get("command"), str)
                 or not isinstance(marker.get("entries"), list)):
-            raise OutputFolderError(f"--out {self.path}: its {MARKER} is unreadable; choose another "
-                                    "--out (or delete the marker if the folder is yours)")
+            raise OutputFolderError(f"--out {self.path}: its {MARKER} is unreadable; choose "
+                                    "another --out (or delete the marker if the folder is yours)")
         return marker
 
     def _write_marker(self) -> None:
@@ -281,25 +282,14 @@ class OutputFolder:
         try:
             yield tmp
         finally:
-            _remove(tmp)
+            remove_path(tmp)
 
     def commit(self, source: Path, name: str) -> Path:
         """Move ``source`` (a staged file or folder) into place as ``name``, replacing only the
         command's own earlier entry of that name."""
         self.check_free([name])
-        target = self.path / name
-        old = None
-        if target.exists() or target.is_symlink():
-            old = self.path / f"{STAGING}old-{uuid.uuid4().hex[:8]}"
-            os.replace(target, old)
-        try:
-            os.replace(source, target)
-        except BaseException:
-            if old is not None:
-                os.replace(old, target)
-            raise
-        if old is not None:
-            _remove(old)
+        target = replace_dir(source, self.path / name,
+                             aside=self.path / f"{STAGING}old-{uuid.uuid4().hex[:8]}")
         self.record(name)
         return target
 
@@ -338,20 +328,21 @@ class OutputFolder:
         keep = set(keep)
         gone = [e for e in self.entries if e not in keep]
         for name in gone:
-            _remove(self.path / name)
+            remove_path(self.path / name)
             self.entries.discard(name)
         if gone:
             self._write_marker()
 
     # ---- releasing --------------------------------------------------------------------------
     def release(self, failed: bool = False) -> None:
-        """Drop the lock. After a failure, a folder this claim created and never filled is removed."""
+        """Drop the lock. After a failure, a folder this claim created and never filled is
+        removed."""
         if failed and self.created and not self.entries:
             for name in _OWN_FILES:
                 with contextlib.suppress(FileNotFoundError):
                     (self.path / name).unlink()
             for stale in self.path.glob(f"{STAGING}*"):
-                _remove(stale)
+                remove_path(stale)
             with contextlib.suppress(OSError):
                 self.path.rmdir()  # only when empty: never deletes anything else
             self._locked = False
@@ -372,11 +363,3 @@ def _check_entry_name(name: str) -> None:
     if not name or name in (".", "..") or "/" in name or os.sep in name or name in _OWN_FILES \
             or name.startswith(STAGING):
         raise ValueError(f"'{name}' is not a plain entry name of an output folder")
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()

@@ -52,7 +52,8 @@ class Mamba(nn.Module):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}={value!r} must be a positive integer")
         if not expand > 0 or int(expand * d_model) < 1:
-            raise ValueError(f"expand={expand!r} must be positive (inner width expand * d_model >= 1)")
+            raise ValueError(
+                f"expand={expand!r} must be positive (inner width expand * d_model >= 1)")
         if dt_rank != "auto" and (not isinstance(dt_rank, int) or dt_rank < 1):
             raise ValueError(f"dt_rank={dt_rank!r} must be 'auto' or a positive integer")
         if not 0 < dt_min <= dt_max:

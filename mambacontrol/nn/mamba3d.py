@@ -51,8 +51,8 @@ class MambaBlock3d(nn.Module):
             MambaControlError: ``x`` is not 5-D with ``channels`` channels.
         """
         if x.dim() != 5 or x.shape[1] != self.channels:
-            raise MambaControlError(f"MambaBlock3d got shape {tuple(x.shape)}; needs (B, C, X, Y, Z) "
-                                    f"with C = {self.channels}")
+            raise MambaControlError(f"MambaBlock3d got shape {tuple(x.shape)}; needs "
+                                    f"(B, C, X, Y, Z) with C = {self.channels}")
         batch, channels, *grid = x.shape
         length, count = grid[0] * grid[1] * grid[2], len(self.directions)
         gather, merge = stacked_orders(tuple(grid), self.directions, x.device)

@@ -223,7 +223,8 @@ class ChunkedScan(torch.autograd.Function):
         At = A.reshape(groups, heads, dstate).transpose(1, 2).contiguous()  # (G, N, H)
         D2 = None if D is None else D.view(groups, heads)
         out = new_steps_outer(u4)
-        starts = u.new_empty(bt, padded // chunk + 1, groups, dstate, heads)  # state entering chunks
+        # the state entering each chunk
+        starts = u.new_empty(bt, padded // chunk + 1, groups, dstate, heads)
         starts[:, 0] = 0
         work = _Workspace(u, 2, bt * dim * dstate * segment)
         for start in range(0, padded, segment):

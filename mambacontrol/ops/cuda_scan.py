@@ -20,15 +20,18 @@ KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 @functools.cache
 def load_kernel() -> Callable | None:
-    """mamba-ssm's ``selective_scan_fn``, or None when mamba-ssm or its CUDA extension is missing."""
+    """mamba-ssm's ``selective_scan_fn``, or None when mamba-ssm or its CUDA extension is
+    missing."""
     try:
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
-    except (ImportError, OSError) as exc:  # missing package, or an extension built for another torch
+    # a missing package, or an extension built for another torch
+    except (ImportError, OSError) as exc:
         logger.debug("mamba-ssm's selective scan is unavailable: %s", exc)
         return None
     return selective_scan_fn
 
 
 def kernel_usable(u: torch.Tensor) -> bool:
-    """True when the kernel can run on ``u``: on a CUDA device, a supported dtype, mamba-ssm importable."""
+    """True when the kernel can run on ``u``: on a CUDA device, a supported dtype, mamba-ssm
+    importable."""
     return u.is_cuda and u.dtype in KERNEL_DTYPES and load_kernel() is not None

@@ -32,7 +32,8 @@ BACKENDS = ("auto", "cuda", "torch", "sequential")
 def check_backend(backend: str) -> str:
     """Return ``backend`` if it names a backend, else raise ``ValueError`` listing them."""
     if backend not in BACKENDS:
-        raise ValueError(f"backend={backend!r} is not a selective-scan backend; use one of {BACKENDS}")
+        raise ValueError(f"backend={backend!r} is not a selective-scan backend; use one of "
+                         f"{BACKENDS}")
     return backend
 
 
@@ -128,7 +129,8 @@ def _sequential_with_options(u, delta, A, B, C, D, z, delta_bias, delta_softplus
     return y, last
 
 
-def sequential_scan(u: Tensor, delta: Tensor, A: Tensor, Bm: Tensor, Cm: Tensor) -> tuple[Tensor, Tensor]:
+def sequential_scan(u: Tensor, delta: Tensor, A: Tensor, Bm: Tensor,
+                    Cm: Tensor) -> tuple[Tensor, Tensor]:
     """Step-by-step scan (the reference): u, delta (Bt, D, L), A (D, N), B, C (Bt, G, N, L).
 
     Returns:
@@ -175,8 +177,8 @@ def _check_shapes(u, delta, A, B, C, D, z, delta_bias) -> None:
         expected = {3: (batch, dstate, length), 4: (batch, groups, dstate, length)}.get(m.dim())
         if expected is None or tuple(m.shape) != expected or dim % groups:
             raise MambaControlError(
-                f"{name} has shape {tuple(m.shape)}; needs (B, N, L) = ({batch}, {dstate}, {length}) "
-                f"or (B, G, N, L) with G dividing D = {dim}")
+                f"{name} has shape {tuple(m.shape)}; needs (B, N, L) = "
+                f"({batch}, {dstate}, {length}) or (B, G, N, L) with G dividing D = {dim}")
     for name, v in (("D", D), ("delta_bias", delta_bias)):
         if v is not None and tuple(v.shape) != (dim,):
             raise MambaControlError(f"{name} has shape {tuple(v.shape)}; needs (D,) = ({dim},)")

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
 
-from mambacontrol.io import write_bytes_atomic
+from mambacontrol.io.figures import mask_centre, new_figure, save_png
 
 
 def _planes(volume: np.ndarray, centre: tuple[int, int, int]) -> list[np.ndarray]:
@@ -26,17 +25,13 @@ def prediction_montage(baseline: np.ndarray, prediction: np.ndarray, mask: np.nd
         path: output PNG.
         title: figure title.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    idx = np.argwhere(mask)
-    centre = tuple(int(v) for v in (idx.mean(0) if len(idx) else np.array(baseline.shape) // 2))
+    centre = mask_centre(mask)
+    centre = tuple(int(v) for v in (np.array(baseline.shape) // 2 if centre is None else centre))
     change = np.where(mask, prediction - baseline, 0.0)
     lim = float(np.percentile(np.abs(change[mask]), 99.5)) if mask.any() else 1.0
     lim = lim if lim > 0 else 1e-3
-    fig, axes = plt.subplots(3, 3, figsize=(9, 9))
+    fig = new_figure((9, 9))
+    axes = fig.subplots(3, 3)
     for row, (b, p, c) in enumerate(zip(_planes(baseline, centre), _planes(prediction, centre),
                                         _planes(change, centre))):
         axes[row, 0].imshow(b, cmap="gray", vmin=0, vmax=1)
@@ -49,7 +44,4 @@ def prediction_montage(baseline: np.ndarray, prediction: np.ndarray, mask: np.nd
     fig.colorbar(im, ax=axes[:, 2], shrink=0.6, label="intensity change")
     if title:
         fig.suptitle(title)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, metadata={"Software": None})
-    plt.close(fig)
-    return write_bytes_atomic(path, buf.getvalue())
+    return save_png(fig, path, dpi=90)

@@ -14,9 +14,9 @@ nothing else here touches ANTs' physical space. ``import mambacontrol`` does not
 importing this subpackage does.
 
 Determinism: every registration takes a seed (passed to ANTs as ``ANTS_RANDOM_SEED``, seed + 1
-because ANTs takes 0 to mean "seed from the clock"). The affine stages use global correlation and the SyN
-stages Mattes mutual information with dense sampling; with a fixed seed both repeat bitwise on
-the same machine with the same number of ITK threads. ITK reads
+because ANTs takes 0 to mean "seed from the clock"). The affine stages use global correlation and
+the SyN stages Mattes mutual information with dense sampling; with a fixed seed both repeat bitwise
+on the same machine with the same number of ITK threads. ITK reads
 ``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS`` once, when it first runs; a different thread count moves
 the affine result by about 0.05 mm (Mattes with random sampling, ANTs' default for affine stages,
 did not repeat even with a fixed seed on 2 threads, hence global correlation).

@@ -95,7 +95,8 @@ def template_similarity(image: np.ndarray, atlas: Atlas) -> float:
         image: (X, Y, Z) on ``atlas.grid``.
     """
     if tuple(image.shape) != tuple(atlas.grid.shape):
-        raise ValueError(f"image shape {image.shape} differs from the atlas grid {atlas.grid.shape}")
+        raise ValueError(
+            f"image shape {image.shape} differs from the atlas grid {atlas.grid.shape}")
     sigma = SIMILARITY_SMOOTHING_MM / atlas.spacing
     a = ndimage.gaussian_filter(np.asarray(image, dtype=np.float32), sigma)[atlas.mask]
     b = ndimage.gaussian_filter(np.asarray(atlas.template, dtype=np.float32), sigma)[atlas.mask]

@@ -40,7 +40,8 @@ class SyNSettings:
         if self.metric not in ("meansquares", "mattes", "CC"):
             raise ValueError(f"metric '{self.metric}' is not one of meansquares, mattes, CC")
         if not self.iterations or min(self.iterations) < 0:
-            raise ValueError(f"iterations {self.iterations} must be a non-empty list of counts >= 0")
+            raise ValueError(
+                f"iterations {self.iterations} must be a non-empty list of counts >= 0")
 
     def ants_kwargs(self) -> dict:
         sampling = {"meansquares": 0, "mattes": 32, "CC": 2}[self.metric]
@@ -113,7 +114,8 @@ def syn_registration(fixed: np.ndarray, moving: np.ndarray, affine: np.ndarray,
 
 def uncrop(values: np.ndarray, shape: tuple[int, ...], box: tuple[slice, slice, slice],
            fill: float) -> np.ndarray:
-    """Place an array computed on ``box`` back into a full array of ``shape`` filled with ``fill``."""
+    """Place an array computed on ``box`` back into a full array of ``shape`` filled with
+    ``fill``."""
     out = np.full(shape, fill, dtype=values.dtype)
     out[box] = values
     return out

@@ -1,4 +1,5 @@
-"""Atlas label propagation: deformable registration of the template to an image on the atlas grid."""
+"""Atlas label propagation: deformable registration of the template to an image on the atlas
+grid."""
 
 from __future__ import annotations
 

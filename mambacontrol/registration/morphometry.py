@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import ants
 import numpy as np
 
+from mambacontrol.data.change import percent_change
 from mambacontrol.io import Grid
 from mambacontrol.registration.deformable import SyNSettings, syn_registration, uncrop
 
@@ -52,7 +53,7 @@ class RegionalVolumes:
         """(R,) change from the baseline to the other image, in % of the baseline volume
         (NaN for a region absent from the baseline)."""
         with np.errstate(divide="ignore", invalid="ignore"):
-            return 100.0 * (self.other_mm3 / self.baseline_mm3 - 1.0)
+            return percent_change(self.other_mm3, self.baseline_mm3)
 
     def as_dict(self) -> dict[int, tuple[float, float]]:
         """``{label: (baseline mm³, other mm³)}``."""
@@ -89,7 +90,8 @@ def measure_regional_volumes(baseline: np.ndarray, other: np.ndarray,
     Returns:
         Baseline and other volumes per region, and the Jacobian map.
     """
-    for name, arr in (("baseline", baseline), ("other", other), ("baseline_labels", baseline_labels)):
+    for name, arr in (("baseline", baseline), ("other", other),
+                      ("baseline_labels", baseline_labels)):
         if tuple(np.shape(arr)) != tuple(grid.shape):
             raise ValueError(f"{name} shape {np.shape(arr)} differs from the grid {grid.shape}")
     labels = np.asarray(baseline_labels)
@@ -106,6 +108,7 @@ def measure_regional_volumes(baseline: np.ndarray, other: np.ndarray,
     size = max(int(labels.max()), int(ids.max())) + 1
     flat = labels.ravel()
     base = np.bincount(flat, minlength=size)[ids] * voxel
-    warped = np.bincount(flat, weights=jacobian.ravel().astype(np.float64), minlength=size)[ids] * voxel
+    warped = np.bincount(flat, weights=jacobian.ravel().astype(np.float64),
+                         minlength=size)[ids] * voxel
     log.info("measured %d regional volumes in %.1f s", len(ids), time.perf_counter() - start)
     return RegionalVolumes(tuple(int(i) for i in ids), base.astype(np.float64), warped, jacobian)

@@ -46,7 +46,7 @@ class AppearanceModel:
 
     def subject_bias(self, shape: tuple[int, int, int], rng: np.random.Generator) -> np.ndarray:
         """The subject's bias field on the whole grid, (X, Y, Z) float32 around 1."""
-        from monai.transforms import RandBiasField
+        from monai.transforms import RandBiasField  # lazy: MONAI takes seconds to import
 
         bias = RandBiasField(degree=self.bias_degree, coeff_range=(0.0, self.bias_coeff), prob=1.0)
         bias.set_random_state(seed=int(rng.integers(2**31)))
@@ -66,23 +66,26 @@ class AppearanceModel:
         Returns:
             (X, Y, Z) float32 normalised image, zero outside ``mask``.
         """
-        from mambacontrol.ops.threads import torch_threads
+        from mambacontrol.ops.threads import torch_threads  # lazy: torch, only to render
 
         with torch_threads(1):  # torch rounds elementwise maths differently per thread split
             return self._render(image, mask, gamma, bias_field, rng)
 
     def _render(self, image: np.ndarray, mask: np.ndarray, gamma: float, bias_field: np.ndarray,
                 rng: np.random.Generator) -> np.ndarray:
+        # lazy: MONAI takes seconds to import
         from monai.transforms import AdjustContrast, RandBiasField, RandRicianNoise
 
         box = _bounding_box(mask, margin=2)
         x = np.clip(image[box], 0.0, None)[None].astype(np.float32)
         visit_gamma = gamma * float(np.exp(rng.normal(0.0, self.gamma_jitter)))
         x = np.asarray(AdjustContrast(visit_gamma)(x)) * bias_field[box][None]
-        bias = RandBiasField(degree=self.bias_degree, coeff_range=(0.0, self.visit_bias_coeff), prob=1.0)
+        bias = RandBiasField(degree=self.bias_degree,
+                             coeff_range=(0.0, self.visit_bias_coeff), prob=1.0)
         bias.set_random_state(seed=int(rng.integers(2**31)))
         x = np.asarray(bias(x))
-        noise = RandRicianNoise(prob=1.0, std=float(rng.uniform(*self.noise_range)), sample_std=False)
+        noise = RandRicianNoise(prob=1.0, std=float(rng.uniform(*self.noise_range)),
+                                sample_std=False)
         noise.set_random_state(seed=int(rng.integers(2**31)))
         x = np.asarray(noise(x))
         out = np.zeros(image.shape, dtype=np.float32)

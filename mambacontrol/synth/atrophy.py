@@ -221,6 +221,7 @@ class AtrophySimulator:
             coef[self.free] += self._solve(ratio - realised, np.zeros_like(coef), None)
         if error >= tolerance:
             log.log(logging.WARNING if error > WARN_ERROR else logging.DEBUG,
-                    "regional calibration stopped at %.1f %% error after %d rounds", 100 * error, rounds)
+                    "regional calibration stopped at %.1f %% error after %d rounds",
+                    100 * error, rounds)
         self._coef, self._coef_target = coef.copy(), change
         return Deformation(u, forward, jac, volumes, error, rounds, max_gradient_norm(u))

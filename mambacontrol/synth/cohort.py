@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from mambacontrol._version import __version__
 from mambacontrol.atlas import load_atlas
 from mambacontrol.data import Manifest, Visit
+from mambacontrol.data.change import percent_change
 from mambacontrol.errors import ConfigError
 from mambacontrol.io import OutputFolder, save_nifti, write_json
 from mambacontrol.synth.plan import CohortDesign, SubjectPlan, plan_cohort
@@ -47,7 +48,8 @@ _CONTEXTS: dict[tuple[str, str], GridContext] = {}
 
 
 def grid_for_spacing(spacing: str | float) -> str:
-    """Atlas grid name for a spacing in mm (``2`` → ``2mm``, ``1.5`` → ``1p5mm``, ``4`` → ``4mm``)."""
+    """Atlas grid name for a spacing in mm (``2`` → ``2mm``, ``1.5`` → ``1p5mm``, ``4`` →
+    ``4mm``)."""
     key = f"{float(spacing):g}" if not isinstance(spacing, str) else spacing.strip().rstrip("m")
     if key not in SPACING_GRIDS:
         raise ConfigError(f"spacing '{spacing}' is not available; choose one of "
@@ -63,7 +65,7 @@ def _context(config: SynthConfig) -> GridContext:
 
 
 def _init_worker() -> None:
-    import torch
+    import torch  # lazy: `import mambacontrol.synth` stays free of torch
 
     torch.set_num_threads(1)
 
@@ -134,9 +136,9 @@ def _visit_checks(visit: SimulatedVisit, baseline: SimulatedVisit, ctx: GridCont
         b, bpv = baseline.volumes[ids].sum(), baseline.pv_volumes[ids].sum()
         target = (np.exp(visit.prescribed_log_ratio[ids]) * baseline.volumes[ids]).sum() / b
         checks["change_pct"][key] = {
-            "prescribed": _round(100 * float(target - 1.0), 5),
-            "realised": _round(100 * float(visit.volumes[ids].sum() / b - 1.0), 5),
-            "partial_volume": _round(100 * float(visit.pv_volumes[ids].sum() / bpv - 1.0), 5)}
+            "prescribed": _round(float(percent_change(target)), 5),
+            "realised": _round(float(percent_change(visit.volumes[ids].sum(), b)), 5),
+            "partial_volume": _round(float(percent_change(visit.pv_volumes[ids].sum(), bpv)), 5)}
     return checks
 
 
@@ -150,8 +152,10 @@ def _pre_baseline(sim: SubjectSimulator, ctx: GridContext) -> dict:
     for key, labels in ctx.atlas.key_groups.items():
         ids = [index[lab] for lab in labels]
         reference = sim.reference_volumes[ids].sum()
-        change[key] = {"prescribed": _round(100 * float(prescribed[ids].sum() / reference - 1.0), 5),
-                       "realised": _round(100 * float(sim.baseline_volumes[ids].sum() / reference - 1.0), 5)}
+        realised = sim.baseline_volumes[ids].sum()
+        change[key] = {"prescribed": _round(float(percent_change(prescribed[ids].sum(),
+                                                                 reference)), 5),
+                       "realised": _round(float(percent_change(realised, reference)), 5)}
     return {"years": sim.plan.pre_baseline_years(), "steps": history.steps,
             "max_gradient_norm": _round(history.max_gradient_norm, 4),
             "calibration_error": _round(history.calibration_error, 4),
@@ -295,15 +299,17 @@ def _write_cohort(folder: OutputFolder, plans: list[SubjectPlan], atlas, config:
         folder.record(plan.subject_id)
     results = _run(plans, out.resolve(), config, workers)
     visits_list = [Visit(row["subject_id"], row["image_uid"], Path(row["image_path"]), row["age"],
-                         row["sex"], row["diagnosis"], row["split"], Path(row["segm_path"]), row["extra"])
+                         row["sex"], row["diagnosis"], row["split"],
+                         Path(row["segm_path"]), row["extra"])
                    for result in results for row in result["rows"]]
     folder.record("manifest.csv")
     Manifest(visits_list).to_csv(out / "manifest.csv")
     meta = {"generator": "mambacontrol.synth", "mambacontrol_version": __version__, "seed": seed,
             "atlas": {"id": atlas.id, "grid": atlas.grid_name, "checksum": atlas.checksum},
             "truth": ("vol_* = integral of the Jacobian determinant of the template-to-visit map "
-                      "(subject shape, then the atrophy before baseline, then the progression since) "
-                      "over each template region (mm3); rate_* = prescribed annual % change of the "
+                      "(subject shape, then the atrophy before baseline, then the progression "
+                      "since) over each template region (mm3); rate_* = prescribed annual % "
+                      "change of the "
                       + ("group at the baseline diagnosis, the same rates before and after baseline"
                          if config.dynamics == "independent" else
                          "group at baseline; under network dynamics the rates follow the pathology "
@@ -314,7 +320,7 @@ def _write_cohort(folder: OutputFolder, plans: list[SubjectPlan], atlas, config:
     write_json(out / "cohort.json", meta, indent=1)
     manifest = Manifest.from_csv(out / "manifest.csv")
     if figure:
-        from mambacontrol.synth.overview import plot_overview
+        from mambacontrol.synth.overview import plot_overview  # lazy: matplotlib, when asked
 
         folder.record("overview.png")
         plot_overview(manifest, out / "overview.png", atlas)

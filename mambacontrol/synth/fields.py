@@ -1,4 +1,5 @@
-"""Dense displacement fields on a voxel grid: sampling, composition, exponentials, Jacobians, inverses.
+"""Dense displacement fields on a voxel grid: sampling, composition, exponentials, Jacobians,
+inverses.
 
 Conventions: a map ``M`` is stored as its displacement ``d`` with ``M(y) = y + d(y)``; ``d`` has
 shape ``(3, X, Y, Z)`` in voxel units of the grid it lives on; point sets are ``(3, ...)`` arrays of
@@ -80,7 +81,8 @@ def jacobian_matrix(disp: np.ndarray) -> list[list[np.ndarray]]:
 
 
 def jacobian_determinant(disp: np.ndarray) -> np.ndarray:
-    """Jacobian determinant of ``y -> y + d(y)``, (X, Y, Z), central differences (one-sided at edges)."""
+    """Jacobian determinant of ``y -> y + d(y)``, (X, Y, Z), central differences (one-sided at
+    edges)."""
     m = jacobian_matrix(disp)
     return (m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1])
             - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])

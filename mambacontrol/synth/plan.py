@@ -73,17 +73,20 @@ class CohortDesign:
         if not 2 <= lo <= hi <= 12:
             raise ValueError(f"visits={self.visits} must satisfy 2 <= fewest <= most <= 12")
         if self.max_years < self.min_gap * (hi - 1):
-            raise ValueError(f"max_years={self.max_years} cannot hold {hi} visits {self.min_gap} years apart")
+            raise ValueError(f"max_years={self.max_years} cannot hold {hi} visits {self.min_gap} "
+                             "years apart")
         for name in ("diagnosis_mix", "split"):
             fr = getattr(self, name)
             if len(fr) != 3 or min(fr) < 0 or not math.isclose(sum(fr), 1.0, abs_tol=1e-6):
                 raise ValueError(f"{name}={fr} must be three non-negative fractions summing to 1")
         if self.age_range[1] - self.age_range[0] <= self.max_years:
-            raise ValueError(f"age_range={self.age_range} is too narrow for max_years={self.max_years}")
+            raise ValueError(f"age_range={self.age_range} is too narrow for "
+                             f"max_years={self.max_years}")
         for name in ("mci_years", "ad_years"):
             lo_years, hi_years = getattr(self, name)
             if not 0 <= lo_years <= hi_years:
-                raise ValueError(f"{name}={getattr(self, name)} must be a range 0 <= shortest <= longest")
+                raise ValueError(f"{name}={getattr(self, name)} must be a range 0 <= shortest <= "
+                                 "longest")
 
 
 @dataclass(frozen=True)
@@ -155,7 +158,8 @@ class SubjectPlan:
 def subject_generators(seed: tuple[int, tuple[int, ...]]) -> dict[str, np.random.Generator]:
     """Independent generators of one subject, rebuilt from its seed (same in every process)."""
     ss = np.random.SeedSequence(seed[0], spawn_key=seed[1])
-    return {name: np.random.default_rng(child) for name, child in zip(SUBJECT_STREAMS, ss.spawn(len(SUBJECT_STREAMS)))}
+    return {name: np.random.default_rng(child)
+            for name, child in zip(SUBJECT_STREAMS, ss.spawn(len(SUBJECT_STREAMS)))}
 
 
 def largest_remainder(total: int, fractions: Sequence[float]) -> list[int]:
@@ -249,7 +253,8 @@ def plan_cohort(design: CohortDesign, seed: int) -> list[SubjectPlan]:
         sex = "F" if rng.random() < 0.5 else "M"
         years = _visit_years(rng, design)
         lo, hi = design.age_range[0], design.age_range[1] - years[-1]
-        age = float(np.clip(rng.normal(design.age_mean[DIAGNOSES.index(dx)], design.age_sd), lo, hi))
+        age = float(np.clip(rng.normal(design.age_mean[DIAGNOSES.index(dx)],
+                                       design.age_sd), lo, hi))
         timeline = _timeline(rng, design, dx, years[-1])
         history = _history(rng, design, dx, round(age, 2))
         plans.append(SubjectPlan(i, f"sub-{i + 1:0{width}d}", splits[i], sex, round(age, 2), dx,

@@ -29,7 +29,8 @@ class PoissonSolver:
         self._inverse_laplacian[0, 0, 0] = 0.0
         self._derivative = [np.sin(2.0 * np.pi * f).astype(np.float32) for f in axes]
         # divergence of the central-difference gradient, relative to f (a low-pass, at most 1)
-        self._transfer = (-sum(d * d for d in self._derivative) * self._inverse_laplacian).astype(np.float32)
+        self._transfer = (-sum(d * d for d in self._derivative)
+                          * self._inverse_laplacian).astype(np.float32)
 
     def gradient_of_potential(self, f: np.ndarray) -> np.ndarray:
         """``∇φ`` with ``Δφ = f - mean(f)``.
@@ -45,7 +46,8 @@ class PoissonSolver:
                          for d in self._derivative])
 
     def realised_divergence(self, f: np.ndarray) -> np.ndarray:
-        """Central-difference divergence of :meth:`gradient_of_potential` ``(f)``, computed spectrally.
+        """Central-difference divergence of :meth:`gradient_of_potential` ``(f)``, computed
+        spectrally.
 
         Args:
             f: (X, Y, Z) source.

@@ -114,7 +114,8 @@ class RateModel:
         disease = float(np.exp(_normal(rng, self.disease_sd, 1)[0]))
         age_factor = float(np.exp(self.age_slope * (age - self.age_reference)))
         sex_factor = self.female_factor if sex == "F" else self.male_factor
-        effect = sex_factor * np.exp(np.array([group_effect[r.group] for r in regions]) + region_effect)
+        effect = sex_factor * np.exp(np.array([group_effect[r.group]
+                                               for r in regions]) + region_effect)
         return SubjectEffects(effect, aging, disease, age_factor)
 
     def draw(self, rng: np.random.Generator, age: float, sex: str,

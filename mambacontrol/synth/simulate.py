@@ -104,7 +104,8 @@ class GridContext:
         return SpreadGraph(self.atlas)
 
     def reference_load(self, model: SpreadModel) -> np.ndarray:
-        """(R,) load of the reference typical subject (:func:`~mambacontrol.synth.spread.reference_load`)."""
+        """(R,) load of the reference typical subject
+        (:func:`~mambacontrol.synth.spread.reference_load`)."""
         return reference_load(self.spread_graph, model, (self.atlas.id, self.atlas.checksum))
 
     @cached_property
@@ -245,7 +246,8 @@ class SubjectSimulator:
         self.max_shift = (float(np.sqrt(((life.forward - self.anatomy.forward) ** 2)
                                         .sum(axis=0)).max()) if self.history.steps else 0.0)
         grid = identity(context.shape)
-        reference_mask = sample(context.mask, self.anatomy.inverse_at(grid), order=1, outside=0.0) > 0.5
+        reference_mask = sample(context.mask, self.anatomy.inverse_at(grid), order=1,
+                                outside=0.0) > 0.5
         self.roi = ndimage.binary_dilation(reference_mask, iterations=2 + math.ceil(self.max_shift))
         self._baseline_points, self._history_inverse_step = self.history.inverse_at(
             self.anatomy.inverse_at(grid[:, self.roi]))

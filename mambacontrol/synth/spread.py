@@ -110,7 +110,8 @@ class SpreadModel:
             raise ValueError("seeding and growth need one value per phase: preclinical, MCI, AD")
         lo, hi = self.preclinical_years
         if not 0 <= lo <= hi:
-            raise ValueError(f"preclinical_years={self.preclinical_years} must be a range 0 <= lo <= hi")
+            raise ValueError(f"preclinical_years={self.preclinical_years} must be a range 0 <= lo "
+                             "<= hi")
 
 
 class SpreadGraph:
@@ -130,6 +131,7 @@ class SpreadGraph:
     """
 
     def __init__(self, atlas: Atlas):
+        # lazy: graph.anatomy imports torch, which only network dynamics need
         from mambacontrol.graph.anatomy import AnatomyGraph
 
         graph = AnatomyGraph.from_atlas(atlas, "region", homologue_edges=False)
@@ -391,6 +393,7 @@ def draw_network_rates(rng: np.random.Generator, effects: SubjectEffects, graph:
     sex_factor = rate_model.female_factor if sex == "F" else rate_model.male_factor
     annual = ageing[None] + sex_factor * effects.disease * vulnerability[None] * load
     onsets = [t for t, s in life if s in ("MCI", "AD")]
-    seeded = {graph.regions[graph.grey[j]].label: round(float(v), 4) for j, v in enumerate(e) if v > 0}
+    seeded = {graph.regions[graph.grey[j]].label: round(float(v), 4) for j, v in enumerate(e)
+              if v > 0}
     return NetworkRates(tuple(r.label for r in graph.regions), times, annual, load, subtype, seeded,
                         round(beta, 5), round(preclinical, 3), min(onsets) if onsets else None)

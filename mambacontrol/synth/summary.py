@@ -1,4 +1,5 @@
-"""Summary of a synthetic cohort from its manifest: who is in it and how fast their regions change."""
+"""Summary of a synthetic cohort from its manifest: who is in it and how fast their regions
+change."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mambacontrol.data import DIAGNOSES, SPLITS, Manifest
+from mambacontrol.data.change import percent_change
 from mambacontrol.errors import ManifestError
 
 _REGION_COLUMN = re.compile(r"^vol_r\d+$")
@@ -46,7 +48,8 @@ class CohortSummary:
 
 
 def key_group_columns(manifest: Manifest) -> list[str]:
-    """Key groups with a ground-truth ``vol_<key>`` column (region columns ``vol_r<label>`` excluded)."""
+    """Key groups with a ground-truth ``vol_<key>`` column (region columns ``vol_r<label>``
+    excluded)."""
     first = manifest.visits[0].extra if len(manifest) else {}
     return [c[4:] for c in first if c.startswith("vol_") and not _REGION_COLUMN.match(c)]
 
@@ -76,14 +79,15 @@ def summarize_cohort(manifest: Manifest) -> CohortSummary:
             for g in groups:
                 first, last = float(vs[0].extra[f"vol_{g}"]), float(vs[-1].extra[f"vol_{g}"])
                 if span > 0 and first > 0:
-                    changes[g].append(100.0 * ((last / first) ** (1.0 / span) - 1.0))
+                    changes[g].append(percent_change((last / first) ** (1.0 / span)))
         rows.append(DiagnosisSummary(
             dx, len(members), sum(len(vs) for vs in members),
             float(np.mean(years)) if years else 0.0,
             sum(vs[-1].diagnosis != vs[0].diagnosis for vs in members),
             {g: float(np.mean(c)) if c else float("nan") for g, c in changes.items()}))
     splits = {s: len(manifest.select(s).subjects()) for s in SPLITS}
-    return CohortSummary(len(by_subject), len(manifest), len(manifest.pairs()), splits, groups, rows)
+    return CohortSummary(len(by_subject), len(manifest), len(manifest.pairs()),
+                         splits, groups, rows)
 
 
 def _cell(value: float) -> str:
@@ -102,7 +106,8 @@ def format_summary(summary: CohortSummary) -> str:
     header = f"  {'diagnosis':<9} {'subjects':>8} {'visits':>6} {'years':>5} {'converted':>9}"
     lines.append(header + "".join(f"  {n:>{w}}" for n, w in zip(names, widths)))
     for r in summary.rows:
-        cells = "".join(f"  {_cell(r.annual_change[g]):>{w}}" for g, w in zip(summary.groups, widths))
+        cells = "".join(f"  {_cell(r.annual_change[g]):>{w}}"
+                        for g, w in zip(summary.groups, widths))
         lines.append(f"  {r.diagnosis:<9} {r.subjects:>8} {r.visits:>6} {r.mean_years:>5.1f} "
                      f"{r.converted:>9}" + cells)
     return "\n".join(lines)

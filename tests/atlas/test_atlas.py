@@ -1,3 +1,5 @@
+import shutil
+
 import numpy as np
 import pytest
 
@@ -74,12 +76,11 @@ def test_unknown_atlas_and_grid():
 
 
 def test_checksum_detects_tampering(tmp_path, monkeypatch):
-    import shutil
-
     src = load_atlas().root
     dst = tmp_path / src.name
     shutil.copytree(src, dst)
-    (dst / "regions.csv").write_text((dst / "regions.csv").read_text().replace("Hippocampus", "Hippo"))
+    regions = dst / "regions.csv"
+    regions.write_text(regions.read_text().replace("Hippocampus", "Hippo"))
     monkeypatch.setenv("MAMBACONTROL_ATLAS_PATH", str(tmp_path))
     a = load_atlas()
     assert a.root == dst

@@ -69,7 +69,8 @@ def test_aseg_mapped_to_atlas_regions(atlas):
             got = set(np.unique(m.labels_atlas[aseg == fs_id]).tolist())
             assert len(got) == 1 and atlas.region(got.pop()).group == group
     # left is left: FreeSurfer's 4 is the left lateral ventricle, not the atlas's 4 (3rd ventricle)
-    assert set(np.unique(m.labels_atlas[aseg == 4])) == {atlas.labels_in_group("lateral ventricle")[1]}
+    left_ventricle = atlas.labels_in_group("lateral ventricle")[1]
+    assert set(np.unique(m.labels_atlas[aseg == 4])) == {left_ventricle}
     assert np.array_equal(np.isin(m.labels_atlas, hip), np.isin(atlas.labels, hip))
     assert np.array_equal(np.isin(m.labels_atlas, amy), np.isin(atlas.labels, amy))
     assert set(m.mapped_regions) >= set(hip + amy + atlas.key_groups["lateral_ventricles"])

@@ -6,14 +6,16 @@ from mambacontrol.cli.main import main
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "mambacontrol", *args], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "mambacontrol", *args],
+                          capture_output=True, text=True)
 
 
 def test_help_is_fast_and_light():
-    code = ("import sys, time; t = time.perf_counter(); from mambacontrol.cli.main import build_parser;"
+    code = ("import sys, time; t = time.perf_counter(); "
+            "from mambacontrol.cli.main import build_parser;"
             "build_parser().format_help(); dt = time.perf_counter() - t;"
-            "heavy = [m for m in ('torch', 'diffusers', 'torch_geometric', 'mamba_ssm', 'triton', 'monai')"
-            " if m in sys.modules]; print(dt, heavy)")
+            "heavy = [m for m in ('torch', 'diffusers', 'torch_geometric', 'mamba_ssm', 'triton', "
+            "'monai') if m in sys.modules]; print(dt, heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     dt, heavy = out.stdout.split(" ", 1)
     assert float(dt) < 1.0

@@ -1,5 +1,6 @@
 """Global flags anywhere, --threads, bundled config names, the licences (issue 18, part B)."""
 
+import argparse
 import importlib.util
 import json
 import subprocess
@@ -8,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+import mambacontrol.io.limits as limits
 from mambacontrol.atlas import load_atlas
-from mambacontrol.cli.main import build_parser, main
+from mambacontrol.cli.main import add_global_options, build_parser, main
 from mambacontrol.errors import ConfigError
 from mambacontrol.training.configs import bundled_config, resolve_config_path
 
@@ -35,8 +37,6 @@ def test_global_flags_before_or_after_the_command(argv):
 
 def test_flags_on_both_sides_all_count(monkeypatch, capsys):
     seen = []
-    import mambacontrol.io.limits as limits
-
     monkeypatch.setattr(limits, "set_limits", lambda given: seen.append(list(given)))
     assert main(["--limit", "max_steps=5", "atlas", "list", "-q", "--limit", "max_samples=7"]) == 0
     assert seen == [["max_steps=5", "max_samples=7"]]
@@ -108,7 +108,8 @@ def test_licence_file_metadata_and_atlas_info(capsys):
 
 
 def test_atlas_licence_is_what_the_build_script_writes():
-    spec = importlib.util.spec_from_file_location("build_atlas", ROOT / "atlases" / "build_atlas.py")
+    spec = importlib.util.spec_from_file_location("build_atlas",
+                                                  ROOT / "atlases" / "build_atlas.py")
     build = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(build)
     atlas = load_atlas()
@@ -122,10 +123,6 @@ def test_atlas_licence_is_what_the_build_script_writes():
 
 
 def test_a_commands_own_option_of_a_global_name_wins():
-    import argparse
-
-    from mambacontrol.cli.main import add_global_options
-
     parser = argparse.ArgumentParser()
     parser.add_argument("-q", dest="query")
     add_global_options(parser, top=False)

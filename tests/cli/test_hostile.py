@@ -10,9 +10,11 @@ import errno
 import gzip
 import json
 import shutil
+import socket
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import nibabel as nib
 import numpy as np
@@ -20,11 +22,14 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+import mambacontrol.cli.synth_cmd as synth_cmd
 from mambacontrol.atlas import load_atlas
 from mambacontrol.cli.main import main
 from mambacontrol.data import Manifest
-from mambacontrol.io import save_nifti
+from mambacontrol.evaluation.outputs import write_pairs_csv
+from mambacontrol.io import load_nifti, save_nifti
 from mambacontrol.io.outputs import LOCK, MARKER
+from tests.evaluation.fabricate import build_tiny_run
 
 FAST = ["--samples", "1", "--steps", "1", "--no-volumes"]
 
@@ -90,11 +95,10 @@ def test_concurrent_predict_on_one_out_is_refused(tiny_model, visit, tmp_path, c
     out.mkdir()
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        import socket
-
         (out / LOCK).write_text(json.dumps({"pid": other.pid, "host": socket.gethostname(),
                                             "command": "predict"}))
-        refused(capsys, predict_args(visit, tiny_model, out), f"pid {other.pid}", "is writing there")
+        refused(capsys, predict_args(visit, tiny_model, out), f"pid {other.pid}",
+                "is writing there")
         assert (out / LOCK).is_file()  # the other writer's lock stays
     finally:
         other.kill()
@@ -208,8 +212,6 @@ def test_oversized_header_is_refused_without_reading(tiny_model, tmp_path, capsy
 
 def test_trailing_gzip_bomb_is_never_decompressed(tmp_path):
     """nibabel reads only the bytes the header declares: 1 GB of zeros after them cost nothing."""
-    from mambacontrol.io import load_nifti
-
     path = tmp_path / "trailing.nii.gz"
     img = nib.Nifti1Image(np.random.default_rng(0).random((8, 8, 8)).astype(np.float32), np.eye(4))
     raw = img.to_bytes()
@@ -307,9 +309,6 @@ def test_hostile_models_are_refused_before_allocation(tiny_model, visit, tmp_pat
 
 # ---- 4. CSV and JSON ----------------------------------------------------------------------------
 def test_formula_ids_are_neutralised_in_every_csv(tmp_path):
-    from mambacontrol.evaluation.outputs import write_pairs_csv
-    from tests.evaluation.fabricate import build_tiny_run
-
     run = build_tiny_run(subject_ids=("=HYPERLINK(\"http://x\")", "+1", "@SUM(A1)"))
     text = write_pairs_csv(tmp_path / "pairs.csv", run.results).read_text()
     for cell in ("'=HYPERLINK", "'+1", "'@SUM"):
@@ -319,8 +318,6 @@ def test_formula_ids_are_neutralised_in_every_csv(tmp_path):
 
 
 def test_manifest_ids_round_trip_through_the_guard(tiny_cohort, tmp_path):
-    from dataclasses import replace
-
     m = Manifest.from_csv(tiny_cohort)
     hostile = Manifest([replace(v, subject_id="=" + v.subject_id) for v in m.visits])
     path = hostile.to_csv(tmp_path / "m.csv", relative_to=tiny_cohort.parent)
@@ -339,8 +336,6 @@ def test_manifest_ids_round_trip_through_the_guard(tiny_cohort, tmp_path):
     (UnicodeDecodeError("utf-8", b"\xe9", 0, 1, "invalid continuation byte"), "not UTF-8"),
 ])
 def test_expected_failures_become_one_line(monkeypatch, tmp_path, capsys, exc, message):
-    import mambacontrol.cli.synth_cmd as synth_cmd
-
     def boom(args):
         raise exc
 
@@ -349,8 +344,6 @@ def test_expected_failures_become_one_line(monkeypatch, tmp_path, capsys, exc, m
 
 
 def test_a_bug_still_shows_its_traceback(monkeypatch, tmp_path):
-    import mambacontrol.cli.synth_cmd as synth_cmd
-
     def bug(args):
         raise KeyError("internal")
 

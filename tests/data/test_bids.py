@@ -3,6 +3,7 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
+from bids import BIDSLayout
 
 from mambacontrol.cli.main import main
 from mambacontrol.data import Manifest
@@ -35,11 +36,13 @@ def make_bids(root, participants=PARTICIPANTS, sessions=None):
     root.mkdir(parents=True, exist_ok=True)
     write_json(root / "dataset_description.json", {"Name": "tiny", "BIDSVersion": "1.9.0"})
     (root / "participants.tsv").write_text(participants)
-    images = {"01": [("bl", ""), ("m24", "")], "02": [("bl", ""), ("m12", "_run-1"), ("m12", "_run-2")],
+    images = {"01": [("bl", ""), ("m24", "")],
+              "02": [("bl", ""), ("m12", "_run-1"), ("m12", "_run-2")],
               "03": [("bl", "")]}
     for sub, items in images.items():
         for ses, run in items:
-            write_image(root / f"sub-{sub}" / f"ses-{ses}" / "anat" / f"sub-{sub}_ses-{ses}{run}_T1w.nii.gz")
+            write_image(root / f"sub-{sub}" / f"ses-{ses}" / "anat"
+                        / f"sub-{sub}_ses-{ses}{run}_T1w.nii.gz")
     tables = sessions or {
         "01": "session_id\tage\nses-bl\t70.5\nses-m24\t72.5\n",
         "02": "session_id\tacq_time\nses-bl\t2010-03-01T10:00:00\nses-m12\t2011-03-01T10:00:00\n",
@@ -48,7 +51,8 @@ def make_bids(root, participants=PARTICIPANTS, sessions=None):
     for sub, text in tables.items():
         (root / f"sub-{sub}" / f"sub-{sub}_sessions.tsv").write_text(text)
     # derivatives are not read as raw data
-    write_image(root / "derivatives" / "x" / "sub-01" / "ses-bl" / "anat" / "sub-01_ses-bl_desc-y_T1w.nii.gz")
+    write_image(root / "derivatives" / "x" / "sub-01" / "ses-bl" / "anat"
+                / "sub-01_ses-bl_desc-y_T1w.nii.gz")
     return root
 
 
@@ -60,7 +64,8 @@ def test_manifest_from_bids(tmp_path):
     assert rows["sub-01_ses-m24"].age == 72.5 and rows["sub-01_ses-bl"].age == 70.5
     assert rows["sub-02_ses-bl"].age == 75
     assert rows["sub-02_ses-m12_run-2"].age == pytest.approx(76.0, abs=0.01)  # 365 days later
-    assert [rows[u].sex for u in ("sub-01_ses-bl", "sub-02_ses-bl", "sub-03_ses-bl")] == ["F", "M", "M"]
+    assert [rows[u].sex
+            for u in ("sub-01_ses-bl", "sub-02_ses-bl", "sub-03_ses-bl")] == ["F", "M", "M"]
     assert rows["sub-02_ses-bl"].diagnosis == "MCI"  # ADNI's LMCI
     assert rows["sub-03_ses-bl"].diagnosis == "AD"  # from sessions.tsv, participants.tsv has n/a
     assert rows["sub-01_ses-bl"].subject_id == "sub-01"
@@ -77,7 +82,8 @@ def test_split_column_and_round_trip(tmp_path):
     text = text.replace("\tB\n", "\ttest\n")
     root = make_bids(tmp_path / "bids", participants=text)
     m = manifest_from_bids(root)
-    assert {v.subject_id: v.split for v in m} == {"sub-01": "train", "sub-02": "test", "sub-03": "test"}
+    assert {v.subject_id: v.split for v in m} == {"sub-01": "train", "sub-02": "test",
+                                                  "sub-03": "test"}
     out = m.to_csv(tmp_path / "manifest.csv")
     back = Manifest.from_csv(out)
     assert [(v.image_uid, v.age, v.sex, v.diagnosis, v.split, v.image_path) for v in back] == \
@@ -155,8 +161,6 @@ def test_horizon_label(years, label):
 
 
 def test_derivative_paths_and_description_indexed_by_pybids(tmp_path):
-    from bids import BIDSLayout
-
     raw = make_bids(tmp_path / "bids")
     out = tmp_path / "bids" / "derivatives" / "mambacontrol"
     desc = write_dataset_description(out, source_datasets=["../../"])

@@ -2,6 +2,7 @@ import csv
 
 import pytest
 
+import mambacontrol.data.manifest as manifest_module
 from mambacontrol.data import Manifest, normalize_diagnosis, normalize_sex
 from mambacontrol.errors import ManifestError
 
@@ -94,7 +95,8 @@ def test_bad_values_name_row_and_column(tmp_path, col, value, pattern):
 
 def test_missing_file_named(tmp_path):
     path = write_manifest(tmp_path, GOOD, make_files=False)
-    with pytest.raises(ManifestError, match=r"row 1, column 'image_path': file .*s1_v0.nii.gz not found"):
+    with pytest.raises(ManifestError,
+                       match=r"row 1, column 'image_path': file .*s1_v0.nii.gz not found"):
         Manifest.from_csv(path)
     assert len(Manifest.from_csv(path, check_files=False)) == 5
 
@@ -154,10 +156,12 @@ def test_aliases():
 
 
 @pytest.mark.parametrize("value,expected", [
-    ("EMCI", "MCI"), ("LMCI", "MCI"), ("early MCI", "MCI"), ("late_mci", "MCI"), ("Late-MCI", "MCI"),
+    ("EMCI", "MCI"), ("LMCI", "MCI"), ("early MCI", "MCI"), ("late_mci", "MCI"),
+    ("Late-MCI", "MCI"),
     ("mild cognitive impairment", "MCI"), ("SMC", "CN"), ("SCD", "CN"), ("Normal", "CN"),
     ("NC", "CN"), ("HC", "CN"), ("healthy control", "CN"), ("CN", "CN"), ("cn", "CN"),
-    ("Dementia", "AD"), ("AD dementia", "AD"), ("Alzheimer's", "AD"), ("Alzheimer\u2019s disease", "AD"),
+    ("Dementia", "AD"), ("AD dementia", "AD"), ("Alzheimer's", "AD"),
+    ("Alzheimer\u2019s disease", "AD"),
     ("1.0", "AD"), (" mci ", "MCI"),
 ])
 def test_cohort_diagnoses(value, expected):
@@ -165,8 +169,6 @@ def test_cohort_diagnoses(value, expected):
 
 
 def test_cohort_diagnosis_logged_once(caplog):
-    import mambacontrol.data.manifest as manifest_module
-
     manifest_module._DX_LOGGED.discard("LMCI")
     with caplog.at_level("INFO", logger="mambacontrol.data.manifest"):
         for _ in range(3):

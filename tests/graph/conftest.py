@@ -26,7 +26,8 @@ def atlas4():
 def region_rates(atlas, diagnosis: str) -> np.ndarray:
     """(L,) annual % change of every label for one diagnosis."""
     base = RATES[diagnosis]
-    return np.array([-3 * base if r.tissue == "csf" else base * (1.5 if r.group == "hippocampus" else 1.0)
+    return np.array([-3 * base if r.tissue == "csf"
+                     else base * (1.5 if r.group == "hippocampus" else 1.0)
                      for r in atlas.regions])
 
 
@@ -36,7 +37,8 @@ def make_cohort(folder, atlas, n_subjects=6, visits=(0.0, 1.5, 3.0), seed=0, vol
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     labels_path = folder / "labels.nii.gz"
-    nib.save(nib.Nifti1Image(np.asarray(atlas.labels, dtype=np.int16), atlas.grid.affine), str(labels_path))
+    nib.save(nib.Nifti1Image(np.asarray(atlas.labels, dtype=np.int16), atlas.grid.affine),
+             str(labels_path))
     base_vol = np.array([atlas.region_volumes()[lab] for lab in atlas.label_ids])
     dxs = ["CN", "MCI", "AD"]
     rows = []
@@ -45,13 +47,16 @@ def make_cohort(folder, atlas, n_subjects=6, visits=(0.0, 1.5, 3.0), seed=0, vol
         sex = "F" if s % 2 else "M"
         age0 = 65.0 + 2.0 * s
         split = splits[s] if splits else "train"
-        img = atlas.template * rng.uniform(0.9, 1.1) + rng.normal(0, 0.02, atlas.grid.shape) * atlas.mask
+        img = (atlas.template * rng.uniform(0.9, 1.1)
+               + rng.normal(0, 0.02, atlas.grid.shape) * atlas.mask)
         path = folder / f"s{s}.nii.gz"
         nib.save(nib.Nifti1Image(img.astype(np.float32), atlas.grid.affine), str(path))
         for k, t in enumerate(visits):
             vols = base_vol * np.exp(t * region_rates(atlas, dx) / 100.0)
-            extra = {f"vol_r{lab}": f"{v:.6f}" for lab, v in zip(atlas.label_ids, vols)} if volume_columns else {}
-            rows.append(Visit(f"s{s}", f"s{s}v{k}", path, age0 + t, sex, dx, split, labels_path, extra))
+            extra = {f"vol_r{lab}": f"{v:.6f}"
+                     for lab, v in zip(atlas.label_ids, vols)} if volume_columns else {}
+            rows.append(Visit(f"s{s}", f"s{s}v{k}", path, age0 + t, sex, dx, split,
+                              labels_path, extra))
     manifest = Manifest(rows)
     out = folder / "manifest.csv"
     manifest.to_csv(out)

@@ -98,7 +98,8 @@ def test_degenerate_eigenspace_basis_depends_only_on_the_span(rng):
     b1, b2 = _canonical_basis(space), _canonical_basis(space @ rot)
     np.testing.assert_allclose(b1, b2, atol=1e-10)
     np.testing.assert_allclose(b1.T @ b1, np.eye(3), atol=1e-10)
-    ring = np.roll(np.eye(8), 1, 0) + np.roll(np.eye(8), -1, 0)  # a cycle: pairs of equal eigenvalues
+    # a cycle: pairs of equal eigenvalues
+    ring = np.roll(np.eye(8), 1, 0) + np.roll(np.eye(8), -1, 0)
     vals, vecs = fixed_sign_eigh(np.eye(8) - ring / 2)
     np.testing.assert_allclose(vecs.T @ vecs, np.eye(8), atol=1e-10)
     np.testing.assert_allclose(vecs @ np.diag(vals) @ vecs.T, np.eye(8) - ring / 2, atol=1e-10)
@@ -141,10 +142,12 @@ def test_node_map_and_bad_input(atlas2, graph2):
 
 
 def test_eigenbasis_agrees_across_processes_and_thread_counts(tmp_path, graph2):
-    """Another process with another BLAS thread count (as on another machine) gets the same basis."""
+    """Another process with another BLAS thread count (as on another machine) gets the same
+    basis."""
     out = tmp_path / "basis.npz"
     code = ("import numpy as np; from mambacontrol.atlas import load_atlas; "
-            "from mambacontrol.graph import AnatomyGraph; g = AnatomyGraph.from_atlas(load_atlas(grid='2mm')); "
+            "from mambacontrol.graph import AnatomyGraph; "
+            "g = AnatomyGraph.from_atlas(load_atlas(grid='2mm')); "
             f"np.savez(r'{out}', vals=g.eigenvalues, vecs=g.eigenvectors)")
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120)

@@ -39,7 +39,8 @@ def test_shapes_for_every_layer_type(graph4, inputs, conv):
     assert torch.isfinite(emb).all() and not torch.allclose(emb[0], emb[1])
     emb.sum().backward()
     assert enc.input_proj.weight.grad.abs().sum() > 0
-    assert sum(p.grad.abs().sum() for p in enc.layers[0].conv.parameters() if p.grad is not None) > 0
+    assert sum(p.grad.abs().sum() for p in enc.layers[0].conv.parameters()
+               if p.grad is not None) > 0
 
 
 def test_batch_items_are_independent(graph4, inputs):
@@ -60,12 +61,14 @@ def test_save_load_round_trip_keeps_graph_and_statistics(tmp_path, atlas4, graph
     assert cfg["graph"]["atlas_checksum"] == atlas4.checksum and cfg["graph"]["grid"] == "4mm"
     assert np.allclose(cfg["feature_std"], norm.std)
     loaded = GraphEncoder.load(tmp_path / "enc")
-    assert torch.equal(loaded.eigenvectors, enc.eigenvectors) and torch.equal(loaded.edge_index, enc.edge_index)
+    assert torch.equal(loaded.eigenvectors, enc.eigenvectors)
+    assert torch.equal(loaded.edge_index, enc.edge_index)
     assert torch.equal(loaded.norm_std, enc.norm_std)
     for a, b in zip(loaded(*inputs), enc(*inputs)):
         assert torch.equal(a, b)
     assert loaded.covariate_norm == CovariateNorm(72.0, 8.0, 5.0)
-    torch.testing.assert_close(loaded.covariates(80, 5.0, "F", "MCI")[0, :2], torch.tensor([1.0, 1.0]))
+    torch.testing.assert_close(loaded.covariates(80, 5.0, "F", "MCI")[0, :2],
+                               torch.tensor([1.0, 1.0]))
     loaded.check_graph(graph4)
 
 
@@ -88,7 +91,8 @@ def test_ablation_switches(graph4, inputs):
     assert full.refine is not None and no_refine.refine is None
     assert not any("refine" in k for k in no_refine.state_dict())
     no_refine.load_state_dict({k: v for k, v in full.state_dict().items() if "refine" not in k})
-    torch.testing.assert_close(no_refine(*inputs)[0], full(*inputs)[0])  # refinement is identity at init
+    # refinement is identity at init
+    torch.testing.assert_close(no_refine(*inputs)[0], full(*inputs)[0])
     with torch.no_grad():
         full.refine.gain.normal_()
     assert not torch.allclose(no_refine(*inputs)[0], full(*inputs)[0])
@@ -96,7 +100,8 @@ def test_ablation_switches(graph4, inputs):
     no_filters = GraphEncoder.from_graph(graph4, spectral_filters=False, **TINY)
     assert no_filters.filter_bank is None and no_filters.input_proj.in_features == 10
     assert full.input_proj.in_features == 10 * 7  # raw + low-pass + 5 wavelet scales
-    assert GraphEncoder.from_graph(graph4, filter_kind="heat", filter_scales=[1, 2], **TINY).input_proj.in_features == 30
+    assert GraphEncoder.from_graph(graph4, filter_kind="heat", filter_scales=[1, 2],
+                                   **TINY).input_proj.in_features == 30
     bare = GraphEncoder.from_graph(graph4, spectral_filters=False, fourier_refine=False, **TINY)
     assert bare(*inputs)[0].shape == (2, 134, 16)
     modes = GraphEncoder.from_graph(graph4, fourier_modes=12, **TINY)

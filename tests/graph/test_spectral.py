@@ -31,7 +31,8 @@ def test_filter_bank_separates_frequencies(basis):
     assert out.shape == (1, vecs.shape[0], 3)
     torch.testing.assert_close(out[..., 0], dc[..., 0])  # the low-pass passes it whole
     assert out[..., 1:].abs().max() < 1e-9  # band-pass filters remove it
-    k = int((vals - 1.0).abs().argmin())  # the eigenvector nearest λ = 1 is the scale-1 wavelet's peak
+    # the eigenvector nearest λ = 1 is the scale-1 wavelet's peak
+    k = int((vals - 1.0).abs().argmin())
     mode = vecs[:, k : k + 1][None]
     y = bank(mode, vals, vecs)
     expected = (vals[k] * torch.exp(1 - vals[k])).item()

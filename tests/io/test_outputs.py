@@ -11,6 +11,7 @@ import pytest
 
 from mambacontrol.errors import InputFileError, MambaControlError
 from mambacontrol.io import OutputFolder, OutputFolderError, safe_name, unique_names
+from mambacontrol.io.atomic import replace_dir
 from mambacontrol.io.limits import ResourceLimitError, check_limit, limit, reset_limits, set_limits
 from mambacontrol.io.outputs import LOCK, MARKER
 from mambacontrol.io.tables import csv_cell, csv_text, csv_uncell, json_text
@@ -146,7 +147,8 @@ def test_unique_names_refuse_collisions_naming_both_rows():
 
 
 def test_limits_name_themselves_and_can_be_raised(monkeypatch):
-    with pytest.raises(ResourceLimitError, match=r"--limit max_samples=N or \$MAMBACONTROL_MAX_SAMPLES"):
+    with pytest.raises(ResourceLimitError,
+                       match=r"--limit max_samples=N or \$MAMBACONTROL_MAX_SAMPLES"):
         check_limit("max_samples", 1e9, "--samples 1e9")
     monkeypatch.setenv("MAMBACONTROL_MAX_SAMPLES", "2e9")
     check_limit("max_samples", 1e9, "--samples 1e9")
@@ -187,8 +189,6 @@ def test_a_folder_emptied_by_its_user_is_new_again(tmp_path):
 
 
 def test_replace_dir_swaps_whole_folders_and_restores_on_failure(tmp_path, monkeypatch):
-    from mambacontrol.io.atomic import replace_dir
-
     target, staged = tmp_path / "unet", tmp_path / ".unet.new"
     target.mkdir()
     (target / "w").write_text("old")
@@ -211,3 +211,18 @@ def test_replace_dir_swaps_whole_folders_and_restores_on_failure(tmp_path, monke
     with pytest.raises(OSError):
         replace_dir(staged, target)
     assert (target / "w").read_text() == "new"  # the old version is back in place
+
+
+def test_replace_dir_swaps_files_and_links_and_leaves_nothing_aside(tmp_path):
+    target, staged, aside = tmp_path / "a.json", tmp_path / ".a.new", tmp_path / ".old-a"
+    target.write_text("old")
+    staged.write_text("new")
+    replace_dir(staged, target, aside=aside)
+    assert target.read_text() == "new" and sorted(os.listdir(tmp_path)) == ["a.json"]
+    (tmp_path / "folder").mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "folder")
+    staged.write_text("file")
+    replace_dir(staged, link)
+    assert not link.is_symlink() and link.read_text() == "file"
+    assert sorted(os.listdir(tmp_path)) == ["a.json", "folder", "link"]

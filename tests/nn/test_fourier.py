@@ -24,7 +24,8 @@ def test_filters_exactly_the_kept_modes():
     with torch.no_grad():
         block.weight[..., 0] = -1.0  # W = -1 on every kept mode: subtracts the low frequencies
     x = torch.randn(2, 3, 8, 9, 6)
-    spec_in, spec_out = torch.fft.rfftn(x, dim=(-3, -2, -1)), torch.fft.rfftn(block(x), dim=(-3, -2, -1))
+    spec_in = torch.fft.rfftn(x, dim=(-3, -2, -1))
+    spec_out = torch.fft.rfftn(block(x), dim=(-3, -2, -1))
     kept = torch.zeros(8, 9, 4, dtype=torch.bool)
     for kx in (-1, 0, 1):  # |kx| < 2, |ky| < 3, 0 <= kz < 2
         for ky in (-2, -1, 0, 1, 2):

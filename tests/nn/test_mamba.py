@@ -92,7 +92,7 @@ def test_matches_mamba_ssm_module_with_loaded_weights():
     """Our module with mamba-ssm's weights, loaded by name, gives mamba-ssm's output."""
     if not torch.cuda.is_available() or load_kernel() is None:
         pytest.skip("needs a CUDA GPU and mamba-ssm with its CUDA extension")
-    from mamba_ssm import Mamba as ReferenceMamba
+    from mamba_ssm import Mamba as ReferenceMamba  # lazy: optional, CUDA only
 
     torch.manual_seed(3)
     reference = ReferenceMamba(d_model=32, d_state=16, d_conv=4, expand=2).cuda()

@@ -20,7 +20,8 @@ def test_documented_rasters():
     shape = (2, 3, 4)
     volume = torch.arange(24).view(shape)
     assert torch.equal(scan_order(shape, "z+"), torch.arange(24))
-    assert torch.equal(scan_order(shape, "x+")[:4], torch.tensor([0, 12, 1, 13]))  # x fastest, then z
+    # x fastest, then z
+    assert torch.equal(scan_order(shape, "x+")[:4], torch.tensor([0, 12, 1, 13]))
     assert torch.equal(scan_order(shape, "x+"), volume.permute(1, 2, 0).reshape(-1))
     assert torch.equal(scan_order(shape, "y+"), volume.permute(0, 2, 1).reshape(-1))
     for axis in "xyz":

@@ -14,7 +14,8 @@ BLOCK_IMPORTS = textwrap.dedent("""
     import importlib.abc, sys
     class Refuse(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("mamba_ssm", "triton", "selective_scan_cuda", "causal_conv1d"):
+            if name.split(".")[0] in ("mamba_ssm", "triton", "selective_scan_cuda",
+                                      "causal_conv1d"):
                 raise ImportError(f"{name} must not be imported")
     sys.meta_path.insert(0, Refuse())
 """)
@@ -29,7 +30,8 @@ def test_import_and_cpu_use_never_touch_mamba_ssm():
         loaded = [m for m in sys.modules if m.split(".")[0] in ("mamba_ssm", "triton")]
         assert not loaded, loaded
     """)
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                            text=True, timeout=120)
     assert result.returncode == 0, result.stderr
 
 

@@ -5,6 +5,7 @@ import random
 import pytest
 import torch
 
+import mambacontrol.ops.chunked_scan as cs
 from mambacontrol.errors import MambaControlError
 from mambacontrol.ops import BACKENDS, resolve_backend, selective_scan
 from mambacontrol.ops.chunked_scan import chunked_scan, plan
@@ -116,7 +117,8 @@ def test_strong_decay_is_stable():
     u = torch.randn(1, 4, 64, generator=g, dtype=torch.float64, requires_grad=True)
     delta = torch.full((1, 4, 64), 50.0, dtype=torch.float64, requires_grad=True)
     A = torch.tensor([[-1.0, -5.0, -20.0]] * 4, dtype=torch.float64, requires_grad=True)
-    B, C = (torch.randn(1, 3, 64, generator=g, dtype=torch.float64, requires_grad=True) for _ in "BC")
+    B, C = (torch.randn(1, 3, 64, generator=g, dtype=torch.float64, requires_grad=True)
+            for _ in "BC")
     outs = {}
     for backend in ("sequential", "torch"):
         y = selective_scan(u, delta, A, B, C, backend=backend)
@@ -220,8 +222,6 @@ def test_optional_shape_errors():
 
 
 def test_cpu_scan_runs_on_one_thread_and_restores_the_count():
-    from mambacontrol.ops import chunked_scan as cs
-
     seen = []
     original = cs.ChunkedScan._forward
 

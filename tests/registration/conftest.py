@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mambacontrol.atlas import load_atlas
-from mambacontrol.registration.standins import lps_grid, standin_scan
+from mambacontrol.testing.standins import lps_grid, standin_scan
 from tests.registration.helpers import MOTION
 
 

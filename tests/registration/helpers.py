@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mambacontrol.registration.standins import rigid_motion
+from mambacontrol.testing.standins import rigid_motion
 
 MOTION = rigid_motion((6.0, -4.0, 8.0), (5.0, -7.0, 9.0), centre_mm=(0.0, -16.0, 6.0))
 """The stand-in scan's placement in the scanner: the true atlas-to-scan map."""

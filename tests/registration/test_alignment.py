@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from mambacontrol.data import normalize_intensity
 from mambacontrol.errors import MambaControlError, RegistrationError
 from mambacontrol.io import Grid, Volume
 from mambacontrol.registration import (
@@ -12,8 +13,8 @@ from mambacontrol.registration import (
     align_to_atlas,
     template_similarity,
 )
-from mambacontrol.registration.alignment import antialias
-from mambacontrol.registration.standins import (
+from mambacontrol.registration.alignment import antialias, n4_bias_field
+from mambacontrol.testing.standins import (
     lps_grid,
     non_brain_images,
     rigid_motion,
@@ -149,9 +150,6 @@ def test_antialias_smooths_only_finer_volumes(rng):
 
 
 def test_n4_moves_a_biased_scan_towards_the_clean_one(atlas4):
-    from mambacontrol.data import normalize_intensity
-    from mambacontrol.registration.alignment import n4_bias_field
-
     mask = np.asarray(atlas4.mask, dtype=bool)
     clean = np.asarray(atlas4.template, dtype=np.float32) * 800.0 + 50.0
     x = np.linspace(-1.0, 1.0, clean.shape[0])[:, None, None]

@@ -17,7 +17,7 @@ from mambacontrol.registration._ants import (
     to_ants,
     transform_to_ras_matrix,
 )
-from mambacontrol.registration.standins import rigid_motion
+from mambacontrol.testing.standins import rigid_motion
 
 OBLIQUE = np.array([[0.0, 0.0, -1.1, 60.0], [1.05, 0.0, 0.0, -80.0], [0.0, 0.95, 0.0, -40.0],
                     [0.0, 0.0, 0.0, 1.0]])
@@ -25,7 +25,8 @@ OBLIQUE = rigid_motion((0.0, 0.0, 6.0), (0.0, 0.0, 0.0)) @ OBLIQUE
 
 
 def test_import_mambacontrol_does_not_import_ants():
-    code = "import sys, mambacontrol, mambacontrol.io, mambacontrol.atlas; print('ants' in sys.modules)"
+    code = ("import sys, mambacontrol, mambacontrol.io, mambacontrol.atlas; "
+            "print('ants' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

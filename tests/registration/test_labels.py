@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from mambacontrol.registration import propagate_labels
-from mambacontrol.registration.standins import random_smooth_warp
+from mambacontrol.testing.standins import random_smooth_warp
 
 
 def mean_dice(a: np.ndarray, b: np.ndarray, ids, min_voxels: int = 20) -> float:

@@ -4,7 +4,7 @@ import pytest
 from mambacontrol.io import Grid
 from mambacontrol.registration import RegionalVolumes, measure_regional_volumes
 from mambacontrol.registration.deformable import crop_box, cropped_affine
-from mambacontrol.registration.standins import radial_warp
+from mambacontrol.testing.standins import radial_warp
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from mambacontrol.io import Grid
-from mambacontrol.registration.standins import (
+from mambacontrol.testing.standins import (
     lps_grid,
     non_brain_images,
     radial_warp,

@@ -1,5 +1,6 @@
 """``mambacontrol synth`` and the demo's cohort step, through the command line."""
 
+import json
 import subprocess
 import sys
 
@@ -45,8 +46,6 @@ def test_parse_visits_and_split():
 
 
 def test_synth_dynamics_flag(tmp_path, capsys):
-    import json
-
     for dynamics in ("network", "independent"):
         out = tmp_path / dynamics
         assert main(["-q", "synth", "--out", str(out), "--subjects", "2", "--spacing", "4",

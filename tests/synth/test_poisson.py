@@ -19,15 +19,18 @@ def test_smooth_source_is_reproduced_by_the_divergence():
     inner = (slice(1, -1),) * 3
     # central differences of a central-difference gradient: a low-pass close to 1 at low frequencies
     np.testing.assert_allclose(divergence(v)[inner], f[inner], atol=0.12)
-    np.testing.assert_allclose(solver.realised_divergence(f)[inner], divergence(v)[inner], atol=1e-4)
+    np.testing.assert_allclose(solver.realised_divergence(f)[inner],
+                               divergence(v)[inner], atol=1e-4)
 
 
 def test_mean_is_ignored_and_solution_is_linear(rng):
     solver = PoissonSolver(SHAPE)
     f = rng.standard_normal(SHAPE).astype(np.float32)
-    np.testing.assert_allclose(solver.gradient_of_potential(f + 3.0), solver.gradient_of_potential(f),
+    np.testing.assert_allclose(solver.gradient_of_potential(f + 3.0),
+                               solver.gradient_of_potential(f),
                                atol=1e-5)
-    np.testing.assert_allclose(solver.gradient_of_potential(2 * f), 2 * solver.gradient_of_potential(f),
+    np.testing.assert_allclose(solver.gradient_of_potential(2 * f),
+                               2 * solver.gradient_of_potential(f),
                                rtol=1e-4, atol=1e-6)
     assert np.abs(solver.gradient_of_potential(np.ones(SHAPE, np.float32))).max() < 1e-6
 

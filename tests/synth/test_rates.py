@@ -34,7 +34,8 @@ def test_subject_rates_deterministic_and_effects(atlas):
     assert np.all(np.abs(male.annual) < np.abs(a.annual))  # slight sex effect
     hippo = atlas.labels_in_group("hippocampus")
     vols = [1.0] * len(hippo)
-    assert a.group_rate("AD", hippo, vols) < a.group_rate("MCI", hippo, vols) < a.group_rate("CN", hippo, vols) < 0
+    assert (a.group_rate("AD", hippo, vols) < a.group_rate("MCI", hippo, vols)
+            < a.group_rate("CN", hippo, vols) < 0)
 
 def test_population_means_match_the_table(atlas):
     model = RateModel()
@@ -51,7 +52,8 @@ def test_log_ratio_follows_the_timeline(atlas):
     expected = 2.0 * np.log1p(rates.annual[1] / 100) + 1.5 * np.log1p(rates.annual[2] / 100)
     np.testing.assert_allclose(rates.log_ratio(timeline, 3.5), expected)
     np.testing.assert_allclose(rates.log_ratio(timeline, 0.0), 0.0)
-    np.testing.assert_allclose(rates.log_ratio(((0.0, "CN"),), 1.0), np.log1p(rates.annual[0] / 100))
+    np.testing.assert_allclose(rates.log_ratio(((0.0, "CN"),), 1.0),
+                               np.log1p(rates.annual[0] / 100))
 
 
 def test_life_timeline_continues_across_baseline(atlas):

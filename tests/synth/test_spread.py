@@ -68,7 +68,8 @@ def test_derived_loads_and_epicentres(graph):
     rows = graph.spread.sum(axis=1)
     assert np.all((np.abs(rows - 1.0) < 1e-12) | (rows == 0.0))
     lv = [i for i, r in enumerate(regions) if r.group == "lateral ventricle"]
-    assert all(abs(rows[i] - 1.0) < 1e-12 for i in lv)  # ventricles take their load from the tissue around them
+    # ventricles take their load from the tissue around them
+    assert all(abs(rows[i] - 1.0) < 1e-12 for i in lv)
     for subtype, weights in SUBTYPES.items():
         e = graph.epicentre(weights, asymmetry=0.5)
         seeded = {regions[graph.grey[j]].group for j in np.flatnonzero(e)}
@@ -82,8 +83,8 @@ def test_derived_loads_and_epicentres(graph):
 
 def test_stage_segments():
     life = ((-12.0, "CN"), (-3.0, "MCI"), (2.5, "AD"))
-    assert stage_segments(life, 4.0, -12.0, 6.0) == [(-12.0, -7.0, -1), (-7.0, -3.0, 0), (-3.0, 2.5, 1),
-                                                     (2.5, 6.0, 2)]
+    assert stage_segments(life, 4.0, -12.0, 6.0) == [(-12.0, -7.0, -1), (-7.0, -3.0, 0),
+                                                     (-3.0, 2.5, 1), (2.5, 6.0, 2)]
     assert stage_segments(((0.0, "CN"),), 4.0, -5.0, 3.0) == [(-5.0, 3.0, -1)]
     assert stage_segments(((0.0, "AD"),), 2.0, -5.0, 3.0) == [(-5.0, -2.0, -1), (-2.0, 0.0, 0),
                                                              (0.0, 3.0, 2)]
@@ -109,7 +110,8 @@ def test_network_rates_stay_in_the_calibrated_ranges(atlas):
         annual = rates.annual_at(0.0)
         rows[plan.baseline_diagnosis].append((annual[hipp].mean(), annual[vent].mean(),
                                               rates.load_at(0.0).mean(), rates.subtype))
-        if len(plan.timeline) == 1 and plan.baseline_diagnosis == "CN":  # never converts: no disease
+        # never converts: no disease
+        if len(plan.timeline) == 1 and plan.baseline_diagnosis == "CN":
             assert rates.mci_onset is None and rates.load.max() == 0.0
         if plan.index == 0:  # the same seed, the same rates
             again = draw_network_rates(plan.rng("spread"), effects, context.spread_graph,

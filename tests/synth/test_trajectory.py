@@ -1,4 +1,5 @@
-"""A trajectory of calibrated atrophy steps on the 4 mm atlas: targets met, steps bounded, invertible."""
+"""A trajectory of calibrated atrophy steps on the 4 mm atlas: targets met, steps bounded,
+invertible."""
 
 import numpy as np
 import pytest

@@ -99,7 +99,8 @@ def standin_scan(atlas: Atlas, grid: Grid, *, brain: np.ndarray | None = None,
     axes = np.meshgrid(*[np.linspace(-1.0, 1.0, s) for s in grid.shape], indexing="ij")
     field = 1.0 + bias * (0.6 * axes[0] + 0.5 * axes[1] * axes[2] - 0.4 * axes[2] ** 2)
     image = image * field
-    image = np.hypot(image + rng.normal(0.0, noise, image.shape), rng.normal(0.0, noise, image.shape))
+    image = np.hypot(image + rng.normal(0.0, noise, image.shape),
+                     rng.normal(0.0, noise, image.shape))
     affine = grid.affine if motion is None else np.asarray(motion) @ grid.affine
     return Volume((1000.0 * image).astype(np.float32), affine)
 

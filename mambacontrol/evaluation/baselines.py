@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from mambacontrol.data.change import percent_change
 from mambacontrol.data.manifest import Visit, VisitPair
 from mambacontrol.errors import MambaControlError
 
@@ -112,7 +113,7 @@ def _slopes(samples: Sequence[VolumeSample], keys: Callable[[Volumes], dict]) ->
         base, follow = keys(s.baseline), keys(s.followup)
         for key, v0 in base.items():
             if v0 > 0 and key in follow:
-                g = 100.0 * (follow[key] / v0 - 1.0)
+                g = percent_change(follow[key], v0)
                 num[key] = num.get(key, 0.0) + g * s.years
                 den[key] = den.get(key, 0.0) + s.years**2
     return {k: num[k] / den[k] for k in num if den[k] > 0}

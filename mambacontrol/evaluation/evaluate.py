@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from mambacontrol.atlas import Atlas
 from mambacontrol.data import Manifest, Visit, VisitPair
+from mambacontrol.data.change import percent_change
 from mambacontrol.errors import MambaControlError
 from mambacontrol.evaluation.aggregate import summarize
 from mambacontrol.evaluation.baselines import (
@@ -127,7 +128,7 @@ def method_names(dirs: Sequence[str | os.PathLike]) -> dict[str, Path]:
 
 
 def _pct(base: Mapping[int, float], other: Mapping[int, float]) -> dict[int, float]:
-    return {k: (100.0 * (other[k] / b - 1.0) if b > 0 else 0.0) for k, b in base.items()}
+    return {k: (percent_change(other[k], b) if b > 0 else 0.0) for k, b in base.items()}
 
 
 def _on_base(base: Mapping[int, float], pct: Mapping[int, float]) -> dict[int, float]:

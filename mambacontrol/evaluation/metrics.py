@@ -222,6 +222,8 @@ class VolumeChange:
 
 
 def _change_pct(base: float, other: float) -> float:
+    # Not data.change.percent_change: ``(other - base) / base`` is how every published
+    # metrics.json was computed, and it differs from ``other / base - 1`` in the last bits.
     return 100.0 * (other - base) / base
 
 

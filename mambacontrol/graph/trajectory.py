@@ -27,6 +27,7 @@ import torch
 from diffusers.configuration_utils import register_to_config
 from torch import nn
 
+from mambacontrol.data.change import percent_change
 from mambacontrol.data.covariates import NUM_COVARIATES
 from mambacontrol.data.manifest import DIAGNOSES
 from mambacontrol.errors import MambaControlError
@@ -247,5 +248,5 @@ def group_percent_change(graph: AnatomyGraph, log_ratio: np.ndarray, label_volum
     for name, labels in groups.items():
         idx = [col[int(lab)] for lab in labels]
         base = vols[:, idx].sum(axis=1)
-        out[name] = 100.0 * ((vols[:, idx] * ratio[:, idx]).sum(axis=1) / base - 1.0)
+        out[name] = percent_change((vols[:, idx] * ratio[:, idx]).sum(axis=1), base)
     return out

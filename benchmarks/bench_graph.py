@@ -8,8 +8,9 @@ Quality (with ``--manifest``): trains the graph encoder and trajectory head on t
 error of the predicted % volume change beside two baselines on the same pairs: no change, and the
 per-diagnosis population rate (mean annual % change per key group and baseline diagnosis on the
 train pairs, times Δt), and, for reference, the evaluation module's regional linear extrapolation
-(least-squares rate per label and diagnosis, ``mambacontrol.evaluation.fit_linear_rates``). Truth: ``100 · (Σ vol_follow / Σ vol_base − 1)`` from the manifest's
-``vol_r<label>`` columns. Also shown: the head's regional prior alone (the untrained head: per region
+(least-squares rate per label and diagnosis, ``mambacontrol.evaluation.fit_linear_rates``).
+Truth: ``100 · (Σ vol_follow / Σ vol_base − 1)`` from the manifest's ``vol_r<label>`` columns.
+Also shown: the head's regional prior alone (the untrained head: per region
 and diagnosis, a rate linear in age, fitted by least squares on the train pairs). ``--ablation``
 repeats the training with the spectral parts switched off, and with the graph's edges removed
 (``per node``: the same encoder and head, each node seeing only its own features, identity and
@@ -92,7 +93,8 @@ def speed(grid: str) -> dict:
     out["region_fractions_f4_s"] = _best_of(lambda: region_fractions(atlas.labels, graph, 4), 5)
     torch.manual_seed(0)
     enc = GraphEncoder.from_graph(graph).eval()
-    feats = torch.from_numpy(node_features(atlas.template, atlas.labels, graph))[None].repeat(8, 1, 1)
+    feats = torch.from_numpy(
+        node_features(atlas.template, atlas.labels, graph))[None].repeat(8, 1, 1)
     cov = enc.covariates([70.0] * 8, [2.0] * 8, ["F"] * 8, ["MCI"] * 8)
     with torch.no_grad():
         out["encoder_forward_b8_s"] = _best_of(lambda: enc(feats, cov), 10)
@@ -104,7 +106,8 @@ def mean_annual_rates(percent_change: np.ndarray, years: np.ndarray, diagnosis: 
     """Diagnosis → (G,) mean annual % change of the key groups over the train pairs."""
     annual = percent_change / years[:, None]
     dx = np.array(diagnosis)
-    return {d: annual[dx == d].mean(axis=0) if (dx == d).any() else annual.mean(axis=0) for d in DIAGNOSES}
+    return {d: annual[dx == d].mean(axis=0) if (dx == d).any() else annual.mean(axis=0)
+            for d in DIAGNOSES}
 
 
 def key_group_truth(pairs_set, atlas) -> dict[str, np.ndarray]:
@@ -112,7 +115,8 @@ def key_group_truth(pairs_set, atlas) -> dict[str, np.ndarray]:
     out = {}
     for name, labels in atlas.key_groups.items():
         idx = [col[lab] for lab in labels]
-        out[name] = 100.0 * (pairs_set.follow_volumes[:, idx].sum(1) / pairs_set.base_volumes[:, idx].sum(1) - 1.0)
+        out[name] = 100.0 * (pairs_set.follow_volumes[:, idx].sum(1)
+                             / pairs_set.base_volumes[:, idx].sum(1) - 1.0)
     return out
 
 
@@ -137,7 +141,8 @@ def quality(manifest_path: Path, grid: str, steps: int, seed: int, config: dict,
     groups = list(atlas.key_groups)
     truth_train = key_group_truth(train, atlas)
     truth_test = key_group_truth(test, atlas)
-    rates = mean_annual_rates(np.stack([truth_train[g] for g in groups], 1), train.years.double().numpy(),
+    rates = mean_annual_rates(np.stack([truth_train[g] for g in groups], 1),
+                              train.years.double().numpy(),
                               [p.earlier.diagnosis for p in train.pairs])
     pop_pred = np.stack([rates[p.earlier.diagnosis] * p.years for p in test.pairs])
     linear = fit_linear_rates(samples_from_pairs(train.pairs))
@@ -147,14 +152,17 @@ def quality(manifest_path: Path, grid: str, steps: int, seed: int, config: dict,
         base = manifest_volumes(p.earlier)
         follow = linear.predict(base, p.earlier.diagnosis, p.years)
         for g, labels in atlas.key_groups.items():
-            linear_pred[g].append(100 * (sum(follow[lab] for lab in labels) / sum(base[lab] for lab in labels) - 1))
+            linear_pred[g].append(100 * (sum(follow[lab] for lab in labels)
+                                         / sum(base[lab] for lab in labels) - 1))
         linear_regions.append([100 * (follow[lab] / base[lab] - 1) for lab in atlas.label_ids])
     with torch.no_grad():
         res.model.train(False)
         log_ratio = res.model(test.features, test.covariates, test.years).double().numpy()
-    pred = group_percent_change(graph, log_ratio, test.base_volumes, atlas.label_ids, atlas.key_groups)
+    pred = group_percent_change(graph, log_ratio, test.base_volumes, atlas.label_ids,
+                                atlas.key_groups)
     terms = res.model.head.prior_terms
-    coef = np.asarray(res.model.head.config.prior_coef or np.zeros((graph.num_nodes, num_prior_columns(terms))))
+    coef = np.asarray(res.model.head.config.prior_coef
+                      or np.zeros((graph.num_nodes, num_prior_columns(terms))))
     design = prior_design(test.covariates.double(), test.years.double(), terms).numpy()
     prior_log_ratio = test.years.double().numpy()[:, None] * (design @ coef.T) / 100
     prior_pred = group_percent_change(graph, prior_log_ratio, test.base_volumes, atlas.label_ids,
@@ -181,7 +189,8 @@ def quality(manifest_path: Path, grid: str, steps: int, seed: int, config: dict,
     region_pred = {
         "model": region_percent(log_ratio, graph, atlas.label_ids),
         "regional_prior": region_percent(prior_log_ratio, graph, atlas.label_ids),
-        "population_rate": np.stack([region_rates[p.earlier.diagnosis] * p.years for p in test.pairs]),
+        "population_rate": np.stack([region_rates[p.earlier.diagnosis] * p.years
+                                     for p in test.pairs]),
         "regional_linear": np.array(linear_regions),
         "no_change": np.zeros_like(region_truth)}
 
@@ -281,19 +290,22 @@ def table(rows: dict) -> str:
              "| head's prior alone | trajectory head | head / no change |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for g, r in rows.items():
-        lines.append(f"| {g} | {r['mean_true_change']:+.2f} | {r['no_change']:.3f} | {r['population_rate']:.3f} "
+        lines.append(f"| {g} | {r['mean_true_change']:+.2f} | {r['no_change']:.3f} "
+                     f"| {r['population_rate']:.3f} "
                      f"| {r['regional_linear']:.3f} | {r['regional_prior']:.3f} | {r['model']:.3f} "
                      f"| {100 * r['model_over_no_change']:.0f} % |")
     return "\n".join(lines)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--grid", default="4mm", help="atlas grid of the cohort (2mm, 1p5mm, 4mm)")
     parser.add_argument("--manifest", type=Path, help="cohort manifest with vol_r<label> columns")
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--seed", type=int, default=0, help="training seed (see --seeds)")
-    parser.add_argument("--seeds", help="comma-separated training seeds, e.g. 0,1,2 (default: --seed)")
+    parser.add_argument("--seeds",
+                        help="comma-separated training seeds, e.g. 0,1,2 (default: --seed)")
     parser.add_argument("--ablation", action="store_true",
                         help="also train the variants: per node (no edges), spectral parts off")
     parser.add_argument("--variants", help=f"comma-separated subset of {', '.join(ABLATIONS)} "
@@ -301,11 +313,13 @@ def main() -> None:
     parser.add_argument("--config", type=json.loads, default={},
                         help="TrajectoryConfig fields as JSON, e.g. '{\"lr\": 1e-3}'")
     parser.add_argument("--out", type=Path, default=Path("runs/bench_graph"))
-    parser.add_argument("--cache", type=Path, help="node-feature cache folder (default: OUT/features)")
+    parser.add_argument("--cache", type=Path,
+                        help="node-feature cache folder (default: OUT/features)")
     parser.add_argument("--json", type=Path, help="write {groups: {group: {method: MAE}}} here")
     parser.add_argument("--no-speed", action="store_true", help="skip the speed measurements")
     parser.add_argument("--linear", action="store_true",
-                        help="only the linear ceiling from true volumes (no training; see linear_ceiling)")
+                        help="only the linear ceiling from true volumes "
+                             "(no training; see linear_ceiling)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -334,8 +348,9 @@ def main() -> None:
                 q["config"] = config
                 runs.setdefault(name, []).append(q)
                 results["quality"][f"{name} seed {seed}"] = q
-                print(f"\n{name}, seed {seed}: {q['test_pairs']} test pairs, {q['train_pairs']} train "
-                      f"pairs, {q['subjects']} subjects, trained in {q['train_s']:.0f} s\n"
+                print(f"\n{name}, seed {seed}: {q['test_pairs']} test pairs, "
+                      f"{q['train_pairs']} train pairs, {q['subjects']} subjects, "
+                      f"trained in {q['train_s']:.0f} s\n"
                       f"{table(q['key_groups'])}", flush=True)
         results["gate"] = gate_json(runs)
         print("\n" + gate_table(results["gate"]))

@@ -60,9 +60,9 @@ __all__ = [
     "COPY_BASELINE", "DEFAULT_CHANGE_THRESHOLD", "DEFAULT_SSIM_WINDOW", "LINEAR_BASELINE",
     "MEASUREMENT_FLOOR", "METRICS", "YEAR_BINS", "LinearRates", "PairInfo", "PairResult",
     "SlicePanel", "VolumeChange", "VolumeSample", "best_methods", "change_dice", "change_mae",
-    "change_region", "collect_provenance", "compare_with", "copy_baseline",
-    "copy_baseline_volumes", "describe", "fit_linear_rates", "has_manifest_volumes", "image_metrics",
-    "manifest_volumes", "masked_mae", "masked_mse", "masked_psnr", "masked_ssim", "package_versions",
+    "change_region", "collect_provenance", "compare_with", "copy_baseline", "copy_baseline_volumes",
+    "describe", "fit_linear_rates", "has_manifest_volumes", "image_metrics", "manifest_volumes",
+    "masked_mae", "masked_mse", "masked_psnr", "masked_ssim", "package_versions",
     "regional_change", "render_report", "samples_from_pairs", "summarize", "write_metrics_json",
     "write_pairs_csv", "write_regions_csv", "write_report", "years_bin",
 ]

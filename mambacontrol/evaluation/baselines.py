@@ -66,12 +66,12 @@ def manifest_volumes(visit: Visit) -> dict[int, float]:
         except ValueError:
             value = math.nan
         if not (math.isfinite(value) and value >= 0):
-            raise MambaControlError(f"scan '{visit.image_uid}', column '{column}': '{text}' is not a "
-                                    "volume in mm³ (a number ≥ 0)")
+            raise MambaControlError(f"scan '{visit.image_uid}', column '{column}': '{text}' is "
+                                    "not a volume in mm³ (a number ≥ 0)")
         out[int(match.group(1))] = value
     if not out:
-        raise MambaControlError(f"scan '{visit.image_uid}' has no vol_r<label> columns; give measured "
-                                "volumes to samples_from_pairs(..., volumes=...) instead")
+        raise MambaControlError(f"scan '{visit.image_uid}' has no vol_r<label> columns; give "
+                                "measured volumes to samples_from_pairs(..., volumes=...) instead")
     return out
 
 
@@ -93,7 +93,8 @@ class VolumeSample:
 
 
 def samples_from_pairs(pairs: Iterable[VisitPair],
-                       volumes: Callable[[Visit], Volumes] = manifest_volumes) -> list[VolumeSample]:
+                       volumes: Callable[[Visit], Volumes] = manifest_volumes
+                       ) -> list[VolumeSample]:
     """Volume samples of visit pairs.
 
     Args:

@@ -61,7 +61,8 @@ def _as_tensor(name: str, array: ArrayLike, dtype: torch.dtype = torch.float64) 
     return t
 
 
-def _check_inputs(mask: ArrayLike, **images: ArrayLike) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def _check_inputs(mask: ArrayLike,
+                  **images: ArrayLike) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     m = _as_tensor("mask", mask, torch.bool)
     if not bool(m.any()):
         raise MambaControlError("the brain mask is empty; pass the (X, Y, Z) mask of the brain")
@@ -256,8 +257,8 @@ def regional_change(baseline_volumes: Mapping[int, float], predicted_volumes: Ma
     for label, base in baseline_volumes.items():
         for name, vols in (("predicted", predicted_volumes), ("true", true_volumes)):
             if label not in vols:
-                raise MambaControlError(f"label {label} has a baseline volume but no {name} volume; "
-                                        "measure every region of the baseline")
+                raise MambaControlError(f"label {label} has a baseline volume but no {name} "
+                                        "volume; measure every region of the baseline")
         if base > 0:
             per_region[int(label)] = VolumeChange(_change_pct(base, true_volumes[label]),
                                                   _change_pct(base, predicted_volumes[label]))
@@ -265,8 +266,8 @@ def regional_change(baseline_volumes: Mapping[int, float], predicted_volumes: Ma
     for group, labels in (key_groups or {}).items():
         missing = [lab for lab in labels if lab not in baseline_volumes]
         if missing:
-            raise MambaControlError(f"key group '{group}' names label(s) {missing} with no baseline "
-                                    "volume; measure every region of the atlas")
+            raise MambaControlError(f"key group '{group}' names label(s) {missing} with no "
+                                    "baseline volume; measure every region of the atlas")
         base = sum(baseline_volumes[lab] for lab in labels)
         if base > 0:
             per_group[group] = VolumeChange(
@@ -311,4 +312,5 @@ METRICS: dict[str, MetricSpec] = {
 VOLUME_ERROR = MetricSpec("volume change error", "%", False,
                           "Absolute error of the predicted regional volume change, in % of the "
                           "baseline volume.", 2)
-"""How regional volume change errors are shown (absolute value of :attr:`VolumeChange.error_pct`)."""
+"""How regional volume change errors are shown (absolute value of
+:attr:`VolumeChange.error_pct`)."""

@@ -28,8 +28,8 @@ def definitions(summary: dict) -> dict:
     keys = {}
     for k in summary["keys"]:
         spec = metric_spec(k)
-        keys[k] = {"label": spec.label, "unit": spec.unit, "higher_is_better": spec.higher_is_better,
-                   "description": spec.description}
+        keys[k] = {"label": spec.label, "unit": spec.unit,
+                   "higher_is_better": spec.higher_is_better, "description": spec.description}
     return {"statistics": keys,
             "years_bins": [{"label": label, "above": lo, "up_to": None if math.isinf(hi) else hi}
                            for lo, hi, label in YEAR_BINS],

@@ -77,7 +77,8 @@ def _headers(keys: Sequence[str]) -> list[dict]:
                     "short": _structure(k) if section == "volume" else
                     spec.label + (f" ({spec.unit})" if spec.unit else ""),
                     "direction": "higher is better" if spec.higher_is_better else "lower is better",
-                    "arrow": "↑" if spec.higher_is_better else "↓", "description": spec.description})
+                    "arrow": "↑" if spec.higher_is_better else "↓",
+                    "description": spec.description})
     return out
 
 
@@ -110,7 +111,8 @@ def summary_table(summary: dict) -> dict:
 
 
 def breakdown_table(summary: dict, by: str) -> dict:
-    """Means of the change metrics and volume errors per subgroup (``by_diagnosis``/``by_years``)."""
+    """Means of the change metrics and volume errors per subgroup
+    (``by_diagnosis``/``by_years``)."""
     keys = [k for k in summary["keys"] if k in CHANGE_METRICS or k.startswith(VOLUME_PREFIX)]
     order = [label for _, _, label in YEAR_BINS] if by == "by_years" else None
     subgroups = list(dict.fromkeys(s for m in summary["methods"] for s in summary[by][m]))
@@ -156,13 +158,14 @@ def verdict(summary: dict) -> list[dict]:
     ``{"level": "ok" | "warn", "method", "text"}``."""
     models = [m for m in summary["methods"] if summary["method_kinds"][m] == "model"]
     if not models:
-        return [{"level": "warn", "method": "", "text": "No model was evaluated: the tables compare "
-                                                        "the baselines only."}]
+        return [{"level": "warn", "method": "",
+                 "text": "No model was evaluated: the tables compare the baselines only."}]
     comparisons = compare_with(summary, COPY_BASELINE)
     against_linear = compare_with(summary, LINEAR_BASELINE)
     if not comparisons:
-        return [{"level": "warn", "method": "", "text": "The copy-baseline was not evaluated, so no "
-                 "model can be judged against it on the change metrics."}]
+        return [{"level": "warn", "method": "",
+                 "text": "The copy-baseline was not evaluated, so no model can be judged "
+                         "against it on the change metrics."}]
     floor = summary["overall"].get(MEASUREMENT_FLOOR, {})
     out = []
     for m in models:
@@ -177,7 +180,8 @@ def verdict(summary: dict) -> list[dict]:
                 "beat copy-baseline on the change metrics has not learned progression, whatever "
                 "its PSNR says.")
         elif change:
-            sentences.append(f"beats copying the baseline on every change metric: {_listing(change)}.")
+            sentences.append(f"beats copying the baseline on every change metric: "
+                             f"{_listing(change)}.")
         if volume:
             worse = [c for c in volume if not c["beats"]]
             text = (f"{'Its regional' if sentences else 'has regional'} volume change closer to "
@@ -191,11 +195,12 @@ def verdict(summary: dict) -> list[dict]:
                 text += ("; the difference is smaller than the measurement floor, so not "
                          "resolved, in " + ", ".join(_structure(c["key"]) for c in blurred))
             sentences.append(text + ".")
-        linear = [c for c in against_linear if c["model"] == m and c["key"].startswith(VOLUME_PREFIX)]
+        linear = [c for c in against_linear
+                  if c["model"] == m and c["key"].startswith(VOLUME_PREFIX)]
         if linear:
             won = sum(c["beats"] for c in linear)
-            sentences.append(f"Against the linear extrapolation of population rates it is better in "
-                             f"{won} of {len(linear)} key structures"
+            sentences.append(f"Against the linear extrapolation of population rates it is better "
+                             f"in {won} of {len(linear)} key structures"
                              + (": it adds nothing over population rates there." if won == 0
                                 else "."))
         behind = (lost or any(not c["beats"] for c in volume)
@@ -237,7 +242,8 @@ def rates_table(rates: LinearRates | None) -> dict | None:
     groups = list(dict.fromkeys(g for r in rates.group_rates.values() for g in r))
     return {"diagnoses": [{"name": d, "n": rates.n_pairs.get(d, 0)} for d in dxs],
             "rows": [{"group": g.replace("_", " "),
-                      "rates": [_fmt(rates.group_rates[d].get(g), 2) for d in dxs]} for g in groups],
+                      "rates": [_fmt(rates.group_rates[d].get(g), 2) for d in dxs]}
+                     for g in groups],
             "source": rates.source}
 
 
@@ -280,7 +286,8 @@ def render_report(summary: dict, results: Sequence[PairResult], *, provenance: M
         "has_linear": LINEAR_BASELINE in summary["methods"],
         "has_copy": COPY_BASELINE in summary["methods"],
         "figures": {
-            "groups": figures.data_uri(figures.key_group_error_chart(summary)) if has_groups else None,
+            "groups": (figures.data_uri(figures.key_group_error_chart(summary)) if has_groups
+                       else None),
             "regions": (figures.data_uri(figures.region_error_chart(summary, region_names,
                                                                     top_regions))
                         if has_regions else None),

@@ -68,8 +68,9 @@ def prior_design(covariates: torch.Tensor, years: torch.Tensor,
     return torch.cat([dx] + [dx * columns[t] for t in PRIOR_TERMS if t in terms], dim=1)
 
 
-def fit_prior(covariates: torch.Tensor, years: torch.Tensor, log_ratio: torch.Tensor, mask: torch.Tensor,
-              terms: Sequence[str] = DEFAULT_PRIOR_TERMS, ridge: float = 1e-3) -> np.ndarray:
+def fit_prior(covariates: torch.Tensor, years: torch.Tensor, log_ratio: torch.Tensor,
+              mask: torch.Tensor, terms: Sequence[str] = DEFAULT_PRIOR_TERMS,
+              ridge: float = 1e-3) -> np.ndarray:
     """Least-squares coefficients of the regional prior.
 
     Each node's annual change ``100 · log_ratio / Δt`` is regressed on :func:`prior_design`, with a
@@ -117,7 +118,8 @@ class TrajectoryHead(Component):
                  prior_coef: list | None = None):
         super().__init__()
         if embed_dim < 1 or num_nodes < 1 or hidden < 1:
-            raise ValueError(f"embed_dim {embed_dim}, num_nodes {num_nodes} and hidden {hidden} must be positive")
+            raise ValueError(f"embed_dim {embed_dim}, num_nodes {num_nodes} and hidden {hidden} "
+                             "must be positive")
         self.prior_terms = tuple(prior_terms)
         prior_design(torch.zeros(1, NUM_COVARIATES), torch.zeros(1), self.prior_terms)  # validates
         k = num_prior_columns(self.prior_terms)
@@ -125,7 +127,8 @@ class TrajectoryHead(Component):
         if prior.shape != (num_nodes, k):
             raise ValueError(f"prior_coef must be ({num_nodes}, {k}); got {tuple(prior.shape)}")
         self.register_buffer("prior", prior.float(), persistent=False)
-        self.mlp = nn.Sequential(nn.Linear(embed_dim, hidden), nn.GELU(), nn.Linear(hidden, 2 if curvature else 1))
+        self.mlp = nn.Sequential(nn.Linear(embed_dim, hidden), nn.GELU(),
+                                 nn.Linear(hidden, 2 if curvature else 1))
         nn.init.zeros_(self.mlp[-1].weight)
         nn.init.zeros_(self.mlp[-1].bias)
 
@@ -133,7 +136,8 @@ class TrajectoryHead(Component):
         """Raise :class:`ModelError` unless this head was built for ``graph``."""
         check_graph_identity(self.config.graph, graph, "this TrajectoryHead")
 
-    def forward(self, node_embeddings: torch.Tensor, covariates: torch.Tensor, years: torch.Tensor) -> torch.Tensor:
+    def forward(self, node_embeddings: torch.Tensor, covariates: torch.Tensor,
+                years: torch.Tensor) -> torch.Tensor:
         """Predict.
 
         Args:
@@ -146,12 +150,14 @@ class TrajectoryHead(Component):
         """
         r = self.prior.shape[0]
         if node_embeddings.dim() != 3 or node_embeddings.shape[1] != r:
-            raise MambaControlError(f"node_embeddings of shape {tuple(node_embeddings.shape)} are not (B, {r}, E)")
+            raise MambaControlError(f"node_embeddings of shape {tuple(node_embeddings.shape)} "
+                                    f"are not (B, {r}, E)")
         if covariates.shape != (node_embeddings.shape[0], NUM_COVARIATES):
             raise MambaControlError(f"covariates of shape {tuple(covariates.shape)} are not "
                                     f"({node_embeddings.shape[0]}, {NUM_COVARIATES})")
         out = self.mlp(node_embeddings)
-        prior = prior_design(covariates.to(out.dtype), years, self.prior_terms) @ self.prior.T  # (B, R)
+        prior = (prior_design(covariates.to(out.dtype), years, self.prior_terms)
+                 @ self.prior.T)  # (B, R)
         t = years.to(out.dtype).reshape(-1, 1)
         log_ratio = t * (prior + out[..., 0])
         if out.shape[-1] == 2:
@@ -176,9 +182,11 @@ class TrajectoryModel:
         return target
 
     @classmethod
-    def load(cls, directory: str | os.PathLike, device: str | torch.device = "cpu") -> TrajectoryModel:
+    def load(cls, directory: str | os.PathLike,
+             device: str | torch.device = "cpu") -> TrajectoryModel:
         folder = Path(directory)
-        return cls(GraphEncoder.load(folder / "encoder", device), TrajectoryHead.load(folder / "head", device))
+        return cls(GraphEncoder.load(folder / "encoder", device),
+                   TrajectoryHead.load(folder / "head", device))
 
     def check_graph(self, graph: AnatomyGraph) -> None:
         self.encoder.check_graph(graph)
@@ -193,7 +201,8 @@ class TrajectoryModel:
         self.head.train(mode)
         return self
 
-    def __call__(self, node_features: torch.Tensor, covariates: torch.Tensor, years: torch.Tensor) -> torch.Tensor:
+    def __call__(self, node_features: torch.Tensor, covariates: torch.Tensor,
+                 years: torch.Tensor) -> torch.Tensor:
         """(B, R, F) features, (B, 6) covariates, (B,) horizons → (B, R) log volume ratios."""
         emb, _ = self.encoder(node_features, covariates)
         return self.head(emb, covariates, years)
@@ -210,19 +219,22 @@ class TrajectoryModel:
             (B, R) float64.
         """
         self.train(False)
-        feats = torch.as_tensor(np.asarray(node_features), dtype=torch.float32, device=self.encoder.device)
+        feats = torch.as_tensor(np.asarray(node_features), dtype=torch.float32,
+                                device=self.encoder.device)
         if feats.dim() == 2:
             feats = feats[None]
         cov = self.encoder.covariates(age, years, sex, diagnosis)
         if cov.shape[0] == 1 and feats.shape[0] > 1:
             cov = cov.expand(feats.shape[0], -1)
-        yrs = torch.as_tensor(np.broadcast_to(np.asarray(years, dtype=np.float32), (feats.shape[0],)).copy(),
+        yrs = torch.as_tensor(np.broadcast_to(np.asarray(years, dtype=np.float32),
+                                              (feats.shape[0],)).copy(),
                               device=feats.device)
         return self(feats, cov, yrs).double().cpu().numpy()
 
 
 def group_percent_change(graph: AnatomyGraph, log_ratio: np.ndarray, label_volumes: np.ndarray,
-                         label_ids: Sequence[int], groups: Mapping[str, Sequence[int]]) -> dict[str, np.ndarray]:
+                         label_ids: Sequence[int],
+                         groups: Mapping[str, Sequence[int]]) -> dict[str, np.ndarray]:
     """Predicted % volume change of label groups (e.g. the atlas's key groups).
 
     Each label's baseline volume is scaled by its node's predicted ratio, so any grouping works.

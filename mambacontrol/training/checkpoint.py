@@ -229,7 +229,8 @@ def write_checkpoint(root: str | os.PathLike, step: int, state: Mapping[str, Any
         files = {}
         for stem, group in tensors.items():
             if not re.fullmatch(r"[\w.\-]+", stem):
-                raise ValueError(f"tensor file name {stem!r} must be letters, digits, '.', '-', '_'")
+                raise ValueError(f"tensor file name {stem!r} must be letters, digits, "
+                                 "'.', '-', '_'")
             path = tmp / f"{stem}{TENSOR_SUFFIX}"
             save_file(_storable(group), str(path))
             files[path.name] = _file_record(path)
@@ -301,13 +302,14 @@ def check_tensors_match(what: str, expected: Mapping[str, torch.Tensor],
     if missing or unexpected:
         raise ModelError(f"{where}: the checkpoint's {what} does not match this run's (missing "
                          f"{missing[:3]}, unexpected {unexpected[:3]}); it was written for another "
-                         f"model, so resume with the config that wrote it or use another output folder")
+                         f"model, so resume with the config that wrote it or use another output "
+                         f"folder")
     for key, tensor in expected.items():
         if tuple(saved[key].shape) != tuple(tensor.shape):
             raise ModelError(f"{where}: {what} tensor {key} has shape {tuple(saved[key].shape)} in "
-                             f"the checkpoint, {tuple(tensor.shape)} in this run; it was written for "
-                             f"another model, so resume with the config that wrote it or use another "
-                             f"output folder")
+                             f"the checkpoint, {tuple(tensor.shape)} in this run; it was written "
+                             f"for another model, so resume with the config that wrote it or use "
+                             f"another output folder")
 
 
 # --- helpers -------------------------------------------------------------------------------------

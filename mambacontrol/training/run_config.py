@@ -128,7 +128,8 @@ class GraphModel:
 class GraphStage:
     enabled: bool = True
     model: GraphModel = field(default_factory=GraphModel)
-    train: OptimConfig = field(default_factory=lambda: OptimConfig(steps=1500, batch_size=32, lr=2e-3))
+    train: OptimConfig = field(
+        default_factory=lambda: OptimConfig(steps=1500, batch_size=32, lr=2e-3))
 
 
 DiffusionConfig = _section(

@@ -7,15 +7,16 @@ import sys
 from mambacontrol.cli.main import main
 
 
-def test_evaluate_writes_report_with_baselines_floor_and_ablation(tiny_model, tiny_cohort, tmp_path):
+def test_evaluate_writes_report_with_baselines_floor_and_ablation(tiny_model, tiny_cohort,
+                                                                  tmp_path):
     out = tmp_path / "eval"
     assert main(["-q", "evaluate", "--manifest", str(tiny_cohort), "--model", str(tiny_model),
                  "--compare", str(tiny_model), "--out", str(out), "--max-pairs", "2",
                  "--samples", "2", "--steps", "2"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     name = tiny_model.name
-    assert set(metrics["summary"]["methods"]) >= {name, f"{name}-2", "copy-baseline", "linear-extrapolation",
-                                       "measurement-floor"}
+    assert set(metrics["summary"]["methods"]) >= {name, f"{name}-2", "copy-baseline",
+                                                  "linear-extrapolation", "measurement-floor"}
     pairs = (out / "pairs.csv").read_text().splitlines()
     assert len(pairs) == 1 + 2 * 5
     html = (out / "report.html").read_text()
@@ -24,7 +25,8 @@ def test_evaluate_writes_report_with_baselines_floor_and_ablation(tiny_model, ti
 
 
 def test_evaluate_errors(tiny_model, tiny_cohort, tmp_path):
-    r = subprocess.run([sys.executable, "-m", "mambacontrol", "evaluate", "--manifest", str(tiny_cohort),
-                        "--model", str(tiny_model), "--out", str(tmp_path / "e"), "--baselines", "copy,oracle"],
+    r = subprocess.run([sys.executable, "-m", "mambacontrol", "evaluate",
+                        "--manifest", str(tiny_cohort), "--model", str(tiny_model),
+                        "--out", str(tmp_path / "e"), "--baselines", "copy,oracle"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "oracle" in r.stderr and r.stderr.count("\n") == 1

@@ -1,5 +1,5 @@
-"""A tiny fabricated evaluation run for the tests: small volumes, three pairs, a model, both baselines and the
-measurement floor, computed through the library itself."""
+"""A tiny fabricated evaluation run for the tests: small volumes, three pairs, a model, both
+baselines and the measurement floor, computed through the library itself."""
 
 from __future__ import annotations
 
@@ -64,7 +64,8 @@ def build_tiny_run(subject_ids=("s1", "s2", "s3"), model="model", model_skill=0.
             metrics = image_metrics(image, base, follow, mask, ssim_window=5)
             regions, groups = regional_change(vbase, vols, vmeas, KEY_GROUPS)
             results.append(PairResult(pair, method, metrics, regions, groups))
-        regions, groups = regional_change(vbase, rates.predict(vbase, "AD", years), vmeas, KEY_GROUPS)
+        regions, groups = regional_change(vbase, rates.predict(vbase, "AD", years), vmeas,
+                                          KEY_GROUPS)
         results.append(PairResult(pair, LINEAR_BASELINE, {}, regions, groups))
         regions, groups = regional_change(vbase, vmeas, vtrue, KEY_GROUPS)
         results.append(PairResult(pair, MEASUREMENT_FLOOR, {}, regions, groups))

@@ -74,7 +74,8 @@ def test_ssim_of_constant_regions_matches_the_formula_and_respects_the_mask():
     c1 = 0.01**2
     expected = (2 * 0.5 * 0.25 + c1) / (0.5**2 + 0.25**2 + c1)  # σ = 0: only the luminance term
     assert masked_ssim(x, y, left, win_size=5) == pytest.approx(1.0, abs=1e-5)
-    assert masked_ssim(x, y, right, win_size=5) == pytest.approx(expected, abs=1e-4)  # MONAI computes SSIM in float32
+    # MONAI computes SSIM in float32
+    assert masked_ssim(x, y, right, win_size=5) == pytest.approx(expected, abs=1e-4)
     both = left | right
     assert masked_ssim(x, y, both, win_size=5) == pytest.approx((1 + expected) / 2, abs=1e-4)
 

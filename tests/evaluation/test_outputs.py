@@ -39,7 +39,8 @@ def test_pairs_csv_has_one_row_per_pair_and_method(tmp_path, tiny_run):
     rows = read_csv(write_pairs_csv(tmp_path / "pairs.csv", tiny_run.results))
     assert len(rows) == 3 * 4
     first = rows[:4]
-    assert [r["method"] for r in first] == ["model", COPY_BASELINE, LINEAR_BASELINE, MEASUREMENT_FLOOR]
+    assert [r["method"] for r in first] == ["model", COPY_BASELINE, LINEAR_BASELINE,
+                                            MEASUREMENT_FLOOR]
     assert first[0]["years_bin"] == "≤1 y" and first[0]["diagnosis"] == "AD"
     assert first[2]["mae"] == "" and first[2]["method_kind"] == "baseline"  # volumes only
     copy = first[1]
@@ -54,6 +55,7 @@ def test_regions_csv_per_region_and_method(tmp_path, tiny_run):
     lv = [r for r in rows if r["method"] == COPY_BASELINE and r["region"] == "3"][0]
     assert lv["name"] == "Lateral Ventricle" and lv["kind"] == "region" and lv["n_pairs"] == "3"
     # the copy-baseline's error is the whole true change
-    assert float(lv["abs_error_pct_mean"]) == pytest.approx(float(lv["true_change_pct_mean"]), rel=1e-5)
+    assert float(lv["abs_error_pct_mean"]) == pytest.approx(float(lv["true_change_pct_mean"]),
+                                                            rel=1e-5)
     groups = [r for r in rows if r["kind"] == "key_group" and r["method"] == "model"]
     assert [g["region"] for g in groups] == ["hippocampus", "lateral_ventricles"]

@@ -66,7 +66,8 @@ def test_report_is_self_contained_and_marks_the_best(tmp_path, tiny_run):
     path = write_report(tmp_path / "report.html", render(tiny_run))
     html = path.read_text()
     page = parse(html)
-    links = [(t, a.get("src") or a.get("href")) for t, a in page.tags if a.get("src") or a.get("href")]
+    links = [(t, a.get("src") or a.get("href")) for t, a in page.tags
+             if a.get("src") or a.get("href")]
     assert links and all(v.startswith(("data:image/png;base64,", "#")) for _, v in links)
     assert sum(t == "img" for t, _ in page.tags) == 3 + 2  # three charts, two slice panels
     assert not any(t in ("script", "link", "iframe") for t, _ in page.tags)
@@ -132,5 +133,5 @@ def test_verdict_without_a_model_or_a_copy_baseline():
     pair = PairInfo("s", "a", "b", "CN", 1.0)
     assert "No model was evaluated" in verdict(summarize([PairResult(pair, COPY_BASELINE,
                                                                      {"mae": 0.1})]))[0]["text"]
-    assert "copy-baseline was not evaluated" in verdict(summarize([PairResult(pair, "m",
-                                                                              {"mae": 0.1})]))[0]["text"]
+    assert "copy-baseline was not evaluated" in verdict(
+        summarize([PairResult(pair, "m", {"mae": 0.1})]))[0]["text"]

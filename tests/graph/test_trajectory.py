@@ -34,7 +34,8 @@ def test_untrained_head_predicts_the_prior_and_no_change_at_zero_horizon():
         TrajectoryHead(embed_dim=8, num_nodes=5, prior_coef=[[0.0, 0.0]])
     with pytest.raises(ValueError, match="prior terms"):
         TrajectoryHead(embed_dim=8, num_nodes=5, prior_terms=["height"])
-    assert TrajectoryHead(embed_dim=8, num_nodes=5, prior_terms=["age", "sex", "years"]).prior.shape == (5, 12)
+    assert TrajectoryHead(embed_dim=8, num_nodes=5,
+                          prior_terms=["age", "sex", "years"]).prior.shape == (5, 12)
 
 
 def test_fit_prior_recovers_a_linear_rate_model():
@@ -44,14 +45,16 @@ def test_fit_prior_recovers_a_linear_rate_model():
     ages = 60 + 25 * torch.rand(n, generator=g)
     years = 0.5 + 4 * torch.rand(n, generator=g)
     cov = encode_covariates(ages.tolist(), years.tolist(), ["F", "M"] * 30, dx)
-    true = torch.tensor([[-1.0, -3.0, -4.5, -0.2, -0.4, -0.6], [2.0, 4.0, 6.0, 0.3, 0.5, 0.9]]).double()
+    true = torch.tensor([[-1.0, -3.0, -4.5, -0.2, -0.4, -0.6],
+                         [2.0, 4.0, 6.0, 0.3, 0.5, 0.9]]).double()
     design = prior_design(cov.double(), years.double())
     log_ratio = years.double()[:, None] * (design @ true.T) / 100
     coef = fit_prior(cov, years, log_ratio, torch.ones(n, 2, dtype=torch.bool), ridge=1e-9)
     np.testing.assert_allclose(coef, true.numpy(), atol=1e-5)
     cn = torch.arange(0, n, 3)
     only_cn = fit_prior(cov[cn], years[cn], log_ratio[cn], torch.ones(len(cn), 2, dtype=torch.bool))
-    assert np.all(np.isfinite(only_cn)) and np.all(only_cn[:, [1, 2, 4, 5]] == 0)  # absent diagnoses
+    assert (np.all(np.isfinite(only_cn))
+            and np.all(only_cn[:, [1, 2, 4, 5]] == 0))  # absent diagnoses
 
 
 def test_group_percent_change_uses_each_labels_node(atlas4):
@@ -61,6 +64,7 @@ def test_group_percent_change_uses_each_labels_node(atlas4):
     vols[0, labels.index(47)] = 3.0
     log_ratio = np.zeros((1, graph.num_nodes))
     log_ratio[0, graph.label_to_node[47]] = np.log(0.9)
-    out = group_percent_change(graph, log_ratio, vols, labels, {"hippocampus": [47, 48], "brainstem": [35]})
+    out = group_percent_change(graph, log_ratio, vols, labels,
+                               {"hippocampus": [47, 48], "brainstem": [35]})
     assert out["hippocampus"][0] == pytest.approx(-10.0)
     assert out["brainstem"][0] == pytest.approx(0.0)

@@ -137,14 +137,16 @@ def test_shared_and_noncontiguous_tensors_are_stored(tmp_path):
 @pytest.fixture
 def saved(tmp_path):
     path = write_checkpoint(tmp_path, 7, {"stage": "x"},
-                            {"model.net": {"w": torch.randn(64, 64)}, "optimizer": {"m": torch.ones(2)}})
+                            {"model.net": {"w": torch.randn(64, 64)},
+                             "optimizer": {"m": torch.ones(2)}})
     return path
 
 
 def test_truncated_file_is_refused(saved):
     file = saved / "model.net.safetensors"
     file.write_bytes(file.read_bytes()[:-100])
-    with pytest.raises(ModelError, match="model.net.safetensors: .* bytes, .* were written \\(truncated"):
+    with pytest.raises(ModelError,
+                       match="model.net.safetensors: .* bytes, .* were written \\(truncated"):
         read_checkpoint(saved)
 
 
@@ -171,7 +173,8 @@ def test_missing_files_and_bad_json_are_refused(saved):
 
 def test_tensor_mismatch_messages(tmp_path):
     check_tensors_match("model", {"w": torch.zeros(2)}, {"w": torch.ones(2)}, tmp_path)
-    with pytest.raises(ModelError, match="model tensor w has shape \\(3,\\) in the checkpoint, \\(2,\\)"):
+    with pytest.raises(ModelError,
+                       match="model tensor w has shape \\(3,\\) in the checkpoint, \\(2,\\)"):
         check_tensors_match("model", {"w": torch.zeros(2)}, {"w": torch.ones(3)}, tmp_path)
     with pytest.raises(ModelError, match="missing \\['v'\\], unexpected \\['u'\\]"):
         check_tensors_match("model", {"v": torch.zeros(2)}, {"u": torch.ones(2)}, tmp_path)

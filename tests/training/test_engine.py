@@ -38,7 +38,8 @@ class Killed(Exception):
     """Stands in for a killed process."""
 
 
-DATA = [{"x": np.random.default_rng(i).normal(size=(1, 6, 6, 6)).astype(np.float32)} for i in range(5)]
+DATA = [{"x": np.random.default_rng(i).normal(size=(1, 6, 6, 6)).astype(np.float32)}
+        for i in range(5)]
 
 
 def make_trainer(out, *, init_seed=0, steps=20, kill_at=None, nan_at=None, inf_grad_at=None,
@@ -66,7 +67,8 @@ def make_trainer(out, *, init_seed=0, steps=20, kill_at=None, nan_at=None, inf_g
         return loss, {"mse": loss.item()}
 
     return Trainer(stage, {"net": net}, opt, step_fn, batches, out, steps=steps, lr_scheduler=sched,
-                   frozen={"target": frozen}, checkpoint_every=checkpoint_every, keep_checkpoints=keep,
+                   frozen={"target": frozen}, checkpoint_every=checkpoint_every,
+                   keep_checkpoints=keep,
                    log_every=5, image_every=10 if image_logger else 0, image_logger=image_logger,
                    seed=0, mixed_precision="no", gradient_accumulation_steps=accumulate,
                    ema=("net",), ema_decay=0.9, config={"lr": 0.01} if config is None else config)
@@ -208,8 +210,10 @@ def test_infinite_gradients_stop_before_the_weights_change(tmp_path):
 
 def test_gradient_accumulation_matches_one_big_batch(tmp_path):
     # both built before either runs: Accelerate's gradient state is shared by the process
-    a = make_trainer(tmp_path / "a", steps=3, batch_size=2, accumulate=2, net_kwargs={"dropout": 0.0})
-    b = make_trainer(tmp_path / "b", steps=3, batch_size=4, accumulate=1, net_kwargs={"dropout": 0.0})
+    a = make_trainer(tmp_path / "a", steps=3, batch_size=2, accumulate=2,
+                     net_kwargs={"dropout": 0.0})
+    b = make_trainer(tmp_path / "b", steps=3, batch_size=4, accumulate=1,
+                     net_kwargs={"dropout": 0.0})
     a.run()
     b.run()
     assert a.history == pytest.approx(b.history, rel=1e-5)

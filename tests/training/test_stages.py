@@ -19,7 +19,8 @@ def test_all_stages_write_a_loadable_model(tiny_model):
     assert (tiny_model / "config.yaml").is_file()
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    for stage, tag in (("autoencoder", "samples/reconstruction"), ("unet", "samples/target_vs_estimate"),
+    for stage, tag in (("autoencoder", "samples/reconstruction"),
+                       ("unet", "samples/target_vs_estimate"),
                        ("controlnet", "samples/target_vs_estimate")):
         events = EventAccumulator(str(tiny_model / "logs" / stage))
         events.Reload()

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_predict.py --config synthetic-2mm --samples 4 --steps 25
     python benchmarks/bench_predict.py --model runs/demo/model --samples 4 --steps 20
-    python benchmarks/bench_predict.py --config brain-1p5mm --samples 10 --steps 25  # BrLP's settings
+    python benchmarks/bench_predict.py --config brain-1p5mm --samples 10 --steps 25  # BrLP's
 
 The scan is the atlas template as a 1 mm LPS scan with bias field and noise (a stand-in for a
 scan straight from a pipeline), so the timing includes registration to the atlas and label

@@ -16,12 +16,13 @@ if TYPE_CHECKING:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "predict", help="predict follow-up scans of a T1 NIfTI scan, in its own space",
-        description="Predict the follow-up scan at one or several horizons. Writes, per horizon, the "
-                    "prediction and its uncertainty in the input's exact grid, regional volumes "
-                    "(regions.csv) and, with --png, a montage; plus summary.json.")
+        description="Predict the follow-up scan at one or several horizons. Writes, per "
+                    "horizon, the prediction and its uncertainty in the input's exact grid, "
+                    "regional volumes (regions.csv) and, with --png, a montage; plus "
+                    "summary.json.")
     p.add_argument("image", nargs="?", help="baseline T1 NIfTI (omit with --manifest)")
-    p.add_argument("--manifest", help="predict every scan of this manifest (one subfolder per scan; "
-                                       "an optional mask_path column gives brain masks)")
+    p.add_argument("--manifest", help="predict every scan of this manifest (one subfolder per "
+                                       "scan; an optional mask_path column gives brain masks)")
     p.add_argument("--age", type=float, help="age in years at the scan")
     p.add_argument("--sex", help="F or M")
     p.add_argument("--diagnosis", help="CN, MCI or AD")
@@ -55,7 +56,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bids", action="store_true",
                    help="with --manifest: write --out as a BIDS derivative dataset "
                         "(sub-X/ses-Y/anat/..._desc-pred<Y>y_T1w.nii.gz with JSON sidecars); the "
-                        "session comes from a 'session' column (manifest from-bids) or the file name")
+                        "session comes from a 'session' column (manifest from-bids) or the file "
+                        "name")
     p.add_argument("--no-volumes", action="store_true",
                    help="skip the sub-voxel regional volume measurement (faster)")
     p.set_defaults(func=run)

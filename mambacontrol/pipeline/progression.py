@@ -181,8 +181,8 @@ class ProgressionPipeline:
     # ---- construction, saving, loading -------------------------------------------------------
     def _check_compatible(self) -> None:
         if self.unet.config.latent_channels != self.autoencoder.config.latent_channels:
-            raise ModelError(f"UNet latent_channels {self.unet.config.latent_channels} differ from the "
-                             f"autoencoder's {self.autoencoder.config.latent_channels}")
+            raise ModelError(f"UNet latent_channels {self.unet.config.latent_channels} differ "
+                             f"from the autoencoder's {self.autoencoder.config.latent_channels}")
         self.autoencoder.check_shape(self.atlas.grid.shape)
         latent = [s // self.autoencoder.downsample_factor for s in self.atlas.grid.shape]
         if any(s % self.unet.downsample_factor for s in latent):
@@ -209,7 +209,8 @@ class ProgressionPipeline:
         return next(self.unet.parameters()).device
 
     def to(self, device: str | torch.device) -> ProgressionPipeline:
-        for m in (self.autoencoder, self.unet, self.controlnet, self.graph_encoder, self.trajectory_head):
+        for m in (self.autoencoder, self.unet, self.controlnet, self.graph_encoder,
+                  self.trajectory_head):
             if m is not None:
                 m.to(device)
         return self
@@ -227,7 +228,8 @@ class ProgressionPipeline:
             "_class_name": "ProgressionPipeline",
             "mambacontrol_version": __version__,
             "components": comps,
-            "atlas": {"id": self.atlas.id, "grid": self.atlas.grid_name, "checksum": self.atlas.checksum},
+            "atlas": {"id": self.atlas.id, "grid": self.atlas.grid_name,
+                      "checksum": self.atlas.checksum},
             "grid": self.atlas.grid.to_dict(),
             "noise_schedule": self.schedule.to_dict(),
             "covariate_norm": self.covariate_norm.to_dict(),
@@ -235,7 +237,8 @@ class ProgressionPipeline:
         }
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write every component and ``model_index.json`` (last, so a folder with an index is complete)."""
+        """Write every component and ``model_index.json`` (last, so a folder with an index is
+        complete)."""
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         for name in self.index()["components"]:
@@ -259,14 +262,16 @@ class ProgressionPipeline:
                                       local_files_only=local_files_only)
         idx_path = folder / INDEX_NAME
         if not idx_path.is_file():
-            raise ModelError(f"{folder}: not a mambacontrol model (no {INDEX_NAME}); point --model to "
-                             "a training run's output folder or a Hugging Face Hub id (org/name)")
+            raise ModelError(f"{folder}: not a mambacontrol model (no {INDEX_NAME}); point "
+                             "--model to a training run's output folder or a Hugging Face Hub id "
+                             "(org/name)")
         try:
             idx = json.loads(idx_path.read_text())
             comps = dict(idx["components"])
             atlas_id, atlas_grid, atlas_sum = (idx["atlas"][k] for k in ("id", "grid", "checksum"))
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise ModelError(f"{idx_path}: corrupt model index ({exc}); re-save the model") from None
+            raise ModelError(f"{idx_path}: corrupt model index ({exc}); re-save the "
+                             "model") from None
         try:
             atlas = load_atlas(atlas_id, atlas_grid)
         except MambaControlError as exc:
@@ -280,7 +285,8 @@ class ProgressionPipeline:
                    "graph_encoder": GraphEncoder, "trajectory_head": TrajectoryHead}
         unknown = sorted(set(comps) - set(classes))
         if unknown or "autoencoder" not in comps or "unet" not in comps:
-            raise ModelError(f"{idx_path}: components {sorted(comps)} are not a ProgressionPipeline's")
+            raise ModelError(f"{idx_path}: components {sorted(comps)} are not a "
+                             "ProgressionPipeline's")
         try:
             schedule = NoiseSchedule(**idx["noise_schedule"])
             sampling = SamplingDefaults(**idx.get("sampling", {}))
@@ -290,7 +296,8 @@ class ProgressionPipeline:
         return cls(loaded["autoencoder"], loaded["unet"], schedule, atlas,
                    controlnet=loaded.get("controlnet"), graph_encoder=loaded.get("graph_encoder"),
                    trajectory_head=loaded.get("trajectory_head"),
-                   covariate_norm=CovariateNorm.from_dict(idx.get("covariate_norm")), sampling=sampling)
+                   covariate_norm=CovariateNorm.from_dict(idx.get("covariate_norm")),
+                   sampling=sampling)
 
     # ---- prediction ---------------------------------------------------------------------------
     def _check_inputs(self, image: np.ndarray, labels: np.ndarray | None, age: float,
@@ -300,7 +307,8 @@ class ProgressionPipeline:
             raise MambaControlError(f"image shape {np.shape(image)} is not the model grid {shape}; "
                                     "prepare the scan first (mambacontrol.pipeline.prepare_scan)")
         if labels is not None and tuple(np.shape(labels)) != shape:
-            raise MambaControlError(f"labels shape {np.shape(labels)} is not the model grid {shape}")
+            raise MambaControlError(f"labels shape {np.shape(labels)} is not the model grid "
+                                    f"{shape}")
         if self.graph_encoder is not None and labels is None:
             raise MambaControlError("this model uses the anatomy graph: pass the scan's labels")
         if not np.isfinite(age):
@@ -424,8 +432,8 @@ class ProgressionPipeline:
             horizons = torch.full((num_samples,), float(years), device=self.device)
             hint = build_hint(z_base, horizons, self.covariate_norm,
                               graph_map if uses_graph else None)
-        return _Conditioning(z_base, sample_covariates, self.unet.context(sample_covariates, tokens),
-                             hint, node_log_ratio)
+        context = self.unet.context(sample_covariates, tokens)
+        return _Conditioning(z_base, sample_covariates, context, hint, node_log_ratio)
 
     def _denoiser(self, conditioning: _Conditioning) -> Denoiser:
         """ControlNet → UNet at one sampler step. The UNet's input and its cross-attention
@@ -565,5 +573,6 @@ def resolve_model_folder(model: str | os.PathLike, *, revision: str | None = Non
                          "`hf auth login` for a private one)") from None
     except (HfHubHTTPError, OSError) as exc:
         raise ModelError(f"{name}: could not download from the Hugging Face Hub "
-                         f"({_one_line(exc)}); check the connection, or use a local folder") from None
+                         f"({_one_line(exc)}); check the connection, or use a local "
+                         "folder") from None
     return Path(path)

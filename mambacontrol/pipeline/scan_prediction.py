@@ -187,7 +187,8 @@ class PredictSettings:
         if self.num_samples is not None:
             check_limit("max_samples", self.num_samples, f"--samples {self.num_samples}")
         if self.num_inference_steps is not None:
-            check_limit("max_steps", self.num_inference_steps, f"--steps {self.num_inference_steps}")
+            check_limit("max_steps", self.num_inference_steps,
+                        f"--steps {self.num_inference_steps}")
         if self.seg_format not in SEG_FORMATS:
             raise MambaControlError(f"--seg-format {self.seg_format} is not one of "
                                     f"{', '.join(SEG_FORMATS)}")

@@ -140,8 +140,8 @@ def _check_distinct(requests: Sequence[tuple[BidsTarget, PredictRequest]]) -> No
     """Refuse two scans whose predictions would get one file name."""
     owners: dict[Path, Path] = {}
     for target, request in requests:
-        for years in request.years:
-            key = target.paths(years)["image"]
+        for horizon in request.years:
+            key = target.paths(horizon)["image"]
             if key in owners:
                 raise MambaControlError(f"{request.image} and {owners[key]} both give {key}; "
                                         "give them different sessions or run/acq entities")
@@ -150,5 +150,5 @@ def _check_distinct(requests: Sequence[tuple[BidsTarget, PredictRequest]]) -> No
 
 def _all_present(folder: OutputFolder, layout: BidsLayout, years: Sequence[float]) -> bool:
     """Whether an earlier run of this batch wrote every horizon's prediction."""
-    images = [layout.files(y).prediction for y in years]
+    images = [layout.files(horizon).prediction for horizon in years]
     return all(folder.owns(p.parts[0]) and (folder.path / p).is_file() for p in images)

@@ -192,10 +192,10 @@ def prepare_scan(image: str | os.PathLike | Volume, atlas: Atlas,
 
 
 def _loaded(source: str | os.PathLike | Volume | None, *, labels: bool) -> Volume | None:
-    """A volume as it is, a path loaded (:func:`load_nifti`), None as None."""
-    if source is None or isinstance(source, Volume):
+    """A volume as it is, a path loaded (:func:`load_nifti`), None (or ``""``) as None."""
+    if isinstance(source, Volume):
         return source
-    return load_nifti(source, labels=labels)
+    return load_nifti(source, labels=labels) if source else None
 
 
 def _prepare_on_grid(scan: Volume, seg: Volume | None, user_mask: Volume | None, atlas: Atlas,

@@ -424,14 +424,14 @@ class ProgressionPipeline:
             tokens = pooled.expand(num_samples, -1, -1)
             graph_map = painted.expand(num_samples, -1, -1, -1, -1)
             if self.trajectory_head is not None:
-                horizon = torch.tensor([years], device=self.device)
-                node_log_ratio = self.trajectory_head(nodes, covariates, horizon)[0].cpu().numpy()
+                ratio = self.trajectory_head(nodes, covariates,
+                                             torch.tensor([years], device=self.device))
+                node_log_ratio = ratio[0].cpu().numpy()
         hint = None
         if self.controlnet is not None:
             uses_graph = hint_uses_graph(self.controlnet.config.hint_channels, z_base.shape[1])
-            horizons = torch.full((num_samples,), float(years), device=self.device)
-            hint = build_hint(z_base, horizons, self.covariate_norm,
-                              graph_map if uses_graph else None)
+            hint = build_hint(z_base, torch.full((num_samples,), float(years), device=self.device),
+                              self.covariate_norm, graph_map if uses_graph else None)
         context = self.unet.context(sample_covariates, tokens)
         return _Conditioning(z_base, sample_covariates, context, hint, node_log_ratio)
 

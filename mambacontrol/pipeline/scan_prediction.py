@@ -150,7 +150,7 @@ class PredictRequest:
 
 
 def _optional_path(value: str | os.PathLike | None) -> Path | None:
-    return Path(value) if value is not None else None
+    return Path(value) if value else None
 
 
 @dataclass(frozen=True)
@@ -283,7 +283,7 @@ class FolderLayout:
 
     def entries(self, years: Sequence[float]) -> list[str]:
         """The top-level entries written for these horizons."""
-        return [SUMMARY_NAME, *(horizon_folder(y) for y in years)]
+        return [SUMMARY_NAME, *(horizon_folder(horizon) for horizon in years)]
 
 
 # ---- the one writer ---------------------------------------------------------------------------

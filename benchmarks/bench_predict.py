@@ -2,7 +2,7 @@
 
     python benchmarks/bench_predict.py --config synthetic-2mm --samples 4 --steps 25
     python benchmarks/bench_predict.py --model runs/demo/model --samples 4 --steps 20
-    python benchmarks/bench_predict.py --config brain-1p5mm --samples 10 --steps 25  # BrLP's settings
+    python benchmarks/bench_predict.py --config brain-1p5mm --samples 10 --steps 25  # BrLP's
 
 The scan is the atlas template as a 1 mm LPS scan with bias field and noise (a stand-in for a
 scan straight from a pipeline), so the timing includes registration to the atlas and label
@@ -24,18 +24,21 @@ from pathlib import Path
 
 import torch
 
+from mambacontrol.atlas import load_atlas
+from mambacontrol.graph import AnatomyGraph, GraphEncoder, TrajectoryHead
+from mambacontrol.io import save_nifti
+from mambacontrol.pipeline.progression import ProgressionPipeline, SamplingDefaults
+from mambacontrol.pipeline.scan_prediction import PredictRequest, PredictSettings, predict_scan
+from mambacontrol.registration.standins import lps_grid, standin_scan
+from mambacontrol.training.config import load_config
+from mambacontrol.training.configs import bundled_config
+from mambacontrol.training.run_config import RunConfig
+from mambacontrol.training.stage_autoencoder import build_autoencoder
+from mambacontrol.training.stage_diffusion import build_controlnet, build_unet, noise_schedule
+
 
 def untrained_pipeline(config: str, out: Path) -> Path:
     """Save a pipeline with ``config``'s architecture and random weights into ``out``."""
-    from mambacontrol.atlas import load_atlas
-    from mambacontrol.graph import AnatomyGraph, GraphEncoder, TrajectoryHead
-    from mambacontrol.pipeline.progression import ProgressionPipeline, SamplingDefaults
-    from mambacontrol.training.config import load_config
-    from mambacontrol.training.configs import bundled_config
-    from mambacontrol.training.run_config import RunConfig
-    from mambacontrol.training.stage_autoencoder import build_autoencoder
-    from mambacontrol.training.stage_diffusion import build_controlnet, build_unet, noise_schedule
-
     torch.manual_seed(0)
     cfg = load_config(RunConfig, bundled_config(config))
     atlas = load_atlas(cfg.data.atlas, cfg.data.grid)
@@ -55,13 +58,8 @@ def untrained_pipeline(config: str, out: Path) -> Path:
     return pipe.save_pretrained(out)
 
 
-def run_once(model: str, samples: int, steps: int, threads: int, measure: bool) -> dict:
-    from mambacontrol.atlas import load_atlas
-    from mambacontrol.io import save_nifti
-    from mambacontrol.pipeline.progression import ProgressionPipeline
-    from mambacontrol.pipeline.scan_prediction import PredictRequest, PredictSettings, predict_scan
-    from mambacontrol.registration.standins import lps_grid, standin_scan
-
+def run_once(model: str, num_samples: int, num_inference_steps: int, threads: int,
+             measure: bool) -> dict:
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as tmp:
         atlas2 = load_atlas(grid="2mm")
@@ -69,9 +67,11 @@ def run_once(model: str, samples: int, steps: int, threads: int, measure: bool) 
         path = Path(tmp) / "scan.nii.gz"
         save_nifti(path, scan.data, scan.affine)
         pipe = ProgressionPipeline.from_pretrained(model)
-        summary = predict_scan(pipe, PredictRequest(path, 72.0, "F", "MCI", [2.0]), Path(tmp) / "out",
-                               PredictSettings(samples=samples, steps=steps, measure_volumes=measure),
-                               model_dir=model)
+        settings = PredictSettings(num_samples=num_samples,
+                                   num_inference_steps=num_inference_steps,
+                                   measure_volumes=measure)
+        summary = predict_scan(pipe, PredictRequest(path, 72.0, "F", "MCI", [2.0]),
+                               Path(tmp) / "out", settings, model_dir=model)
     return {"timings": summary["timings_s"], "grid": pipe.atlas.grid_name,
             "scan_shape": list(scan.shape),
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}
@@ -82,30 +82,33 @@ def main() -> int:
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--config", help="bundled config whose architecture to time (random weights)")
     src.add_argument("--model", help="trained model folder")
-    parser.add_argument("--samples", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--samples", type=int, default=4, dest="num_samples")
+    parser.add_argument("--steps", type=int, default=25, dest="num_inference_steps")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--no-volumes", action="store_true", help="skip the regional measurement")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(run_once(args.model, args.samples, args.steps, args.threads,
-                                  not args.no_volumes)))
+        print(json.dumps(run_once(args.model, args.num_samples, args.num_inference_steps,
+                                  args.threads, not args.no_volumes)))
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model or str(untrained_pipeline(args.config, Path(tmp) / "model"))
-        cmd = [sys.executable, __file__, "--model", model, "--samples", str(args.samples),
-               "--steps", str(args.steps), "--threads", str(args.threads), "--child"]
+        cmd = [sys.executable, __file__, "--model", model, "--samples", str(args.num_samples),
+               "--steps", str(args.num_inference_steps), "--threads", str(args.threads),
+               "--child"]
         if args.no_volumes:
             cmd.append("--no-volumes")
         out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     r = json.loads(out.stdout.strip().splitlines()[-1])
     t = r["timings"]
     print(f"{args.config or args.model}: grid {r['grid']}, scan {r['scan_shape']} at 1 mm, "
-          f"M={args.samples}, {args.steps} steps, {args.threads} thread(s), {platform.machine()}")
+          f"M={args.num_samples}, {args.num_inference_steps} steps, {args.threads} thread(s), "
+          f"{platform.machine()}")
     print("| phase | seconds |")
     print("| --- | ---: |")
-    for k in ("registration", "encoding", "sampling", "decoding", "measurement", "back_mapping", "total"):
+    for k in ("registration", "encoding", "sampling", "decoding", "measurement", "back_mapping",
+              "total"):
         if k in t:
             print(f"| {k} | {t[k]:.1f} |")
     print(f"peak RSS {r['peak_rss_gb']:.2f} GB")

@@ -5,17 +5,24 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mambacontrol.errors import MambaControlError
+
+if TYPE_CHECKING:
+    from mambacontrol.pipeline.scan_prediction import PredictSettings
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "predict", help="predict follow-up scans of a T1 NIfTI scan, in its own space",
-        description="Predict the follow-up scan at one or several horizons. Writes, per horizon, the "
-                    "prediction and its uncertainty in the input's exact grid, regional volumes "
-                    "(regions.csv) and, with --png, a montage; plus summary.json.")
+        description="Predict the follow-up scan at one or several horizons. Writes, per "
+                    "horizon, the prediction and its uncertainty in the input's exact grid, "
+                    "regional volumes (regions.csv) and, with --png, a montage; plus "
+                    "summary.json.")
     p.add_argument("image", nargs="?", help="baseline T1 NIfTI (omit with --manifest)")
-    p.add_argument("--manifest", help="predict every scan of this manifest (one subfolder per scan; "
-                                       "an optional mask_path column gives brain masks)")
+    p.add_argument("--manifest", help="predict every scan of this manifest (one subfolder per "
+                                       "scan; an optional mask_path column gives brain masks)")
     p.add_argument("--age", type=float, help="age in years at the scan")
     p.add_argument("--sex", help="F or M")
     p.add_argument("--diagnosis", help="CN, MCI or AD")
@@ -39,24 +46,25 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="input (default): the prediction in the input's intensities and field of "
                         "view, so prediction − input is the predicted change; normalized: the "
                         "model's brain-only 0–1 image")
-    p.add_argument("--samples", type=int, help="samples M averaged per horizon (default: the model's)")
-    p.add_argument("--steps", type=int, help="sampler steps (default: the model's)")
+    p.add_argument("--samples", type=int, dest="num_samples", metavar="SAMPLES",
+                   help="samples M averaged per horizon (default: the model's)")
+    p.add_argument("--steps", type=int, dest="num_inference_steps", metavar="STEPS",
+                   help="sampler steps (default: the model's)")
     p.add_argument("--seed", type=int, default=0, help="seed of the samples")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: auto)")
     p.add_argument("--png", action="store_true", help="also write a montage per horizon")
     p.add_argument("--bids", action="store_true",
                    help="with --manifest: write --out as a BIDS derivative dataset "
                         "(sub-X/ses-Y/anat/..._desc-pred<Y>y_T1w.nii.gz with JSON sidecars); the "
-                        "session comes from a 'session' column (manifest from-bids) or the file name")
+                        "session comes from a 'session' column (manifest from-bids) or the file "
+                        "name")
     p.add_argument("--no-volumes", action="store_true",
                    help="skip the sub-voxel regional volume measurement (faster)")
     p.set_defaults(func=run)
 
 
 def _device(name: str) -> str:
-    import torch
-
-    from mambacontrol.errors import MambaControlError
+    import torch  # heavy: imported when the command runs (--help stays torch-free)
 
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -68,62 +76,75 @@ def _device(name: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mambacontrol.errors import MambaControlError
-    from mambacontrol.io import OutputFolder, inspect_nifti, unique_names
-    from mambacontrol.pipeline.scan_prediction import PredictRequest, PredictSettings
+    """Check every argument (the one boundary: requests and settings are valid from here on),
+    then predict one scan or a manifest's scans."""
+    # heavy (torch, nibabel): imported when the command runs (--help stays torch-free)
+    from mambacontrol.pipeline.scan_prediction import PredictSettings
 
     if (args.image is None) == (args.manifest is None):
-        raise MambaControlError("give either one IMAGE (with --age --sex --diagnosis) or --manifest CSV")
+        raise MambaControlError("give either one IMAGE (with --age --sex --diagnosis) or "
+                                "--manifest CSV")
     if args.bids and args.manifest is None:
-        raise MambaControlError("--bids writes a batch as a BIDS derivative dataset: give --manifest")
-    settings = PredictSettings(samples=args.samples, steps=args.steps, seed=args.seed, png=args.png,
-                               measure_volumes=not args.no_volumes,
+        raise MambaControlError("--bids writes a batch as a BIDS derivative dataset: give "
+                                "--manifest")
+    settings = PredictSettings(num_samples=args.num_samples,
+                               num_inference_steps=args.num_inference_steps, seed=args.seed,
+                               png=args.png, measure_volumes=not args.no_volumes,
                                bias_correction=not args.no_bias_correction,
-                               intensity=args.intensity, seg_format=args.seg_format).check()
+                               intensity=args.intensity, seg_format=args.seg_format)
     if args.image is not None:
-        missing = [f"--{n}" for n in ("age", "sex", "diagnosis") if getattr(args, n) is None]
-        if missing:
-            raise MambaControlError(f"{', '.join(missing)} missing: predicting one scan needs age, sex "
-                                    "and diagnosis")
-        request = PredictRequest(Path(args.image), args.age, args.sex, args.diagnosis,
-                                 list(args.years), _path(args.segmentation), _path(args.mask))
-        request.check()
-        inspect_nifti(request.image)  # bad files and --out fail before the model loads
-        for extra in (request.segmentation, request.mask):
-            if extra is not None:
-                inspect_nifti(extra, labels=True)
-        from mambacontrol.pipeline.scan_prediction import predict_scan
+        return _predict_one(args, settings)
+    return _predict_batch(args, settings)
 
-        with OutputFolder.claim(args.out, "predict", inputs=request.inputs(args.model),
-                                overwrite=args.overwrite) as folder:
-            summary = predict_scan(_load(args), request, folder, settings, model_dir=args.model)
-        t = summary["timings_s"]
-        print(f"wrote {args.out}: {len(summary['outputs'])} horizon(s) in {t['total']:.1f} s "
-              f"(registration {t.get('registration', 0):.1f} s, sampling {t.get('sampling', 0):.1f} s, "
-              f"decoding {t.get('decoding', 0):.1f} s)")
-        return 0
 
+def _predict_one(args: argparse.Namespace, settings: PredictSettings) -> int:
+    # heavy (torch, nibabel): imported when the command runs (--help stays torch-free)
+    from mambacontrol.io import OutputFolder
+    from mambacontrol.pipeline.scan_prediction import PredictRequest, predict_scan
+
+    missing = [f"--{n}" for n in ("age", "sex", "diagnosis") if getattr(args, n) is None]
+    if missing:
+        raise MambaControlError(f"{', '.join(missing)} missing: predicting one scan needs age, "
+                                "sex and diagnosis")
+    request = PredictRequest(Path(args.image), args.age, args.sex, args.diagnosis, args.years,
+                             _path(args.segmentation), _path(args.mask))
+    request.check_files()  # bad files and --out fail before the model loads
+    with OutputFolder.claim(args.out, "predict", inputs=request.inputs(args.model),
+                            overwrite=args.overwrite) as folder:
+        summary = predict_scan(_load(args), request, folder, settings, model_dir=args.model)
+    t = summary["timings_s"]
+    print(f"wrote {args.out}: {len(summary['outputs'])} horizon(s) in {t['total']:.1f} s "
+          f"(registration {t.get('registration', 0):.1f} s, sampling {t.get('sampling', 0):.1f} "
+          f"s, decoding {t.get('decoding', 0):.1f} s)")
+    return 0
+
+
+def _predict_batch(args: argparse.Namespace, settings: PredictSettings) -> int:
+    # heavy (torch, nibabel): imported when the command runs (--help stays torch-free)
     from mambacontrol.data import Manifest
+    from mambacontrol.io import OutputFolder, unique_names
+    from mambacontrol.pipeline.bids_output import BidsTarget, predict_bids
+    from mambacontrol.pipeline.scan_prediction import PredictRequest, predict_many
 
     manifest = Manifest.from_csv(args.manifest, require_split=False)
     names = unique_names(((f"row {i + 1}", v.image_uid) for i, v in enumerate(manifest)),
                          "image_uid")
-    requests = [(names[v.image_uid], PredictRequest(v.image_path, v.age, v.sex, v.diagnosis,
-                                                    list(args.years), v.segm_path,
-                                                    _mask_of(v, manifest)))
-                for v in manifest]
-    for _, r in requests:
-        r.check()
-    inputs = [args.manifest, *(p for _, r in requests for p in r.inputs(args.model))]
+    requests = [PredictRequest(v.image_path, v.age, v.sex, v.diagnosis, args.years, v.segm_path,
+                               _mask_of(v, manifest)) for v in manifest]
+    inputs = [args.manifest, *(p for r in requests for p in r.inputs(args.model))]
     if args.bids:
-        return _predict_bids(args, manifest, [r for _, r in requests], inputs, settings)
-    from mambacontrol.pipeline.scan_prediction import predict_many
-
+        targets = [(BidsTarget.of_visit(v), r) for v, r in zip(manifest, requests)]
+        with OutputFolder.claim(args.out, "predict-bids", inputs=inputs, resume=True,
+                                overwrite=args.overwrite) as folder:
+            done, failed = predict_bids(_load(args), targets, folder, settings,
+                                        model_dir=args.model, overwrite=args.overwrite)
+        return _report(done, failed, len(targets), f"the BIDS derivative {args.out}")
+    named = [(names[v.image_uid], r) for v, r in zip(manifest, requests)]
     with OutputFolder.claim(args.out, "predict-batch", inputs=inputs, resume=True,
                             overwrite=args.overwrite) as folder:
-        done, failed = predict_many(_load(args), requests, folder, settings, model_dir=args.model,
+        done, failed = predict_many(_load(args), named, folder, settings, model_dir=args.model,
                                     overwrite=args.overwrite)
-    return _report(done, failed, len(requests), args.out)
+    return _report(done, failed, len(named), args.out)
 
 
 def _report(done: list, failed: dict, total: int, out: str) -> int:
@@ -132,26 +153,6 @@ def _report(done: list, failed: dict, total: int, out: str) -> int:
     for name, err in failed.items():
         print(f"failed: {name}: {err}", file=sys.stderr)
     return 1 if failed else 0
-
-
-def _predict_bids(args, manifest, requests, inputs, settings) -> int:
-    import re
-
-    from mambacontrol.io import OutputFolder
-    from mambacontrol.pipeline.bids_output import BidsTarget, predict_bids
-
-    targets = []
-    for v, req in zip(manifest, requests):
-        session = v.extra.get("session", "").strip()
-        if not session:
-            found = re.search(r"(?:^|_)ses-([A-Za-z0-9]+)", Path(v.image_path).name)
-            session = found.group(1) if found else None
-        targets.append((BidsTarget.of(v.subject_id, session, v.image_path), req))
-    with OutputFolder.claim(args.out, "predict-bids", inputs=inputs, resume=True,
-                            overwrite=args.overwrite) as folder:
-        done, failed = predict_bids(_load(args), targets, folder, settings, model_dir=args.model,
-                                    overwrite=args.overwrite)
-    return _report(done, failed, len(targets), f"the BIDS derivative {args.out}")
 
 
 def _path(value: str | None) -> Path | None:
@@ -168,6 +169,7 @@ def _mask_of(visit, manifest) -> Path | None:
 
 
 def _load(args: argparse.Namespace):
+    # heavy (torch): imported when the command runs (--help stays torch-free)
     from mambacontrol.pipeline.progression import ProgressionPipeline
 
     return ProgressionPipeline.from_pretrained(args.model, device=_device(args.device))

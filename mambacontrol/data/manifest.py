@@ -41,6 +41,9 @@ DIAGNOSES = ("CN", "MCI", "AD")
 SEXES = ("F", "M")
 SPLITS = ("train", "valid", "test")
 MIN_AGE, MAX_AGE = 18.0, 120.0
+"""A plausible adult's age in years: what a manifest (or a BIDS participants table) may hold.
+Prediction accepts a narrower range, the model's own (``pipeline.scan_prediction.MIN_MODEL_AGE``
+–``MAX_MODEL_AGE``, 40–100): another fact."""
 
 _SEX_ALIASES = {"f": "F", "female": "F", "1": "F", "1.0": "F",
                 "m": "M", "male": "M", "0": "M", "0.0": "M"}

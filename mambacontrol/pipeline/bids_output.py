@@ -22,15 +22,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from mambacontrol.data.bids import bids_derivative_paths, dataset_description, sidecar
+from mambacontrol.data.manifest import Visit
 from mambacontrol.errors import MambaControlError
-from mambacontrol.io import OutputFolder, write_json
+from mambacontrol.io import OutputFolder
 from mambacontrol.pipeline.progression import ProgressionPipeline
 from mambacontrol.pipeline.scan_prediction import (
     FAILURES_NAME,
+    HorizonFiles,
     PredictRequest,
     PredictSettings,
-    horizon_folder,
+    ScanRecord,
+    commit_json,
     write_prediction,
 )
 
@@ -38,6 +43,7 @@ log = logging.getLogger(__name__)
 
 DESCRIPTION_NAME = "dataset_description.json"
 _ENTITY = re.compile(r"(?:^|_)(acq|ce|rec|run)-([A-Za-z0-9]+)")
+_SESSION = re.compile(r"(?:^|_)ses-([A-Za-z0-9]+)")
 
 
 @dataclass(frozen=True)
@@ -53,9 +59,47 @@ class BidsTarget:
         """The target of a scan: ``acq``/``ce``/``rec``/``run`` entities read from its file name."""
         return cls(subject, session or None, tuple(_ENTITY.findall(Path(image).name)))
 
+    @classmethod
+    def of_visit(cls, visit: Visit) -> BidsTarget:
+        """A manifest row's target: its session from a ``session`` column (``manifest
+        from-bids``), else from its file name (``ses-<label>``)."""
+        session = visit.extra.get("session", "").strip()
+        if not session:
+            found = _SESSION.search(Path(visit.image_path).name)
+            session = found.group(1) if found else None
+        return cls.of(visit.subject_id, session, visit.image_path)
+
     def paths(self, years: float) -> dict[str, Path]:
         """The relative derivative paths for one horizon (see ``bids_derivative_paths``)."""
         return bids_derivative_paths(".", self.subject, self.session, years, dict(self.entities))
+
+
+@dataclass(frozen=True)
+class BidsLayout:
+    """A scan's files in the BIDS derivative (the module docstring): no ``summary.json``, no
+    montage; a JSON sidecar beside each image."""
+
+    target: BidsTarget
+
+    @property
+    def summary(self) -> None:
+        return None
+
+    def files(self, years: float) -> HorizonFiles:
+        paths = self.target.paths(years)
+        regions = paths["image"].name.replace("_T1w.nii.gz", "_regions.csv")
+        return HorizonFiles(paths["image"], paths["uncertainty"], paths["image"].with_name(regions),
+                            prediction_sidecar=paths["sidecar"],
+                            uncertainty_sidecar=paths["uncertainty_sidecar"])
+
+    def sidecars(self, record: ScanRecord, years: float) -> dict[Path, dict]:
+        request, files = record.request, self.files(years)
+        common = dict(source=request.image, model=str(record.model_dir), years=years,
+                      samples=record.sampling.num_samples, seed=record.settings.seed)
+        extra = {"Age": request.age, "Sex": request.sex, "Diagnosis": request.diagnosis,
+                 "Steps": record.sampling.num_inference_steps, "Preparation": record.preparation}
+        return {files.prediction_sidecar: sidecar(**common, **extra),
+                files.uncertainty_sidecar: sidecar(**common, uncertainty=True)}
 
 
 def predict_bids(pipe: ProgressionPipeline, requests: Sequence[tuple[BidsTarget, PredictRequest]],
@@ -69,57 +113,42 @@ def predict_bids(pipe: ProgressionPipeline, requests: Sequence[tuple[BidsTarget,
     Returns:
         (scans done now or before, {scan: error}), scans named by their first image path.
     """
-    from tqdm.auto import tqdm
-
-    targets = {}
-    for target, req in requests:
-        for y in req.years:
-            key = target.paths(y)["image"]
-            if key in targets:
-                raise MambaControlError(f"{req.image} and {targets[key]} both give {key}; give "
-                                        "them different sessions or run/acq entities")
-            targets[key] = req.image
+    _check_distinct(requests)
     folder.check_free([DESCRIPTION_NAME, FAILURES_NAME])
     done, failed = [], {}
-    for target, req in tqdm(list(requests), desc="scans", disable=None):
-        name = str(req.image)
-        paths = [target.paths(y) for y in req.years]
-        if not overwrite and all(folder.owns(p["image"].parts[0])
-                                 and (folder.path / p["image"]).is_file() for p in paths):
+    for target, request in tqdm(list(requests), desc="scans", disable=None):
+        name = str(request.image)
+        layout = BidsLayout(target)
+        if not overwrite and _all_present(folder, layout, request.years):
             done.append(name)
             continue
         try:
             with folder.staging() as staged:
-                summary = write_prediction(pipe, req, staged, settings, model_dir)
-                for y, p in zip(req.years, paths):
-                    _commit_horizon(folder, staged / horizon_folder(y), p, req, y, summary,
-                                    model_dir)
+                write_prediction(pipe, request, staged, settings, model_dir, layout)
+                for path in sorted(p for p in staged.rglob("*") if p.is_file()):
+                    folder.commit_file(path, path.relative_to(staged))
             done.append(name)
         except MambaControlError as exc:
             failed[name] = str(exc)
             log.warning("%s: %s", name, exc)
-    with folder.staging() as staged:
-        write_json(staged / DESCRIPTION_NAME, dataset_description())
-        write_json(staged / FAILURES_NAME, failed)
-        for entry in (DESCRIPTION_NAME, FAILURES_NAME):
-            folder.commit(staged / entry, entry)
+    commit_json(folder, DESCRIPTION_NAME, dataset_description())
+    commit_json(folder, FAILURES_NAME, failed)
     return done, failed
 
 
-def _commit_horizon(folder: OutputFolder, staged: Path, paths: dict[str, Path],
-                    req: PredictRequest, years: float, summary: dict,
-                    model_dir: str | None) -> None:
-    settings = summary["settings"]
-    extra = {"Age": req.age, "Sex": req.sex, "Diagnosis": req.diagnosis,
-             "Steps": settings["steps"], "Preparation": summary["preparation"]}
-    common = dict(source=req.image, model=str(model_dir), years=years,
-                  samples=settings["samples"], seed=settings["seed"])
-    write_json(staged / "prediction.json", sidecar(**common, **extra))
-    write_json(staged / "uncertainty.json", sidecar(**common, uncertainty=True))
-    regions = paths["image"].name.replace("_T1w.nii.gz", "_regions.csv")
-    moves = {"prediction.nii.gz": paths["image"], "prediction.json": paths["sidecar"],
-             "uncertainty.nii.gz": paths["uncertainty"],
-             "uncertainty.json": paths["uncertainty_sidecar"],
-             "regions.csv": paths["image"].with_name(regions)}
-    for src, dst in moves.items():
-        folder.commit_file(staged / src, dst)
+def _check_distinct(requests: Sequence[tuple[BidsTarget, PredictRequest]]) -> None:
+    """Refuse two scans whose predictions would get one file name."""
+    owners: dict[Path, Path] = {}
+    for target, request in requests:
+        for horizon in request.years:
+            key = target.paths(horizon)["image"]
+            if key in owners:
+                raise MambaControlError(f"{request.image} and {owners[key]} both give {key}; "
+                                        "give them different sessions or run/acq entities")
+            owners[key] = request.image
+
+
+def _all_present(folder: OutputFolder, layout: BidsLayout, years: Sequence[float]) -> bool:
+    """Whether an earlier run of this batch wrote every horizon's prediction."""
+    images = [layout.files(horizon).prediction for horizon in years]
+    return all(folder.owns(p.parts[0]) and (folder.path / p).is_file() for p in images)

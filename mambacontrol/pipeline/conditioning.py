@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from mambacontrol.data.covariates import CovariateNorm
+from mambacontrol.graph import majority_nodes, node_features, rasterize
 
 
 @dataclass(eq=False)
@@ -40,20 +41,19 @@ def graph_scan_inputs(image: np.ndarray, labels: np.ndarray, graph, factor: int,
         factor: image grid size / latent grid size.
         affine: the image's affine (default: the graph's grid).
     """
-    from mambacontrol.graph import majority_nodes, node_features
-
     feats = node_features(image, labels, graph, affine)
     return GraphScanInputs(torch.from_numpy(np.asarray(feats, dtype=np.float32)),
                            majority_nodes(labels, graph, factor))
 
 
 def delta_t_map(years: torch.Tensor, norm: CovariateNorm, like: torch.Tensor) -> torch.Tensor:
-    """(B,) horizons -> (B, 1, x, y, z) constant maps of the normalised horizon, shaped like ``like``."""
+    """(B,) horizons -> (B, 1, x, y, z) constant maps of the normalised horizon, shaped like
+    ``like``."""
     b = like.shape[0]
-    yrs = years.to(like.device, like.dtype).reshape(-1)
-    if yrs.numel() == 1:
-        yrs = yrs.expand(b)
-    return (yrs / norm.years_scale).view(b, 1, 1, 1, 1).expand(b, 1, *like.shape[2:])
+    years = years.to(like.device, like.dtype).reshape(-1)
+    if years.numel() == 1:
+        years = years.expand(b)
+    return (years / norm.years_scale).view(b, 1, 1, 1, 1).expand(b, 1, *like.shape[2:])
 
 
 def hint_channels(latent_channels: int, graph_dim: int) -> int:
@@ -92,7 +92,5 @@ def encode_graph(encoder, features: torch.Tensor, assignment: torch.Tensor,
     Returns:
         node embeddings (B, R, E), pooled tokens (B, T, E), graph map (B, E, x, y, z).
     """
-    from mambacontrol.graph import rasterize
-
     nodes, tokens = encoder(features, covariates)
     return nodes, tokens, rasterize(nodes, assignment.to(nodes.device))

@@ -15,16 +15,23 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 from scipy import ndimage
 from tqdm.auto import tqdm
 
 from mambacontrol.atlas import Atlas
-from mambacontrol.atlas.segformats import segmentation_labels
+from mambacontrol.atlas.segformats import SegmentationMapping, segmentation_labels
 from mambacontrol.data import Manifest, normalize_intensity
 from mambacontrol.data.intensity import intensity_range
 from mambacontrol.errors import InputFileError, RegistrationError
 from mambacontrol.io import Grid, Volume, load_nifti, save_nifti, unique_names
+from mambacontrol.registration import (
+    AtlasTransform,
+    align_to_atlas,
+    propagate_labels,
+    template_similarity,
+)
 
 MIN_SIMILARITY_ON_GRID = 0.45
 """Brain check of scans already on the atlas grid (not registered, so not the registration's
@@ -42,8 +49,8 @@ class PreparedScan:
         mask: (X, Y, Z) bool brain mask.
         labels: (X, Y, Z) int32 atlas label ids.
         label_source: ``segmentation`` (the scan's own) or ``propagated`` (atlas by registration).
-        transform: the map back to the scan's own space, as
-            :meth:`AtlasTransform.to_dict` (None when the scan was already on the grid).
+        transform: the map back to the scan's own space (None when the scan was already on
+            the grid).
         similarity: the scan's similarity to the template (the brain check).
         affine: (4, 4) the scan's own affine when it was already on the grid.
         intensity_scale: the scan's units per normalised unit (``hi − lo`` of the normalisation;
@@ -57,7 +64,7 @@ class PreparedScan:
     mask: np.ndarray
     labels: np.ndarray
     label_source: str
-    transform: dict | None = None
+    transform: AtlasTransform | None = None
     similarity: float | None = None
     affine: np.ndarray | None = None
     intensity_scale: float = 1.0
@@ -67,11 +74,7 @@ class PreparedScan:
     @property
     def volume_scale(self) -> float:
         """Native mm³ per atlas mm³ (1 for a scan that was already on the grid)."""
-        if self.transform is None:
-            return 1.0
-        from mambacontrol.registration import AtlasTransform
-
-        return AtlasTransform.from_dict(self.transform).volume_scale
+        return 1.0 if self.transform is None else self.transform.volume_scale
 
     def change_to_native(self, change: np.ndarray) -> Volume:
         """A change of normalised intensity on the grid, (X, Y, Z), as a change in the scan's own
@@ -89,9 +92,7 @@ class PreparedScan:
             if self.affine is None:
                 raise ValueError("this prepared scan records no way back to its own space")
             return Volume(np.asarray(array), np.asarray(self.affine, dtype=np.float64).copy())
-        from mambacontrol.registration import AtlasTransform
-
-        return AtlasTransform.from_dict(self.transform).to_native(array, order)
+        return self.transform.to_native(array, order)
 
 
 def load_on_grid(image_path: str | os.PathLike, segm_path: str | os.PathLike,
@@ -137,8 +138,6 @@ def check_brain_on_grid(image: np.ndarray, atlas: Atlas, source) -> float:
     Raises:
         RegistrationError: when the image does not look like a brain on the atlas grid.
     """
-    from mambacontrol.registration import template_similarity
-
     similarity = template_similarity(image, atlas)
     if similarity < MIN_SIMILARITY_ON_GRID:
         raise RegistrationError(
@@ -158,20 +157,23 @@ def on_grid_mask(image: np.ndarray, labels: np.ndarray | None = None) -> np.ndar
 
 
 def prepare_scan(image: str | os.PathLike | Volume, atlas: Atlas,
-                 segm_path: str | os.PathLike | None = None, *, seed: int = 0,
-                 bias_correction: bool = True, mask_path: str | os.PathLike | None = None,
+                 segmentation: str | os.PathLike | Volume | None = None, *, seed: int = 0,
+                 bias_correction: bool = True, mask: str | os.PathLike | Volume | None = None,
                  seg_format: str = "auto") -> PreparedScan:
-    """Load a scan (and optional segmentation) and bring both onto ``atlas.grid``.
+    """Bring a scan (and its optional segmentation and brain mask) onto ``atlas.grid``.
+
+    Each may be given as a NIfTI path or as already loaded by :func:`load_nifti` (nothing is
+    read twice).
 
     Args:
-        image: the scan's NIfTI path, or the scan already loaded by :func:`load_nifti`.
-        segm_path: its label map, in its space: atlas label ids or FreeSurfer ids (aseg,
+        image: the scan.
+        segmentation: its label map, in its space: atlas label ids or FreeSurfer ids (aseg,
             aparc+aseg; SynthSeg, FastSurfer), mapped onto the atlas's regions with the rest
             propagated from the atlas (:mod:`mambacontrol.atlas.segformats`).
         seed: registration seed.
         bias_correction: N4 bias-field correction of a registered scan before normalisation
             (a scan already on the grid is taken as prepared).
-        mask_path: the scan's own brain mask (e.g. SynthStrip's), in its space; default: the
+        mask: the scan's own brain mask (e.g. SynthStrip's), in its space; default: the
             atlas brain mask after registration (for a scan on the grid: its non-zero voxels).
         seg_format: the segmentation's ids: ``auto`` (detected), ``atlas`` or ``freesurfer``.
 
@@ -180,52 +182,69 @@ def prepare_scan(image: str | os.PathLike | Volume, atlas: Atlas,
             that does not overlay its scan.
         RegistrationError: when the scan does not register to the template.
     """
-    scan = image if isinstance(image, Volume) else load_nifti(image)
-    seg = load_nifti(segm_path, labels=True) if segm_path else None
-    user_mask = load_nifti(mask_path, labels=True) if mask_path else None
+    scan = _loaded(image, labels=False)
+    seg = _loaded(segmentation, labels=True)
+    user_mask = _loaded(mask, labels=True)
     if Grid.of(scan).same_as(atlas.grid):
-        for other, path in ((seg, segm_path), (user_mask, mask_path)):
-            if other is not None and not Grid.of(other).same_as(atlas.grid):
-                raise InputFileError(f"{path}: grid {other.shape} differs from its scan's (the "
-                                     f"atlas grid {atlas.grid.shape}); give them on one grid")
-        if user_mask is not None:
-            mask = user_mask.data > 0
-        else:
-            mask = on_grid_mask(scan.data, seg.data if seg is not None else None)
-        image, scale = _normalized_on_grid(scan.data, mask)
-        similarity = check_brain_on_grid(image, atlas, scan.path or "scan")
-        from mambacontrol.registration import propagate_labels
+        return _prepare_on_grid(scan, seg, user_mask, atlas, seed=seed, seg_format=seg_format)
+    return _prepare_registered(scan, seg, user_mask, atlas, seed=seed,
+                               bias_correction=bias_correction, seg_format=seg_format)
 
-        if seg is not None:
-            labels, mapping = segmentation_labels(
-                seg.data, atlas, seg_format, what=str(segm_path),
-                propagate=lambda: propagate_labels(image, atlas, seed=seed))
-            return PreparedScan(image, mask, labels, "segmentation", similarity=similarity,
-                                affine=scan.affine, intensity_scale=scale,
-                                segmentation_format=mapping.fmt)
 
-        labels = propagate_labels(image, atlas, seed=seed)
-        return PreparedScan(image, mask, np.where(mask, labels, 0).astype(np.int32), "propagated",
-                            similarity=similarity, affine=scan.affine, intensity_scale=scale)
+def _loaded(source: str | os.PathLike | Volume | None, *, labels: bool) -> Volume | None:
+    """A volume as it is, a path loaded (:func:`load_nifti`), None (or ``""``) as None."""
+    if isinstance(source, Volume):
+        return source
+    return load_nifti(source, labels=labels) if source else None
 
-    from mambacontrol.registration import align_to_atlas, propagate_labels
 
+def _prepare_on_grid(scan: Volume, seg: Volume | None, user_mask: Volume | None, atlas: Atlas,
+                     *, seed: int, seg_format: str) -> PreparedScan:
+    """A scan already on the atlas grid: normalised unless it is already, brain-checked, its
+    labels mapped from its segmentation or propagated from the atlas."""
+    for other in (seg, user_mask):
+        if other is not None and not Grid.of(other).same_as(atlas.grid):
+            raise InputFileError(f"{other.path}: grid {other.shape} differs from its scan's (the "
+                                 f"atlas grid {atlas.grid.shape}); give them on one grid")
+    if user_mask is not None:
+        mask = user_mask.data > 0
+    else:
+        mask = on_grid_mask(scan.data, seg.data if seg is not None else None)
+    image, scale = _normalized_on_grid(scan.data, mask)
+    similarity = check_brain_on_grid(image, atlas, scan.path or "scan")
+    common = dict(similarity=similarity, affine=scan.affine, intensity_scale=scale)
+    if seg is not None:
+        labels, mapping = segmentation_labels(
+            seg.data, atlas, seg_format, what=str(seg.path),
+            propagate=lambda: propagate_labels(image, atlas, seed=seed))
+        return PreparedScan(image, mask, labels, "segmentation",
+                            segmentation_format=mapping.fmt, **common)
+    labels = propagate_labels(image, atlas, seed=seed)
+    return PreparedScan(image, mask, np.where(mask, labels, 0).astype(np.int32), "propagated",
+                        **common)
+
+
+def _prepare_registered(scan: Volume, seg: Volume | None, user_mask: Volume | None,
+                        atlas: Atlas, *, seed: int, bias_correction: bool,
+                        seg_format: str) -> PreparedScan:
+    """A scan off the grid: registered to the template (brain-extracted, normalised), its
+    segmentation carried along the same transform, or atlas labels propagated."""
     aligned = align_to_atlas(scan, atlas, seed=seed, bias_correction=bias_correction,
                              brain_mask=user_mask)
-    mapping = None
+    mapping: SegmentationMapping | None = None
     if seg is not None:
         labels, mapping = segmentation_labels(
             aligned.transform.to_atlas(seg, order=0).astype(np.int32), atlas, seg_format,
-            what=str(segm_path), propagate=lambda: propagate_labels(aligned.image, atlas, seed=seed))
-        source = "segmentation"
+            what=str(seg.path),
+            propagate=lambda: propagate_labels(aligned.image, atlas, seed=seed))
     else:
         labels = propagate_labels(aligned.image, atlas, seed=seed)
-        source = "propagated"
-    labels = np.where(aligned.mask, labels, 0).astype(np.int32)
     lo, hi = aligned.intensity_range
-    return PreparedScan(aligned.image.astype(np.float32), aligned.mask, labels, source,
-                        aligned.transform.to_dict(), float(aligned.similarity),
-                        intensity_scale=hi - lo, bias_field=aligned.bias_field,
+    return PreparedScan(aligned.image.astype(np.float32), aligned.mask,
+                        np.where(aligned.mask, labels, 0).astype(np.int32),
+                        "segmentation" if seg is not None else "propagated", aligned.transform,
+                        float(aligned.similarity), intensity_scale=hi - lo,
+                        bias_field=aligned.bias_field,
                         segmentation_format=mapping.fmt if mapping is not None else None)
 
 
@@ -247,14 +266,16 @@ def prepare_manifest(manifest: Manifest, atlas: Atlas, folder: str | os.PathLike
     visits = []
     todo = {v.image_uid for v in manifest
             if not (v.segm_path is not None and scan_on_grid(v.image_path, atlas.grid))}
-    for v in tqdm(manifest.visits, desc="preparing scans", disable=None if todo else True, leave=False):
+    for v in tqdm(manifest.visits, desc="preparing scans", disable=None if todo else True,
+                  leave=False):
         if v.image_uid not in todo:
             visits.append(v)
             continue
         paths = {k: out / f"{names[v.image_uid]}_{k}.nii.gz" for k in ("t1", "labels", "mask")}
         if not all(p.is_file() for p in paths.values()):
             scan = prepare_scan(v.image_path, atlas, v.segm_path, seed=seed)
-            save_nifti(paths["mask"], scan.mask.astype(np.uint8), atlas.grid.affine, dtype=np.uint8)
+            save_nifti(paths["mask"], scan.mask.astype(np.uint8), atlas.grid.affine,
+                       dtype=np.uint8)
             save_nifti(paths["labels"], scan.labels, atlas.grid.affine, dtype=np.int16)
             save_nifti(paths["t1"], scan.image, atlas.grid.affine)
         extra = dict(v.extra)
@@ -265,8 +286,6 @@ def prepare_manifest(manifest: Manifest, atlas: Atlas, folder: str | os.PathLike
 
 def scan_on_grid(path: str | os.PathLike, grid: Grid) -> bool:
     """Whether a NIfTI file's header puts it on ``grid`` (reads the header only)."""
-    import nibabel as nib
-
     try:
         img = nib.load(str(path))
     except Exception:  # noqa: BLE001 - unreadable files are reported by load_nifti later

@@ -23,7 +23,7 @@ import json
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,18 +33,21 @@ from mambacontrol._version import __version__
 from mambacontrol.atlas import Atlas, load_atlas
 from mambacontrol.data.covariates import CovariateNorm, encode_covariates
 from mambacontrol.errors import MambaControlError, ModelError
+from mambacontrol.graph import AnatomyGraph, GraphEncoder, TrajectoryHead
 from mambacontrol.io import check_limit, write_json
 from mambacontrol.models.autoencoder import Autoencoder
 from mambacontrol.models.controlnet import MambaControlNet
 from mambacontrol.models.schedulers import SAMPLERS, NoiseSchedule, sampling_scheduler
 from mambacontrol.models.unet import DenoisingUNet
 from mambacontrol.pipeline.conditioning import (
+    GraphScanInputs,
     build_hint,
     encode_graph,
     graph_scan_inputs,
     hint_uses_graph,
 )
-from mambacontrol.pipeline.sampling import sample
+from mambacontrol.pipeline.sampling import Denoiser, sample
+from mambacontrol.pipeline.timings import PhaseTimes
 
 INDEX_NAME = "model_index.json"
 HUB_REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
@@ -73,6 +76,37 @@ class SamplingDefaults:
                     f"num_inference_steps {self.num_inference_steps}")
 
 
+@dataclass(frozen=True)
+class SamplingPlan:
+    """How one prediction samples: the model's :class:`SamplingDefaults`, each replaced by the
+    caller's choice where one is given (:meth:`resolve`, the one place defaults fill in)."""
+
+    sampler: str
+    num_inference_steps: int
+    num_samples: int
+    decode: str
+
+    @classmethod
+    def resolve(cls, defaults: SamplingDefaults, *, num_samples: int | None = None,
+                num_inference_steps: int | None = None, sampler: str | None = None,
+                decode: str | None = None) -> SamplingPlan:
+        """The caller's choices, the model's ``defaults`` for those not given (None or 0)."""
+        return cls(sampler or defaults.sampler,
+                   int(num_inference_steps or defaults.num_inference_steps),
+                   int(num_samples or defaults.num_samples), decode or defaults.decode)
+
+    def check(self) -> None:
+        """Raise :class:`MambaControlError` (or ``ResourceLimitError``) for a bad choice."""
+        check_limit("max_samples", self.num_samples, f"{self.num_samples} samples")
+        check_limit("max_steps", self.num_inference_steps,
+                    f"{self.num_inference_steps} sampler steps")
+        if self.decode not in DECODE_MODES:
+            raise MambaControlError(f"decode '{self.decode}' is not one of "
+                                    f"{', '.join(DECODE_MODES)}")
+        if self.num_samples < 1 or self.num_inference_steps < 1:
+            raise MambaControlError("num_samples and num_inference_steps must be ≥ 1")
+
+
 @dataclass(eq=False)
 class Prediction:
     """The predicted follow-up of one baseline at one horizon, on the model grid.
@@ -91,7 +125,26 @@ class Prediction:
     uncertainty: np.ndarray
     node_log_ratio: np.ndarray | None = None
     num_samples: int = 1
-    extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True, eq=False)
+class Predictions(Sequence[Prediction]):
+    """What one :meth:`ProgressionPipeline.predict` call returns: a sequence of one
+    :class:`Prediction` per horizon, in the order given, and where the time went.
+
+    Attributes:
+        horizons: the predictions.
+        timings: seconds per phase: ``encoding``, ``sampling``, ``decoding``.
+    """
+
+    horizons: tuple[Prediction, ...]
+    timings: dict[str, float]
+
+    def __getitem__(self, index):
+        return self.horizons[index]
+
+    def __len__(self) -> int:
+        return len(self.horizons)
 
 
 class ProgressionPipeline:
@@ -128,8 +181,8 @@ class ProgressionPipeline:
     # ---- construction, saving, loading -------------------------------------------------------
     def _check_compatible(self) -> None:
         if self.unet.config.latent_channels != self.autoencoder.config.latent_channels:
-            raise ModelError(f"UNet latent_channels {self.unet.config.latent_channels} differ from the "
-                             f"autoencoder's {self.autoencoder.config.latent_channels}")
+            raise ModelError(f"UNet latent_channels {self.unet.config.latent_channels} differ "
+                             f"from the autoencoder's {self.autoencoder.config.latent_channels}")
         self.autoencoder.check_shape(self.atlas.grid.shape)
         latent = [s // self.autoencoder.downsample_factor for s in self.atlas.grid.shape]
         if any(s % self.unet.downsample_factor for s in latent):
@@ -148,8 +201,6 @@ class ProgressionPipeline:
         if self.graph_encoder is None:
             return None
         if self._graph is None:
-            from mambacontrol.graph import AnatomyGraph
-
             self._graph = AnatomyGraph.from_identity(self.atlas, self.graph_encoder.config.graph)
         return self._graph
 
@@ -158,7 +209,8 @@ class ProgressionPipeline:
         return next(self.unet.parameters()).device
 
     def to(self, device: str | torch.device) -> ProgressionPipeline:
-        for m in (self.autoencoder, self.unet, self.controlnet, self.graph_encoder, self.trajectory_head):
+        for m in (self.autoencoder, self.unet, self.controlnet, self.graph_encoder,
+                  self.trajectory_head):
             if m is not None:
                 m.to(device)
         return self
@@ -176,7 +228,8 @@ class ProgressionPipeline:
             "_class_name": "ProgressionPipeline",
             "mambacontrol_version": __version__,
             "components": comps,
-            "atlas": {"id": self.atlas.id, "grid": self.atlas.grid_name, "checksum": self.atlas.checksum},
+            "atlas": {"id": self.atlas.id, "grid": self.atlas.grid_name,
+                      "checksum": self.atlas.checksum},
             "grid": self.atlas.grid.to_dict(),
             "noise_schedule": self.schedule.to_dict(),
             "covariate_norm": self.covariate_norm.to_dict(),
@@ -184,7 +237,8 @@ class ProgressionPipeline:
         }
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write every component and ``model_index.json`` (last, so a folder with an index is complete)."""
+        """Write every component and ``model_index.json`` (last, so a folder with an index is
+        complete)."""
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         for name in self.index()["components"]:
@@ -208,14 +262,16 @@ class ProgressionPipeline:
                                       local_files_only=local_files_only)
         idx_path = folder / INDEX_NAME
         if not idx_path.is_file():
-            raise ModelError(f"{folder}: not a mambacontrol model (no {INDEX_NAME}); point --model to "
-                             "a training run's output folder or a Hugging Face Hub id (org/name)")
+            raise ModelError(f"{folder}: not a mambacontrol model (no {INDEX_NAME}); point "
+                             "--model to a training run's output folder or a Hugging Face Hub id "
+                             "(org/name)")
         try:
             idx = json.loads(idx_path.read_text())
             comps = dict(idx["components"])
             atlas_id, atlas_grid, atlas_sum = (idx["atlas"][k] for k in ("id", "grid", "checksum"))
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise ModelError(f"{idx_path}: corrupt model index ({exc}); re-save the model") from None
+            raise ModelError(f"{idx_path}: corrupt model index ({exc}); re-save the "
+                             "model") from None
         try:
             atlas = load_atlas(atlas_id, atlas_grid)
         except MambaControlError as exc:
@@ -225,13 +281,12 @@ class ProgressionPipeline:
             raise ModelError(f"{folder}: the model was trained on another version of atlas "
                              f"{atlas.id} grid {atlas.grid_name} (checksum differs); retrain or "
                              "install the matching atlas")
-        from mambacontrol.graph import GraphEncoder, TrajectoryHead
-
         classes = {"autoencoder": Autoencoder, "unet": DenoisingUNet, "controlnet": MambaControlNet,
                    "graph_encoder": GraphEncoder, "trajectory_head": TrajectoryHead}
         unknown = sorted(set(comps) - set(classes))
         if unknown or "autoencoder" not in comps or "unet" not in comps:
-            raise ModelError(f"{idx_path}: components {sorted(comps)} are not a ProgressionPipeline's")
+            raise ModelError(f"{idx_path}: components {sorted(comps)} are not a "
+                             "ProgressionPipeline's")
         try:
             schedule = NoiseSchedule(**idx["noise_schedule"])
             sampling = SamplingDefaults(**idx.get("sampling", {}))
@@ -241,7 +296,8 @@ class ProgressionPipeline:
         return cls(loaded["autoencoder"], loaded["unet"], schedule, atlas,
                    controlnet=loaded.get("controlnet"), graph_encoder=loaded.get("graph_encoder"),
                    trajectory_head=loaded.get("trajectory_head"),
-                   covariate_norm=CovariateNorm.from_dict(idx.get("covariate_norm")), sampling=sampling)
+                   covariate_norm=CovariateNorm.from_dict(idx.get("covariate_norm")),
+                   sampling=sampling)
 
     # ---- prediction ---------------------------------------------------------------------------
     def _check_inputs(self, image: np.ndarray, labels: np.ndarray | None, age: float,
@@ -251,7 +307,8 @@ class ProgressionPipeline:
             raise MambaControlError(f"image shape {np.shape(image)} is not the model grid {shape}; "
                                     "prepare the scan first (mambacontrol.pipeline.prepare_scan)")
         if labels is not None and tuple(np.shape(labels)) != shape:
-            raise MambaControlError(f"labels shape {np.shape(labels)} is not the model grid {shape}")
+            raise MambaControlError(f"labels shape {np.shape(labels)} is not the model grid "
+                                    f"{shape}")
         if self.graph_encoder is not None and labels is None:
             raise MambaControlError("this model uses the anatomy graph: pass the scan's labels")
         if not np.isfinite(age):
@@ -262,7 +319,8 @@ class ProgressionPipeline:
     @torch.no_grad()
     def encode(self, image: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """(X, Y, Z) image -> (the image tensor (1, 1, X, Y, Z), its latent (1, C_z, x, y, z))."""
-        x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].to(self.device)
+        x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
+        x = x.to(self.device)
         return x, self.autoencoder.encode(x)
 
     @torch.no_grad()
@@ -271,8 +329,8 @@ class ProgressionPipeline:
                 num_samples: int | None = None, num_inference_steps: int | None = None,
                 sampler: str | None = None, decode: str | None = None,
                 generator: torch.Generator | None = None, seed: int | None = None,
-                progress: bool = False, timings: dict | None = None) -> list[Prediction]:
-        """Predict the follow-up scan at one or several horizons.
+                progress: bool = False) -> Predictions:
+        """Predict the follow-up scan at one or several horizons; checks every argument first.
 
         Args:
             image: (X, Y, Z) baseline on the model grid, brain-extracted and normalised
@@ -282,99 +340,123 @@ class ProgressionPipeline:
             sex: ``F``/``M``. diagnosis: ``CN``/``MCI``/``AD``.
             years: one horizon or several (years after the baseline).
             mask: (X, Y, Z) brain mask; the prediction is zero outside (default: image ≠ 0).
-            num_samples: M (default: the model's).
-            num_inference_steps: sampler steps (default: the model's).
+            num_samples: M (default, or 0: the model's).
+            num_inference_steps: sampler steps (default, or 0: the model's).
             sampler: ``ddim``, ``dpm-solver`` or ``ddpm`` (default: the model's).
             decode: ``difference`` or ``direct`` (default: the model's).
             generator / seed: randomness of the samples; the same seed gives the same prediction.
             progress: show sampling progress.
-            timings: if a dict is given, seconds spent per phase are added to it
-                (``encoding``, ``sampling``, ``decoding``).
 
         Returns:
-            One :class:`Prediction` per horizon, in the given order.
+            One :class:`Prediction` per horizon, in the given order, and the seconds spent per
+            phase (:class:`Predictions`).
         """
-        import time
-
-        hz = [float(years)] if np.isscalar(years) else [float(y) for y in years]
-        if not hz:
+        years = (float(years),) if np.isscalar(years) else tuple(float(y) for y in years)
+        if not years:
             raise MambaControlError("give at least one horizon (years)")
-        self._check_inputs(image, labels, float(age), hz)
-        m = int(num_samples or self.sampling.num_samples)
-        steps = int(num_inference_steps or self.sampling.num_inference_steps)
-        check_limit("max_samples", m, f"{m} samples")
-        check_limit("max_steps", steps, f"{steps} sampler steps")
-        mode = decode or self.sampling.decode
-        if mode not in DECODE_MODES:
-            raise MambaControlError(f"decode '{mode}' is not one of {', '.join(DECODE_MODES)}")
-        if m < 1 or steps < 1:
-            raise MambaControlError("num_samples and num_inference_steps must be ≥ 1")
-        scheduler = sampling_scheduler(self.schedule, sampler or self.sampling.sampler)
+        self._check_inputs(image, labels, float(age), years)
+        sampling = SamplingPlan.resolve(self.sampling, num_samples=num_samples,
+                                        num_inference_steps=num_inference_steps, sampler=sampler,
+                                        decode=decode)
+        sampling.check()
         if generator is None:
             generator = torch.Generator().manual_seed(0 if seed is None else int(seed))
-        clock = timings if timings is not None else {}
+        return self.predict_checked(image, labels, age, sex, diagnosis, years, sampling, generator,
+                                    mask=mask, progress=progress)
 
-        t0 = time.perf_counter()
+    @torch.no_grad()
+    def predict_checked(self, image: np.ndarray, labels: np.ndarray | None, age: float, sex: str,
+                        diagnosis: str, years: Sequence[float], sampling: SamplingPlan,
+                        generator: torch.Generator, *, mask: np.ndarray | None = None,
+                        progress: bool = False) -> Predictions:
+        """:meth:`predict` for arguments already checked at a boundary (a scan prepared on the
+        model grid by :func:`~mambacontrol.pipeline.prepare.prepare_scan`, a validated
+        :class:`~mambacontrol.pipeline.scan_prediction.PredictRequest`); nothing is checked again.
+
+        Args:
+            years: the horizons, in years.
+            sampling: the resolved sampling (:meth:`SamplingPlan.resolve`).
+            generator: randomness of the samples.
+        """
+        scheduler = sampling_scheduler(self.schedule, sampling.sampler)
+        clock = PhaseTimes()
+        with clock.phase("encoding"):
+            baseline = self._encode_baseline(image, labels, mask, sampling.decode)
+        predictions = []
+        for horizon in map(float, years):
+            covariates = encode_covariates(age, horizon, sex, diagnosis, self.covariate_norm)
+            covariates = covariates.to(self.device)
+            with clock.phase("sampling"):
+                conditioning = self._conditioning(baseline, covariates, horizon,
+                                                  sampling.num_samples)
+                target = sample(self._denoiser(conditioning), scheduler,
+                                tuple(conditioning.z_base.shape), sampling.num_inference_steps,
+                                generator=generator, device=self.device, progress=progress)
+            with clock.phase("decoding"):
+                mean, std = self._decode(baseline.image, baseline.latent, baseline.decoded, target,
+                                         baseline.brain)
+            predictions.append(Prediction(horizon, mean, std, conditioning.node_log_ratio,
+                                          sampling.num_samples))
+        return Predictions(tuple(predictions), clock.seconds)
+
+    def _encode_baseline(self, image: np.ndarray, labels: np.ndarray | None,
+                         mask: np.ndarray | None, decode: str) -> _EncodedBaseline:
+        """What every horizon of one baseline shares, computed once."""
         x_base, z_base = self.encode(image)
         brain = (np.asarray(image) != 0) if mask is None else np.asarray(mask, dtype=bool)
-        graph_in = None
+        graph_inputs = None
         if self.graph_encoder is not None:
-            graph_in = graph_scan_inputs(np.asarray(image), np.asarray(labels), self.graph,
-                                         self.autoencoder.downsample_factor)
-        base_decoded = self.autoencoder.decode(z_base) if mode == "difference" else None
-        clock["encoding"] = clock.get("encoding", 0.0) + time.perf_counter() - t0
+            graph_inputs = graph_scan_inputs(np.asarray(image), np.asarray(labels), self.graph,
+                                             self.autoencoder.downsample_factor)
+        decoded = self.autoencoder.decode(z_base) if decode == "difference" else None
+        return _EncodedBaseline(x_base, z_base, decoded, brain, graph_inputs)
 
-        out = []
-        for y in hz:
-            cov = encode_covariates(age, y, sex, diagnosis, self.covariate_norm).to(self.device)
-            t1 = time.perf_counter()
-            target, node_ratio = self._sample_target(z_base, cov, y, graph_in, m, steps, scheduler,
-                                                     generator, progress)
-            t2 = time.perf_counter()
-            mean, std = self._decode(x_base, z_base, base_decoded, target, brain)
-            t3 = time.perf_counter()
-            clock["sampling"] = clock.get("sampling", 0.0) + t2 - t1
-            clock["decoding"] = clock.get("decoding", 0.0) + t3 - t2
-            out.append(Prediction(y, mean, std, node_ratio, m))
-        return out
-
-    @torch.no_grad()
-    def _sample_target(self, z_base: torch.Tensor, cov: torch.Tensor, years: float, graph_in,
-                       m: int, steps: int, scheduler, generator: torch.Generator,
-                       progress: bool) -> tuple[torch.Tensor, np.ndarray | None]:
-        zb = z_base.expand(m, *z_base.shape[1:])
-        covs = cov.expand(m, -1)
-        tokens = graph_map = None
-        node_ratio = None
-        if graph_in is not None:
-            feats = graph_in.features[None].to(self.device)
-            nodes, tok, gmap = encode_graph(self.graph_encoder, feats, graph_in.assignment, cov)
-            tokens, graph_map = tok.expand(m, -1, -1), gmap.expand(m, -1, -1, -1, -1)
+    def _conditioning(self, baseline: _EncodedBaseline, covariates: torch.Tensor, years: float,
+                      num_samples: int) -> _Conditioning:
+        """Everything that steers the denoiser at one horizon, for ``num_samples`` samples."""
+        z_base = baseline.latent.expand(num_samples, *baseline.latent.shape[1:])
+        sample_covariates = covariates.expand(num_samples, -1)
+        tokens = graph_map = node_log_ratio = None
+        if baseline.graph_inputs is not None:
+            features = baseline.graph_inputs.features[None].to(self.device)
+            nodes, pooled, painted = encode_graph(self.graph_encoder, features,
+                                                  baseline.graph_inputs.assignment, covariates)
+            tokens = pooled.expand(num_samples, -1, -1)
+            graph_map = painted.expand(num_samples, -1, -1, -1, -1)
             if self.trajectory_head is not None:
-                yrs = torch.tensor([years], device=self.device)
-                node_ratio = self.trajectory_head(nodes, cov, yrs)[0].cpu().numpy()
-        context = self.unet.context(covs, tokens) if self.controlnet is not None else None
+                ratio = self.trajectory_head(nodes, covariates,
+                                             torch.tensor([years], device=self.device))
+                node_log_ratio = ratio[0].cpu().numpy()
         hint = None
         if self.controlnet is not None:
-            yrs = torch.full((m,), float(years), device=self.device)
-            uses_graph = hint_uses_graph(self.controlnet.config.hint_channels, zb.shape[1])
-            hint = build_hint(zb, yrs, self.covariate_norm, graph_map if uses_graph else None)
+            uses_graph = hint_uses_graph(self.controlnet.config.hint_channels, z_base.shape[1])
+            hint = build_hint(z_base, torch.full((num_samples,), float(years), device=self.device),
+                              self.covariate_norm, graph_map if uses_graph else None)
+        context = self.unet.context(sample_covariates, tokens)
+        return _Conditioning(z_base, sample_covariates, context, hint, node_log_ratio)
+
+    def _denoiser(self, conditioning: _Conditioning) -> Denoiser:
+        """ControlNet → UNet at one sampler step. The UNet's input and its cross-attention
+        context are computed once (the context once per horizon) and given to both networks,
+        so the UNet's own network is called with them directly."""
+        c = conditioning
 
         def denoise(noisy: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            res, mid = None, None
+            x = self.unet.network_input(noisy, c.z_base)
+            residuals = mid = None
             if self.controlnet is not None:
-                res, mid = self.controlnet(self.unet.network_input(noisy, zb), t, hint, covs,
-                                           context=context)
-            return self.unet(noisy, t, covs, z_base=zb, graph_tokens=tokens,
-                             down_block_additional_residuals=res, mid_block_additional_residual=mid)
+                residuals, mid = self.controlnet(x, t, c.hint, c.covariates, context=c.context)
+                residuals = tuple(residuals)
+            return self.unet.net(x, t, context=c.context,
+                                 down_block_additional_residuals=residuals,
+                                 mid_block_additional_residual=mid)
 
-        target = sample(denoise, scheduler, tuple(zb.shape), steps, generator=generator,
-                        device=self.device, progress=progress)
-        return target, node_ratio
+        return denoise
 
     @torch.no_grad()
-    def _decode(self, x_base: torch.Tensor, z_base: torch.Tensor, base_decoded: torch.Tensor | None,
-                target: torch.Tensor, brain: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _decode(self, x_base: torch.Tensor, z_base: torch.Tensor,
+                base_decoded: torch.Tensor | None, target: torch.Tensor,
+                brain: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Decode each sample (one at a time, to bound memory) and reduce to mean and sd."""
         total = None
         total_sq = None
@@ -393,6 +475,44 @@ class ProgressionPipeline:
         mean = torch.where(keep, mean.clamp(0, 1), torch.zeros_like(mean))
         std = torch.where(keep, var.sqrt(), torch.zeros_like(var))
         return mean.float().cpu().numpy(), std.float().cpu().numpy()
+
+
+@dataclass(frozen=True, eq=False)
+class _EncodedBaseline:
+    """A baseline encoded once for all its horizons.
+
+    Attributes:
+        image: (1, 1, X, Y, Z) the baseline image.
+        latent: (1, C_z, x, y, z) its latent.
+        decoded: (1, 1, X, Y, Z) the decoded latent (difference-of-decodes rule), else None.
+        brain: (X, Y, Z) bool mask outside which predictions are zero.
+        graph_inputs: node features and latent-grid node assignment (None without a graph).
+    """
+
+    image: torch.Tensor
+    latent: torch.Tensor
+    decoded: torch.Tensor | None
+    brain: np.ndarray
+    graph_inputs: GraphScanInputs | None
+
+
+@dataclass(frozen=True, eq=False)
+class _Conditioning:
+    """What steers the denoiser at one horizon, for M samples.
+
+    Attributes:
+        z_base: (M, C_z, x, y, z) the baseline latent.
+        covariates: (M, 6).
+        context: (M, 1 + T, E) the UNet's cross-attention context (covariate ⊕ graph tokens).
+        hint: (M, C_hint, x, y, z) the ControlNet's hint (None without a ControlNet).
+        node_log_ratio: (R,) the trajectory head's prediction (None without a head).
+    """
+
+    z_base: torch.Tensor
+    covariates: torch.Tensor
+    context: torch.Tensor
+    hint: torch.Tensor | None
+    node_log_ratio: np.ndarray | None
 
 
 def _env_flag(name: str) -> bool:
@@ -453,5 +573,6 @@ def resolve_model_folder(model: str | os.PathLike, *, revision: str | None = Non
                          "`hf auth login` for a private one)") from None
     except (HfHubHTTPError, OSError) as exc:
         raise ModelError(f"{name}: could not download from the Hugging Face Hub "
-                         f"({_one_line(exc)}); check the connection, or use a local folder") from None
+                         f"({_one_line(exc)}); check the connection, or use a local "
+                         "folder") from None
     return Path(path)

@@ -33,7 +33,8 @@ def sample(denoise: Denoiser, scheduler: SchedulerMixin, shape: tuple[int, ...],
     if num_inference_steps < 1:
         raise ValueError(f"num_inference_steps must be ≥ 1, got {num_inference_steps}")
     scheduler.set_timesteps(num_inference_steps, device=device)
-    noisy = torch.randn(shape, generator=generator, dtype=torch.float32).to(device=device, dtype=dtype)
+    noisy = torch.randn(shape, generator=generator, dtype=torch.float32)
+    noisy = noisy.to(device=device, dtype=dtype)
     noisy = noisy * scheduler.init_noise_sigma
     for t in tqdm(scheduler.timesteps, desc="sampling", disable=not progress, leave=False):
         model_in = scheduler.scale_model_input(noisy, t)

@@ -15,6 +15,11 @@ to the scan's exact grid, and write::
                                      and the trajectory head's own prediction
     OUT/years_<Y>/montage.png        (optional) input, prediction and change in three planes
 
+:func:`write_prediction` is the one writer of these files; where each goes is its layout's
+(:class:`FolderLayout` above, or the BIDS derivative of :mod:`.bids_output`). A
+:class:`PredictRequest` and :class:`PredictSettings` are checked when they are built (the CLI
+and the Python API build them), and nothing later checks them again.
+
 ``OUT`` is claimed first (:class:`mambacontrol.io.OutputFolder`); everything is written into a
 hidden staging folder inside it and moved into place entry by entry at the end, so a failure
 leaves nothing half-written and nothing that the command did not create is ever replaced.
@@ -27,87 +32,145 @@ import logging
 import os
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
+import torch
+from tqdm.auto import tqdm
 
 from mambacontrol._version import package_versions
 from mambacontrol.atlas.segformats import FORMATS as SEG_FORMATS
 from mambacontrol.data.manifest import normalize_diagnosis, normalize_sex
 from mambacontrol.errors import MambaControlError, ModelError
-from mambacontrol.io import OutputFolder, load_nifti, safe_name, save_nifti, write_csv, write_json
+from mambacontrol.io import (
+    OutputFolder,
+    Volume,
+    inspect_nifti,
+    load_nifti,
+    safe_name,
+    save_nifti,
+    write_csv,
+    write_json,
+)
 from mambacontrol.io.digest import sha256_file
 from mambacontrol.io.limits import check_limit
 from mambacontrol.io.tables import dict_rows
+from mambacontrol.pipeline.figures import prediction_montage
 from mambacontrol.pipeline.prepare import PreparedScan, prepare_scan
-from mambacontrol.pipeline.progression import Prediction, ProgressionPipeline
+from mambacontrol.pipeline.progression import (
+    Prediction,
+    Predictions,
+    ProgressionPipeline,
+    SamplingDefaults,
+    SamplingPlan,
+)
+from mambacontrol.pipeline.timings import PhaseTimes
+from mambacontrol.registration import RegionalVolumes, measure_regional_volumes
 
 log = logging.getLogger(__name__)
 
-MIN_AGE, MAX_AGE = 40.0, 100.0
+MIN_MODEL_AGE, MAX_MODEL_AGE = 40.0, 100.0
+"""Ages (years at the baseline) that ``predict`` accepts: the range the model is made for, the
+ageing and dementia cohorts it learns from. Not the plausible ages a manifest may hold
+(:data:`mambacontrol.data.manifest.MIN_AGE`–``MAX_AGE``, 18–120): another fact."""
 MAX_YEARS = 20.0
+"""The longest horizon ``predict`` accepts: the model has not seen longer ones."""
 MAX_SEED = 2 ** 63 - 1
 SUMMARY_NAME = "summary.json"
+FAILURES_NAME = "failures.json"
 INTENSITY_MODES = ("input", "normalized")
 """``input``: the prediction in the input's own intensities and field of view (the input plus the
 predicted change, so prediction − input is the change; outside the brain the input itself);
 ``normalized``: the model's brain-only image, 0–1 normalised intensities."""
-FAILURES_NAME = "failures.json"
 
 
-@dataclass
+@dataclass(frozen=True)
 class PredictRequest:
-    """One scan to predict, validated by :meth:`check`.
+    """One scan to predict. Building one checks it; later steps take it as valid.
 
     Attributes:
         image: the baseline T1 NIfTI.
-        age: years at the scan (40–100).
-        sex: ``F``/``M`` (any accepted spelling).
-        diagnosis: ``CN``/``MCI``/``AD`` (any accepted spelling).
-        years: horizons in years (0–20).
-        segmentation: optional label map in the atlas's label ids, in the scan's space.
-        mask: optional brain mask of the scan (e.g. SynthStrip's), in the scan's space.
+        age: years at the scan (:data:`MIN_MODEL_AGE`–:data:`MAX_MODEL_AGE`).
+        sex: ``F``/``M`` (any accepted spelling; kept normalised).
+        diagnosis: ``CN``/``MCI``/``AD`` (any accepted spelling; kept normalised).
+        years: horizons in years (0–:data:`MAX_YEARS`); any sequence, kept as a tuple.
+        segmentation: optional label map of the scan, in its space.
+        mask: optional brain mask of the scan (e.g. SynthStrip's), in its space.
+
+    Raises:
+        MambaControlError: one line naming the bad value.
     """
 
     image: Path
     age: float
     sex: str
     diagnosis: str
-    years: list[float]
+    years: tuple[float, ...]
     segmentation: Path | None = None
     mask: Path | None = None
 
-    def check(self) -> PredictRequest:
-        """Normalise spellings and raise :class:`MambaControlError` (one line) for bad values."""
-        if not np.isfinite(self.age) or not MIN_AGE <= self.age <= MAX_AGE:
-            raise MambaControlError(f"age {self.age:g} is outside {MIN_AGE:g}–{MAX_AGE:g} years; "
-                                    "give the age in years at the baseline scan")
+    def __post_init__(self) -> None:
+        if not np.isfinite(self.age) or not MIN_MODEL_AGE <= self.age <= MAX_MODEL_AGE:
+            raise MambaControlError(f"age {self.age:g} is outside {MIN_MODEL_AGE:g}–"
+                                    f"{MAX_MODEL_AGE:g} years; give the age in years at the "
+                                    "baseline scan")
         try:
-            self.sex = normalize_sex(self.sex)
-            self.diagnosis = normalize_diagnosis(self.diagnosis)
+            sex, diagnosis = normalize_sex(self.sex), normalize_diagnosis(self.diagnosis)
         except ValueError as exc:
             raise MambaControlError(str(exc)) from None
-        if not self.years:
+        years = tuple(self.years)
+        if not years:
             raise MambaControlError("give at least one horizon with --years")
-        for y in self.years:
-            if not np.isfinite(y) or y < 0:
-                raise MambaControlError(f"horizon {y:g} years is negative or not a number; "
+        for horizon in years:
+            if not np.isfinite(horizon) or horizon < 0:
+                raise MambaControlError(f"horizon {horizon:g} years is negative or not a number; "
                                         "horizons are years after the baseline (≥ 0)")
-            if y > MAX_YEARS:
-                raise MambaControlError(f"horizon {y:g} years is beyond {MAX_YEARS:g}; "
+            if horizon > MAX_YEARS:
+                raise MambaControlError(f"horizon {horizon:g} years is beyond {MAX_YEARS:g}; "
                                         "the model has not seen such horizons")
-        return self
+        fields = {"image": Path(self.image), "sex": sex, "diagnosis": diagnosis, "years": years,
+                  "segmentation": _optional_path(self.segmentation),
+                  "mask": _optional_path(self.mask)}
+        for name, value in fields.items():
+            object.__setattr__(self, name, value)  # frozen: set once, here
+
+    def check_files(self) -> None:
+        """Check every input file's header (cheap: before the model loads, so that a bad file
+        fails first); the voxels are read once, when the scan is predicted."""
+        inspect_nifti(self.image)
+        for labels in (self.segmentation, self.mask):
+            if labels is not None:
+                inspect_nifti(labels, labels=True)
 
     def inputs(self, model_dir: str | os.PathLike | None = None) -> list[Path]:
         """Every file or folder the prediction reads (none may lie inside the output folder)."""
         return [p for p in (self.image, self.segmentation, self.mask, model_dir) if p is not None]
 
 
-@dataclass
+def _optional_path(value: str | os.PathLike | None) -> Path | None:
+    return Path(value) if value else None
+
+
+@dataclass(frozen=True)
 class PredictSettings:
-    samples: int | None = None
-    steps: int | None = None
+    """How to predict and what to write. Building one checks it (one line per bad value).
+
+    Attributes:
+        num_samples: samples averaged per horizon (``--samples``; None: the model's).
+        num_inference_steps: sampler steps (``--steps``; None: the model's).
+        seed: seed of the samples.
+        png: also write a montage per horizon (the folder layout).
+        registration_seed: seed of every registration (preparation, measurement).
+        measure_volumes: measure each prediction's regional volumes (sub-voxel).
+        bias_correction: N4 bias-field correction of a registered scan.
+        intensity: one of :data:`INTENSITY_MODES`.
+        seg_format: the segmentation's ids (``auto``, ``atlas``, ``freesurfer``).
+    """
+
+    num_samples: int | None = None
+    num_inference_steps: int | None = None
     seed: int = 0
     png: bool = False
     registration_seed: int = 0
@@ -115,17 +178,17 @@ class PredictSettings:
     bias_correction: bool = True
     intensity: str = "input"
     seg_format: str = "auto"
-    timings: dict = field(default_factory=dict)
 
-    def check(self) -> PredictSettings:
-        """Raise :class:`MambaControlError` (one line) for a bad value, before any work."""
-        for name, value in (("samples", self.samples), ("steps", self.steps)):
+    def __post_init__(self) -> None:
+        for flag, value in (("--samples", self.num_samples),
+                            ("--steps", self.num_inference_steps)):
             if value is not None and (isinstance(value, bool) or int(value) != value or value < 1):
-                raise MambaControlError(f"--{name} {value} must be a whole number ≥ 1")
-        if self.samples is not None:
-            check_limit("max_samples", self.samples, f"--samples {self.samples}")
-        if self.steps is not None:
-            check_limit("max_steps", self.steps, f"--steps {self.steps}")
+                raise MambaControlError(f"{flag} {value} must be a whole number ≥ 1")
+        if self.num_samples is not None:
+            check_limit("max_samples", self.num_samples, f"--samples {self.num_samples}")
+        if self.num_inference_steps is not None:
+            check_limit("max_steps", self.num_inference_steps,
+                        f"--steps {self.num_inference_steps}")
         if self.seg_format not in SEG_FORMATS:
             raise MambaControlError(f"--seg-format {self.seg_format} is not one of "
                                     f"{', '.join(SEG_FORMATS)}")
@@ -135,23 +198,204 @@ class PredictSettings:
         for name, value in (("seed", self.seed), ("registration seed", self.registration_seed)):
             if isinstance(value, bool) or int(value) != value or not 0 <= value <= MAX_SEED:
                 raise MambaControlError(f"{name} {value} must be a whole number in 0–{MAX_SEED}")
-        return self
+
+    def sampling(self, defaults: SamplingDefaults) -> SamplingPlan:
+        """These settings' sampling, the model's ``defaults`` where they give none."""
+        return SamplingPlan.resolve(defaults, num_samples=self.num_samples,
+                                    num_inference_steps=self.num_inference_steps)
+
+
+# ---- where the files go -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class HorizonFiles:
+    """Where one horizon's outputs go, relative to the scan's output folder (None: not written).
+
+    Attributes:
+        prediction, uncertainty: the NIfTI images (the scan's own space).
+        regions: the regional volumes table.
+        montage: the montage PNG.
+        prediction_sidecar, uncertainty_sidecar: JSON sidecars of the images.
+    """
+
+    prediction: Path
+    uncertainty: Path
+    regions: Path
+    montage: Path | None = None
+    prediction_sidecar: Path | None = None
+    uncertainty_sidecar: Path | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class ScanRecord:
+    """How a scan's outputs were made: what ``summary.json`` and sidecars record.
+
+    Attributes:
+        request: the scan.
+        settings: the settings.
+        sampling: the sampling the model used (its defaults filled in).
+        model_dir: the model folder or Hub id (as given).
+        preparation: the ``preparation`` section of ``summary.json``.
+    """
+
+    request: PredictRequest
+    settings: PredictSettings
+    sampling: SamplingPlan
+    model_dir: str | None
+    preparation: dict
+
+
+class OutputLayout(Protocol):
+    """Names of a scan's output files (:class:`FolderLayout`, or
+    :class:`~mambacontrol.pipeline.bids_output.BidsLayout`)."""
+
+    @property
+    def summary(self) -> Path | None:
+        """Where ``summary.json`` goes (None: not written)."""
+
+    def files(self, years: float) -> HorizonFiles:
+        """Where one horizon's files go."""
+
+    def sidecars(self, record: ScanRecord, years: float) -> dict[Path, dict]:
+        """JSON sidecars of one horizon: ``{path: content}``."""
 
 
 def horizon_folder(years: float) -> str:
     return f"years_{years:g}"
 
 
-def region_rows(pipe: ProgressionPipeline, scan: PreparedScan, pred: Prediction,
-                measured, volume_scale: float) -> list[dict]:
+@dataclass(frozen=True)
+class FolderLayout:
+    """``summary.json`` and one ``years_<Y>/`` folder per horizon (the module docstring)."""
+
+    png: bool = False
+
+    @property
+    def summary(self) -> Path:
+        return Path(SUMMARY_NAME)
+
+    def files(self, years: float) -> HorizonFiles:
+        folder = Path(horizon_folder(years))
+        return HorizonFiles(folder / "prediction.nii.gz", folder / "uncertainty.nii.gz",
+                            folder / "regions.csv", folder / "montage.png" if self.png else None)
+
+    def sidecars(self, record: ScanRecord, years: float) -> dict[Path, dict]:
+        return {}
+
+    def entries(self, years: Sequence[float]) -> list[str]:
+        """The top-level entries written for these horizons."""
+        return [SUMMARY_NAME, *(horizon_folder(horizon) for horizon in years)]
+
+
+# ---- the one writer ---------------------------------------------------------------------------
+def write_prediction(pipe: ProgressionPipeline, request: PredictRequest, folder: Path,
+                     settings: PredictSettings, model_dir: str | None = None,
+                     layout: OutputLayout | None = None) -> dict:
+    """Predict one scan and write every output file into the (empty, staged) ``folder``.
+
+    Each input file is read once. Files are named by ``layout`` (default: :class:`FolderLayout`
+    with ``settings.png``).
+
+    Returns:
+        The summary (written to ``summary.json`` when the layout has one), with the seconds
+        spent per phase in ``timings_s``.
+
+    Raises:
+        MambaControlError: a bad file, a failed registration, or a model that produces
+            non-finite values.
+    """
+    layout = layout if layout is not None else FolderLayout(png=settings.png)
+    start = time.perf_counter()
+    clock = PhaseTimes()
+    image = load_nifti(request.image)
+    with clock.phase("registration"):
+        scan = prepare_scan(image, pipe.atlas, request.segmentation,
+                            seed=settings.registration_seed,
+                            bias_correction=settings.bias_correction, mask=request.mask,
+                            seg_format=settings.seg_format)
+    sampling = settings.sampling(pipe.sampling)
+    predictions = pipe.predict_checked(scan.image, scan.labels, request.age, request.sex,
+                                       request.diagnosis, request.years, sampling,
+                                       torch.Generator().manual_seed(settings.seed),
+                                       mask=scan.mask)
+    _check_finite(predictions, request)
+    clock.add_all(predictions.timings)
+    record = ScanRecord(request, settings, sampling, model_dir,
+                        _preparation(scan, request, settings))
+    outputs = []
+    for prediction in predictions:
+        output, seconds = _write_horizon(pipe, image, scan, prediction, folder, layout, record)
+        outputs.append(output)
+        clock.add_all(seconds)
+    clock.add("total", time.perf_counter() - start)
+    summary = _summary(pipe, record, outputs, clock.seconds)
+    if layout.summary is not None:
+        write_json(folder / layout.summary, summary)
+    return summary
+
+
+def _check_finite(predictions: Predictions, request: PredictRequest) -> None:
+    for prediction in predictions:
+        if not (np.isfinite(prediction.image).all()
+                and np.isfinite(prediction.uncertainty).all()):
+            raise ModelError(f"the model produced non-finite values for {request.image} at "
+                             f"{prediction.years:g} years; its weights are corrupt or it diverged "
+                             "in training: retrain it or use another model")
+
+
+def _write_horizon(pipe: ProgressionPipeline, image: Volume, scan: PreparedScan,
+                   prediction: Prediction, folder: Path, layout: OutputLayout,
+                   record: ScanRecord) -> tuple[dict, dict[str, float]]:
+    """Write one horizon's files.
+
+    Returns:
+        Its entry of the summary's ``outputs``, and the seconds it spent per phase.
+    """
+    settings, request = record.settings, record.request
+    files = layout.files(prediction.years)
+    clock = PhaseTimes()
+    measured = None
+    if settings.measure_volumes:
+        with clock.phase("measurement"):
+            measured = measure_regional_volumes(scan.image, prediction.image, scan.labels,
+                                                pipe.atlas.grid, pipe.atlas.label_ids,
+                                                seed=settings.registration_seed)
+    with clock.phase("back_mapping"):
+        native, spread = _in_scan_space(image, scan, prediction, settings.intensity)
+        save_nifti(folder / files.prediction, native.data, native.affine, inputs=[request.image])
+        save_nifti(folder / files.uncertainty, spread.data, spread.affine, inputs=[request.image])
+    write_csv(folder / files.regions, *dict_rows(region_rows(pipe, scan, prediction, measured)))
+    if files.montage is not None:
+        prediction_montage(scan.image, prediction.image, scan.mask, folder / files.montage,
+                           title=f"{request.image.name}: +{prediction.years:g} years")
+    for path, content in layout.sidecars(record, prediction.years).items():
+        write_json(folder / path, content)
+    output = {"years": prediction.years, "folder": horizon_folder(prediction.years),
+              "mean_uncertainty": float(prediction.uncertainty[scan.mask].mean())}
+    return output, clock.seconds
+
+
+def _in_scan_space(image: Volume, scan: PreparedScan, prediction: Prediction,
+                   intensity: str) -> tuple[Volume, Volume]:
+    """The prediction and its uncertainty on the input's own grid (see :data:`INTENSITY_MODES`)."""
+    if intensity == "input":
+        change = scan.change_to_native(prediction.image - scan.image)
+        spread = scan.change_to_native(prediction.uncertainty)
+        return change.with_data(image.data + change.data), spread.with_data(np.abs(spread.data))
+    return (scan.to_native(prediction.image, order=1),
+            scan.to_native(prediction.uncertainty, order=1))
+
+
+def region_rows(pipe: ProgressionPipeline, scan: PreparedScan, prediction: Prediction,
+                measured: RegionalVolumes | None) -> list[dict]:
     """One row per atlas region: baseline and predicted volume in the scan's space (mm³)."""
     atlas = pipe.atlas
+    volume_scale = scan.volume_scale
     base_counts = atlas.region_volumes(scan.labels)
     head = {}
-    if pred.node_log_ratio is not None and pipe.graph is not None:
+    if prediction.node_log_ratio is not None and pipe.graph is not None:
         for node, labels in enumerate(pipe.graph.node_labels):
-            for lab in labels:
-                head[int(lab)] = float(pred.node_log_ratio[node])
+            for label in labels:
+                head[int(label)] = float(prediction.node_log_ratio[node])
     measured_by_label = measured.as_dict() if measured is not None else {}
     rows = []
     for region in atlas.regions:
@@ -170,6 +414,37 @@ def region_rows(pipe: ProgressionPipeline, scan: PreparedScan, pred: Prediction,
     return rows
 
 
+def _preparation(scan: PreparedScan, request: PredictRequest, settings: PredictSettings) -> dict:
+    return {"registered": scan.transform is not None, "similarity": scan.similarity,
+            "labels": scan.label_source, "segmentation_format": scan.segmentation_format,
+            "native_mm3_per_atlas_mm3": scan.volume_scale,
+            "bias_corrected": scan.bias_field is not None,
+            "brain_mask": str(request.mask) if request.mask else "atlas",
+            "intensity": settings.intensity}
+
+
+def _summary(pipe: ProgressionPipeline, record: ScanRecord, outputs: list[dict],
+             timings: dict[str, float]) -> dict:
+    request, settings = record.request, record.settings
+    model = {k: v for k, v in pipe.index().items()
+             if k in ("components", "atlas", "sampling", "mambacontrol_version")}
+    return {
+        "inputs": {"image": str(request.image), "image_sha256": sha256_file(request.image),
+                   "segmentation": str(request.segmentation) if request.segmentation else None,
+                   "age": request.age, "sex": request.sex, "diagnosis": request.diagnosis,
+                   "years": request.years},
+        "model": {"dir": record.model_dir, **model},
+        "settings": {"samples": record.sampling.num_samples,
+                     "steps": record.sampling.num_inference_steps, "seed": settings.seed,
+                     "device": str(pipe.device), "registration_seed": settings.registration_seed},
+        "preparation": record.preparation,
+        "outputs": outputs,
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "versions": package_versions(),
+    }
+
+
+# ---- commands -----------------------------------------------------------------------------------
 def predict_scan(pipe: ProgressionPipeline, request: PredictRequest,
                  out: str | os.PathLike | OutputFolder,
                  settings: PredictSettings | None = None, model_dir: str | None = None,
@@ -181,19 +456,18 @@ def predict_scan(pipe: ProgressionPipeline, request: PredictRequest,
     and ``overwrite`` is set, which replaces only that output.
 
     Returns:
-        The summary written to ``summary.json``.
+        The summary written to ``summary.json`` (with ``timings_s``).
 
     Raises:
-        MambaControlError: for bad input or an unusable ``out`` (before any work), failed
+        MambaControlError: for an unusable ``out`` (before any work), a bad file, failed
             registration, or a model that produces non-finite values.
     """
-    s = settings or PredictSettings()
-    request.check()
-    s.check()
+    settings = settings or PredictSettings()
+    layout = FolderLayout(png=settings.png)
     with _claimed(out, "predict", request.inputs(model_dir), overwrite) as folder:
-        folder.check_free([SUMMARY_NAME] + [horizon_folder(y) for y in request.years])
+        folder.check_free(layout.entries(request.years))
         with folder.staging() as staged:
-            summary = write_prediction(pipe, request, staged, s, model_dir)
+            summary = write_prediction(pipe, request, staged, settings, model_dir, layout)
             produced = sorted(os.listdir(staged))
             for name in produced:
                 folder.commit(staged / name, name)
@@ -216,87 +490,6 @@ def _claimed(out: str | os.PathLike | OutputFolder, command: str, inputs, overwr
         yield folder
 
 
-def write_prediction(pipe: ProgressionPipeline, request: PredictRequest, folder: Path,
-                     s: PredictSettings, model_dir: str | None) -> dict:
-    """Predict one scan and write every output file into the (empty, staged) ``folder``."""
-    start = time.perf_counter()
-    timings: dict[str, float] = {}
-    image = load_nifti(request.image)
-    t = time.perf_counter()
-    scan = prepare_scan(image, pipe.atlas, request.segmentation, seed=s.registration_seed,
-                        bias_correction=s.bias_correction, mask_path=request.mask,
-                        seg_format=s.seg_format)
-    timings["registration"] = time.perf_counter() - t
-    preds = pipe.predict(scan.image, scan.labels, request.age, request.sex, request.diagnosis,
-                         request.years, mask=scan.mask, num_samples=s.samples,
-                         num_inference_steps=s.steps, seed=s.seed, timings=timings)
-    for pred in preds:
-        if not (np.isfinite(pred.image).all() and np.isfinite(pred.uncertainty).all()):
-            raise ModelError(f"the model produced non-finite values for {request.image} at "
-                             f"{pred.years:g} years; its weights are corrupt or it diverged in "
-                             "training: retrain it or use another model")
-    volume_scale = scan.volume_scale
-    horizons = []
-    for pred in preds:
-        sub = folder / horizon_folder(pred.years)
-        measured = None
-        if s.measure_volumes:
-            from mambacontrol.registration import measure_regional_volumes
-
-            t = time.perf_counter()
-            measured = measure_regional_volumes(scan.image, pred.image, scan.labels,
-                                                pipe.atlas.grid, pipe.atlas.label_ids,
-                                                seed=s.registration_seed)
-            timings["measurement"] = timings.get("measurement", 0.0) + time.perf_counter() - t
-        t = time.perf_counter()
-        if s.intensity == "input":
-            change = scan.change_to_native(pred.image - scan.image)
-            native = change.with_data(image.data + change.data)
-            spread = scan.change_to_native(pred.uncertainty)
-            spread = spread.with_data(np.abs(spread.data))
-        else:
-            native = scan.to_native(pred.image, order=1)
-            spread = scan.to_native(pred.uncertainty, order=1)
-        save_nifti(sub / "prediction.nii.gz", native.data, native.affine, inputs=[request.image])
-        save_nifti(sub / "uncertainty.nii.gz", spread.data, spread.affine, inputs=[request.image])
-        timings["back_mapping"] = timings.get("back_mapping", 0.0) + time.perf_counter() - t
-        write_csv(sub / "regions.csv", *dict_rows(region_rows(pipe, scan, pred, measured,
-                                                              volume_scale)))
-        if s.png:
-            from mambacontrol.pipeline.figures import prediction_montage
-
-            prediction_montage(scan.image, pred.image, scan.mask, sub / "montage.png",
-                               title=f"{request.image.name}: +{pred.years:g} years")
-        horizons.append({"years": pred.years, "folder": horizon_folder(pred.years),
-                         "mean_uncertainty": float(pred.uncertainty[scan.mask].mean())})
-    timings["total"] = time.perf_counter() - start
-    summary = {
-        "inputs": {"image": str(request.image), "image_sha256": sha256_file(request.image),
-                   "segmentation": str(request.segmentation) if request.segmentation else None,
-                   "age": request.age, "sex": request.sex, "diagnosis": request.diagnosis,
-                   "years": request.years},
-        "model": {"dir": model_dir, **{k: v for k, v in pipe.index().items()
-                                       if k in ("components", "atlas", "sampling",
-                                                "mambacontrol_version")}},
-        "settings": {"samples": s.samples or pipe.sampling.num_samples,
-                     "steps": s.steps or pipe.sampling.num_inference_steps, "seed": s.seed,
-                     "device": str(pipe.device), "registration_seed": s.registration_seed},
-        "preparation": {"registered": scan.transform is not None, "similarity": scan.similarity,
-                        "labels": scan.label_source,
-                        "segmentation_format": scan.segmentation_format,
-                        "native_mm3_per_atlas_mm3": volume_scale,
-                        "bias_corrected": scan.bias_field is not None,
-                        "brain_mask": str(request.mask) if request.mask else "atlas",
-                        "intensity": s.intensity},
-        "outputs": horizons,
-        "timings_s": {k: round(v, 3) for k, v in timings.items()},
-        "versions": package_versions(),
-    }
-    write_json(folder / SUMMARY_NAME, summary)
-    s.timings = timings
-    return summary
-
-
 def predict_many(pipe: ProgressionPipeline, requests: Sequence[tuple[str, PredictRequest]],
                  out: str | os.PathLike | OutputFolder, settings: PredictSettings | None = None,
                  model_dir: str | None = None, overwrite: bool = False,
@@ -313,10 +506,8 @@ def predict_many(pipe: ProgressionPipeline, requests: Sequence[tuple[str, Predic
     Returns:
         (names done now or before, {name: error} for scans that failed).
     """
-    from tqdm.auto import tqdm
-
-    s = settings or PredictSettings()
-    s.check()
+    settings = settings or PredictSettings()
+    layout = FolderLayout(png=settings.png)
     names = [name for name, _ in requests]
     if len(set(names)) != len(names) or any(safe_name(n) != n for n in names):
         raise ValueError("predict_many needs unique safe names (mambacontrol.io.unique_names)")
@@ -324,19 +515,25 @@ def predict_many(pipe: ProgressionPipeline, requests: Sequence[tuple[str, Predic
     done, failed = [], {}
     with _claimed(out, "predict-batch", every_input, overwrite, resume=True) as folder:
         folder.check_free([*names, FAILURES_NAME])
-        for name, req in tqdm(list(requests), desc="scans", disable=None):
-            if folder.owns(name) and (folder.path / name / SUMMARY_NAME).is_file() and not overwrite:
+        for name, request in tqdm(list(requests), desc="scans", disable=None):
+            if (folder.owns(name) and (folder.path / name / SUMMARY_NAME).is_file()
+                    and not overwrite):
                 done.append(name)
                 continue
             try:
                 with folder.staging() as staged:
-                    write_prediction(pipe, req, staged, s, model_dir)
+                    write_prediction(pipe, request, staged, settings, model_dir, layout)
                     folder.commit(staged, name)
                 done.append(name)
             except MambaControlError as exc:
                 failed[name] = str(exc)
                 log.warning("%s: %s", name, exc)
-        with folder.staging() as staged:
-            write_json(staged / FAILURES_NAME, failed)
-            folder.commit(staged / FAILURES_NAME, FAILURES_NAME)
+        commit_json(folder, FAILURES_NAME, failed)
     return done, failed
+
+
+def commit_json(folder: OutputFolder, name: str, content) -> None:
+    """Write a batch's own JSON file (``failures.json``...) through staging into ``folder``."""
+    with folder.staging() as staged:
+        write_json(staged / name, content)
+        folder.commit(staged / name, name)

@@ -1,6 +1,7 @@
 """``mambacontrol predict`` on a real-anatomy stand-in scan, bad input, and the batch form."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -10,14 +11,15 @@ import pytest
 
 from mambacontrol.atlas import load_atlas
 from mambacontrol.cli.main import main
-from mambacontrol.io import save_nifti
+from mambacontrol.data import Manifest
+from mambacontrol.io import load_nifti, save_nifti
+from mambacontrol.registration.standins import lps_grid, standin_scan
+from tests.atlas.test_segformats import to_aseg
 
 
 @pytest.fixture(scope="module")
 def standin(tmp_path_factory):
     """The atlas template resampled to 2 mm in LPS orientation and cropped, in scanner units."""
-    from mambacontrol.registration.standins import lps_grid, standin_scan
-
     atlas = load_atlas(grid="2mm")
     scan = standin_scan(atlas, lps_grid(atlas, spacing=2.0), seed=1)
     path = tmp_path_factory.mktemp("scan") / "native_lps.nii.gz"
@@ -95,9 +97,8 @@ def test_bad_files_and_models(tiny_model, standin, tmp_path, capsys):
              (nan, tiny_model, "non-finite"), (corrupt, tiny_model, "corrupt or truncated"),
              (standin, bad, "not a mambacontrol model")]
     other = tmp_path / "other_model"
-    import shutil
-
-    shutil.copytree(tiny_model, other, ignore=shutil.ignore_patterns("cache", "checkpoints", "logs"))
+    shutil.copytree(tiny_model, other,
+                    ignore=shutil.ignore_patterns("cache", "checkpoints", "logs"))
     idx = json.loads((other / "model_index.json").read_text())
     idx["atlas"]["grid"] = "2mm"
     (other / "model_index.json").write_text(json.dumps(idx))
@@ -121,8 +122,6 @@ def test_non_brain_image_is_refused(tiny_model, tmp_path, capsys):
 
 
 def test_batch_keeps_going_and_resumes(tiny_model, tiny_cohort, tmp_path):
-    from mambacontrol.data import Manifest
-
     visits = Manifest.from_csv(tiny_cohort).visits[:2]
     broken = tmp_path / "broken.nii.gz"
     broken.write_bytes(b"not an image")
@@ -145,9 +144,6 @@ def test_batch_keeps_going_and_resumes(tiny_model, tiny_cohort, tmp_path):
 def test_full_head_prediction_equals_the_input_outside_the_brain(tiny_model, tiny_cohort, tmp_path):
     """In the input's intensities (the default), prediction − input is the predicted change: zero
     outside the brain mask, the model's change scaled back to scanner units inside it."""
-    from mambacontrol.data import Manifest
-    from mambacontrol.io import load_nifti
-
     v = Manifest.from_csv(tiny_cohort).select("test").visits[0]
     brain = load_nifti(v.image_path)
     mask_path = tiny_cohort.parent / v.extra["mask_path"]
@@ -178,10 +174,6 @@ def test_freesurfer_segmentation_is_mapped_and_a_foreign_one_refused(tiny_model,
                                                                      tmp_path, capsys):
     """A SynthSeg/FreeSurfer (aseg-id) label map is mapped onto the atlas's regions (summary
     says so); a map in neither the atlas's nor FreeSurfer's ids is refused in one line."""
-    from mambacontrol.data import Manifest
-    from mambacontrol.io import load_nifti
-    from tests.atlas.test_segformats import to_aseg
-
     atlas = load_atlas(grid="4mm")
     v = Manifest.from_csv(tiny_cohort).select("test").visits[0]
     aseg = tmp_path / "aseg.nii.gz"
@@ -203,8 +195,6 @@ def test_freesurfer_segmentation_is_mapped_and_a_foreign_one_refused(tiny_model,
 
 
 def test_batch_as_bids_derivatives(tiny_model, tiny_cohort, tmp_path):
-    from mambacontrol.data import Manifest
-
     visits = Manifest.from_csv(tiny_cohort).visits[:2]
     csv = tmp_path / "batch.csv"
     csv.write_text("subject_id,image_uid,image_path,age,sex,diagnosis,segm_path\n" + "".join(

@@ -1,4 +1,5 @@
-"""from_pretrained with a Hugging Face Hub id, offline, from a local cache folder in the Hub's layout."""
+"""from_pretrained with a Hugging Face Hub id, offline, from a local cache folder in the Hub's
+layout."""
 
 import numpy as np
 import pytest

@@ -29,7 +29,7 @@ from mambacontrol.graph import AnatomyGraph, GraphEncoder, TrajectoryHead
 from mambacontrol.io import save_nifti
 from mambacontrol.pipeline.progression import ProgressionPipeline, SamplingDefaults
 from mambacontrol.pipeline.scan_prediction import PredictRequest, PredictSettings, predict_scan
-from mambacontrol.registration.standins import lps_grid, standin_scan
+from mambacontrol.testing.standins import lps_grid, standin_scan
 from mambacontrol.training.config import load_config
 from mambacontrol.training.configs import bundled_config
 from mambacontrol.training.run_config import RunConfig

@@ -140,8 +140,18 @@ class DenoisingUNet(Component):
         if any(s % f for s in x.shape[2:]):
             raise ValueError(f"latent grid {tuple(x.shape[2:])} is not divisible by the UNet's "
                              f"downsampling factor {f}")
+        return self.denoise(x, timesteps, self.context(covariates, graph_tokens),
+                            down_block_additional_residuals, mid_block_additional_residual)
+
+    def denoise(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
+                down_block_additional_residuals: Sequence[torch.Tensor] | None = None,
+                mid_block_additional_residual: torch.Tensor | None = None) -> torch.Tensor:
+        """The network on an input and a context computed already: (B, input_channels, x, y, z)
+        ``x`` from :meth:`network_input`, (B, 1 [+ T], E) ``context`` from :meth:`context`.
+
+        For a sampler that computes both once and gives them to the ControlNet too.
+        """
         down = (tuple(down_block_additional_residuals)
                 if down_block_additional_residuals is not None else None)
-        return self.net(x, timesteps, context=self.context(covariates, graph_tokens),
-                        down_block_additional_residuals=down,
+        return self.net(x, timesteps, context=context, down_block_additional_residuals=down,
                         mid_block_additional_residual=mid_block_additional_residual)

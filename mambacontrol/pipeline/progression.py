@@ -437,8 +437,7 @@ class ProgressionPipeline:
 
     def _denoiser(self, conditioning: _Conditioning) -> Denoiser:
         """ControlNet → UNet at one sampler step. The UNet's input and its cross-attention
-        context are computed once (the context once per horizon) and given to both networks,
-        so the UNet's own network is called with them directly."""
+        context are computed once (the context once per horizon) and given to both networks."""
         c = conditioning
 
         def denoise(noisy: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -446,10 +445,7 @@ class ProgressionPipeline:
             residuals = mid = None
             if self.controlnet is not None:
                 residuals, mid = self.controlnet(x, t, c.hint, c.covariates, context=c.context)
-                residuals = tuple(residuals)
-            return self.unet.net(x, t, context=c.context,
-                                 down_block_additional_residuals=residuals,
-                                 mid_block_additional_residual=mid)
+            return self.unet.denoise(x, t, c.context, residuals, mid)
 
         return denoise
 

@@ -13,7 +13,7 @@ from mambacontrol.atlas import load_atlas
 from mambacontrol.cli.main import main
 from mambacontrol.data import Manifest
 from mambacontrol.io import load_nifti, save_nifti
-from mambacontrol.registration.standins import lps_grid, standin_scan
+from mambacontrol.testing.standins import lps_grid, standin_scan
 from tests.atlas.test_segformats import to_aseg
 
 

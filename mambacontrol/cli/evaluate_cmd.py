@@ -32,6 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-pairs", type=int, help="evaluate only the first N pairs")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: auto)")
+    p.add_argument("--no-ceiling", dest="ceiling", action="store_false",
+                   help="leave out the autoencoder-ceiling rows (the true later scan through each "
+                        "model's representation; one encode and decode per pair)")
     p.set_defaults(func=run)
 
 
@@ -41,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
     settings = EvaluationSettings(
         split=args.split, pairs=args.pairs,
         baselines=[b.strip() for b in args.baselines.split(",") if b.strip()],
-        samples=args.samples, steps=args.steps, seed=args.seed, max_pairs=args.max_pairs)
+        samples=args.samples, steps=args.steps, seed=args.seed, max_pairs=args.max_pairs,
+        ceiling=args.ceiling)
     settings.check()
     summary = evaluate(args.manifest, [args.model, *args.compare], args.out, settings,
                        command=["mambacontrol", *sys.argv[1:]], device=_device(args.device),

@@ -21,6 +21,7 @@ from mambacontrol.evaluation.records import (
     COPY_BASELINE,
     LINEAR_BASELINE,
     MEASUREMENT_FLOOR,
+    REFERENCE_KINDS,
     PairResult,
     method_kind,
 )
@@ -32,6 +33,8 @@ YEAR_BINS: tuple[tuple[float, float, str], ...] = (
 VOLUME_PREFIX = "vol_err_"
 CHANGE_METRICS = ("change_mae", "change_dice")
 """Voxel metrics that judge the predicted change (the ones a model must win against copying)."""
+RATIO_MIN_TRUE_PCT = 0.01
+"""Below this mean true % change a change ratio is not reported (it would divide by ~0)."""
 
 
 def years_bin(years: float) -> str:
@@ -75,9 +78,11 @@ def pair_values(result: PairResult) -> dict[str, float]:
 
 
 def order_methods(methods: Iterable[str]) -> list[str]:
-    """Models in first-seen order, then copy-baseline, linear extrapolation, measurement floor."""
+    """Models in first-seen order, then copy-baseline, linear extrapolation, the autoencoder
+    ceilings (first-seen order), measurement floor."""
     seen = list(dict.fromkeys(methods))
-    fixed = [COPY_BASELINE, LINEAR_BASELINE, MEASUREMENT_FLOOR]
+    ceilings = [m for m in seen if method_kind(m) == "ceiling"]
+    fixed = [COPY_BASELINE, LINEAR_BASELINE, *ceilings, MEASUREMENT_FLOOR]
     return [m for m in seen if m not in fixed] + [m for m in fixed if m in seen]
 
 
@@ -87,10 +92,21 @@ def _stats(results: Sequence[PairResult], keys: Sequence[str]) -> dict[str, dict
 
 
 def _change_stats(changes: Sequence[VolumeChange]) -> dict[str, dict]:
-    return {"abs_error_pct": describe(abs(c.error_pct) for c in changes),
-            "signed_error_pct": describe(c.error_pct for c in changes),
-            "true_change_pct": describe(c.true_pct for c in changes),
-            "pred_change_pct": describe(c.pred_pct for c in changes)}
+    out = {"abs_error_pct": describe(abs(c.error_pct) for c in changes),
+           "signed_error_pct": describe(c.error_pct for c in changes),
+           "true_change_pct": describe(c.true_pct for c in changes),
+           "pred_change_pct": describe(c.pred_pct for c in changes)}
+    out["change_ratio"] = change_ratio(out["pred_change_pct"]["mean"],
+                                       out["true_change_pct"]["mean"])
+    return out
+
+
+def change_ratio(pred_mean: float | None, true_mean: float | None) -> float | None:
+    """Mean predicted over mean true % change: the fraction of the true change a method
+    predicts (1 = the right size, 0 = none); None when the true change is below 0.01 %."""
+    if pred_mean is None or true_mean is None or abs(true_mean) < RATIO_MIN_TRUE_PCT:
+        return None
+    return pred_mean / true_mean
 
 
 def summarize(results: Sequence[PairResult]) -> dict:
@@ -100,15 +116,16 @@ def summarize(results: Sequence[PairResult]) -> dict:
         A JSON-able dict (NaN appears only as ``None``)::
 
             methods        [names]        models, then baselines, then the floor
-            method_kinds   {method: "model" | "baseline" | "floor"}
+            method_kinds   {method: "model" | "baseline" | "ceiling" | "floor"}
             keys           [statistic keys, display order]
             n_pairs        {method: count}
             overall        {method: {key: {mean, sd, n}}}
             by_diagnosis   {method: {CN|MCI|AD: {key: {mean, sd, n}}}}
             by_years       {method: {bin label: {key: {mean, sd, n}}}}
             key_groups     {method: {group: {abs_error_pct, signed_error_pct,
-                                             true_change_pct, pred_change_pct}}}
-            regions        {method: {label (str): same four statistics}}
+                                             true_change_pct, pred_change_pct,
+                                             change_ratio}}}
+            regions        {method: {label (str): same five statistics}}
     """
     methods = order_methods(r.method for r in results)
     groups = list(dict.fromkeys(g for r in results for g in r.groups))
@@ -136,11 +153,11 @@ def summarize(results: Sequence[PairResult]) -> dict:
 
 
 def best_methods(summary: dict, key: str) -> list[str]:
-    """The methods (models and baselines, not the floor) with the best mean for ``key``; ties all
-    win, and there is none when no method has a value."""
+    """The methods (models and baselines, not the references: ceiling and floor) with the best
+    mean for ``key``; ties all win, and there is none when no method has a value."""
     spec = metric_spec(key)
     means = {m: summary["overall"][m].get(key, {}).get("mean") for m in summary["methods"]
-             if summary["method_kinds"][m] != "floor"}
+             if summary["method_kinds"][m] not in REFERENCE_KINDS}
     means = {m: v for m, v in means.items() if v is not None}
     if not means:
         return []

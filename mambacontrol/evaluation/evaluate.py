@@ -7,6 +7,9 @@ For every pair of the split, on the model grid (scans not on it are prepared onc
 - the regional linear extrapolation predicts regional volumes only (population % per year per
   diagnosis and region, fitted on the train pairs' ground-truth columns, or on measured volumes
   when a manifest has none);
+- the autoencoder ceiling pushes the true later scan through the main model's representation and
+  decodes it as a prediction is (and the same for every compared model with another
+  representation): no sampler of that model can predict more than it;
 - image metrics are computed inside the baseline's brain mask;
 - regional change is measured the same way for every image and for the truth: a deformable
   registration from the baseline to it, its Jacobian determinant integrated over the baseline's
@@ -26,6 +29,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from tqdm.auto import tqdm
 
 from mambacontrol.atlas import Atlas
@@ -52,6 +56,7 @@ from mambacontrol.evaluation.records import (
     MEASUREMENT_FLOOR,
     PairInfo,
     PairResult,
+    ceiling_name,
 )
 from mambacontrol.evaluation.report import render_report, write_report
 from mambacontrol.io import OutputFolder, check_limit
@@ -79,6 +84,7 @@ class EvaluationSettings:
         seed: sampling and registration seed.
         panels: pairs shown as slices in the report.
         max_pairs: evaluate at most this many pairs (None: all), taken in manifest order.
+        ceiling: score the autoencoder ceiling of each representation.
     """
 
     split: str = "test"
@@ -89,6 +95,7 @@ class EvaluationSettings:
     seed: int = 0
     panels: int = 3
     max_pairs: int | None = None
+    ceiling: bool = True
 
     def check(self) -> None:
         unknown = [b for b in self.baselines if b not in BASELINE_NAMES]
@@ -181,7 +188,8 @@ def _evaluate(manifest_path: str | os.PathLike, models: Sequence[str | os.PathLi
     linear = (_fit_linear_baseline(manifest, scans, manifest_path)
               if "linear" in s.baselines else None)
     exact = all(has_manifest_volumes(v) for p in pairs for v in (p.earlier, p.later))
-    scores = _score_pairs(pairs, pipes, scans, linear, s, exact)
+    ceilings = _ceiling_models(pipes) if s.ceiling else {}
+    scores = _score_pairs(pairs, pipes, ceilings, scans, linear, s, exact)
 
     summary = summarize(scores.results)
     run_settings = _run_settings(s, len(pairs), exact)
@@ -221,6 +229,26 @@ def _shared_atlas(pipes: Mapping[str, ProgressionPipeline]) -> Atlas:
                                     f"first on {atlas.id} {atlas.grid_name}; compare models of "
                                     f"one grid")
     return atlas
+
+
+def _ceiling_models(pipes: Mapping[str, ProgressionPipeline]) -> dict[str, ProgressionPipeline]:
+    """Ceiling row name → the model whose representation it measures: the main model's
+    (:data:`AUTOENCODER_CEILING`), then each compared model whose representation differs from
+    every one before it (``autoencoder-ceiling-<name>``)."""
+    out: dict[str, ProgressionPipeline] = {}
+    for i, (name, pipe) in enumerate(pipes.items()):
+        if not any(_same_representation(pipe, seen) for seen in out.values()):
+            out[ceiling_name(None if i == 0 else name)] = pipe
+    return out
+
+
+def _same_representation(a: ProgressionPipeline, b: ProgressionPipeline) -> bool:
+    """Whether two models encode and decode alike: the same autoencoder weights and the same
+    decoding rule."""
+    if a.sampling.decode != b.sampling.decode or a.autoencoder.config != b.autoencoder.config:
+        return False
+    wa, wb = a.autoencoder.state_dict(), b.autoencoder.state_dict()
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k].to(wa[k].device)) for k in wa)
 
 
 def _pairs_to_evaluate(manifest: Manifest, s: EvaluationSettings) -> list[VisitPair]:
@@ -314,7 +342,7 @@ class Scores:
         """Add the ``with`` block's time to ``timings[kind]``."""
         start = time.perf_counter()
         yield
-        self.timings[kind] += time.perf_counter() - start
+        self.timings[kind] = self.timings.get(kind, 0.0) + time.perf_counter() - start
 
 
 @dataclass
@@ -337,10 +365,10 @@ class PairOnGrid:
 
 
 def _score_pairs(pairs: Sequence[VisitPair], pipes: Mapping[str, ProgressionPipeline],
-                 scans: GridScans, linear: LinearRates | None, s: EvaluationSettings,
-                 exact: bool) -> Scores:
+                 ceilings: Mapping[str, ProgressionPipeline], scans: GridScans,
+                 linear: LinearRates | None, s: EvaluationSettings, exact: bool) -> Scores:
     """Every pair scored by every method: the measurement floor (with exact ground truth), the
-    baselines, then the models."""
+    baselines, the models, then the ceilings of their representations."""
     scores = Scores()
     main_model = next(iter(pipes))
     groups = scans.atlas.key_groups
@@ -360,6 +388,10 @@ def _score_pairs(pairs: Sequence[VisitPair], pipes: Mapping[str, ProgressionPipe
                 scores.panels.append(SlicePanel(p.info, name, p.base.image, p.follow.image,
                                                 prediction.image, p.base.mask,
                                                 prediction.uncertainty))
+        for name, pipe in ceilings.items():
+            with scores.timed("ceiling"):
+                image = pipe.reconstruct(p.base.image, p.follow.image, mask=p.base.mask)
+            scores.results.append(_scored_image(name, image, p, scans, scores))
     return scores
 
 
@@ -400,16 +432,23 @@ def _score_model(name: str, pipe: ProgressionPipeline, p: PairOnGrid, scans: Gri
                                   earlier.diagnosis, p.pair.years, mask=p.base.mask,
                                   num_samples=s.samples, num_inference_steps=s.steps,
                                   seed=s.seed)[0]
+    scores.results.append(_scored_image(name, prediction.image, p, scans, scores))
+    return prediction
+
+
+def _scored_image(name: str, image, p: PairOnGrid, scans: GridScans,
+                  scores: Scores) -> PairResult:
+    """A method's (X, Y, Z) predicted image of the pair's later scan, scored: voxel metrics
+    against the truth, and its regional change measured as the truth's was."""
     with scores.timed("metrics"):
-        metrics = image_metrics(prediction.image, p.base.image, p.follow.image, p.base.mask,
+        metrics = image_metrics(image, p.base.image, p.follow.image, p.base.mask,
                                 threshold=CHANGE_THRESHOLD)
     with scores.timed("measurement"):
-        _, pred_vols = scans.measure(p.base, prediction.image)
+        _, pred_vols = scans.measure(p.base, image)
     regions, by_group = regional_change(
         p.base_volumes, _on_base(p.base_volumes, _pct(p.base_volumes, pred_vols)), p.truth,
         scans.atlas.key_groups)
-    scores.results.append(PairResult(p.info, name, metrics, regions, by_group))
-    return prediction
+    return PairResult(p.info, name, metrics, regions, by_group)
 
 
 def _wants_panel(panels: Sequence[SlicePanel], limit: int, pair: VisitPair) -> bool:
@@ -432,6 +471,8 @@ def _run_settings(s: EvaluationSettings, n_pairs: int, exact: bool) -> dict[str,
         "regional measurement": "SyN registration from the baseline, Jacobian integrated over "
                                 "the baseline's regions (the same for every image and the truth)",
         "linear baseline": "volumes only (no image): population % per year per diagnosis",
+        "autoencoder ceiling": ("the true later scan through each representation, decoded as "
+                                "a prediction" if s.ceiling else "off"),
         "truth": "exact ground truth available (measurement floor reported)" if exact
                  else "measured by registration (no exact ground truth in the manifest)",
         "seed": str(s.seed),

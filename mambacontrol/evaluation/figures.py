@@ -24,8 +24,10 @@ from mambacontrol.evaluation.records import (
     COPY_BASELINE,
     LINEAR_BASELINE,
     MEASUREMENT_FLOOR,
+    REFERENCE_KINDS,
     PairInfo,
     PairResult,
+    method_kind,
 )
 from mambacontrol.io.figures import new_figure, png_bytes, show_plane
 
@@ -33,6 +35,10 @@ DPI = 110
 _FIXED_COLOURS = {COPY_BASELINE: "#8c8c8c", LINEAR_BASELINE: "#c9a227",
                   MEASUREMENT_FLOOR: "#222222"}
 _MODEL_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#17becf", "#e377c2", "#8c564b")
+
+
+_REFERENCE_HATCH = {"floor": "///", "ceiling": "xx"}
+"""References (not methods) are drawn as hatched outlines."""
 
 
 def method_colours(methods: Sequence[str]) -> dict[str, str]:
@@ -66,10 +72,10 @@ def _grouped_bars(ax, names: Sequence[str], methods: Sequence[str], means: Mappi
     for i, m in enumerate(methods):
         values = np.array([np.nan if v is None else v for v in means[m]], dtype=float)
         errs = np.array([0.0 if v is None else v for v in sds[m]], dtype=float)
-        floor = m == MEASUREMENT_FLOOR
+        hatch = _REFERENCE_HATCH.get(method_kind(m))
         ax.barh(y + 0.4 - height * (i + 0.5), np.nan_to_num(values), height=height * 0.92,
-                xerr=errs, color="white" if floor else colours[m], edgecolor=colours[m],
-                hatch="///" if floor else None, label=plain_text(m), capsize=2,
+                xerr=errs, color="white" if hatch else colours[m], edgecolor=colours[m],
+                hatch=hatch, label=plain_text(m), capsize=2,
                 error_kw={"elinewidth": 0.8, "ecolor": "#555555"})
     ax.set_yticks(y, [plain_text(n) for n in names])
     ax.grid(axis="x", color="#dddddd", linewidth=0.6)
@@ -146,7 +152,8 @@ def error_vs_years_chart(results: Sequence[PairResult], keys: Sequence[str],
                     for _, _, label in YEAR_BINS if any(years_bin(a) == label for a, _ in mine)]
             bx, by = np.array(bins).T
             ax.plot(bx, by, marker="o", color=colours[m], markersize=3.5, linewidth=1.4,
-                    linestyle="--" if m == MEASUREMENT_FLOOR else "-", label=plain_text(m))
+                    linestyle="--" if method_kind(m) in REFERENCE_KINDS else "-",
+                    label=plain_text(m))
         ax.set_xlabel("years between scans")
         ax.set_ylabel(f"{spec.label} ({spec.unit})" if spec.unit else spec.label)
         ax.set_title(spec.label + (" (higher is better)" if spec.higher_is_better

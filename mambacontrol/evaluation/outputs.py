@@ -20,7 +20,7 @@ PAIR_COLUMNS = ("subject_id", "baseline_uid", "followup_uid", "diagnosis", "sex"
                 "years_bin", "method", "method_kind")
 REGION_COLUMNS = ("method", "method_kind", "kind", "region", "name", "n_pairs",
                   "true_change_pct_mean", "pred_change_pct_mean", "signed_error_pct_mean",
-                  "abs_error_pct_mean", "abs_error_pct_sd")
+                  "abs_error_pct_mean", "abs_error_pct_sd", "change_ratio")
 
 
 def definitions(summary: dict) -> dict:
@@ -34,8 +34,13 @@ def definitions(summary: dict) -> dict:
             "years_bins": [{"label": label, "above": lo, "up_to": None if math.isinf(hi) else hi}
                            for lo, hi, label in YEAR_BINS],
             "method_kinds": {"model": "a trained model", "baseline": "a reference method",
+                             "ceiling": "the true follow-up pushed through a model's "
+                                        "representation (autoencoder) and decoded as its "
+                                        "predictions are: the most that model could predict",
                              "floor": "the true follow-up measured by registration against the "
-                                      "exact ground truth (the measurement's own error)"}}
+                                      "exact ground truth (the measurement's own error)"},
+            "change_ratio": "mean predicted % change / mean true % change of a key group or "
+                            "region: the fraction of the true change predicted (1 = its size)"}
 
 
 def write_metrics_json(path: str | os.PathLike, summary: dict, **sections) -> Path:
@@ -71,7 +76,7 @@ def write_pairs_csv(path: str | os.PathLike, results: Sequence[PairResult]) -> P
 def write_regions_csv(path: str | os.PathLike, summary: dict,
                       region_names: Mapping[int, str] | None = None) -> Path:
     """Per region and per method (key groups first): mean true and predicted change, mean signed
-    and absolute error (% of baseline volume), over the pairs."""
+    and absolute error (% of baseline volume), over the pairs, and their change ratio."""
     names = region_names or {}
     rows = []
     for m in summary["methods"]:
@@ -83,5 +88,5 @@ def write_regions_csv(path: str | os.PathLike, summary: dict,
             rows.append([m, method_kind(m), kind, region, name, s["abs_error_pct"]["n"],
                          s["true_change_pct"]["mean"], s["pred_change_pct"]["mean"],
                          s["signed_error_pct"]["mean"], s["abs_error_pct"]["mean"],
-                         s["abs_error_pct"]["sd"]])
+                         s["abs_error_pct"]["sd"], s["change_ratio"]])
     return write_csv(path, REGION_COLUMNS, rows, float_format=".6g")

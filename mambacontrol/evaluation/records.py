@@ -2,8 +2,10 @@
 
 A *method* is anything that predicts a follow-up: a model (named by the caller, e.g. its run
 directory), the copy-baseline (:data:`COPY_BASELINE`), the regional linear extrapolation
-(:data:`LINEAR_BASELINE`), or the measurement floor (:data:`MEASUREMENT_FLOOR`: the true follow-up
-measured by registration, compared with the synthetic cohort's exact ground truth).
+(:data:`LINEAR_BASELINE`), the autoencoder ceiling (:data:`AUTOENCODER_CEILING`: the true follow-up
+pushed through a model's representation and decoded as its predictions are, the most any sampler
+of that model could get right), or the measurement floor (:data:`MEASUREMENT_FLOOR`: the true
+follow-up measured by registration, compared with the synthetic cohort's exact ground truth).
 """
 
 from __future__ import annotations
@@ -17,15 +19,27 @@ from mambacontrol.evaluation.metrics import VolumeChange
 COPY_BASELINE = "copy-baseline"
 LINEAR_BASELINE = "linear-extrapolation"
 MEASUREMENT_FLOOR = "measurement-floor"
+AUTOENCODER_CEILING = "autoencoder-ceiling"
+"""The main model's ceiling; another compared model with its own representation gets
+``autoencoder-ceiling-<its name>`` (:func:`ceiling_name`)."""
 BASELINES = (COPY_BASELINE, LINEAR_BASELINE)
+REFERENCE_KINDS = ("ceiling", "floor")
+"""Kinds that are references, not methods to rank: they see the true follow-up."""
+
+
+def ceiling_name(model: str | None = None) -> str:
+    """The ceiling row of ``model`` (None: the main model)."""
+    return AUTOENCODER_CEILING if model is None else f"{AUTOENCODER_CEILING}-{model}"
 
 
 def method_kind(method: str) -> str:
-    """``"baseline"``, ``"floor"`` or ``"model"``."""
+    """``"baseline"``, ``"ceiling"``, ``"floor"`` or ``"model"``."""
     if method in BASELINES:
         return "baseline"
     if method == MEASUREMENT_FLOOR:
         return "floor"
+    if method == AUTOENCODER_CEILING or method.startswith(AUTOENCODER_CEILING + "-"):
+        return "ceiling"
     return "model"
 
 

@@ -233,6 +233,24 @@ def floor_rows(summary: dict) -> list[dict]:
     return rows
 
 
+def ratio_table(summary: dict) -> dict | None:
+    """Per key group, the mean true change and each method's change ratio (mean predicted over
+    mean true change: 1 is the right size), references (ceiling, floor) included."""
+    methods = [m for m in summary["methods"] if summary["key_groups"][m]]
+    if not methods:
+        return None
+    groups = list(dict.fromkeys(g for m in methods for g in summary["key_groups"][m]))
+    rows = []
+    for g in groups:
+        true = next((summary["key_groups"][m][g]["true_change_pct"]["mean"] for m in methods
+                     if g in summary["key_groups"][m]), None)
+        rows.append({"group": g.replace("_", " "), "true_change": _fmt(true, 2),
+                     "ratios": [_fmt(summary["key_groups"][m].get(g, {}).get("change_ratio"), 2)
+                                for m in methods]})
+    return {"methods": [{"name": m, "kind": summary["method_kinds"][m]} for m in methods],
+            "rows": rows}
+
+
 def rates_table(rates: LinearRates | None) -> dict | None:
     """Key-group population rates (%/year) per diagnosis, for the methods section."""
     if rates is None or not rates.group_rates:
@@ -281,6 +299,8 @@ def render_report(summary: dict, results: Sequence[PairResult], *, provenance: M
         "by_diagnosis": breakdown_table(summary, "by_diagnosis"),
         "by_years": breakdown_table(summary, "by_years"),
         "floor": floor_rows(summary),
+        "ratios": ratio_table(summary),
+        "ceilings": [m for m in summary["methods"] if summary["method_kinds"][m] == "ceiling"],
         "regions": region_table(summary, region_names) if has_regions else None,
         "rates": rates_table(linear_rates),
         "has_linear": LINEAR_BASELINE in summary["methods"],

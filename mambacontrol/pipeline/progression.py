@@ -399,6 +399,32 @@ class ProgressionPipeline:
                                           sampling.num_samples))
         return Predictions(tuple(predictions), clock.seconds)
 
+    @torch.no_grad()
+    def reconstruct(self, image: np.ndarray, follow: np.ndarray, *,
+                    mask: np.ndarray | None = None, decode: str | None = None) -> np.ndarray:
+        """The true follow-up pushed through this model's representation and decoded as a
+        prediction is: the most any sampler could predict (the representation's ceiling).
+
+        Args:
+            image: (X, Y, Z) baseline on the model grid, prepared as for :meth:`predict`.
+            follow: (X, Y, Z) the true follow-up on the same grid.
+            mask: (X, Y, Z) brain mask; zero outside (default: image ≠ 0), as for predictions.
+            decode: ``difference`` (``x_base + D(E(follow)) − D(E(base))``) or ``direct``
+                (``D(E(follow))``); default the model's.
+
+        Returns:
+            (X, Y, Z) float32, clipped to [0, 1] inside the mask like a prediction's mean.
+        """
+        shape = tuple(self.atlas.grid.shape)
+        for what, array in (("image", image), ("follow-up", follow)):
+            if tuple(np.shape(array)) != shape:
+                raise MambaControlError(f"{what} shape {np.shape(array)} is not the model grid "
+                                        f"{shape}; prepare the scan first")
+        plan = SamplingPlan.resolve(self.sampling, decode=decode)
+        plan.check()
+        brain = (np.asarray(image) != 0) if mask is None else np.asarray(mask, dtype=bool)
+        return reconstruct_follow_up(self.autoencoder, image, follow, brain, plan.decode)
+
     def _encode_baseline(self, image: np.ndarray, labels: np.ndarray | None,
                          mask: np.ndarray | None, decode: str) -> _EncodedBaseline:
         """What every horizon of one baseline shares, computed once."""
@@ -468,9 +494,39 @@ class ProgressionPipeline:
         mean = total / n
         var = (total_sq / n - mean**2).clamp_min(0) * (n / max(n - 1, 1))
         keep = torch.from_numpy(brain).to(mean.device)
-        mean = torch.where(keep, mean.clamp(0, 1), torch.zeros_like(mean))
         std = torch.where(keep, var.sqrt(), torch.zeros_like(var))
-        return mean.float().cpu().numpy(), std.float().cpu().numpy()
+        return _clip_to_brain(mean, brain), std.float().cpu().numpy()
+
+
+@torch.no_grad()
+def reconstruct_follow_up(autoencoder: Autoencoder, image: np.ndarray, follow: np.ndarray,
+                          brain: np.ndarray, decode: str = "difference") -> np.ndarray:
+    """A true follow-up through an autoencoder, decoded as predictions are: the representation's
+    ceiling (:meth:`ProgressionPipeline.reconstruct` for a whole model).
+
+    Args:
+        autoencoder: the representation.
+        image, follow: (X, Y, Z) baseline and follow-up on the autoencoder's grid.
+        brain: (X, Y, Z) bool; the result is zero outside.
+        decode: ``difference`` (``x_base + D(E(follow)) − D(E(base))``) or ``direct``
+            (``D(E(follow))``).
+
+    Returns:
+        (X, Y, Z) float32 in [0, 1] inside ``brain``.
+    """
+    device = next(autoencoder.parameters()).device
+    x, y = (torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None, None].to(device)
+            for a in (image, follow))
+    out = autoencoder.decode(autoencoder.encode(y))
+    if decode == "difference":
+        out = x + out - autoencoder.decode(autoencoder.encode(x))
+    return _clip_to_brain(out[0, 0].double(), brain)
+
+
+def _clip_to_brain(image: torch.Tensor, brain: np.ndarray) -> np.ndarray:
+    """(X, Y, Z) image clipped to [0, 1] inside ``brain``, zero outside, as float32 numpy."""
+    keep = torch.from_numpy(np.asarray(brain, dtype=bool)).to(image.device)
+    return torch.where(keep, image.clamp(0, 1), torch.zeros_like(image)).float().cpu().numpy()
 
 
 @dataclass(frozen=True, eq=False)

@@ -16,9 +16,12 @@ def test_evaluate_writes_report_with_baselines_floor_and_ablation(tiny_model, ti
     metrics = json.loads((out / "metrics.json").read_text())
     name = tiny_model.name
     assert set(metrics["summary"]["methods"]) >= {name, f"{name}-2", "copy-baseline",
-                                                  "linear-extrapolation", "measurement-floor"}
+                                                  "linear-extrapolation", "autoencoder-ceiling",
+                                                  "measurement-floor"}
+    # the compared model shares the main model's representation: one ceiling row for both
+    assert [m for m in metrics["summary"]["methods"] if "ceiling" in m] == ["autoencoder-ceiling"]
     pairs = (out / "pairs.csv").read_text().splitlines()
-    assert len(pairs) == 1 + 2 * 5
+    assert len(pairs) == 1 + 2 * 6
     html = (out / "report.html").read_text()
     assert "<img" in html and "src=\"http" not in html
     assert (out / "regions.csv").is_file()

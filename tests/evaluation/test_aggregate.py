@@ -13,11 +13,14 @@ from mambacontrol.evaluation.aggregate import (
 )
 from mambacontrol.evaluation.metrics import VolumeChange
 from mambacontrol.evaluation.records import (
+    AUTOENCODER_CEILING,
     COPY_BASELINE,
     LINEAR_BASELINE,
     MEASUREMENT_FLOOR,
     PairInfo,
     PairResult,
+    ceiling_name,
+    method_kind,
 )
 
 
@@ -115,3 +118,27 @@ def test_pair_info_from_a_visit_pair(tmp_path):
     late = Visit("s1", "v1", tmp_path / "b.nii.gz", 72.5, "F", "AD", "test")
     info = PairInfo.from_visit_pair(VisitPair(early, late))
     assert info == PairInfo("s1", "v0", "v1", "MCI", 2.5, 70.0, "F")  # baseline diagnosis
+
+
+def test_ceiling_is_a_reference_ranked_nowhere_and_listed_before_the_floor():
+    ceiling = [PairResult(p, AUTOENCODER_CEILING, {"psnr": 99.0, "change_mae": 0.0},
+                          groups={"hippocampus": VolumeChange(-2.0 * (i + 1), -1.0 * (i + 1))})
+               for i, p in enumerate(PAIRS)]
+    s = summarize(results() + ceiling)
+    assert s["methods"] == ["model", COPY_BASELINE, AUTOENCODER_CEILING, MEASUREMENT_FLOOR]
+    assert s["method_kinds"][AUTOENCODER_CEILING] == "ceiling"
+    assert method_kind(ceiling_name("ablation")) == "ceiling"
+    assert method_kind("autoencoder-ceilingx") == "model"
+    assert best_methods(s, "psnr") == [COPY_BASELINE]          # the ceiling's 99 dB is not ranked
+    assert best_methods(s, "change_mae") == ["model"]
+    assert all(r["model"] == "model" for r in compare_with(s))
+
+
+def test_change_ratio_is_mean_predicted_over_mean_true_change():
+    s = summarize(results())
+    # model: true -2, -4, -6 (mean -4), predicted true + 0.5 (mean -3.5); copy predicts 0
+    assert s["key_groups"]["model"]["hippocampus"]["change_ratio"] == pytest.approx(3.5 / 4.0)
+    assert s["key_groups"][COPY_BASELINE]["hippocampus"]["change_ratio"] == 0.0
+    assert s["regions"][MEASUREMENT_FLOOR]["47"]["change_ratio"] == pytest.approx(4.1 / 4.0)
+    flat = [PairResult(PAIRS[0], "m", groups={"hippocampus": VolumeChange(0.0, 1.0)})]
+    assert summarize(flat)["key_groups"]["m"]["hippocampus"]["change_ratio"] is None

@@ -1,0 +1,157 @@
+"""The representation's ceiling: how much of the true change each autoencoder can carry.
+
+Trains the ``autoencoder`` stage of a run config once per variant (config overrides), then pushes
+every test pair's true later scan through it and decodes it as a prediction is (the
+``autoencoder-ceiling`` of ``mambacontrol evaluate``, :func:`reconstruct_follow_up`). The change
+is measured as ``evaluate`` measures it (SyN from the baseline, Jacobian integrated per region),
+against the truth measured the same way, beside the copy-baseline on the same pairs::
+
+    python benchmarks/bench_ceiling.py --manifest runs/demo/cohort/manifest.csv --config demo \\
+        --out runs/ceiling --variant base= --variant c8=autoencoder.model.latent_channels=8 \\
+        --variant f2="autoencoder.model.channels=[16, 32]"
+    python benchmarks/bench_ceiling.py ... --model runs/demo/model   # an existing model's too
+
+Per variant and key group: ``recovered`` = mean measured change of the ceiling / mean measured
+true change (the change ratio; the issue's target is ≥ 90 % at 2 mm, ≥ 80 % for the demo), and
+``err/copy`` = the ceiling's mean absolute regional error / the copy-baseline's (%). A variant's
+autoencoder is trained once into ``<out>/<name>`` (the script resumes); the pairs' truth is
+measured once for all variants.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mambacontrol.atlas import load_atlas
+from mambacontrol.data import Manifest
+from mambacontrol.data.change import percent_change
+from mambacontrol.evaluation import (
+    PairInfo,
+    PairResult,
+    copy_baseline_volumes,
+    regional_change,
+    summarize,
+)
+from mambacontrol.evaluation.evaluate import GridScans
+from mambacontrol.evaluation.metrics import image_metrics
+from mambacontrol.evaluation.records import COPY_BASELINE
+from mambacontrol.models.autoencoder import Autoencoder
+from mambacontrol.pipeline.progression import reconstruct_follow_up
+from mambacontrol.training.configs import bundled_config
+from mambacontrol.training.runner import resolve_config
+
+KEY_GROUPS = ("hippocampus", "amygdala", "entorhinal", "lateral_ventricles", "whole_brain")
+
+
+def train_variant(out: Path, config: str, manifest: Path, overrides: list[str]) -> Path:
+    """``<out>/autoencoder``, trained unless it is there already."""
+    if not (out / "stages" / "autoencoder.json").is_file():
+        command = [sys.executable, "-m", "mambacontrol", "train", "autoencoder", "--config",
+                   config, "--out", str(out), f"data.manifest={manifest}", "engine.trackers=[]",
+                   *overrides]
+        print("$", " ".join(command), flush=True)
+        subprocess.run(command, check=True)
+    return out / "autoencoder"
+
+
+def on_base(base: dict, other: dict) -> dict:
+    """``other``'s % change applied to ``base`` (each measurement has its own baseline)."""
+    return {k: b * (1.0 + (percent_change(other[k], b) if b > 0 else 0.0) / 100.0)
+            for k, b in base.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--manifest", type=Path, required=True)
+    parser.add_argument("--config", default="demo", help="run config (file or bundled name)")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=OVERRIDES",
+                        help="a variant: name, '=', overrides separated by ';' (may be empty)")
+    parser.add_argument("--model", action="append", default=[], type=Path,
+                        help="also the autoencoder of this trained model folder")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--pairs", choices=("all", "last"), default="last")
+    parser.add_argument("--decode", choices=("difference", "direct"), default="difference")
+    parser.add_argument("--seed", type=int, default=0, help="registration seed")
+    parser.add_argument("--json", type=Path, help="write the figures here too")
+    args = parser.parse_args()
+
+    config = str(bundled_config(args.config)) if not Path(args.config).is_file() else args.config
+    autoencoders: dict[str, Path] = {m.name: m / "autoencoder" for m in args.model}
+    trained: dict[str, float] = {}
+    for spec in args.variant:
+        name, _, overrides = spec.partition("=")
+        folder = args.out / name
+        path = train_variant(folder, config, args.manifest.resolve(),
+                             [o for o in overrides.split(";") if o.strip()])
+        autoencoders[name] = path
+        trained[name] = json.loads((folder / "stages" / "autoencoder.json").read_text())[
+            "wall_time_s"]
+
+    cfg = resolve_config(config, [], manifest=args.manifest)
+    manifest = Manifest.from_csv(args.manifest)
+    atlas = load_atlas(cfg.data.atlas, cfg.data.grid)
+    scans = GridScans(manifest, atlas, args.seed)
+    pairs = manifest.select(args.split).pairs(args.pairs)
+    models = {n: Autoencoder.load(p).eval() for n, p in autoencoders.items()}
+    results, recon = [], {n: [] for n in models}
+    start = time.perf_counter()
+    for i, pair in enumerate(pairs):
+        base, follow = scans.load(pair.earlier), scans.load(pair.later)
+        base_vols, truth_vols = scans.measure(base, follow.image)
+        truth = on_base(base_vols, truth_vols)
+        info = PairInfo.from_visit_pair(pair)
+        groups = atlas.key_groups
+        regions, by_group = regional_change(base_vols, copy_baseline_volumes(base_vols), truth,
+                                            groups)
+        results.append(PairResult(info, COPY_BASELINE, {}, regions, by_group))
+        for name, ae in models.items():
+            with torch.no_grad():
+                image = reconstruct_follow_up(ae, base.image, follow.image, base.mask, args.decode)
+            recon[name].append(image_metrics(image, base.image, follow.image, base.mask)["mae"])
+            _, vols = scans.measure(base, image)
+            regions, by_group = regional_change(base_vols, on_base(base_vols, vols), truth,
+                                                groups)
+            results.append(PairResult(info, name, {}, regions, by_group))
+        print(f"pair {i + 1}/{len(pairs)} ({time.perf_counter() - start:.0f} s)", flush=True)
+
+    summary = summarize(results)
+    copy = summary["key_groups"][COPY_BASELINE]
+    table: dict = {}
+    for name, ae in models.items():
+        mine = summary["key_groups"][name]
+        factor = ae.downsample_factor
+        table[name] = {
+            "latent": [s // factor for s in atlas.grid.shape] + [ae.config.latent_channels],
+            "parameters": sum(p.numel() for p in ae.parameters()),
+            "train_s": trained.get(name),
+            "follow_up_mae": float(np.mean(recon[name])),
+            "groups": {g: {"recovered_pct": 100 * (mine[g]["change_ratio"] or float("nan")),
+                           "error_of_copy_pct": 100 * mine[g]["abs_error_pct"]["mean"]
+                           / copy[g]["abs_error_pct"]["mean"],
+                           "true_pct": mine[g]["true_change_pct"]["mean"]}
+                       for g in KEY_GROUPS if g in mine}}
+    header = " | ".join(f"{g} rec. % / err. of copy %" for g in KEY_GROUPS)
+    print(f"\n{len(pairs)} pairs ({args.split}, {args.pairs}), decode {args.decode}\n")
+    print(f"| variant | latent | params | AE train s | recon. MAE | {header} |")
+    print("|" + "---|" * (5 + len(KEY_GROUPS)))
+    for name, row in table.items():
+        cells = " | ".join(f"{row['groups'][g]['recovered_pct']:.0f} / "
+                           f"{row['groups'][g]['error_of_copy_pct']:.0f}" for g in KEY_GROUPS)
+        train_s = f"{row['train_s']:.0f}" if row["train_s"] else "–"
+        print(f"| {name} | {'×'.join(map(str, row['latent']))} | {row['parameters']:,} | "
+              f"{train_s} | {row['follow_up_mae']:.4f} | {cells} |")
+    if args.json:
+        args.json.write_text(json.dumps(table, indent=1))
+
+
+if __name__ == "__main__":
+    main()

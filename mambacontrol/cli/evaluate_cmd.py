@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mambacontrol.cli.predict_cmd import _device
+from mambacontrol.cli.predict_cmd import device_from_flag
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,8 +27,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pairs", choices=("all", "last"), default="all",
                    help="every earlier/later pair, or first and last visit per subject")
     p.add_argument("--baselines", default="copy,linear", help="comma-separated: copy, linear")
-    p.add_argument("--samples", type=int, help="samples per prediction (default: the model's)")
-    p.add_argument("--steps", type=int, help="sampler steps (default: the model's)")
+    p.add_argument("--samples", type=int, dest="num_samples", metavar="SAMPLES",
+                   help="samples per prediction (default: the model's)")
+    p.add_argument("--steps", type=int, dest="num_inference_steps", metavar="STEPS",
+                   help="sampler steps (default: the model's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-pairs", type=int, help="evaluate only the first N pairs")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: auto)")
@@ -44,12 +46,12 @@ def run(args: argparse.Namespace) -> int:
     settings = EvaluationSettings(
         split=args.split, pairs=args.pairs,
         baselines=[b.strip() for b in args.baselines.split(",") if b.strip()],
-        samples=args.samples, steps=args.steps, seed=args.seed, max_pairs=args.max_pairs,
-        ceiling=args.ceiling)
+        num_samples=args.num_samples, num_inference_steps=args.num_inference_steps,
+        seed=args.seed, max_pairs=args.max_pairs, ceiling=args.ceiling)
     settings.check()
     summary = evaluate(args.manifest, [args.model, *args.compare], args.out, settings,
-                       command=["mambacontrol", *sys.argv[1:]], device=_device(args.device),
-                       overwrite=args.overwrite)
+                       command=["mambacontrol", *sys.argv[1:]],
+                       device=device_from_flag(args.device), overwrite=args.overwrite)
     n = max(summary["n_pairs"].values(), default=0)
     print(f"evaluated {n} pairs × {len(summary['methods'])} methods; "
           f"report: {args.out}/report.html")

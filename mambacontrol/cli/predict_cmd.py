@@ -63,7 +63,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _device(name: str) -> str:
+def device_from_flag(name: str) -> str:
+    """The torch device a ``--device`` flag names (``auto``: CUDA when available, else CPU)."""
     import torch  # heavy: imported when the command runs (--help stays torch-free)
 
     if name == "auto":
@@ -172,4 +173,4 @@ def _load(args: argparse.Namespace):
     # heavy (torch): imported when the command runs (--help stays torch-free)
     from mambacontrol.pipeline.progression import ProgressionPipeline
 
-    return ProgressionPipeline.from_pretrained(args.model, device=_device(args.device))
+    return ProgressionPipeline.from_pretrained(args.model, device=device_from_flag(args.device))

@@ -80,7 +80,7 @@ class EvaluationSettings:
         split: the manifest split evaluated.
         pairs: ``all`` (every earlier/later pair) or ``last`` (first and last visit).
         baselines: any of ``copy``, ``linear``.
-        samples, steps: sampling (None: each model's defaults).
+        num_samples, num_inference_steps: sampling (None: each model's defaults).
         seed: sampling and registration seed.
         panels: pairs shown as slices in the report.
         max_pairs: evaluate at most this many pairs (None: all), taken in manifest order.
@@ -90,8 +90,8 @@ class EvaluationSettings:
     split: str = "test"
     pairs: str = "all"
     baselines: Sequence[str] = ("copy", "linear")
-    samples: int | None = None
-    steps: int | None = None
+    num_samples: int | None = None
+    num_inference_steps: int | None = None
     seed: int = 0
     panels: int = 3
     max_pairs: int | None = None
@@ -104,13 +104,14 @@ class EvaluationSettings:
                                     f"copy, linear")
         if self.pairs not in ("all", "last"):
             raise MambaControlError(f"--pairs {self.pairs} is not all or last")
-        if (self.samples is not None and self.samples < 1
-                or self.steps is not None and self.steps < 1):
+        if (self.num_samples is not None and self.num_samples < 1
+                or self.num_inference_steps is not None and self.num_inference_steps < 1):
             raise MambaControlError("samples and steps must be ≥ 1")
-        if self.samples is not None:
-            check_limit("max_samples", self.samples, f"--samples {self.samples}")
-        if self.steps is not None:
-            check_limit("max_steps", self.steps, f"--steps {self.steps}")
+        if self.num_samples is not None:
+            check_limit("max_samples", self.num_samples, f"--samples {self.num_samples}")
+        if self.num_inference_steps is not None:
+            check_limit("max_steps", self.num_inference_steps,
+                        f"--steps {self.num_inference_steps}")
         if self.max_pairs is not None and self.max_pairs < 1:
             raise MambaControlError(f"--max-pairs {self.max_pairs} must be ≥ 1")
         if not 0 <= self.seed < 2 ** 63:
@@ -430,7 +431,8 @@ def _score_model(name: str, pipe: ProgressionPipeline, p: PairOnGrid, scans: Gri
     with scores.timed("prediction"):
         prediction = pipe.predict(p.base.image, p.base.labels, earlier.age, earlier.sex,
                                   earlier.diagnosis, p.pair.years, mask=p.base.mask,
-                                  num_samples=s.samples, num_inference_steps=s.steps,
+                                  num_samples=s.num_samples,
+                                  num_inference_steps=s.num_inference_steps,
                                   seed=s.seed)[0]
     scores.results.append(_scored_image(name, prediction.image, p, scans, scores))
     return prediction
@@ -465,8 +467,8 @@ def _run_settings(s: EvaluationSettings, n_pairs: int, exact: bool) -> dict[str,
     """The settings table of the report and ``metrics.json``."""
     return {
         "split": s.split, "pairs": f"{s.pairs} ({n_pairs} pairs)",
-        "samples per prediction": str(s.samples) if s.samples else "model default",
-        "sampler steps": str(s.steps or "model default"),
+        "samples per prediction": str(s.num_samples or "model default"),
+        "sampler steps": str(s.num_inference_steps or "model default"),
         "change threshold τ": f"{CHANGE_THRESHOLD} (intensity, 0–1 scale)",
         "regional measurement": "SyN registration from the baseline, Jacobian integrated over "
                                 "the baseline's regions (the same for every image and the truth)",

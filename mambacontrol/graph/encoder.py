@@ -23,6 +23,8 @@ sees only its own features, its identity embedding and the covariates.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import torch
 from diffusers.configuration_utils import register_to_config
@@ -127,9 +129,10 @@ class GraphEncoder(Component):
     def __init__(self, num_nodes: int, num_edges: int, graph: dict | None = None,
                  feature_mean: list | None = None, feature_std: list | None = None,
                  covariate_norm: dict | None = None, in_features: int = NUM_FEATURES,
-                 embed_dim: int = 64, num_layers: int = 3, conv: str = "gcn", cheb_k: int = 3,
+                 embed_dim: int = 32, num_layers: int = 3,
+                 conv: Literal["gcn", "cheb", "gat"] = "gcn", cheb_k: int = 3,
                  gat_heads: int = 4, num_tokens: int = 8, token_heads: int = 4,
-                 spectral_filters: bool = True, filter_kind: str = "wavelet",
+                 spectral_filters: bool = True, filter_kind: Literal["wavelet", "heat"] = "wavelet",
                  filter_scales: list | tuple = (0.5, 1.0, 2.0, 4.0, 8.0),
                  fourier_refine: bool = True, fourier_modes: int | None = None,
                  dropout: float = 0.1, feature_dropout: float = 0.1, per_node: bool = False):

@@ -7,6 +7,8 @@ from collections.abc import Iterable
 import torch
 from diffusers.optimization import get_cosine_schedule_with_warmup
 
+from mambacontrol.training.config import arguments_for
+from mambacontrol.training.engine import Trainer
 from mambacontrol.training.run_config import OptimConfig, RunConfig
 
 
@@ -23,9 +25,6 @@ def make_optimizer(params: Iterable[torch.nn.Parameter], opt: OptimConfig):
 
 
 def engine_settings(cfg: RunConfig) -> dict:
-    """Keyword arguments of :class:`~mambacontrol.training.engine.Trainer` from ``cfg.engine``."""
-    e = cfg.engine
-    return dict(checkpoint_every=e.checkpoint_every, keep_checkpoints=e.keep_checkpoints,
-                log_every=e.log_every, mixed_precision=e.mixed_precision,
-                gradient_accumulation_steps=e.gradient_accumulation_steps,
-                max_grad_norm=e.max_grad_norm, seed=cfg.seed, trackers=tuple(e.trackers))
+    """Keyword arguments of :class:`~mambacontrol.training.engine.Trainer`: ``cfg.engine``'s
+    fields that are its arguments, and the run's seed."""
+    return {**arguments_for(Trainer, cfg.engine), "seed": cfg.seed}

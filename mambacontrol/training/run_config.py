@@ -22,14 +22,16 @@ Ablations are switches here, not code forks:
 from __future__ import annotations
 
 from dataclasses import dataclass, field, make_dataclass
-from typing import Any, Literal
+from typing import Any
 
+from mambacontrol.graph import AnatomyGraph, GraphEncoder, TrajectoryHead
 from mambacontrol.models.autoencoder import Autoencoder
 from mambacontrol.models.controlnet import MambaControlNet
 from mambacontrol.models.schedulers import NoiseSchedule
 from mambacontrol.models.unet import DenoisingUNet
 from mambacontrol.pipeline.progression import SamplingDefaults
 from mambacontrol.training.config import signature_fields
+from mambacontrol.training.engine import Trainer
 
 
 def _section(name: str, doc: str, *field_groups: list[tuple[str, Any, Any]]) -> type:
@@ -56,24 +58,16 @@ class DataConfig:
     grid: str = "2mm"
 
 
-@dataclass
-class EngineConfig:
-    """Settings shared by every stage's training loop.
-
-    Attributes:
-        trackers: experiment loggers (Accelerate trackers): ``tensorboard`` (into
-            ``<run>/logs/<stage>/``), ``wandb``, ``mlflow`` (each must be installed); ``[]``: none.
-    """
-
-    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
-    gradient_accumulation_steps: int = 1
-    checkpoint_every: int = 200
-    keep_checkpoints: int = 2
-    log_every: int = 10
-    image_every: int = 0
-    max_grad_norm: float = 1.0
-    num_workers: int = 0
-    trackers: list[str] = field(default_factory=lambda: ["tensorboard"])
+EngineConfig = _section(
+    "EngineConfig", "Settings shared by every stage's training loop: the "
+    ":class:`~mambacontrol.training.engine.Trainer`'s keyword arguments (``trackers``: experiment "
+    "loggers, ``tensorboard`` into ``<run>/logs/<stage>/``, ``wandb``, ``mlflow``, each of which "
+    "must be installed; ``[]``: none), and ``num_workers``, the data loader's processes.",
+    signature_fields(Trainer, ("mixed_precision", "gradient_accumulation_steps",
+                               "checkpoint_every", "keep_checkpoints", "log_every", "image_every",
+                               "max_grad_norm")),
+    [("num_workers", int, field(default=0))],
+    signature_fields(Trainer, ("trackers",)))
 
 
 @dataclass
@@ -108,20 +102,15 @@ class AutoencoderStage:
     train: AutoencoderTrain = field(default_factory=AutoencoderTrain)
 
 
-@dataclass
-class GraphModel:
-    grouping: str = "region"
-    homologue_edges: bool = True
-    embed_dim: int = 32
-    num_layers: int = 3
-    conv: Literal["gcn", "cheb", "gat"] = "gcn"
-    num_tokens: int = 8
-    spectral_filters: bool = True
-    filter_kind: Literal["wavelet", "heat"] = "wavelet"
-    fourier_refine: bool = True
-    dropout: float = 0.1
-    feature_dropout: float = 0.1
-    head_hidden: int = 64
+GraphModel = _section(
+    "GraphModel", "The anatomy graph's node set and edges (``AnatomyGraph.from_atlas``), the "
+    "graph encoder's architecture (``GraphEncoder``) and the trajectory head's width "
+    "(``head_hidden``: ``TrajectoryHead``'s ``hidden``).",
+    signature_fields(AnatomyGraph.from_atlas, ("grouping", "homologue_edges")),
+    signature_fields(GraphEncoder, ("embed_dim", "num_layers", "conv", "num_tokens",
+                                    "spectral_filters", "filter_kind", "fourier_refine", "dropout",
+                                    "feature_dropout")),
+    [("head_hidden", *f[1:]) for f in signature_fields(TrajectoryHead, ("hidden",))])
 
 
 @dataclass

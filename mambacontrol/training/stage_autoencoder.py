@@ -99,7 +99,8 @@ def train_autoencoder(cfg: RunConfig, data: RunData, out: Path, resume: bool,
         models["discriminator"] = gan
     params = [p for m in models.values() for p in m.parameters()]
     optimizer, scheduler = make_optimizer(params, t)
-    batches = ResumableBatches(patch_dataset(data, t.patch_size), t.batch_size, seed=cfg.seed)
+    batches = ResumableBatches(patch_dataset(data, t.patch_size), t.batch_size, seed=cfg.seed,
+                               num_workers=cfg.engine.num_workers)
 
     def step_fn(batch, mods, step):
         x = batch["image"]
@@ -118,7 +119,6 @@ def train_autoencoder(cfg: RunConfig, data: RunData, out: Path, resume: bool,
 
     trainer = Trainer("autoencoder", models, optimizer, step_fn, batches, out, steps=t.steps,
                       lr_scheduler=scheduler, config=config_dict,
-                      image_every=cfg.engine.image_every,
                       image_logger=_reconstruction_logger(data), **engine_settings(cfg))
     summary = trainer.run(resume=resume)
     if trainer.accelerator.is_main_process:

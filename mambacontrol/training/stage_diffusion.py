@@ -177,9 +177,10 @@ def train_unet(cfg: RunConfig, data: RunData, out: Path, resume: bool,
                               graph_tokens=tokens)
 
     trainer = Trainer("unet", {"unet": unet}, optimizer, step_fn,
-                      ResumableBatches(items, t.batch_size, seed=cfg.seed), out, steps=t.steps,
+                      ResumableBatches(items, t.batch_size, seed=cfg.seed,
+                                       num_workers=cfg.engine.num_workers), out, steps=t.steps,
                       lr_scheduler=scheduler, frozen=frozen, ema=("unet",), ema_decay=t.ema_decay,
-                      config=config_dict, image_every=cfg.engine.image_every,
+                      config=config_dict,
                       image_logger=denoising_logger(objective, _preview(unet, items[0]), denoise),
                       **engine_settings(cfg))
     summary = trainer.run(resume=resume)
@@ -225,9 +226,10 @@ def train_controlnet(cfg: RunConfig, data: RunData, out: Path, resume: bool,
         return loss, {}
 
     trainer = Trainer("controlnet", {"controlnet": controlnet}, optimizer, step_fn,
-                      ResumableBatches(items, t.batch_size, seed=cfg.seed), out, steps=t.steps,
+                      ResumableBatches(items, t.batch_size, seed=cfg.seed,
+                                       num_workers=cfg.engine.num_workers), out, steps=t.steps,
                       lr_scheduler=scheduler, frozen=frozen, ema=("controlnet",),
-                      ema_decay=t.ema_decay, config=config_dict, image_every=cfg.engine.image_every,
+                      ema_decay=t.ema_decay, config=config_dict,
                       image_logger=denoising_logger(objective, _preview(unet, items[0]), denoise),
                       **engine_settings(cfg))
     summary = trainer.run(resume=resume)

@@ -1,8 +1,12 @@
 """The run config's network sections are their components' keyword arguments, with the
 components' defaults."""
 
+import inspect
+
 import torch
 
+from mambacontrol.atlas import load_atlas
+from mambacontrol.graph import AnatomyGraph, GraphEncoder, TrajectoryHead
 from mambacontrol.models.autoencoder import Autoencoder
 from mambacontrol.models.controlnet import MambaControlNet
 from mambacontrol.models.schedulers import NoiseSchedule
@@ -11,10 +15,13 @@ from mambacontrol.nn.component import Component
 from mambacontrol.nn.scan_order import DIRECTIONS
 from mambacontrol.pipeline.conditioning import hint_channels
 from mambacontrol.pipeline.progression import SamplingDefaults
+from mambacontrol.training.common import engine_settings
 from mambacontrol.training.config import dump_config, load_config
+from mambacontrol.training.engine import Trainer
 from mambacontrol.training.run_config import RunConfig
 from mambacontrol.training.stage_autoencoder import build_autoencoder
 from mambacontrol.training.stage_diffusion import build_controlnet, build_unet, noise_schedule
+from mambacontrol.training.stage_graph import graph_encoder_arch
 
 
 def _same_network(built: Component, default: Component) -> None:
@@ -45,3 +52,18 @@ def test_saved_run_config_reads_back_equal():
                                             "sampling.num_samples=3"])
     assert load_config(RunConfig, text=dump_config(cfg)) == cfg
     assert isinstance(cfg.sampling, SamplingDefaults) and cfg.sampling.num_samples == 3
+
+
+def test_engine_and_graph_sections_take_their_components_defaults():
+    cfg = RunConfig()
+    trainer = inspect.signature(Trainer).parameters
+    assert engine_settings(cfg) == {
+        **{k: trainer[k].default for k in engine_settings(cfg) if k not in ("seed", "trackers")},
+        "trackers": list(trainer["trackers"].default), "seed": cfg.seed}
+    graph = AnatomyGraph.from_atlas(load_atlas(grid="4mm"))
+    with torch.device("meta"):
+        _same_network(GraphEncoder.from_graph(graph, **graph_encoder_arch(cfg)),
+                      GraphEncoder.from_graph(graph))
+    assert cfg.graph.model.head_hidden == inspect.signature(TrajectoryHead).parameters[
+        "hidden"].default
+    assert (cfg.graph.model.grouping, cfg.graph.model.homologue_edges) == ("region", True)

@@ -68,7 +68,7 @@ def on_base(base: dict, other: dict) -> dict:
             for k, b in base.items()}
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--manifest", type=Path, required=True)
     parser.add_argument("--config", default="demo", help="run config (file or bundled name)")
@@ -80,67 +80,78 @@ def main() -> None:
     parser.add_argument("--split", default="test")
     parser.add_argument("--pairs", choices=("all", "last"), default="last")
     parser.add_argument("--decode", choices=("difference", "direct"), default="difference")
+    parser.add_argument("--max-pairs", type=int, help="only the first N pairs (a quick look)")
     parser.add_argument("--seed", type=int, default=0, help="registration seed")
     parser.add_argument("--json", type=Path, help="write the figures here too")
-    args = parser.parse_args()
+    return parser.parse_args()
 
-    config = str(bundled_config(args.config)) if not Path(args.config).is_file() else args.config
+
+def trained_variants(args: argparse.Namespace,
+                     config: str) -> tuple[dict[str, Path], dict[str, float]]:
+    """Variant name → its autoencoder folder, and → its training seconds (trained ones)."""
     autoencoders: dict[str, Path] = {m.name: m / "autoencoder" for m in args.model}
-    trained: dict[str, float] = {}
+    seconds: dict[str, float] = {}
     for spec in args.variant:
         name, _, overrides = spec.partition("=")
         folder = args.out / name
-        path = train_variant(folder, config, args.manifest.resolve(),
-                             [o for o in overrides.split(";") if o.strip()])
-        autoencoders[name] = path
-        trained[name] = json.loads((folder / "stages" / "autoencoder.json").read_text())[
-            "wall_time_s"]
+        autoencoders[name] = train_variant(folder, config, args.manifest.resolve(),
+                                           [o for o in overrides.split(";") if o.strip()])
+        stage = json.loads((folder / "stages" / "autoencoder.json").read_text())
+        seconds[name] = stage["wall_time_s"]
+    return autoencoders, seconds
 
-    cfg = resolve_config(config, [], manifest=args.manifest)
-    manifest = Manifest.from_csv(args.manifest)
-    atlas = load_atlas(cfg.data.atlas, cfg.data.grid)
-    scans = GridScans(manifest, atlas, args.seed)
-    pairs = manifest.select(args.split).pairs(args.pairs)
-    models = {n: Autoencoder.load(p).eval() for n, p in autoencoders.items()}
-    results, recon = [], {n: [] for n in models}
+
+def score_ceilings(args: argparse.Namespace, scans: GridScans, models: dict[str, Autoencoder]
+                   ) -> tuple[list[PairResult], dict[str, list[float]]]:
+    """Every pair: the copy-baseline's and each autoencoder's ceiling's regional change against
+    the measured truth, and each ceiling's image MAE against the true follow-up."""
+    groups = scans.atlas.key_groups
+    results, mae = [], {n: [] for n in models}
+    pairs = scans.manifest.select(args.split).pairs(args.pairs)[: args.max_pairs]
     start = time.perf_counter()
     for i, pair in enumerate(pairs):
         base, follow = scans.load(pair.earlier), scans.load(pair.later)
         base_vols, truth_vols = scans.measure(base, follow.image)
         truth = on_base(base_vols, truth_vols)
         info = PairInfo.from_visit_pair(pair)
-        groups = atlas.key_groups
         regions, by_group = regional_change(base_vols, copy_baseline_volumes(base_vols), truth,
                                             groups)
         results.append(PairResult(info, COPY_BASELINE, {}, regions, by_group))
         for name, ae in models.items():
             with torch.no_grad():
                 image = reconstruct_follow_up(ae, base.image, follow.image, base.mask, args.decode)
-            recon[name].append(image_metrics(image, base.image, follow.image, base.mask)["mae"])
+            mae[name].append(image_metrics(image, base.image, follow.image, base.mask)["mae"])
             _, vols = scans.measure(base, image)
             regions, by_group = regional_change(base_vols, on_base(base_vols, vols), truth,
                                                 groups)
             results.append(PairResult(info, name, {}, regions, by_group))
         print(f"pair {i + 1}/{len(pairs)} ({time.perf_counter() - start:.0f} s)", flush=True)
+    return results, mae
 
-    summary = summarize(results)
+
+def ceiling_table(summary: dict, models: dict[str, Autoencoder], grid: tuple[int, ...],
+                  seconds: dict[str, float], mae: dict[str, list[float]]) -> dict:
+    """Per variant: latent shape, size, training time, reconstruction MAE, and per key group
+    the change recovered (%) and the regional error in % of the copy-baseline's."""
     copy = summary["key_groups"][COPY_BASELINE]
     table: dict = {}
     for name, ae in models.items():
         mine = summary["key_groups"][name]
-        factor = ae.downsample_factor
         table[name] = {
-            "latent": [s // factor for s in atlas.grid.shape] + [ae.config.latent_channels],
+            "latent": [s // ae.downsample_factor for s in grid] + [ae.config.latent_channels],
             "parameters": sum(p.numel() for p in ae.parameters()),
-            "train_s": trained.get(name),
-            "follow_up_mae": float(np.mean(recon[name])),
+            "train_s": seconds.get(name),
+            "follow_up_mae": float(np.mean(mae[name])),
             "groups": {g: {"recovered_pct": 100 * (mine[g]["change_ratio"] or float("nan")),
                            "error_of_copy_pct": 100 * mine[g]["abs_error_pct"]["mean"]
                            / copy[g]["abs_error_pct"]["mean"],
                            "true_pct": mine[g]["true_change_pct"]["mean"]}
                        for g in KEY_GROUPS if g in mine}}
+    return table
+
+
+def print_table(table: dict) -> None:
     header = " | ".join(f"{g} rec. % / err. of copy %" for g in KEY_GROUPS)
-    print(f"\n{len(pairs)} pairs ({args.split}, {args.pairs}), decode {args.decode}\n")
     print(f"| variant | latent | params | AE train s | recon. MAE | {header} |")
     print("|" + "---|" * (5 + len(KEY_GROUPS)))
     for name, row in table.items():
@@ -149,6 +160,21 @@ def main() -> None:
         train_s = f"{row['train_s']:.0f}" if row["train_s"] else "–"
         print(f"| {name} | {'×'.join(map(str, row['latent']))} | {row['parameters']:,} | "
               f"{train_s} | {row['follow_up_mae']:.4f} | {cells} |")
+
+
+def main() -> None:
+    args = parse_args()
+    config = str(bundled_config(args.config)) if not Path(args.config).is_file() else args.config
+    autoencoders, seconds = trained_variants(args, config)
+    cfg = resolve_config(config, [], manifest=args.manifest)
+    atlas = load_atlas(cfg.data.atlas, cfg.data.grid)
+    scans = GridScans(Manifest.from_csv(args.manifest), atlas, args.seed)
+    models = {n: Autoencoder.load(p).eval() for n, p in autoencoders.items()}
+    results, mae = score_ceilings(args, scans, models)
+    table = ceiling_table(summarize(results), models, atlas.grid.shape, seconds, mae)
+    n = len({r.pair for r in results})
+    print(f"\n{n} pairs ({args.split}, {args.pairs}), decode {args.decode}\n")
+    print_table(table)
     if args.json:
         args.json.write_text(json.dumps(table, indent=1))
 

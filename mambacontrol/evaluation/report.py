@@ -284,11 +284,7 @@ def render_report(summary: dict, results: Sequence[PairResult], *, provenance: M
         top_regions: regions shown in the per-region chart (all are in the table and regions.csv).
     """
     keys = summary["keys"]
-    has_groups = any(summary["key_groups"][m] for m in summary["methods"])
     has_regions = any(summary["regions"][m] for m in summary["methods"])
-    trend_keys = [k for k in ("change_mae", "change_dice") if k in keys]
-    trend_keys += [k for k in (f"{VOLUME_PREFIX}hippocampus", f"{VOLUME_PREFIX}whole_brain")
-                   if k in keys] or [k for k in keys if k.startswith(VOLUME_PREFIX)][:1]
     context = {
         "title": title,
         "summary": summary,
@@ -305,16 +301,7 @@ def render_report(summary: dict, results: Sequence[PairResult], *, provenance: M
         "rates": rates_table(linear_rates),
         "has_linear": LINEAR_BASELINE in summary["methods"],
         "has_copy": COPY_BASELINE in summary["methods"],
-        "figures": {
-            "groups": (figures.data_uri(figures.key_group_error_chart(summary)) if has_groups
-                       else None),
-            "regions": (figures.data_uri(figures.region_error_chart(summary, region_names,
-                                                                    top_regions))
-                        if has_regions else None),
-            "trend": (figures.data_uri(figures.error_vs_years_chart(results, trend_keys,
-                                                                    summary["methods"]))
-                      if trend_keys and results else None),
-        },
+        "figures": _figures(summary, results, region_names, top_regions),
         "top_regions": top_regions,
         "panels": [{"pair": p.pair, "method": p.method, "slice": p.coronal_index(),
                     "uncertainty": p.uncertainty is not None,
@@ -327,6 +314,27 @@ def render_report(summary: dict, results: Sequence[PairResult], *, provenance: M
         "copy_name": COPY_BASELINE, "linear_name": LINEAR_BASELINE, "floor_name": MEASUREMENT_FLOOR,
     }
     return _ENV.get_template("report.html.j2").render(**context)
+
+
+def _figures(summary: dict, results: Sequence[PairResult],
+             region_names: Mapping[int, str] | None, top_regions: int) -> dict[str, str | None]:
+    """The report's charts as data URIs (None where there is nothing to draw)."""
+    keys = summary["keys"]
+    has_groups = any(summary["key_groups"][m] for m in summary["methods"])
+    has_regions = any(summary["regions"][m] for m in summary["methods"])
+    trend_keys = [k for k in ("change_mae", "change_dice") if k in keys]
+    trend_keys += [k for k in (f"{VOLUME_PREFIX}hippocampus", f"{VOLUME_PREFIX}whole_brain")
+                   if k in keys] or [k for k in keys if k.startswith(VOLUME_PREFIX)][:1]
+    return {
+        "groups": (figures.data_uri(figures.key_group_error_chart(summary)) if has_groups
+                   else None),
+        "regions": (figures.data_uri(figures.region_error_chart(summary, region_names,
+                                                                top_regions))
+                    if has_regions else None),
+        "trend": (figures.data_uri(figures.error_vs_years_chart(results, trend_keys,
+                                                                summary["methods"]))
+                  if trend_keys and results else None),
+    }
 
 
 def write_report(path: str | os.PathLike, html: str) -> Path:

@@ -235,10 +235,11 @@ class MambaControlNet(Component):
         net = cls(hint_channels=hint_channels, **shared, **kwargs)
         if copy_weights:
             report = net.copy_weights_from_unet(unet)
-            log.info("ControlNet initialised from the UNet: %d tensors copied, %d UNet tensors "
-                     "without counterpart (e.g. %s), %d ControlNet tensors newly initialised",
-                     len(report.copied), len(report.unet_only), report.unet_only[:2],
-                     len(report.controlnet_only))
+            if not next(net.parameters()).is_meta:  # a meta-device build only checks a config
+                log.info("ControlNet initialised from the UNet: %d tensors copied, %d UNet tensors "
+                         "without counterpart (e.g. %s), %d ControlNet tensors newly "
+                         "initialised", len(report.copied), len(report.unet_only),
+                         report.unet_only[:2], len(report.controlnet_only))
         return net
 
     def copy_weights_from_unet(self, unet: DenoisingUNet) -> WeightCopyReport:

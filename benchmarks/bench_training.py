@@ -40,11 +40,13 @@ def main() -> int:
     parser.add_argument("--manifest", required=True)
     parser.add_argument("--steps", type=int, default=30, help="optimizer steps per trained stage")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override, e.g. 'autoencoder.model.channels=[16, 32]'")
     args = parser.parse_args()
     config = args.config if args.config.endswith(".yaml") else str(bundled_config(args.config))
     overrides = [f"{s}.train.steps={args.steps}"
                  for s in ("autoencoder", "graph", "unet", "controlnet")]
-    overrides += ["engine.checkpoint_every=0", "engine.image_every=0"]
+    overrides += ["engine.checkpoint_every=0", "engine.image_every=0", *args.override]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for stage in STAGES:
@@ -55,8 +57,8 @@ def main() -> int:
                 sys.stderr.write(out.stderr)
                 return out.returncode
             rows.append((stage, json.loads(out.stdout.strip().splitlines()[-1])))
-    print(f"config {Path(config).stem}, {args.steps} steps per stage, {args.threads} thread(s), "
-          f"{platform.machine()}")
+    print(f"config {Path(config).stem} {' '.join(args.override)}, {args.steps} steps per stage, "
+          f"{args.threads} thread(s), {platform.machine()}")
     print("| stage | steps | wall (s) | samples/s | peak RSS |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for stage, r in rows:

@@ -47,13 +47,14 @@ def _check_optim(key: str, t: OptimConfig) -> None:
 
 def _check_engine(cfg: RunConfig) -> None:
     e = cfg.engine
-    for name in ("gradient_accumulation_steps", "checkpoint_every", "keep_checkpoints",
-                 "log_every"):
+    for name in ("gradient_accumulation_steps", "keep_checkpoints", "log_every"):
         _positive_int(f"engine.{name}", getattr(e, name))
-    for name in ("image_every", "num_workers"):
+    for name in ("checkpoint_every", "image_every", "num_workers"):  # 0: only at the end / never
         _positive_int(f"engine.{name}", getattr(e, name), 0)
-    if not (math.isfinite(e.max_grad_norm) and e.max_grad_norm > 0):
-        raise ConfigError(f"engine.max_grad_norm: {e.max_grad_norm} must be a positive number")
+    norm = e.max_grad_norm
+    if norm is not None and not (math.isfinite(norm) and norm > 0):
+        raise ConfigError(f"engine.max_grad_norm: {norm} must be a positive number, or null for "
+                          "no clipping")
     check_trackers(e.trackers, "engine.trackers")
 
 

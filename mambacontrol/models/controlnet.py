@@ -37,6 +37,7 @@ from mambacontrol.data.covariates import NUM_COVARIATES
 from mambacontrol.models.unet import DenoisingUNet, covariate_mlp
 from mambacontrol.nn import DIRECTIONS, FourierRefine3d, MambaBlock3d
 from mambacontrol.nn.component import Component
+from mambacontrol.nn.padding import pad_to_multiple
 
 log = logging.getLogger(__name__)
 
@@ -207,6 +208,11 @@ class MambaControlNet(Component):
         nn.init.zeros_(self.covariate_embed[-1].bias)
         self.hint_embed = HintEmbedding(hint_channels, hint_width, width)
 
+    @property
+    def downsample_factor(self) -> int:
+        """What the levels halve the grid by (the UNet's); other grids are padded up to it."""
+        return 2 ** (len(self.config.channels) - 1)
+
     @classmethod
     def from_unet(cls, unet: DenoisingUNet, hint_channels: int, copy_weights: bool = True,
                   **kwargs) -> MambaControlNet:
@@ -285,11 +291,14 @@ class MambaControlNet(Component):
 
         Returns:
             (down_residuals, mid_residual), what ``DenoisingUNet.forward`` takes as
-            ``down_block_additional_residuals`` / ``mid_block_additional_residual``.
+            ``down_block_additional_residuals`` / ``mid_block_additional_residual``; on the grid
+            padded to a multiple of :attr:`downsample_factor`, as the UNet pads its input.
         """
         if hint.shape[2:] != x.shape[2:]:
             raise ValueError(f"hint grid {tuple(hint.shape[2:])} differs from the latent grid "
                              f"{tuple(x.shape[2:])}")
+        x = pad_to_multiple(x, self.downsample_factor)
+        hint = pad_to_multiple(hint, self.downsample_factor)
         attn = self.config.mixer == "attention"
         if attn and context is None:
             raise ValueError("the attention ControlNet needs the UNet's cross-attention context")

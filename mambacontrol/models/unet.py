@@ -12,6 +12,7 @@ from torch import nn
 
 from mambacontrol.data.covariates import NUM_COVARIATES
 from mambacontrol.nn.component import Component
+from mambacontrol.nn.padding import crop_to, pad_to_multiple
 
 Target = Literal["delta", "absolute"]
 TARGETS = get_args(Target)
@@ -106,6 +107,8 @@ class DenoisingUNet(Component):
 
     @property
     def downsample_factor(self) -> int:
+        """What the network's levels halve the grid by; other grids are padded up to a
+        multiple of it."""
         return 2 ** (len(self.config.channels) - 1)
 
     def network_input(self, noisy: torch.Tensor, z_base: torch.Tensor | None) -> torch.Tensor:
@@ -136,10 +139,6 @@ class DenoisingUNet(Component):
         ControlNet residuals, when given, are added MONAI's way.
         """
         x = self.network_input(noisy, z_base)
-        f = self.downsample_factor
-        if any(s % f for s in x.shape[2:]):
-            raise ValueError(f"latent grid {tuple(x.shape[2:])} is not divisible by the UNet's "
-                             f"downsampling factor {f}")
         return self.denoise(x, timesteps, self.context(covariates, graph_tokens),
                             down_block_additional_residuals, mid_block_additional_residual)
 
@@ -149,9 +148,14 @@ class DenoisingUNet(Component):
         """The network on an input and a context computed already: (B, input_channels, x, y, z)
         ``x`` from :meth:`network_input`, (B, 1 [+ T], E) ``context`` from :meth:`context`.
 
-        For a sampler that computes both once and gives them to the ControlNet too.
+        For a sampler that computes both once and gives them to the ControlNet too. A grid that
+        :attr:`downsample_factor` does not divide is padded up to it and the output cropped back
+        (:mod:`mambacontrol.nn.padding`); ControlNet residuals are on the padded grid, as the
+        ControlNet pads its input the same way.
         """
         down = (tuple(down_block_additional_residuals)
                 if down_block_additional_residuals is not None else None)
-        return self.net(x, timesteps, context=context, down_block_additional_residuals=down,
-                        mid_block_additional_residual=mid_block_additional_residual)
+        out = self.net(pad_to_multiple(x, self.downsample_factor), timesteps, context=context,
+                       down_block_additional_residuals=down,
+                       mid_block_additional_residual=mid_block_additional_residual)
+        return crop_to(out, tuple(x.shape[2:]))

@@ -184,10 +184,6 @@ class ProgressionPipeline:
             raise ModelError(f"UNet latent_channels {self.unet.config.latent_channels} differ "
                              f"from the autoencoder's {self.autoencoder.config.latent_channels}")
         self.autoencoder.check_shape(self.atlas.grid.shape)
-        latent = [s // self.autoencoder.downsample_factor for s in self.atlas.grid.shape]
-        if any(s % self.unet.downsample_factor for s in latent):
-            raise ModelError(f"latent grid {tuple(latent)} is not divisible by the UNet's "
-                             f"downsampling factor {self.unet.downsample_factor}")
         if self.trajectory_head is not None and self.graph_encoder is None:
             raise ModelError("a trajectory head needs the graph encoder it was trained with")
         if self.graph_encoder is not None:

@@ -137,11 +137,6 @@ def _check_networks(cfg: RunConfig, atlas: Atlas) -> None:
                                                     **graph_encoder_arch(cfg)))
         _positive_int("graph.model.head_hidden", cfg.graph.model.head_hidden)
     unet = _build("unet.model", lambda: build_unet(cfg, ae.config.latent_channels, graph_dim))
-    latent = [s // ae.downsample_factor for s in atlas.grid.shape]
-    if any(s % unet.downsample_factor for s in latent):
-        raise ConfigError(f"unet.model.channels: the latent grid {tuple(latent)} is not divisible "
-                          f"by the UNet's downsampling factor {unet.downsample_factor}; use fewer "
-                          "levels")
     if cfg.controlnet.enabled:
         hint_graph = graph_dim if cfg.graph.enabled and cfg.controlnet.model.graph_hint else 0
         _build("controlnet.model", lambda: build_controlnet(cfg, unet, hint_graph))

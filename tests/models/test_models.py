@@ -8,6 +8,7 @@ from mambacontrol.models.autoencoder import Autoencoder
 from mambacontrol.models.controlnet import MambaControlNet
 from mambacontrol.models.schedulers import NoiseSchedule, sampling_scheduler, training_scheduler
 from mambacontrol.models.unet import DenoisingUNet
+from mambacontrol.nn.padding import pad_to_multiple
 
 TINY_UNET = dict(latent_channels=3, channels=(16, 32), attention_levels=(False, True),
                  norm_num_groups=8, num_head_channels=8, context_dim=16)
@@ -115,6 +116,28 @@ def test_controlnet_shapes_and_zero_init(unet, mixer, fourier):
     steered = unet(x, t, cov, z_base=zb, down_block_additional_residuals=down,
                    mid_block_additional_residual=mid)
     assert torch.equal(base, steered)
+
+
+@pytest.mark.parametrize("mixer", ["mamba", "attention"])
+def test_odd_latent_grid_is_padded_for_both_networks(unet, mixer):
+    """A 7×6×5 latent (an 8× autoencoder on an odd grid, like BrLP's 1.5 mm one): the UNet and
+    the ControlNet pad it the same way, residuals fit, the output comes back on the latent grid,
+    and the padding only extends the grid (the output is the same network on the padded input)."""
+    torch.manual_seed(3)
+    cn = MambaControlNet.from_unet(unet, hint_channels=5, mixer=mixer, **TINY_CONTROL)
+    for p in cn.parameters():  # a trained ControlNet: residuals not zero
+        p.data.add_(0.05 * torch.randn_like(p))
+    x, zb, t, cov = (v[..., :7, :6, :5] if v.dim() == 5 else v for v in _inputs())
+    hint = torch.randn(2, 5, 7, 6, 5)
+    down, mid = cn(unet.network_input(x, zb), t, hint, cov, context=unet.context(cov))
+    assert down[0].shape[2:] == (8, 6, 6) and mid.shape[2:] == (4, 3, 3)
+    out = unet(x, t, cov, z_base=zb, down_block_additional_residuals=down,
+               mid_block_additional_residual=mid)
+    assert out.shape == x.shape
+    padded = unet.net(pad_to_multiple(unet.network_input(x, zb), 2), t, context=unet.context(cov),
+                      down_block_additional_residuals=tuple(down),
+                      mid_block_additional_residual=mid)
+    assert torch.equal(out, padded[..., :7, :6, :5])
 
 
 def test_controlnet_learns_to_steer(unet):

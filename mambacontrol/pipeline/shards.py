@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -136,6 +136,23 @@ class Shard:
         errors = {name: error for _, errs in outcomes for name, error in errs.items()}
         return ([n for n in order if n in every_done],
                 {n: errors[n] for n in order if n in errors})
+
+    def run_on_main(self, work: Callable[[], T]) -> T:
+        """Run ``work`` on the main process while the others wait for it, and give its result
+        (picklable) to every process; its one-line error (:class:`MambaControlError`) is raised
+        on every process, not only on the main one."""
+        value, error = None, None
+        if self.is_main:
+            try:
+                value = work()
+            except MambaControlError as exc:
+                error = exc
+        value, message = self.broadcast((value, None if error is None else str(error)))
+        if error is not None:
+            raise error
+        if message is not None:
+            raise MambaControlError(message)
+        return value
 
     def broadcast(self, value: Any) -> Any:
         """The main process's ``value`` (picklable), on every process."""

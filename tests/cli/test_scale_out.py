@@ -135,3 +135,29 @@ def test_bad_parts_are_refused_before_any_work(tiny_model, batch, tmp_path, caps
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--part-id 2 is not one of 0 to 1" in err
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_evaluate_on_two_processes_equals_one(tiny_model, tiny_cohort, tmp_path):
+    """Two pairs over two processes: the same tables and metrics as one process, and one report
+    with the same slice panels (both runs on one ITK and torch thread: registrations repeat
+    bitwise only on the same thread count)."""
+    args = ["--threads", "1", "evaluate", "--manifest", tiny_cohort, "--model", tiny_model,
+            "--max-pairs", "2", "--no-ceiling", "--samples", "1", "--steps", "1",
+            "--device", "cpu"]
+    single, launched = tmp_path / "single", tmp_path / "launched"
+    r = subprocess.run([sys.executable, "-m", "mambacontrol", "-q", *map(str, args), "--out",
+                        str(single)], capture_output=True, text=True, env=_env())
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = run_launched(*args, "--out", launched)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("evaluated 2 pairs") == 1
+    for name in ("pairs.csv", "regions.csv"):
+        assert (single / name).read_bytes() == (launched / name).read_bytes(), name
+    ma, mb = (json.loads((f / "metrics.json").read_text()) for f in (single, launched))
+    assert {k: v for k, v in ma.items() if k != "provenance"} == {
+        k: v for k, v in mb.items() if k != "provenance"}  # provenance: timings, --out
+    ha, hb = ((f / "report.html").read_text() for f in (single, launched))
+    assert ha.count("<img") == hb.count("<img") > 0
+    assert sorted(files_of(single)) == sorted(files_of(launched))
+    assert not list(launched.glob(".mambacontrol-output.*.json"))

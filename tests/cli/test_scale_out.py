@@ -171,3 +171,15 @@ def test_evaluate_on_two_processes_equals_one(tiny_model, tiny_cohort, tmp_path)
     assert len(list((launched / "prepared").iterdir())) == 6
     assert_same_outputs(single, launched)  # prepared scans, pairs.csv, regions.csv
     assert not list(launched.glob(".mambacontrol-output.*.json"))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "all", "--config", "demo", "--workers", "0"], "--workers 0 must be at least 1"),
+    (["evaluate", "--manifest", "m.csv", "--model", "m", "--workers", "0"],
+     "--workers 0 must be ≥ 1"),
+])
+def test_bad_workers_are_refused_before_any_work(args, message, tmp_path, capsys):
+    out = tmp_path / "o"
+    assert main(["-q", *args, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and not out.exists()

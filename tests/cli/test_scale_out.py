@@ -129,6 +129,20 @@ def test_predict_in_parts_then_merged_equals_one_run(tiny_model, batch, tmp_path
     assert_same_outputs(whole, parted)
 
 
+def test_bids_in_parts_then_merged_equals_one_run(tiny_model, batch, tmp_path):
+    """Parts write their scans into one BIDS derivative; the run without parts adds
+    dataset_description.json and failures.json and removes the parts' failures."""
+    whole, parted = tmp_path / "whole", tmp_path / "parted"
+    assert main(["-q", *map(str, _predict_args(batch, tiny_model, whole, "--bids"))]) == 1
+    for part in ("0", "1"):
+        args = _predict_args(batch, tiny_model, parted, "--bids", "--num-parts", "2", "--part-id",
+                             part)
+        main(["-q", *map(str, args)])
+    assert not (parted / "dataset_description.json").exists()
+    assert main(["-q", *map(str, _predict_args(batch, tiny_model, parted, "--bids"))]) == 1
+    assert_same_outputs(whole, parted)
+
+
 def test_bad_parts_are_refused_before_any_work(tiny_model, batch, tmp_path, capsys):
     out = tmp_path / "o"
     args = _predict_args(batch, tiny_model, out, "--num-parts", "2", "--part-id", "2")

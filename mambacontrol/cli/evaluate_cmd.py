@@ -37,22 +37,34 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-ceiling", dest="ceiling", action="store_false",
                    help="leave out the autoencoder-ceiling rows (the true later scan through each "
                         "model's representation; one encode and decode per pair)")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="processes registering the scans that are not on the atlas grid (under "
+                        "accelerate launch, the pairs are split over the launch's processes)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from mambacontrol.evaluation.evaluate import EvaluationSettings, evaluate  # lazy: torch
+    """Evaluate; under ``accelerate launch`` every process scores its share of the pairs and the
+    main one writes the outputs and the report line."""
+    # lazy: torch
+    from mambacontrol.evaluation.evaluate import EvaluationSettings, evaluate
+    from mambacontrol.pipeline.shards import Shard, process_device
 
     settings = EvaluationSettings(
         split=args.split, pairs=args.pairs,
         baselines=[b.strip() for b in args.baselines.split(",") if b.strip()],
         num_samples=args.num_samples, num_inference_steps=args.num_inference_steps,
-        seed=args.seed, max_pairs=args.max_pairs, ceiling=args.ceiling)
+        seed=args.seed, max_pairs=args.max_pairs, ceiling=args.ceiling, workers=args.workers)
     settings.check()
+    shard = Shard.current()
+    device = device_from_flag(args.device)
+    if shard.distributed and device == "cuda":
+        device = process_device()  # each process its own GPU
     summary = evaluate(args.manifest, [args.model, *args.compare], args.out, settings,
-                       command=["mambacontrol", *sys.argv[1:]],
-                       device=device_from_flag(args.device), overwrite=args.overwrite)
-    n = max(summary["n_pairs"].values(), default=0)
-    print(f"evaluated {n} pairs × {len(summary['methods'])} methods; "
-          f"report: {args.out}/report.html")
+                       command=["mambacontrol", *sys.argv[1:]], device=device,
+                       overwrite=args.overwrite, shard=shard)
+    if shard.is_main:
+        n = max(summary["n_pairs"].values(), default=0)
+        print(f"evaluated {n} pairs × {len(summary['methods'])} methods; "
+              f"report: {args.out}/report.html")
     return 0

@@ -60,7 +60,19 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "name")
     p.add_argument("--no-volumes", action="store_true",
                    help="skip the sub-voxel regional volume measurement (faster)")
+    add_part_arguments(p, "scans")
     p.set_defaults(func=run)
+
+
+def add_part_arguments(p: argparse.ArgumentParser, items: str) -> None:
+    """``--num-parts K --part-id I``: one job of a job array takes every K-th of the batch's
+    ``items``, from the I-th."""
+    p.add_argument("--num-parts", type=int, default=1, metavar="K",
+                   help=f"split the {items} into K parts for a job array (item i goes to part "
+                        "i mod K); run each part into the same --out, then once without parts "
+                        "to merge")
+    p.add_argument("--part-id", type=int, metavar="I",
+                   help="the part this job runs, 0 to K-1 (e.g. $SLURM_ARRAY_TASK_ID)")
 
 
 def device_from_flag(name: str) -> str:
@@ -88,6 +100,8 @@ def run(args: argparse.Namespace) -> int:
     if args.bids and args.manifest is None:
         raise MambaControlError("--bids writes a batch as a BIDS derivative dataset: give "
                                 "--manifest")
+    if args.manifest is None and (args.num_parts != 1 or args.part_id is not None):
+        raise MambaControlError("--num-parts/--part-id split a batch: give --manifest")
     settings = PredictSettings(num_samples=args.num_samples,
                                num_inference_steps=args.num_inference_steps, seed=args.seed,
                                png=args.png, measure_volumes=not args.no_volumes,
@@ -121,38 +135,47 @@ def _predict_one(args: argparse.Namespace, settings: PredictSettings) -> int:
 
 
 def _predict_batch(args: argparse.Namespace, settings: PredictSettings) -> int:
+    """Predict a manifest's scans: this process's share of them (this job-array part's, split
+    over the processes of ``accelerate launch``) into the one --out."""
     # heavy (torch, nibabel): imported when the command runs (--help stays torch-free)
     from mambacontrol.data import Manifest
-    from mambacontrol.io import OutputFolder, unique_names
-    from mambacontrol.pipeline.bids_output import BidsTarget, predict_bids
-    from mambacontrol.pipeline.scan_prediction import PredictRequest, predict_many
+    from mambacontrol.io import unique_names
+    from mambacontrol.pipeline.bids_output import DESCRIPTION_NAME, BidsTarget, predict_bids
+    from mambacontrol.pipeline.scan_prediction import FAILURES_NAME, PredictRequest, predict_many
+    from mambacontrol.pipeline.shards import Shard, claim_shared
 
+    shard = Shard.current(args.num_parts, args.part_id)
     manifest = Manifest.from_csv(args.manifest, require_split=False)
     names = unique_names(((f"row {i + 1}", v.image_uid) for i, v in enumerate(manifest)),
                          "image_uid")
     requests = [PredictRequest(v.image_path, v.age, v.sex, v.diagnosis, args.years, v.segm_path,
                                _mask_of(v, manifest)) for v in manifest]
     inputs = [args.manifest, *(p for r in requests for p in r.inputs(args.model))]
+    common = dict(inputs=inputs, resume=True, overwrite=args.overwrite)
+    total = len(shard.part_indices(len(requests)))
     if args.bids:
         targets = [(BidsTarget.of_visit(v), r) for v, r in zip(manifest, requests)]
-        with OutputFolder.claim(args.out, "predict-bids", inputs=inputs, resume=True,
-                                overwrite=args.overwrite) as folder:
-            done, failed = predict_bids(_load(args), targets, folder, settings,
-                                        model_dir=args.model, overwrite=args.overwrite)
-        return _report(done, failed, len(targets), f"the BIDS derivative {args.out}")
+        with claim_shared(shard, args.out, "predict-bids", **common,
+                          free=[DESCRIPTION_NAME, FAILURES_NAME]) as folder:
+            done, failed = predict_bids(_load(args, shard), targets, folder, settings,
+                                        model_dir=args.model, overwrite=args.overwrite,
+                                        shard=shard)
+        return _report(done, failed, total, f"the BIDS derivative {args.out}", shard.is_main)
     named = [(names[v.image_uid], r) for v, r in zip(manifest, requests)]
-    with OutputFolder.claim(args.out, "predict-batch", inputs=inputs, resume=True,
-                            overwrite=args.overwrite) as folder:
-        done, failed = predict_many(_load(args), named, folder, settings, model_dir=args.model,
-                                    overwrite=args.overwrite)
-    return _report(done, failed, len(named), args.out)
+    with claim_shared(shard, args.out, "predict-batch", **common,
+                      free=[*(n for n, _ in named), FAILURES_NAME]) as folder:
+        done, failed = predict_many(_load(args, shard), named, folder, settings,
+                                    model_dir=args.model, overwrite=args.overwrite, shard=shard)
+    return _report(done, failed, total, args.out, shard.is_main)
 
 
-def _report(done: list, failed: dict, total: int, out: str) -> int:
-    """A batch's one-line result, each failure on stderr; exit status 1 when any scan failed."""
-    print(f"{len(done)} of {total} scans predicted into {out}")
-    for name, err in failed.items():
-        print(f"failed: {name}: {err}", file=sys.stderr)
+def _report(done: list, failed: dict, total: int, out: str, main: bool = True) -> int:
+    """A batch's one-line result (from the main process), each failure on stderr; exit status 1
+    when any scan failed."""
+    if main:
+        print(f"{len(done)} of {total} scans predicted into {out}")
+        for name, err in failed.items():
+            print(f"failed: {name}: {err}", file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -169,8 +192,14 @@ def _mask_of(visit, manifest) -> Path | None:
     return p if p.is_absolute() or manifest.path is None else manifest.path.parent / p
 
 
-def _load(args: argparse.Namespace):
+def _load(args: argparse.Namespace, shard=None):
+    """The model on ``--device``; under a launch of several processes, ``cuda`` (or ``auto``
+    with GPUs) is each process's own GPU."""
     # heavy (torch): imported when the command runs (--help stays torch-free)
     from mambacontrol.pipeline.progression import ProgressionPipeline
+    from mambacontrol.pipeline.shards import process_device
 
-    return ProgressionPipeline.from_pretrained(args.model, device=device_from_flag(args.device))
+    device = device_from_flag(args.device)
+    if shard is not None and shard.distributed and device == "cuda":
+        device = process_device()
+    return ProgressionPipeline.from_pretrained(args.model, device=device)

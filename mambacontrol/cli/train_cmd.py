@@ -26,6 +26,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--metrics", metavar="JSON",
                    help="an evaluation's metrics.json to quote in the model card README.md "
                         "(default: <out>/evaluation/metrics.json when it exists)")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="processes registering the scans that are not on the atlas grid, once, "
+                        "before the first stage (under accelerate launch: on the main process; "
+                        "not the data loaders' engine.num_workers)")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="config overrides, e.g. unet.train.lr=1e-4 "
                         "data.manifest=cohort/manifest.csv")
@@ -36,6 +40,8 @@ def run(args: argparse.Namespace) -> int:
     bad = [o for o in args.overrides if "=" not in o]
     if bad:
         raise ConfigError(f"override '{bad[0]}' is not key=value (e.g. unet.train.steps=100)")
+    if args.workers < 1:
+        raise ConfigError(f"--workers {args.workers} must be at least 1")
     # lazy: keeps --help (and the check above) free of torch
     from mambacontrol.training.data_order import process_state
     from mambacontrol.training.runner import TrainingRun, resolve_config
@@ -43,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = resolve_config(args.config, args.overrides)
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).name.removesuffix(
         ".yaml").removesuffix(".yml")
-    summaries = TrainingRun(cfg, out, metrics=args.metrics).run(args.stage, resume=args.resume)
+    run = TrainingRun(cfg, out, metrics=args.metrics, prepare_workers=args.workers)
+    summaries = run.run(args.stage, resume=args.resume)
     if process_state().is_main_process:  # under torchrun / accelerate launch, one report
         for s in summaries:
             print(s.line())

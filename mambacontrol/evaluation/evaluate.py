@@ -18,6 +18,12 @@ For every pair of the split, on the model grid (scans not on it are prepared onc
   floor).
 
 Writes ``metrics.json``, ``pairs.csv``, ``regions.csv`` and a self-contained ``report.html``.
+
+Under ``accelerate launch`` (:mod:`mambacontrol.pipeline.shards`), the main process claims
+``out``, prepares the scans (``workers`` at a time) and fits the linear baseline while the others
+wait; every process then scores its share of the pairs (pair ``i`` on process ``i mod N``), and
+the main process gathers the results in pair order and writes the outputs, the same as one
+process writes.
 """
 
 from __future__ import annotations
@@ -62,6 +68,7 @@ from mambacontrol.evaluation.report import render_report, write_report
 from mambacontrol.io import OutputFolder, check_limit
 from mambacontrol.pipeline.prepare import PreparedScan, load_on_grid, prepare_manifest
 from mambacontrol.pipeline.progression import Prediction, ProgressionPipeline
+from mambacontrol.pipeline.shards import Shard, claim_shared
 from mambacontrol.registration import measure_regional_volumes
 
 BASELINE_NAMES = {"copy": COPY_BASELINE, "linear": LINEAR_BASELINE}
@@ -85,6 +92,7 @@ class EvaluationSettings:
         panels: pairs shown as slices in the report.
         max_pairs: evaluate at most this many pairs (None: all), taken in manifest order.
         ceiling: score the autoencoder ceiling of each representation.
+        workers: processes preparing the scans that are not on the atlas grid.
     """
 
     split: str = "test"
@@ -96,6 +104,7 @@ class EvaluationSettings:
     panels: int = 3
     max_pairs: int | None = None
     ceiling: bool = True
+    workers: int = 1
 
     def check(self) -> None:
         unknown = [b for b in self.baselines if b not in BASELINE_NAMES]
@@ -114,6 +123,8 @@ class EvaluationSettings:
                         f"--steps {self.num_inference_steps}")
         if self.max_pairs is not None and self.max_pairs < 1:
             raise MambaControlError(f"--max-pairs {self.max_pairs} must be ≥ 1")
+        if self.workers < 1:
+            raise MambaControlError(f"--workers {self.workers} must be ≥ 1")
         if not 0 <= self.seed < 2 ** 63:
             raise MambaControlError(f"--seed {self.seed} must be a whole number in 0–{2 ** 63 - 1}")
 
@@ -146,7 +157,7 @@ def _on_base(base: Mapping[int, float], pct: Mapping[int, float]) -> dict[int, f
 def evaluate(manifest_path: str | os.PathLike, models: Sequence[str | os.PathLike],
              out: str | os.PathLike, settings: EvaluationSettings | None = None,
              command: Sequence[str] | str | None = None, device: str = "cpu",
-             overwrite: bool = False) -> dict:
+             overwrite: bool = False, shard: Shard | None = None) -> dict:
     """Run the evaluation and write its outputs into ``out``.
 
     ``out`` is claimed first (:class:`mambacontrol.io.OutputFolder`): it must not hold the
@@ -162,37 +173,43 @@ def evaluate(manifest_path: str | os.PathLike, models: Sequence[str | os.PathLik
         command: the command line, for the report's provenance.
         device: torch device for the models.
         overwrite: replace an earlier evaluation's outputs in ``out``.
+        shard: this process's share under ``accelerate launch`` (:meth:`Shard.current`; every
+            process calls this with the same arguments); default: one process.
 
     Returns:
-        The summary (also in ``metrics.json``).
+        The summary (also in ``metrics.json``), on every process.
     """
     s = settings or EvaluationSettings()
     s.check()
-    with OutputFolder.claim(out, "evaluate", inputs=[manifest_path, *models],
-                            overwrite=overwrite) as folder:
-        folder.check_free([PREPARED_NAME, *OUTPUT_NAMES])
-        return _evaluate(manifest_path, models, folder, s, command, device)
+    shard = shard or Shard()
+    with claim_shared(shard, out, "evaluate", inputs=[manifest_path, *models],
+                      overwrite=overwrite, free=[PREPARED_NAME, *OUTPUT_NAMES]) as folder:
+        return _evaluate(manifest_path, models, folder, s, command, device, shard)
 
 
 def _evaluate(manifest_path: str | os.PathLike, models: Sequence[str | os.PathLike],
               folder: OutputFolder, s: EvaluationSettings,
-              command: Sequence[str] | str | None, device: str) -> dict:
+              command: Sequence[str] | str | None, device: str, shard: Shard) -> dict:
     """The evaluation's steps, in order: read, load, prepare, fit baselines, score, write."""
     raw = _read_manifest(manifest_path, s)  # bad input fails before the models load
     names = method_names(models)
     pipes = _load_models(names, device)
     atlas = _shared_atlas(pipes)
-    folder.record(PREPARED_NAME)
-    manifest = prepare_manifest(raw, atlas, folder.path / PREPARED_NAME, seed=s.seed)
+    if shard.is_main:
+        folder.record(PREPARED_NAME)
+    manifest = prepare_manifest(raw, atlas, folder.path / PREPARED_NAME, seed=s.seed,
+                                workers=s.workers, shard=shard)
     pairs = _pairs_to_evaluate(manifest, s)
     scans = GridScans(manifest, atlas, s.seed)
-    linear = (_fit_linear_baseline(manifest, scans, manifest_path)
+    linear = (shard.run_on_main(lambda: _fit_linear_baseline(manifest, scans, manifest_path))
               if "linear" in s.baselines else None)
     exact = all(has_manifest_volumes(v) for p in pairs for v in (p.earlier, p.later))
     ceilings = _ceiling_models(pipes) if s.ceiling else {}
-    scores = _score_pairs(pairs, pipes, ceilings, scans, linear, s, exact)
+    scores = _score_pairs(pairs, pipes, ceilings, scans, linear, s, exact, shard)
 
     summary = summarize(scores.results)
+    if not shard.is_main:
+        return summary
     run_settings = _run_settings(s, len(pairs), exact)
     provenance = collect_provenance(command=command, models={n: str(d) for n, d in names.items()},
                                     manifest=manifest_path, split=s.split,
@@ -367,13 +384,19 @@ class PairOnGrid:
 
 def _score_pairs(pairs: Sequence[VisitPair], pipes: Mapping[str, ProgressionPipeline],
                  ceilings: Mapping[str, ProgressionPipeline], scans: GridScans,
-                 linear: LinearRates | None, s: EvaluationSettings, exact: bool) -> Scores:
+                 linear: LinearRates | None, s: EvaluationSettings, exact: bool,
+                 shard: Shard) -> Scores:
     """Every pair scored by every method: the measurement floor (with exact ground truth), the
-    baselines, the models, then the ceilings of their representations."""
+    baselines, the models, then the ceilings of their representations. This process scores its
+    share of the pairs (``shard``); the result is every process's, in pair order."""
     scores = Scores()
+    by_pair: dict[int, list[PairResult]] = {}
+    panels: dict[int, SlicePanel] = {}
+    wanted = _panel_pairs(pairs, s.panels)
     main_model = next(iter(pipes))
     groups = scans.atlas.key_groups
-    for pair in tqdm(pairs, desc="evaluating pairs", disable=None):
+    for i in tqdm(shard.indices(len(pairs)), desc="evaluating pairs", disable=None):
+        pair, first = pairs[i], len(scores.results)
         p = _pair_on_grid(pair, scans, scores)
         if exact:
             scores.results.append(_measurement_floor(p, groups))
@@ -385,15 +408,31 @@ def _score_pairs(pairs: Sequence[VisitPair], pipes: Mapping[str, ProgressionPipe
             scores.results.append(PairResult(p.info, LINEAR_BASELINE, {}, regions, by_group))
         for name, pipe in pipes.items():
             prediction = _score_model(name, pipe, p, scans, s, scores)
-            if name == main_model and _wants_panel(scores.panels, s.panels, pair):
-                scores.panels.append(SlicePanel(p.info, name, p.base.image, p.follow.image,
-                                                prediction.image, p.base.mask,
-                                                prediction.uncertainty))
+            if name == main_model and i in wanted:
+                panels[i] = SlicePanel(p.info, name, p.base.image, p.follow.image,
+                                       prediction.image, p.base.mask, prediction.uncertainty)
         for name, pipe in ceilings.items():
             with scores.timed("ceiling"):
                 image = pipe.reconstruct(p.base.image, p.follow.image, mask=p.base.mask)
             scores.results.append(_scored_image(name, image, p, scans, scores))
-    return scores
+        by_pair[i] = scores.results[first:]
+    return _gathered(shard, by_pair, panels, scores.timings)
+
+
+def _gathered(shard: Shard, by_pair: dict[int, list[PairResult]], panels: dict[int, SlicePanel],
+              timings: dict[str, float]) -> Scores:
+    """The scores of every process (pair index → its results, its panel), in pair order; the
+    seconds of each kind of work summed over the processes."""
+    merged = Scores(timings={})
+    every = shard.gather((by_pair, panels, timings))
+    results = {i: r for part, _, _ in every for i, r in part.items()}
+    shown = {i: panel for _, part, _ in every for i, panel in part.items()}
+    merged.results = [r for i in sorted(results) for r in results[i]]
+    merged.panels = [shown[i] for i in sorted(shown)]
+    for _, _, seconds in every:
+        for kind, value in seconds.items():
+            merged.timings[kind] = merged.timings.get(kind, 0.0) + value
+    return merged
 
 
 def _pair_on_grid(pair: VisitPair, scans: GridScans, scores: Scores) -> PairOnGrid:
@@ -453,12 +492,17 @@ def _scored_image(name: str, image, p: PairOnGrid, scans: GridScans,
     return PairResult(p.info, name, metrics, regions, by_group)
 
 
-def _wants_panel(panels: Sequence[SlicePanel], limit: int, pair: VisitPair) -> bool:
-    """Whether the report still wants a slice panel of this pair: up to ``limit``, one per
-    diagnosis (AD, MCI, CN)."""
-    diagnosis = pair.earlier.diagnosis
-    return (len(panels) < limit and diagnosis not in {p.pair.diagnosis for p in panels}
-            and diagnosis in PANEL_DIAGNOSES)
+def _panel_pairs(pairs: Sequence[VisitPair], limit: int) -> set[int]:
+    """The pairs the report shows as slices: the first pair of each diagnosis (AD, MCI, CN), in
+    pair order, up to ``limit`` (chosen over every pair, whichever process scores them)."""
+    chosen: set[int] = set()
+    seen: set[str] = set()
+    for i, pair in enumerate(pairs):
+        diagnosis = pair.earlier.diagnosis
+        if len(chosen) < limit and diagnosis in PANEL_DIAGNOSES and diagnosis not in seen:
+            chosen.add(i)
+            seen.add(diagnosis)
+    return chosen
 
 
 # --- writing -------------------------------------------------------------------------------------

@@ -14,7 +14,25 @@ goes through :class:`OutputFolder`, which enforces one set of rules:
   anything else in the folder is never replaced or deleted.
 - Work is staged in hidden ``.staging-*`` folders inside ``--out`` and moved into place one entry
   at a time (a rename), so a failure leaves earlier entries as they were and nothing
-  half-written; a folder the command created and never filled is removed again.
+  half-written; a folder the command created and never filled is removed again. An entry is
+  recorded in the marker just before its rename, so a run killed in between leaves no entry
+  that the marker does not list (a listed entry that is absent is simply dropped).
+
+Several writers of one batch (``predict --manifest``, ``evaluate`` under ``accelerate launch``,
+or job-array parts with ``--num-parts K --part-id I``) share one folder:
+
+- The launch's main process claims the folder (:meth:`OutputFolder.claim`); the launch's other
+  processes :meth:`OutputFolder.join` that claim once it holds (they take no lock of their own).
+- A job-array part claims with ``part="part-I-of-K"``: its lock is ``.mambacontrol.<part>.lock``,
+  so parts run side by side, while a whole-folder claim and a part claim refuse each other (and
+  parts of another K are refused).
+- Only a whole-folder claim's main process writes the marker. Every other writer records what it
+  commits in its own side marker, ``.mambacontrol-output.<writer>.json``; the owned entries are
+  the union of the marker and the side markers (of the same command). A whole-folder claim folds
+  the side markers into the marker when it starts, and :meth:`OutputFolder.fold_writers` does so
+  at the end of a launch.
+- Each writer stages in its own ``.staging-<writer>.*`` folders; a part's claim removes only its
+  own stale ones.
 """
 
 from __future__ import annotations
@@ -34,7 +52,20 @@ from mambacontrol.io.atomic import remove_path, replace_dir, write_text_atomic
 MARKER = ".mambacontrol-output.json"
 LOCK = ".mambacontrol.lock"
 STAGING = ".staging-"
-_OWN_FILES = (MARKER, LOCK)
+_OWN_PREFIX = ".mambacontrol"
+"""Every file of the folder's own bookkeeping (marker, side markers, locks) starts with it."""
+
+
+def _side_marker(writer: str) -> str:
+    return f".mambacontrol-output.{writer}.json"
+
+
+def _part_lock(part: str) -> str:
+    return f".mambacontrol.{part}.lock"
+
+
+def _is_own_file(name: str) -> bool:
+    return name.startswith(_OWN_PREFIX)
 
 
 class OutputFolderError(InputFileError):
@@ -103,23 +134,31 @@ class OutputFolder:
     Attributes:
         path: the folder.
         command: the command that owns it.
-        entries: top-level names this command created there (from the marker).
+        entries: top-level names this command created there (from the markers).
         created: whether this claim created the folder.
+        writer: None for the whole folder's main writer (it writes the marker); else this
+            writer's name (a job-array part, a launch's other process), whose records go to its
+            side marker.
+        part: the job-array part this claim is for (None: the whole folder).
     """
 
-    def __init__(self, path: Path, command: str, created: bool):
+    def __init__(self, path: Path, command: str, created: bool, writer: str | None = None,
+                 part: str | None = None):
         self.path = path
         self.command = command
         self.created = created
+        self.writer = writer
+        self.part = part
         self.entries: set[str] = set()
-        self._locked = False
+        self._lock_name: str | None = None
 
     # ---- claiming -------------------------------------------------------------------------
     @classmethod
     def claim(cls, path: str | os.PathLike, command: str, *,
               inputs: Iterable[str | os.PathLike | None] = (), overwrite: bool = False,
               resume: bool = False,
-              earlier_run: Callable[[Path], bool] | None = None) -> OutputFolder:
+              earlier_run: Callable[[Path], bool] | None = None,
+              part: str | None = None) -> OutputFolder:
         """Check ``path`` and take it for ``command``.
 
         Args:
@@ -133,6 +172,8 @@ class OutputFolder:
             earlier_run: for a command that owns its whole folder (``train``): recognises a
                 folder without a marker as the command's own (written before markers existed,
                 or copied), whose every entry is then the command's.
+            part: a job-array part's label (``part-<I>-of-<K>``): the claim covers that part's
+                writes only, beside the other parts (see the module docstring).
 
         Raises:
             OutputFolderError: one line naming the folder, the problem and the fix.
@@ -141,31 +182,44 @@ class OutputFolder:
         if p.exists() and not p.is_dir():
             raise OutputFolderError(f"--out {p}: is a file, not a folder; give a folder path "
                                     "(it is created when missing)")
-        root = p.resolve()
-        for src in inputs:
-            if src is None or not Path(src).exists():  # e.g. a Hub model id, not a path
-                continue
-            s = Path(src).resolve()
-            if s == root or s.is_relative_to(root):
-                raise OutputFolderError(f"--out {p}: holds the input {src}; outputs never go where "
-                                        "the inputs are: choose another --out")
+        _check_inputs(p, inputs)
         created = not p.exists()
         try:
             p.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise OutputFolderError(f"--out {p}: cannot create the folder ({exc.strerror}); "
                                     "choose a writable location") from None
-        folder = cls(p, command, created)
-        folder._lock()
+        folder = cls(p, command, created, writer=None if part is None else f"{part}.rank-0",
+                     part=part)
+        folder._lock(LOCK if part is None else _part_lock(part))
         try:
+            folder._check_other_writers()
             folder._adopt(overwrite, resume, earlier_run)
         except BaseException:
             folder.release(failed=True)
             raise
         return folder
 
-    def _lock(self) -> None:
-        lock = self.path / LOCK
+    @classmethod
+    def join(cls, path: str | os.PathLike, command: str, writer: str,
+             part: str | None = None) -> OutputFolder:
+        """Write into a folder that this launch's main process has claimed (and holds) for
+        ``command``: no lock of its own; what it commits is recorded in its side marker.
+
+        Args:
+            writer: this process's name among the folder's writers, unique in the launch.
+            part: the part the main process claimed (None: the whole folder).
+        """
+        folder = cls(Path(path), command, created=False,
+                     writer=writer if part is None else f"{part}.{writer}", part=part)
+        marker = folder._read_markers()
+        if marker is None or marker["command"] != command:
+            marker = {"entries": []}
+        folder.entries = set(marker["entries"]) & set(folder._present())
+        return folder
+
+    def _lock(self, name: str) -> None:
+        lock = self.path / name
         record = {"pid": os.getpid(), "host": socket.gethostname(), "command": self.command,
                   "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
         for _ in range(2):
@@ -177,19 +231,37 @@ class OutputFolder:
                     with contextlib.suppress(FileNotFoundError):
                         lock.unlink()
                     continue
-                raise OutputFolderError(
-                    f"--out {self.path}: another `mambacontrol {holder.get('command', '?')}` (pid "
-                    f"{holder.get('pid', '?')} on {holder.get('host', '?')}) is writing there; "
-                    "wait for it to finish or choose another --out (if none runs, delete "
-                    f"{lock})") from None
+                raise self._busy(lock, holder) from None
             except OSError as exc:
                 raise OutputFolderError(f"--out {self.path}: cannot write there ({exc.strerror}); "
                                         "choose a writable --out") from None
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 json.dump(record, fh)
-            self._locked = True
+            self._lock_name = name
             return
         raise OutputFolderError(f"--out {self.path}: could not take the lock {lock}; try again")
+
+    def _busy(self, lock: Path, holder: dict) -> OutputFolderError:
+        return OutputFolderError(
+            f"--out {self.path}: another `mambacontrol {holder.get('command', '?')}` (pid "
+            f"{holder.get('pid', '?')} on {holder.get('host', '?')}) is writing there; "
+            "wait for it to finish or choose another --out (if none runs, delete "
+            f"{lock})")
+
+    def _check_other_writers(self) -> None:
+        """Refuse a live lock that cannot share the folder with this claim: any part's, for a
+        whole-folder claim; the whole folder's or another K's part, for a part's claim (both
+        claims take their own lock first, so of two that start together one sees the other)."""
+        locks = [self.path / LOCK] if self.part is not None else []
+        locks += [p for p in self.path.glob(_part_lock("*")) if p.name != self._lock_name]
+        k = None if self.part is None else self.part.rsplit("-of-", 1)[-1]
+        for lock in locks:
+            if not lock.is_file() or (k is not None and lock.name != LOCK
+                                      and lock.name.endswith(f"-of-{k}.lock")):
+                continue
+            holder = self._lock_holder(lock)
+            if holder is not None:
+                raise self._busy(lock, holder)
 
     @staticmethod
     def _lock_holder(lock: Path) -> dict | None:
@@ -206,18 +278,21 @@ class OutputFolder:
                 return None
         return holder
 
+    def _present(self) -> list[str]:
+        """The folder's entries: everything but its bookkeeping and staging."""
+        return [e for e in sorted(os.listdir(self.path))
+                if not _is_own_file(e) and not e.startswith(STAGING)]
+
     def _adopt(self, overwrite: bool, resume: bool,
                earlier_run: Callable[[Path], bool] | None) -> None:
-        marker = self._read_marker()
-        present = [e for e in sorted(os.listdir(self.path))
-                   if e not in _OWN_FILES and not e.startswith(STAGING)]
+        marker = self._read_markers()
+        present = self._present()
         if marker is not None and not present:  # everything it listed is gone: an empty folder
             marker = None
         if marker is None and present and earlier_run is not None and earlier_run(self.path):
             marker = {"command": self.command, "entries": present}
         if marker is None and not present:  # new, or left empty by a run of ours that died
-            for stale in self.path.glob(f"{STAGING}*"):
-                remove_path(stale)
+            self._remove_stale_staging()
         if marker is None:
             if present and not overwrite:
                 raise OutputFolderError(
@@ -235,13 +310,28 @@ class OutputFolder:
                 raise OutputFolderError(
                     f"--out {self.path}: holds an earlier `mambacontrol {self.command}` output; "
                     "pass --overwrite to replace it, or choose another --out")
-            for stale in self.path.glob(f"{STAGING}*"):  # left by a run of ours that was killed
-                remove_path(stale)
-            if self.entries:
-                self._write_marker()
+            self._remove_stale_staging()  # left by a run of ours that was killed
+            if self.writer is None:
+                self.fold_writers()
 
-    def _read_marker(self) -> dict | None:
-        path = self.path / MARKER
+    def _remove_stale_staging(self) -> None:
+        """Staging folders left by a killed run: all of them for a whole-folder claim, the
+        part's own for a part's claim (the other parts may be writing)."""
+        mine = STAGING if self.part is None else f"{STAGING}{self.part}."
+        for stale in self.path.glob(f"{mine}*"):
+            remove_path(stale)
+
+    def _read_markers(self) -> dict | None:
+        """The marker and the side markers as one ``{command, entries}`` (None: none there)."""
+        paths = [self.path / MARKER, *sorted(self.path.glob(_side_marker("*")))]
+        markers = [m for m in (self._read_marker(p) for p in paths) if m is not None]
+        if not markers:
+            return None
+        other = next((m for m in markers if m["command"] != self.command), markers[0])
+        return {"command": other["command"],
+                "entries": sorted({e for m in markers for e in m["entries"]})}
+
+    def _read_marker(self, path: Path) -> dict | None:
         if not path.is_file():
             return None
         try:
@@ -250,13 +340,28 @@ class OutputFolder:
             marker = None
         if (not isinstance(marker, dict) or not isinstance(marker.get("command"), str)
                 or not isinstance(marker.get("entries"), list)):
-            raise OutputFolderError(f"--out {self.path}: its {MARKER} is unreadable; choose "
+            raise OutputFolderError(f"--out {self.path}: its {path.name} is unreadable; choose "
                                     "another --out (or delete the marker if the folder is yours)")
         return marker
 
     def _write_marker(self) -> None:
-        write_text_atomic(self.path / MARKER, json.dumps(
+        name = MARKER if self.writer is None else _side_marker(self.writer)
+        write_text_atomic(self.path / name, json.dumps(
             {"command": self.command, "entries": sorted(self.entries)}, indent=1) + "\n")
+
+    def fold_writers(self) -> None:
+        """Fold the side markers into the marker (the whole folder's main writer only, when no
+        other writer runs: at its claim, and after the launch's processes have finished)."""
+        if self.writer is not None:
+            raise ValueError("only the whole folder's main writer folds the side markers")
+        sides = sorted(self.path.glob(_side_marker("*")))
+        marker = self._read_markers()
+        if marker is not None and marker["command"] == self.command:
+            self.entries |= set(marker["entries"]) & set(self._present())
+        if self.entries:
+            self._write_marker()
+        for side in sides:
+            side.unlink(missing_ok=True)
 
     # ---- writing ----------------------------------------------------------------------------
     def owns(self, name: str) -> bool:
@@ -277,21 +382,23 @@ class OutputFolder:
     def staging(self) -> Iterator[Path]:
         """A fresh hidden folder inside ``path`` to write into; removed afterwards (what was
         committed from it has moved out)."""
-        tmp = self.path / f"{STAGING}{uuid.uuid4().hex[:8]}"
+        tmp = self.path / f"{self._staging_prefix()}{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:
             yield tmp
         finally:
             remove_path(tmp)
 
+    def _staging_prefix(self) -> str:
+        return STAGING if self.writer is None else f"{STAGING}{self.writer}."
+
     def commit(self, source: Path, name: str) -> Path:
         """Move ``source`` (a staged file or folder) into place as ``name``, replacing only the
         command's own earlier entry of that name."""
         self.check_free([name])
-        target = replace_dir(source, self.path / name,
-                             aside=self.path / f"{STAGING}old-{uuid.uuid4().hex[:8]}")
         self.record(name)
-        return target
+        return replace_dir(source, self.path / name,
+                           aside=self.path / f"{self._staging_prefix()}old-{uuid.uuid4().hex[:8]}")
 
     def commit_file(self, source: Path, relative: Path) -> Path:
         """Move a staged file to ``relative`` (a path inside the folder, e.g. a BIDS derivative
@@ -317,9 +424,7 @@ class OutputFolder:
     def record_present(self) -> None:
         """Record every entry now in the folder as the command's own: for a command that owns
         its whole folder (``train``: the claim refused any foreign content)."""
-        for name in os.listdir(self.path):
-            if name not in _OWN_FILES and not name.startswith(STAGING):
-                self.entries.add(name)
+        self.entries.update(self._present())
         self._write_marker()
 
     def remove_own(self, keep: Iterable[str]) -> None:
@@ -336,21 +441,21 @@ class OutputFolder:
     # ---- releasing --------------------------------------------------------------------------
     def release(self, failed: bool = False) -> None:
         """Drop the lock. After a failure, a folder this claim created and never filled is
-        removed."""
+        removed (a part's claim removes only its own files: the other parts may be writing)."""
         if failed and self.created and not self.entries:
-            for name in _OWN_FILES:
+            own = [self._lock_name] if self.part is not None else [MARKER, LOCK]
+            for name in filter(None, own):
                 with contextlib.suppress(FileNotFoundError):
                     (self.path / name).unlink()
-            for stale in self.path.glob(f"{STAGING}*"):
-                remove_path(stale)
+            self._remove_stale_staging()
+            self._lock_name = None
             with contextlib.suppress(OSError):
                 self.path.rmdir()  # only when empty: never deletes anything else
-            self._locked = False
             return
-        if self._locked:
+        if self._lock_name is not None:
             with contextlib.suppress(FileNotFoundError):
-                (self.path / LOCK).unlink()
-            self._locked = False
+                (self.path / self._lock_name).unlink()
+            self._lock_name = None
 
     def __enter__(self) -> OutputFolder:
         return self
@@ -359,7 +464,19 @@ class OutputFolder:
         self.release(failed=exc_type is not None)
 
 
+def _check_inputs(path: Path, inputs: Iterable[str | os.PathLike | None]) -> None:
+    """Refuse an output folder that is or holds one of the inputs."""
+    root = path.resolve()
+    for src in inputs:
+        if src is None or not Path(src).exists():  # e.g. a Hub model id, not a path
+            continue
+        s = Path(src).resolve()
+        if s == root or s.is_relative_to(root):
+            raise OutputFolderError(f"--out {path}: holds the input {src}; outputs never go where "
+                                    "the inputs are: choose another --out")
+
+
 def _check_entry_name(name: str) -> None:
-    if not name or name in (".", "..") or "/" in name or os.sep in name or name in _OWN_FILES \
+    if not name or name in (".", "..") or "/" in name or os.sep in name or _is_own_file(name) \
             or name.startswith(STAGING):
         raise ValueError(f"'{name}' is not a plain entry name of an output folder")

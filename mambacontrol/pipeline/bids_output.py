@@ -9,6 +9,9 @@ For every scan and horizon::
     OUT/sub-X/ses-Y/anat/..._desc-pred<Y>y_regions.csv  regional volumes (as ``regions.csv``)
     OUT/failures.json                                   scans that could not be predicted
 
+Under ``accelerate launch`` every process predicts its share of the scans into the one dataset
+(:mod:`mambacontrol.pipeline.shards`).
+
 Names come from :func:`mambacontrol.data.bids.bids_derivative_paths`; the images are those of
 :func:`mambacontrol.pipeline.scan_prediction.write_prediction` (the input's own space).
 """
@@ -35,9 +38,11 @@ from mambacontrol.pipeline.scan_prediction import (
     PredictRequest,
     PredictSettings,
     ScanRecord,
+    commit_failures,
     commit_json,
     write_prediction,
 )
+from mambacontrol.pipeline.shards import Shard
 
 log = logging.getLogger(__name__)
 
@@ -104,19 +109,27 @@ class BidsLayout:
 
 def predict_bids(pipe: ProgressionPipeline, requests: Sequence[tuple[BidsTarget, PredictRequest]],
                  folder: OutputFolder, settings: PredictSettings, model_dir: str | None = None,
-                 overwrite: bool = False) -> tuple[list[str], dict[str, str]]:
+                 overwrite: bool = False,
+                 shard: Shard | None = None) -> tuple[list[str], dict[str, str]]:
     """Predict every scan into the claimed ``folder`` as a BIDS derivative dataset.
 
     A scan whose every prediction exists (written by an earlier run of this batch) is skipped
-    unless ``overwrite``.
+    unless ``overwrite``. With a ``shard`` (every process of an ``accelerate launch`` calls this
+    with the same requests, in a folder from :func:`~.shards.claim_shared`), this process predicts
+    its share; the main process then writes ``dataset_description.json`` and the merged
+    ``failures.json`` (a job-array part writes only ``failures.<part>.json``: a run without parts
+    completes the dataset).
 
     Returns:
-        (scans done now or before, {scan: error}), scans named by their first image path.
+        (scans done now or before, {scan: error}), scans named by their first image path, over
+        every process, in request order.
     """
+    shard = shard or Shard()
     _check_distinct(requests)
-    folder.check_free([DESCRIPTION_NAME, FAILURES_NAME])
+    if shard.is_main:
+        folder.check_free([DESCRIPTION_NAME, FAILURES_NAME])
     done, failed = [], {}
-    for target, request in tqdm(list(requests), desc="scans", disable=None):
+    for target, request in tqdm(shard.select(list(requests)), desc="scans", disable=None):
         name = str(request.image)
         layout = BidsLayout(target)
         if not overwrite and _all_present(folder, layout, request.years):
@@ -131,8 +144,11 @@ def predict_bids(pipe: ProgressionPipeline, requests: Sequence[tuple[BidsTarget,
         except MambaControlError as exc:
             failed[name] = str(exc)
             log.warning("%s: %s", name, exc)
-    commit_json(folder, DESCRIPTION_NAME, dataset_description())
-    commit_json(folder, FAILURES_NAME, failed)
+    done, failed = shard.merge([str(r.image) for _, r in requests], done, failed)
+    if shard.is_main:
+        if shard.part is None:
+            commit_json(folder, DESCRIPTION_NAME, dataset_description())
+        commit_failures(folder, shard, failed)
     return done, failed
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -66,6 +67,7 @@ from mambacontrol.pipeline.progression import (
     SamplingDefaults,
     SamplingPlan,
 )
+from mambacontrol.pipeline.shards import Shard, claim_shared
 from mambacontrol.pipeline.timings import PhaseTimes
 from mambacontrol.registration import RegionalVolumes, measure_regional_volumes
 
@@ -80,6 +82,8 @@ MAX_YEARS = 20.0
 MAX_SEED = 2 ** 63 - 1
 SUMMARY_NAME = "summary.json"
 FAILURES_NAME = "failures.json"
+PART_FAILURES = re.compile(r"failures\.part-\d+-of-\d+\.json")
+"""A job-array part's failures (``predict --manifest --num-parts K --part-id I``)."""
 INTENSITY_MODES = ("input", "normalized")
 """``input``: the prediction in the input's own intensities and field of view (the input plus the
 predicted change, so prediction − input is the change; outside the brain the input itself);
@@ -493,29 +497,39 @@ def _claimed(out: str | os.PathLike | OutputFolder, command: str, inputs, overwr
 def predict_many(pipe: ProgressionPipeline, requests: Sequence[tuple[str, PredictRequest]],
                  out: str | os.PathLike | OutputFolder, settings: PredictSettings | None = None,
                  model_dir: str | None = None, overwrite: bool = False,
-                 inputs: Sequence[str | os.PathLike] = ()) -> tuple[list[str], dict[str, str]]:
+                 inputs: Sequence[str | os.PathLike] = (),
+                 shard: Shard | None = None) -> tuple[list[str], dict[str, str]]:
     """Predict every ``(name, request)`` into ``out/<name>``, and write ``out/failures.json``.
 
     ``out`` is claimed for ``predict-batch``: an earlier batch there resumes (its finished scans
     are skipped, unless ``overwrite``). Names must be unique safe names (see
     :func:`mambacontrol.io.unique_names`).
 
+    With a ``shard`` (:meth:`Shard.current`), this process predicts only its share of the
+    requests: under ``accelerate launch`` every process calls this with the same requests and
+    the main one writes the merged ``failures.json``; a job-array part writes
+    ``failures.part-<I>-of-<K>.json`` instead, which a later run without parts (skipping every
+    scan done) merges into ``failures.json``.
+
     Args:
         inputs: further files the batch reads (e.g. the manifest), which must not lie in ``out``.
+        shard: this process's share (default: every request).
 
     Returns:
-        (names done now or before, {name: error} for scans that failed).
+        (names done now or before, {name: error} for scans that failed), over every process of
+        the launch (of the part, with parts), in request order.
     """
     settings = settings or PredictSettings()
-    layout = FolderLayout(png=settings.png)
+    shard = shard or Shard()
     names = [name for name, _ in requests]
     if len(set(names)) != len(names) or any(safe_name(n) != n for n in names):
         raise ValueError("predict_many needs unique safe names (mambacontrol.io.unique_names)")
     every_input = [*inputs, *(p for _, r in requests for p in r.inputs(model_dir))]
-    done, failed = [], {}
-    with _claimed(out, "predict-batch", every_input, overwrite, resume=True) as folder:
-        folder.check_free([*names, FAILURES_NAME])
-        for name, request in tqdm(list(requests), desc="scans", disable=None):
+    with _claimed_batch(out, "predict-batch", every_input, overwrite, shard,
+                        [*names, FAILURES_NAME]) as folder:
+        layout = FolderLayout(png=settings.png)
+        done, failed = [], {}
+        for name, request in tqdm(shard.select(list(requests)), desc="scans", disable=None):
             if (folder.owns(name) and (folder.path / name / SUMMARY_NAME).is_file()
                     and not overwrite):
                 done.append(name)
@@ -528,8 +542,35 @@ def predict_many(pipe: ProgressionPipeline, requests: Sequence[tuple[str, Predic
             except MambaControlError as exc:
                 failed[name] = str(exc)
                 log.warning("%s: %s", name, exc)
-        commit_json(folder, FAILURES_NAME, failed)
+        done, failed = shard.merge(names, done, failed)
+        if shard.is_main:
+            commit_failures(folder, shard, failed)
     return done, failed
+
+
+@contextlib.contextmanager
+def _claimed_batch(out: str | os.PathLike | OutputFolder, command: str, inputs, overwrite: bool,
+                   shard: Shard, free: Sequence[str]) -> Iterator[OutputFolder]:
+    """``out`` claimed for a batch by every process of the launch (:func:`claim_shared`), or,
+    when the caller already claimed it (an :class:`OutputFolder`), used as it is."""
+    if isinstance(out, OutputFolder):
+        if out.command != command:
+            raise ValueError(f"output folder claimed for {out.command}, not {command}")
+        yield out
+        return
+    with claim_shared(shard, out, command, inputs=inputs, overwrite=overwrite, resume=True,
+                      free=free) as folder:
+        yield folder
+
+
+def commit_failures(folder: OutputFolder, shard: Shard, failed: dict[str, str]) -> None:
+    """Write a batch's failures: ``failures.json``, or a part's ``failures.<part>.json``. A run
+    without parts then removes the parts' files (its ``failures.json`` covers every scan)."""
+    if shard.part is not None:
+        commit_json(folder, f"failures.{shard.part}.json", failed)
+        return
+    commit_json(folder, FAILURES_NAME, failed)
+    folder.remove_own(keep=[e for e in folder.entries if not PART_FAILURES.fullmatch(e)])
 
 
 def commit_json(folder: OutputFolder, name: str, content) -> None:

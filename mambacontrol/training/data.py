@@ -1,6 +1,6 @@
 """Training data: the run's manifest, scans prepared on the atlas grid, cached latents, pairs.
 
-Scans not on the atlas grid are prepared once
+Scans not on the atlas grid are prepared once, by the main process
 (:func:`~mambacontrol.pipeline.prepare.prepare_manifest`: registration, labels) and latents
 encoded once (the ``latents`` stage) into ``<run>/cache/latents/<image_uid>.safetensors``, tagged
 with the autoencoder's weights hash so a retrained autoencoder invalidates them.
@@ -25,6 +25,7 @@ from mambacontrol.io import atomic_path, unique_names
 from mambacontrol.nn.component import WEIGHTS_NAME
 from mambacontrol.pipeline.conditioning import graph_scan_inputs
 from mambacontrol.pipeline.prepare import PreparedScan, load_on_grid, prepare_manifest
+from mambacontrol.pipeline.shards import Shard
 
 
 def weights_hash(component_dir: Path) -> str:
@@ -41,14 +42,18 @@ class RunData:
         atlas_name, grid: the atlas grid the model works on.
         cache_dir: ``<run>/cache``.
         seed: registration seed for scans that need preparing.
+        workers: processes preparing scans side by side (``train --workers``; not the data
+            loaders' ``engine.num_workers``). Under ``accelerate launch`` only the main process
+            prepares; the others wait, then read the prepared files.
     """
 
     def __init__(self, manifest_path: str | Path, atlas_name: str, grid: str, cache_dir: str | Path,
-                 seed: int = 0):
+                 seed: int = 0, workers: int = 1):
         self.atlas: Atlas = load_atlas(atlas_name, grid)
         self.cache_dir = Path(cache_dir)
         self.manifest = prepare_manifest(Manifest.from_csv(manifest_path), self.atlas,
-                                         self.cache_dir / "prepared", seed=seed)
+                                         self.cache_dir / "prepared", seed=seed, workers=workers,
+                                         shard=Shard.current())
         if not self.manifest.select("train").visits:
             raise ConfigError(f"{manifest_path}: no visit is in the train split; a run needs "
                               f"training data")

@@ -88,19 +88,23 @@ class TrainingRun:
         out: the run directory.
         metrics: an evaluation's ``metrics.json`` for the model card (default:
             ``<out>/evaluation/metrics.json`` when it exists).
+        prepare_workers: processes preparing the scans that are not on the atlas grid
+            (:class:`~mambacontrol.training.data.RunData`).
     """
 
-    def __init__(self, cfg: RunConfig, out: str | Path, metrics: str | Path | None = None):
+    def __init__(self, cfg: RunConfig, out: str | Path, metrics: str | Path | None = None,
+                 prepare_workers: int = 1):
         self.cfg = cfg
         self.out = Path(out)
         self.metrics = metrics
+        self.prepare_workers = prepare_workers
         self._data = None
 
     @property
     def data(self):
         if self._data is None:
             self._data = RunData(self.cfg.data.manifest, self.cfg.data.atlas, self.cfg.data.grid,
-                                 self.out / "cache", self.cfg.seed)
+                                 self.out / "cache", self.cfg.seed, self.prepare_workers)
         return self._data
 
     def enabled(self, stage: str) -> bool:

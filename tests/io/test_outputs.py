@@ -122,6 +122,60 @@ def test_concurrent_writer_is_refused_and_a_stale_lock_taken_over(tmp_path):
         _commit_file(folder, "a", "x")
 
 
+def test_parts_write_side_by_side_and_a_whole_claim_merges_them(tmp_path):
+    """Job-array parts hold their own locks and record in side markers; a whole-folder claim
+    refuses a running part (and the reverse), and folds the side markers into the marker."""
+    out = tmp_path / "batch"
+    part0 = OutputFolder.claim(out, "predict-batch", resume=True, part="part-0-of-2")
+    part1 = OutputFolder.claim(out, "predict-batch", resume=True, part="part-1-of-2")
+    with pytest.raises(OutputFolderError, match="is writing there"):
+        OutputFolder.claim(out, "predict-batch", resume=True)
+    with pytest.raises(OutputFolderError, match="is writing there"):
+        OutputFolder.claim(out, "predict-batch", resume=True, part="part-0-of-3")
+    _commit_file(part0, "scan0", "a")
+    _commit_file(part1, "scan1", "b")
+    assert not (out / MARKER).exists()  # parts never write the marker
+    part0.release()
+    part1.release()
+    with OutputFolder.claim(out, "predict-batch", resume=True, part="part-0-of-2") as again:
+        assert again.owns("scan0") and again.owns("scan1")  # the union of the records
+    with OutputFolder.claim(out, "predict-batch", resume=True) as whole:
+        assert whole.owns("scan0") and whole.owns("scan1")
+        with pytest.raises(OutputFolderError, match="is writing there"):
+            OutputFolder.claim(out, "predict-batch", resume=True, part="part-1-of-2")
+    assert json.loads((out / MARKER).read_text())["entries"] == ["scan0", "scan1"]
+    assert sorted(os.listdir(out)) == [MARKER, "scan0", "scan1"]  # side markers folded
+
+
+def test_a_joined_writer_records_beside_the_main_claim(tmp_path):
+    """A launch's other process joins the main process's claim: it stages and commits on its own,
+    recorded in its side marker, which the main process folds in at the end."""
+    out = tmp_path / "batch"
+    with OutputFolder.claim(out, "predict-batch", resume=True) as main:
+        other = OutputFolder.join(out, "predict-batch", "rank-1")
+        _commit_file(other, "scan1", "b")
+        _commit_file(main, "failures.json", "{}")
+        with pytest.raises(OutputFolderError, match="was not written"):
+            (out / "foreign").write_text("x")
+            other.check_free(["foreign"])
+        assert not main.owns("scan1")
+        main.fold_writers()
+    assert json.loads((out / MARKER).read_text())["entries"] == ["failures.json", "scan1"]
+    assert not list(out.glob(".mambacontrol-output.*.json")) and not (out / LOCK).exists()
+
+
+def test_a_failed_part_leaves_the_other_parts_work(tmp_path):
+    out = tmp_path / "batch"
+    with OutputFolder.claim(out, "predict-batch", resume=True, part="part-0-of-2") as part0:
+        with pytest.raises(RuntimeError), OutputFolder.claim(
+                out, "predict-batch", resume=True, part="part-1-of-2") as part1:
+            with part1.staging():
+                raise RuntimeError("boom")
+        _commit_file(part0, "scan0", "a")
+    assert (out / "scan0").read_text() == "a"
+    assert not list(out.glob(".staging-*")) and not list(out.glob(".mambacontrol.*.lock"))
+
+
 def test_entry_names_are_plain():
     folder = OutputFolder.__new__(OutputFolder)
     folder.entries = set()

@@ -7,6 +7,7 @@ import argparse
 import sys
 
 from mambacontrol.cli.predict_cmd import device_from_flag
+from mambacontrol.models.sampler_names import SAMPLER_NAMES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,6 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="samples per prediction (default: the model's)")
     p.add_argument("--steps", type=int, dest="num_inference_steps", metavar="STEPS",
                    help="sampler steps (default: the model's)")
+    p.add_argument("--sampler", choices=SAMPLER_NAMES,
+                   help="ddim, dpm-solver (DPM-Solver++) or ddpm (default: the model's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-pairs", type=int, help="evaluate only the first N pairs")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: auto)")
@@ -54,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
         split=args.split, pairs=args.pairs,
         baselines=[b.strip() for b in args.baselines.split(",") if b.strip()],
         num_samples=args.num_samples, num_inference_steps=args.num_inference_steps,
-        seed=args.seed, max_pairs=args.max_pairs, ceiling=args.ceiling, workers=args.workers)
+        sampler=args.sampler, seed=args.seed, max_pairs=args.max_pairs, ceiling=args.ceiling,
+        workers=args.workers)
     settings.check()
     shard = Shard.current()
     device = device_from_flag(args.device)

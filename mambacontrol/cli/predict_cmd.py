@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mambacontrol.errors import MambaControlError
+from mambacontrol.models.sampler_names import SAMPLER_NAMES
 
 if TYPE_CHECKING:
     from mambacontrol.pipeline.scan_prediction import PredictSettings
@@ -50,6 +51,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="samples M averaged per horizon (default: the model's)")
     p.add_argument("--steps", type=int, dest="num_inference_steps", metavar="STEPS",
                    help="sampler steps (default: the model's)")
+    p.add_argument("--sampler", choices=SAMPLER_NAMES,
+                   help="ddim, dpm-solver (DPM-Solver++) or ddpm (default: the model's)")
     p.add_argument("--seed", type=int, default=0, help="seed of the samples")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: auto)")
     p.add_argument("--png", action="store_true", help="also write a montage per horizon")
@@ -103,7 +106,8 @@ def run(args: argparse.Namespace) -> int:
     if args.manifest is None and (args.num_parts != 1 or args.part_id is not None):
         raise MambaControlError("--num-parts/--part-id split a batch: give --manifest")
     settings = PredictSettings(num_samples=args.num_samples,
-                               num_inference_steps=args.num_inference_steps, seed=args.seed,
+                               num_inference_steps=args.num_inference_steps,
+                               sampler=args.sampler, seed=args.seed,
                                png=args.png, measure_volumes=not args.no_volumes,
                                bias_correction=not args.no_bias_correction,
                                intensity=args.intensity, seg_format=args.seg_format)

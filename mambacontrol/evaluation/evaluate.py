@@ -66,6 +66,7 @@ from mambacontrol.evaluation.records import (
 )
 from mambacontrol.evaluation.report import render_report, write_report
 from mambacontrol.io import OutputFolder, check_limit
+from mambacontrol.models.sampler_names import SAMPLER_NAMES
 from mambacontrol.pipeline.prepare import PreparedScan, load_on_grid, prepare_manifest
 from mambacontrol.pipeline.progression import Prediction, ProgressionPipeline
 from mambacontrol.pipeline.shards import Shard, claim_shared
@@ -87,7 +88,7 @@ class EvaluationSettings:
         split: the manifest split evaluated.
         pairs: ``all`` (every earlier/later pair) or ``last`` (first and last visit).
         baselines: any of ``copy``, ``linear``.
-        num_samples, num_inference_steps: sampling (None: each model's defaults).
+        num_samples, num_inference_steps, sampler: sampling (None: each model's defaults).
         seed: sampling and registration seed.
         panels: pairs shown as slices in the report.
         max_pairs: evaluate at most this many pairs (None: all), taken in manifest order.
@@ -100,6 +101,7 @@ class EvaluationSettings:
     baselines: Sequence[str] = ("copy", "linear")
     num_samples: int | None = None
     num_inference_steps: int | None = None
+    sampler: str | None = None
     seed: int = 0
     panels: int = 3
     max_pairs: int | None = None
@@ -121,6 +123,9 @@ class EvaluationSettings:
         if self.num_inference_steps is not None:
             check_limit("max_steps", self.num_inference_steps,
                         f"--steps {self.num_inference_steps}")
+        if self.sampler is not None and self.sampler not in SAMPLER_NAMES:
+            raise MambaControlError(f"--sampler {self.sampler} is not one of "
+                                    f"{', '.join(SAMPLER_NAMES)}")
         if self.max_pairs is not None and self.max_pairs < 1:
             raise MambaControlError(f"--max-pairs {self.max_pairs} must be ≥ 1")
         if self.workers < 1:
@@ -472,7 +477,7 @@ def _score_model(name: str, pipe: ProgressionPipeline, p: PairOnGrid, scans: Gri
                                   earlier.diagnosis, p.pair.years, mask=p.base.mask,
                                   num_samples=s.num_samples,
                                   num_inference_steps=s.num_inference_steps,
-                                  seed=s.seed)[0]
+                                  sampler=s.sampler, seed=s.seed)[0]
     scores.results.append(_scored_image(name, prediction.image, p, scans, scores))
     return prediction
 
@@ -512,6 +517,7 @@ def _run_settings(s: EvaluationSettings, n_pairs: int, exact: bool) -> dict[str,
     return {
         "split": s.split, "pairs": f"{s.pairs} ({n_pairs} pairs)",
         "samples per prediction": str(s.num_samples or "model default"),
+        "sampler": s.sampler or "model default",
         "sampler steps": str(s.num_inference_steps or "model default"),
         "change threshold τ": f"{CHANGE_THRESHOLD} (intensity, 0–1 scale)",
         "regional measurement": "SyN registration from the baseline, Jacobian integrated over "

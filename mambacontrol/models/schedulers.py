@@ -7,11 +7,13 @@ from typing import Literal, get_args
 
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, SchedulerMixin
 
+from mambacontrol.models.sampler_names import SAMPLER_NAMES
+
 PredictionType = Literal["epsilon", "v_prediction"]
 BetaSchedule = Literal["linear", "scaled_linear", "squaredcos_cap_v2"]
 PREDICTION_TYPES = get_args(PredictionType)
 BETA_SCHEDULES = get_args(BetaSchedule)
-SAMPLERS = {"ddim": DDIMScheduler, "dpm-solver": DPMSolverMultistepScheduler, "ddpm": DDPMScheduler}
+SAMPLERS = dict(zip(SAMPLER_NAMES, (DDIMScheduler, DPMSolverMultistepScheduler, DDPMScheduler)))
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,7 @@ from mambacontrol.io import (
 from mambacontrol.io.digest import sha256_file
 from mambacontrol.io.limits import check_limit
 from mambacontrol.io.tables import dict_rows
+from mambacontrol.models.sampler_names import SAMPLER_NAMES
 from mambacontrol.pipeline.figures import prediction_montage
 from mambacontrol.pipeline.prepare import PreparedScan, prepare_scan
 from mambacontrol.pipeline.progression import (
@@ -164,6 +165,7 @@ class PredictSettings:
     Attributes:
         num_samples: samples averaged per horizon (``--samples``; None: the model's).
         num_inference_steps: sampler steps (``--steps``; None: the model's).
+        sampler: ``ddim``, ``dpm-solver`` or ``ddpm`` (``--sampler``; None: the model's).
         seed: seed of the samples.
         png: also write a montage per horizon (the folder layout).
         registration_seed: seed of every registration (preparation, measurement).
@@ -175,6 +177,7 @@ class PredictSettings:
 
     num_samples: int | None = None
     num_inference_steps: int | None = None
+    sampler: str | None = None
     seed: int = 0
     png: bool = False
     registration_seed: int = 0
@@ -193,6 +196,9 @@ class PredictSettings:
         if self.num_inference_steps is not None:
             check_limit("max_steps", self.num_inference_steps,
                         f"--steps {self.num_inference_steps}")
+        if self.sampler is not None and self.sampler not in SAMPLER_NAMES:
+            raise MambaControlError(f"--sampler {self.sampler} is not one of "
+                                    f"{', '.join(SAMPLER_NAMES)}")
         if self.seg_format not in SEG_FORMATS:
             raise MambaControlError(f"--seg-format {self.seg_format} is not one of "
                                     f"{', '.join(SEG_FORMATS)}")
@@ -206,7 +212,8 @@ class PredictSettings:
     def sampling(self, defaults: SamplingDefaults) -> SamplingPlan:
         """These settings' sampling, the model's ``defaults`` where they give none."""
         return SamplingPlan.resolve(defaults, num_samples=self.num_samples,
-                                    num_inference_steps=self.num_inference_steps)
+                                    num_inference_steps=self.num_inference_steps,
+                                    sampler=self.sampler)
 
 
 # ---- where the files go -----------------------------------------------------------------------
@@ -438,7 +445,8 @@ def _summary(pipe: ProgressionPipeline, record: ScanRecord, outputs: list[dict],
                    "age": request.age, "sex": request.sex, "diagnosis": request.diagnosis,
                    "years": request.years},
         "model": {"dir": record.model_dir, **model},
-        "settings": {"samples": record.sampling.num_samples,
+        "settings": {"sampler": record.sampling.sampler,
+                     "samples": record.sampling.num_samples,
                      "steps": record.sampling.num_inference_steps, "seed": settings.seed,
                      "device": str(pipe.device), "registration_seed": settings.registration_seed},
         "preparation": record.preparation,

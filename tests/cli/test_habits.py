@@ -84,7 +84,8 @@ def test_train_takes_a_config_name_and_refuses_an_unknown_tracker(tmp_path, caps
     manifest.write_text("subject_id\n")
     base = ["train", "all", "--out", str(tmp_path / "run"), f"data.manifest={manifest}"]
     assert main([*base, "--config", "nope"]) == 2
-    assert "bundled names: brain-1p5mm, brain-1p5mm-cpu, demo, synthetic-2mm" in capsys.readouterr().err
+    bundled = "bundled names: brain-1p5mm, brain-1p5mm-cpu, demo, synthetic-2mm"
+    assert bundled in capsys.readouterr().err
     assert main([*base, "--config", "demo", "engine.trackers=[tensorboard, nope]"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1

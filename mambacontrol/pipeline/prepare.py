@@ -440,7 +440,7 @@ def _prepare_claimed(manifest: Manifest, atlas: Atlas, out: str | os.PathLike, s
         folder.check_free([*(p.name for v in share for p in files[v.image_uid].values()),
                            *([PREPARED_MANIFEST] if part.part is None else [])])
         missing = [v for v in share if overwrite or not all(
-            folder.owns(p.name) and p.is_file() for p in files[v.image_uid].values())]
+            folder.owns(p.name) for p in files[v.image_uid].values())]
         with folder.staging() as tmp:
             staged = {v.image_uid: {k: tmp / p.name for k, p in files[v.image_uid].items()}
                       for v in missing}

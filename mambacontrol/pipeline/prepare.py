@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,7 +28,7 @@ from mambacontrol.atlas.segformats import SegmentationMapping, segmentation_labe
 from mambacontrol.data import Manifest, normalize_intensity
 from mambacontrol.data.intensity import intensity_range
 from mambacontrol.errors import ConfigError, InputFileError, RegistrationError
-from mambacontrol.io import Grid, Volume, load_nifti, save_nifti, unique_names
+from mambacontrol.io import Grid, OutputFolder, Volume, load_nifti, save_nifti, unique_names
 from mambacontrol.pipeline.shards import Shard
 from mambacontrol.registration import (
     AtlasTransform,
@@ -251,6 +252,14 @@ def _prepare_registered(scan: Volume, seg: Volume | None, user_mask: Volume | No
                         segmentation_format=mapping.fmt if mapping is not None else None)
 
 
+PREPARED_KINDS = ("mask", "labels", "t1")
+"""A prepared visit's files, ``<uid>_<kind>.nii.gz``, in the order they are written (the image
+last: the three present mean a finished visit)."""
+
+PREPARED_MANIFEST = "manifest.csv"
+"""The prepared manifest that :func:`prepare_into_folder` writes into its folder."""
+
+
 def prepare_manifest(manifest: Manifest, atlas: Atlas, folder: str | os.PathLike, *,
                      seed: int = 0, workers: int = 1, shard: Shard | None = None) -> Manifest:
     """A manifest whose every scan is on the atlas grid, with its labels.
@@ -271,52 +280,72 @@ def prepare_manifest(manifest: Manifest, atlas: Atlas, folder: str | os.PathLike
         InputFileError, RegistrationError: naming the scan that could not be prepared (on every
             process of a launch).
     """
+    files = prepared_files(manifest, atlas, folder)
+    missing = [v for v in manifest if v.image_uid in files
+               and not all(p.is_file() for p in files[v.image_uid].values())]
+    (shard or Shard()).run_on_main(lambda: _prepare_visits(missing, atlas, files, seed, workers))
+    return with_prepared_files(manifest, files)
+
+
+def prepared_files(manifest: Manifest, atlas: Atlas,
+                   folder: str | os.PathLike) -> dict[str, dict[str, Path]]:
+    """Where each visit that needs preparing goes: ``{image_uid: {kind: folder/<name>_<kind>
+    .nii.gz}}`` for each kind of :data:`PREPARED_KINDS` (``<name>``: the uid as a safe file
+    name). A visit on the atlas grid with a segmentation needs none (it is absent).
+
+    Raises:
+        InputFileError: two uids that give one file name.
+    """
     out = Path(folder)
     names = unique_names(((f"row {i + 1}", v.image_uid) for i, v in enumerate(manifest)),
                          "image_uid")
-    paths = {v.image_uid: {k: out / f"{names[v.image_uid]}_{k}.nii.gz"
-                           for k in ("t1", "labels", "mask")}
-             for v in manifest
-             if not (v.segm_path is not None and scan_on_grid(v.image_path, atlas.grid))}
-    shard = shard or Shard()
-    missing = [v for v in manifest if v.image_uid in paths
-               and not all(p.is_file() for p in paths[v.image_uid].values())]
-    shard.run_on_main(lambda: _prepare_visits(missing, atlas, paths, seed, workers))
+    return {v.image_uid: {k: out / f"{names[v.image_uid]}_{k}.nii.gz" for k in PREPARED_KINDS}
+            for v in manifest
+            if not (v.segm_path is not None and scan_on_grid(v.image_path, atlas.grid))}
+
+
+def with_prepared_files(manifest: Manifest, files: dict[str, dict[str, Path]]) -> Manifest:
+    """``manifest`` with each visit of ``files`` (:func:`prepared_files`) pointing at its prepared
+    image, labels and mask (``mask_path``, absolute); the other visits as they are."""
     visits = []
     for v in manifest.visits:
-        if v.image_uid not in paths:
+        if v.image_uid not in files:
             visits.append(v)
             continue
-        extra = dict(v.extra)
-        extra["mask_path"] = str(paths[v.image_uid]["mask"].resolve())
-        files = paths[v.image_uid]
-        visits.append(replace(v, image_path=files["t1"], segm_path=files["labels"], extra=extra))
+        own = files[v.image_uid]
+        extra = {**v.extra, "mask_path": str(own["mask"].resolve())}
+        visits.append(replace(v, image_path=own["t1"], segm_path=own["labels"], extra=extra))
     return Manifest(visits, manifest.path)
 
 
 def _prepare_visits(visits: list, atlas: Atlas, paths: dict[str, dict[str, Path]], seed: int,
-                    workers: int) -> None:
+                    workers: int, on_done: Callable[[str], None] | None = None) -> None:
     """Prepare each visit into its ``paths`` (``t1``, ``labels``, ``mask``), ``workers`` at a
-    time in processes of their own (spawned: no torch or ITK thread pool is forked)."""
+    time in processes of their own (spawned: no torch or ITK thread pool is forked); then
+    ``on_done(image_uid)``, in this process, as each visit's files are written."""
     if workers < 1:
         raise ConfigError(f"--workers {workers} must be at least 1")
-    jobs = [(v.image_path, v.segm_path, paths[v.image_uid]) for v in visits]
-    bar = tqdm(total=len(jobs), desc="preparing scans", disable=None if jobs else True,
+    done = on_done or (lambda uid: None)
+    bar = tqdm(total=len(visits), desc="preparing scans", disable=None if visits else True,
                leave=False)
     with bar:
-        if workers == 1 or len(jobs) < 2:
-            for job in jobs:
-                _prepare_files(*job, atlas=atlas, seed=seed)
+        if workers == 1 or len(visits) < 2:
+            for v in visits:
+                _prepare_files(v.image_path, v.segm_path, paths[v.image_uid], atlas=atlas,
+                               seed=seed)
+                done(v.image_uid)
                 bar.update()
             return
         ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx,
+        with ProcessPoolExecutor(max_workers=min(workers, len(visits)), mp_context=ctx,
                                  initializer=_one_thread) as pool:
-            futures = [pool.submit(_prepare_in_worker, *job, atlas.id, atlas.grid_name, seed)
-                       for job in jobs]
+            futures = {pool.submit(_prepare_in_worker, v.image_path, v.segm_path,
+                                   paths[v.image_uid], atlas.id, atlas.grid_name, seed):
+                       v.image_uid for v in visits}
             try:
                 for future in as_completed(futures):
                     future.result()
+                    done(futures[future])
                     bar.update()
             except BaseException:
                 pool.shutdown(cancel_futures=True)
@@ -353,3 +382,101 @@ def scan_on_grid(path: str | os.PathLike, grid: Grid) -> bool:
     except Exception:  # noqa: BLE001 - unreadable files are reported by load_nifti later
         return False
     return Grid(tuple(int(s) for s in img.shape[:3]), np.asarray(img.affine)).same_as(grid)
+
+
+@dataclass(frozen=True)
+class FolderPreparation:
+    """What :func:`prepare_into_folder` did.
+
+    Attributes:
+        prepared: visits prepared by this run.
+        share: visits this run had to see prepared (its part's, with parts): now or before.
+        manifest_csv: the prepared manifest it wrote (None for a job-array part).
+    """
+
+    prepared: int
+    share: int
+    manifest_csv: Path | None
+
+
+def prepare_into_folder(manifest: Manifest, atlas: Atlas, out: str | os.PathLike, *,
+                        seed: int = 0, workers: int = 1, shard: Shard | None = None,
+                        overwrite: bool = False) -> FolderPreparation:
+    """``mambacontrol manifest prepare``: every visit not on the atlas grid prepared into ``out``
+    (files named as by :func:`prepare_manifest`), and ``out/manifest.csv``, the prepared manifest
+    (paths relative to ``out`` where inside it), whose scans need no preparation.
+
+    ``out`` is an :class:`~mambacontrol.io.OutputFolder` of ``manifest-prepare``: each visit's
+    three files are staged, then committed; a visit already committed is skipped (a killed run
+    resumes). With parts (``shard.num_parts`` K > 1), the visits to prepare (in manifest order)
+    are split, visit ``i`` to part ``i mod K``; a part prepares its own beside the other parts
+    (part locks) and writes no manifest.csv; a later run without parts finds theirs done,
+    prepares any missing ones and writes it. Under ``accelerate launch`` only the main process
+    works (with ``workers``), the others wait.
+
+    Args:
+        overwrite: prepare every visit of the share again (replacing this command's own files).
+
+    Raises:
+        OutputFolderError: ``out`` cannot be used (see :meth:`OutputFolder.claim`).
+        InputFileError, RegistrationError: naming the scan that could not be prepared (the
+            visits committed before it stay).
+    """
+    shard = shard or Shard()
+    part = Shard(shard.num_parts, shard.part_id)  # the part's every visit, on the main process
+    return shard.run_on_main(
+        lambda: _prepare_claimed(manifest, atlas, out, seed, workers, part, overwrite))
+
+
+def _prepare_claimed(manifest: Manifest, atlas: Atlas, out: str | os.PathLike, seed: int,
+                     workers: int, part: Shard, overwrite: bool) -> FolderPreparation:
+    """:func:`prepare_into_folder`'s work, on one process."""
+    inputs = [manifest.path, *(p for v in manifest
+                               for p in (v.image_path, v.segm_path, _mask_of(v, manifest)))]
+    with OutputFolder.claim(out, "manifest-prepare", inputs=inputs, overwrite=overwrite,
+                            resume=True, part=part.part) as folder:
+        files = prepared_files(manifest, atlas, folder.path)
+        share = part.select([v for v in manifest if v.image_uid in files])
+        folder.check_free([*(p.name for v in share for p in files[v.image_uid].values()),
+                           *([PREPARED_MANIFEST] if part.part is None else [])])
+        missing = [v for v in share if overwrite or not all(
+            folder.owns(p.name) for p in files[v.image_uid].values())]
+        with folder.staging() as tmp:
+            staged = {v.image_uid: {k: tmp / p.name for k, p in files[v.image_uid].items()}
+                      for v in missing}
+
+            def commit(uid: str) -> None:
+                for kind in PREPARED_KINDS:  # the image last, as they were written
+                    folder.commit(staged[uid][kind], files[uid][kind].name)
+
+            _prepare_visits(missing, atlas, staged, seed, workers, on_done=commit)
+        csv = None
+        if part.part is None:
+            csv = _commit_manifest(folder, with_prepared_files(manifest, files), manifest)
+    return FolderPreparation(len(missing), len(share), csv)
+
+
+def _commit_manifest(folder: OutputFolder, prepared: Manifest, original: Manifest) -> Path:
+    """Write ``prepared`` as the folder's :data:`PREPARED_MANIFEST`: every path (``mask_path``
+    too) relative to the folder where inside it, else absolute."""
+    base = folder.path.resolve()
+    visits = [replace(v, extra={**v.extra, "mask_path": _relative(mask, base)})
+              if (mask := _mask_of(v, original)) is not None else v for v in prepared]
+    with folder.staging() as tmp:
+        Manifest(visits).to_csv(tmp / PREPARED_MANIFEST, relative_to=base)
+        return folder.commit(tmp / PREPARED_MANIFEST, PREPARED_MANIFEST)
+
+
+def _mask_of(visit, manifest: Manifest) -> Path | None:
+    """A visit's ``mask_path`` column (absolute, or relative to the manifest's folder), if any."""
+    raw = visit.extra.get("mask_path", "").strip()
+    if not raw:
+        return None
+    p = Path(raw)
+    return p if p.is_absolute() or manifest.path is None else manifest.path.parent / p
+
+
+def _relative(path: Path, base: Path) -> str:
+    """``path`` relative to ``base`` (resolved) when inside it, else absolute."""
+    resolved = path.resolve()
+    return str(resolved.relative_to(base)) if resolved.is_relative_to(base) else str(resolved)

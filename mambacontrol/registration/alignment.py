@@ -335,10 +335,9 @@ def align_to_atlas(scan: Volume, atlas: Atlas, *, seed: int = 0,
 N4_VOXEL_MM = 8.0
 """N4 fits the (smooth) bias field on the atlas grid shrunk to about this voxel size: on the 2 mm
 grid 2.2 CPU s, against 15 CPU s at 4 mm voxels (docs/benchmarks.md)."""
-N4_ITERATIONS = (20, 10)
+N4_ITERATIONS = (10, 10, 10)
 """Iterations per fitting level (one level per entry, each doubling the field's control points):
-two levels left less of the stand-ins' bias field than three (50, 50, 30), in a quarter of the
-time (docs/benchmarks.md)."""
+as much of the bias field removed as 50/50/30, in 30 % of the time (docs/benchmarks.md)."""
 
 
 def n4_bias_field(image: np.ndarray, mask: np.ndarray, affine: np.ndarray) -> np.ndarray:

@@ -3,6 +3,7 @@
     python benchmarks/bench_predict.py --config synthetic-2mm --samples 4 --steps 25
     python benchmarks/bench_predict.py --model runs/demo/model --samples 4 --steps 20
     python benchmarks/bench_predict.py --config brain-1p5mm --samples 10 --steps 25  # BrLP's
+    python benchmarks/bench_predict.py --config synthetic-2mm --years 1 2 4  # three horizons
 
 The scan is the atlas template as a 1 mm LPS scan with bias field and noise (a stand-in for a
 scan straight from a pipeline), so the timing includes registration to the atlas and label
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -59,7 +61,7 @@ def untrained_pipeline(config: str, out: Path) -> Path:
 
 
 def run_once(model: str, num_samples: int, num_inference_steps: int, threads: int,
-             measure: bool) -> dict:
+             measure: bool, years: list[float]) -> dict:
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as tmp:
         atlas2 = load_atlas(grid="2mm")
@@ -70,7 +72,7 @@ def run_once(model: str, num_samples: int, num_inference_steps: int, threads: in
         settings = PredictSettings(num_samples=num_samples,
                                    num_inference_steps=num_inference_steps,
                                    measure_volumes=measure)
-        summary = predict_scan(pipe, PredictRequest(path, 72.0, "F", "MCI", [2.0]),
+        summary = predict_scan(pipe, PredictRequest(path, 72.0, "F", "MCI", years),
                                Path(tmp) / "out", settings, model_dir=model)
     return {"timings": summary["timings_s"], "grid": pipe.atlas.grid_name,
             "scan_shape": list(scan.shape),
@@ -85,25 +87,28 @@ def main() -> int:
     parser.add_argument("--samples", type=int, default=4, dest="num_samples")
     parser.add_argument("--steps", type=int, default=25, dest="num_inference_steps")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--years", type=float, nargs="+", default=[2.0],
+                        help="horizons to predict (default: one, 2 years)")
     parser.add_argument("--no-volumes", action="store_true", help="skip the regional measurement")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(run_once(args.model, args.num_samples, args.num_inference_steps,
-                                  args.threads, not args.no_volumes)))
+                                  args.threads, not args.no_volumes, args.years)))
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model or str(untrained_pipeline(args.config, Path(tmp) / "model"))
         cmd = [sys.executable, __file__, "--model", model, "--samples", str(args.num_samples),
                "--steps", str(args.num_inference_steps), "--threads", str(args.threads),
-               "--child"]
+               "--years", *(str(y) for y in args.years), "--child"]
         if args.no_volumes:
             cmd.append("--no-volumes")
         out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     r = json.loads(out.stdout.strip().splitlines()[-1])
     t = r["timings"]
     print(f"{args.config or args.model}: grid {r['grid']}, scan {r['scan_shape']} at 1 mm, "
-          f"M={args.num_samples}, {args.num_inference_steps} steps, {args.threads} thread(s), "
+          f"M={args.num_samples}, {args.num_inference_steps} steps, "
+          f"{len(args.years)} horizon(s), {args.threads} thread(s), "
           f"{platform.machine()}")
     print("| phase | seconds |")
     print("| --- | ---: |")
@@ -111,7 +116,8 @@ def main() -> int:
               "total"):
         if k in t:
             print(f"| {k} | {t[k]:.1f} |")
-    print(f"peak RSS {r['peak_rss_gb']:.2f} GB")
+    print(f"peak RSS {r['peak_rss_gb']:.2f} GB; load average after the run "
+          "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     return 0
 
 

@@ -27,8 +27,11 @@ from mambacontrol.atlas import Atlas, load_atlas
 from mambacontrol.errors import RegistrationError
 from mambacontrol.io import Volume
 from mambacontrol.registration import (
+    ALIGNMENT,
+    LABEL_PROPAGATION,
     MEASUREMENT,
     MIN_SIMILARITY,
+    AlignmentSettings,
     SyNSettings,
     align_to_atlas,
     measure_regional_volumes,
@@ -79,7 +82,8 @@ def subject(atlas: Atlas, seed: int, amplitude_mm: float = 3.0) -> tuple[np.ndar
 
 
 def bench_speed(atlas: Atlas, repeats: int, bias_correction: bool = True,
-                use_mask: bool = False) -> list[dict]:
+                use_mask: bool = False, align: AlignmentSettings = ALIGNMENT,
+                labels_syn: SyNSettings = LABEL_PROPAGATION) -> list[dict]:
     """align_to_atlas + propagate_labels + back-mapping on 1 mm stand-in scans of new subjects.
 
     Intensity error: mean |normalised image − the same scan's without its bias field| inside the
@@ -100,15 +104,18 @@ def bench_speed(atlas: Atlas, repeats: int, bias_correction: bool = True,
                                      motion=motion, bias=0.0, noise=0.0, seed=r)
                 mask = Volume((solid.data > 0.5 * solid.data.max()).astype(np.uint8), solid.affine)
             aligned, t_align, c_align = timed(align_to_atlas, scan, atlas, seed=0,
-                                              bias_correction=bias_correction, brain_mask=mask)
+                                              bias_correction=bias_correction, brain_mask=mask,
+                                              settings=align)
             clean = standin_scan(atlas, grid, brain=brain, motion=motion, skull=skull, seed=r,
                                  bias=0.0)
-            reference = align_to_atlas(clean, atlas, seed=0, bias_correction=False)
+            reference = align_to_atlas(clean, atlas, seed=0, bias_correction=False,
+                                       settings=align)
             both = aligned.mask & reference.mask
             intensity_error = float(np.abs(aligned.image - reference.image)[both].mean())
-            labels, t_labels, c_labels = timed(propagate_labels, aligned.image, atlas, seed=0)
+            labels, t_labels, c_labels = timed(propagate_labels, aligned.image, atlas, seed=0,
+                                               settings=labels_syn)
             _, t_back, c_back = timed(aligned.to_native, aligned.image)
-            again = propagate_labels(aligned.image, atlas, seed=0)
+            again = propagate_labels(aligned.image, atlas, seed=0, settings=labels_syn)
             repeatable = bool(np.array_equal(again, labels))
             err_mean, err_max = brain_error_mm(aligned.transform.atlas_to_scan, motion, atlas)
             rows.append({
@@ -239,14 +246,32 @@ def bench_measure(atlas: Atlas, settings: SyNSettings, only: str = "") -> list[d
     return rows
 
 
+def syn_settings(text: str) -> SyNSettings:
+    """``metric/it1,it2,it3[/grad_step/flow_sigma/total_sigma]`` as SyN settings."""
+    metric, its, *numbers = text.split("/")
+    return SyNSettings(metric, tuple(int(i) for i in its.split(",")), *(float(v) for v in numbers))
+
+
+def alignment_settings(text: str) -> AlignmentSettings:
+    """``rigid_it1,it2,it3/affine_it1,it2,it3/sampling_rate`` as alignment settings."""
+    rigid, affine, rate = text.split("/")
+    return AlignmentSettings(tuple(int(i) for i in rigid.split(",")),  # type: ignore[arg-type]
+                             tuple(int(i) for i in affine.split(",")), float(rate))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("what", choices=["speed", "calibrate", "measure", "all"])
     parser.add_argument("--grid", default="2mm", help="atlas grid (default 2mm)")
     parser.add_argument("--repeats", type=int, default=1, help="speed: scans per case")
-    parser.add_argument("--syn", default=None,
+    parser.add_argument("--syn", default=None, type=syn_settings,
                         help="measure: SyN settings "
                              "metric/it1,it2,it3/grad_step/flow_sigma/total_sigma")
+    parser.add_argument("--labels-syn", default=LABEL_PROPAGATION, type=syn_settings,
+                        help="speed: label propagation's SyN settings (as --syn)")
+    parser.add_argument("--align", default=ALIGNMENT, type=alignment_settings,
+                        help="speed: affine schedule rigid_it1,it2,it3/affine_it1,it2,it3/"
+                             "sampling_rate")
     parser.add_argument("--cases", default="", help="measure: only cases whose name contains this")
     parser.add_argument("--no-bias-correction", action="store_true",
                         help="speed: align without N4 bias-field correction")
@@ -262,16 +287,14 @@ def main() -> None:
               "mean / max mm | mean Dice atlas → propagated (hippocampus) | similarity | "
               "intensity error vs bias-free | labels deterministic | load |")
         print("|---|---|---|---|---|---|---|---|---|---|---|")
-        results["speed"] = bench_speed(atlas, args.repeats, not args.no_bias_correction, args.mask)
+        print(f"alignment {args.align}, label propagation {args.labels_syn}")
+        results["speed"] = bench_speed(atlas, args.repeats, not args.no_bias_correction, args.mask,
+                                       args.align, args.labels_syn)
     if args.what in ("calibrate", "all"):
         print("\n| kind | image | similarity | align s | load |\n|---|---|---|---|---|")
         results["calibrate"] = bench_calibrate(atlas)
     if args.what in ("measure", "all"):
-        settings = MEASUREMENT
-        if args.syn:
-            metric, its, *numbers = args.syn.split("/")
-            settings = SyNSettings(metric, tuple(int(i) for i in its.split(",")),
-                                   *(float(v) for v in numbers))
+        settings = args.syn or MEASUREMENT
         print(f"\nsettings: {settings}")
         names = " | ".join(f"{g} true / measured %"
                            for g in ["left hippocampus", *atlas.key_groups])

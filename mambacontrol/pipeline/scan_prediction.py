@@ -70,7 +70,7 @@ from mambacontrol.pipeline.progression import (
 )
 from mambacontrol.pipeline.shards import Shard, claim_shared
 from mambacontrol.pipeline.timings import PhaseTimes
-from mambacontrol.registration import RegionalVolumes, measure_regional_volumes
+from mambacontrol.registration import BaselineMeasurement, RegionalVolumes
 
 log = logging.getLogger(__name__)
 
@@ -332,9 +332,15 @@ def write_prediction(pipe: ProgressionPipeline, request: PredictRequest, folder:
     clock.add_all(predictions.timings)
     record = ScanRecord(request, settings, sampling, model_dir,
                         _preparation(scan, request, settings))
+    measurer = None
+    if settings.measure_volumes:
+        with clock.phase("measurement"):
+            measurer = BaselineMeasurement(scan.image, scan.labels, pipe.atlas.grid,
+                                           pipe.atlas.label_ids, seed=settings.registration_seed)
     outputs = []
     for prediction in predictions:
-        output, seconds = _write_horizon(pipe, image, scan, prediction, folder, layout, record)
+        output, seconds = _write_horizon(pipe, image, scan, prediction, folder, layout, record,
+                                         measurer)
         outputs.append(output)
         clock.add_all(seconds)
     clock.add("total", time.perf_counter() - start)
@@ -355,8 +361,12 @@ def _check_finite(predictions: Predictions, request: PredictRequest) -> None:
 
 def _write_horizon(pipe: ProgressionPipeline, image: Volume, scan: PreparedScan,
                    prediction: Prediction, folder: Path, layout: OutputLayout,
-                   record: ScanRecord) -> tuple[dict, dict[str, float]]:
+                   record: ScanRecord,
+                   measurer: BaselineMeasurement | None) -> tuple[dict, dict[str, float]]:
     """Write one horizon's files.
+
+    ``measurer`` (built once per scan; None: no regional measurement) measures the horizon's
+    prediction, the mean of its samples, against the baseline.
 
     Returns:
         Its entry of the summary's ``outputs``, and the seconds it spent per phase.
@@ -365,11 +375,9 @@ def _write_horizon(pipe: ProgressionPipeline, image: Volume, scan: PreparedScan,
     files = layout.files(prediction.years)
     clock = PhaseTimes()
     measured = None
-    if settings.measure_volumes:
+    if measurer is not None:
         with clock.phase("measurement"):
-            measured = measure_regional_volumes(scan.image, prediction.image, scan.labels,
-                                                pipe.atlas.grid, pipe.atlas.label_ids,
-                                                seed=settings.registration_seed)
+            measured = measurer.measure(prediction.image)
     with clock.phase("back_mapping"):
         native, spread = _in_scan_space(image, scan, prediction, settings.intensity)
         save_nifti(folder / files.prediction, native.data, native.affine, inputs=[request.image])

@@ -28,12 +28,15 @@ Public API:
   JSON); refuses failed registrations with :class:`~mambacontrol.errors.RegistrationError`.
 * :func:`propagate_labels`: atlas labels on an aligned image.
 * :func:`measure_regional_volumes` → :class:`RegionalVolumes`: sub-voxel regional volumes of
-  one image relative to a baseline.
+  one image relative to a baseline; :class:`BaselineMeasurement` prepares a baseline once and
+  measures any number of images against it (the horizons of one prediction).
 """
 
 from mambacontrol.errors import RegistrationError
 from mambacontrol.registration.alignment import (
+    ALIGNMENT,
     MIN_SIMILARITY,
+    AlignmentSettings,
     AtlasAlignment,
     AtlasTransform,
     align_to_atlas,
@@ -43,16 +46,20 @@ from mambacontrol.registration.deformable import SyNSettings
 from mambacontrol.registration.labels import LABEL_PROPAGATION, propagate_labels
 from mambacontrol.registration.morphometry import (
     MEASUREMENT,
+    BaselineMeasurement,
     RegionalVolumes,
     measure_regional_volumes,
 )
 
 __all__ = [
+    "ALIGNMENT",
     "LABEL_PROPAGATION",
     "MEASUREMENT",
     "MIN_SIMILARITY",
+    "AlignmentSettings",
     "AtlasAlignment",
     "AtlasTransform",
+    "BaselineMeasurement",
     "RegionalVolumes",
     "RegistrationError",
     "SyNSettings",

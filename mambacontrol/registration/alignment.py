@@ -39,10 +39,45 @@ SIMILARITY_SMOOTHING_MM = 2.0
 
 LEVELS_MM = (8.0, 4.0, 2.0)
 """Voxel size (mm) of each multi-resolution level of the affine registration, coarse to fine."""
-RIGID_ITERATIONS = (500, 250, 0)
-AFFINE_ITERATIONS = (500, 250, 50)
-SAMPLING_RATE = 0.25
-"""Fraction of the template's voxels (regular grid, randomly perturbed) that the metric samples."""
+
+
+@dataclass(frozen=True)
+class AlignmentSettings:
+    """Schedule of the rigid-then-affine registration of a scan to the atlas template.
+
+    Attributes:
+        rigid_iterations: iterations of the rigid stage at each level of ``LEVELS_MM``.
+        affine_iterations: iterations of the affine stage at each level of ``LEVELS_MM``.
+        sampling_rate: fraction of the template's voxels (regular grid, randomly perturbed, seeded)
+            that the metric samples.
+    """
+
+    rigid_iterations: tuple[int, int, int] = (100, 50, 0)
+    affine_iterations: tuple[int, int, int] = (100, 50, 10)
+    sampling_rate: float = 0.1
+
+    def __post_init__(self):
+        for name in ("rigid_iterations", "affine_iterations"):
+            its = getattr(self, name)
+            if len(its) != len(LEVELS_MM) or min(its) < 0:
+                raise ValueError(f"{name} {its} must be {len(LEVELS_MM)} counts >= 0, one per "
+                                 f"level of {LEVELS_MM} mm")
+        if not 0.0 < self.sampling_rate <= 1.0:
+            raise ValueError(f"sampling_rate {self.sampling_rate} must be in (0, 1]")
+
+    def ants_kwargs(self, spacing: float, stage: str) -> dict:
+        """``ants.registration`` keyword arguments of the ``rigid`` or ``affine`` stage on a grid
+        of ``spacing`` mm."""
+        its = self.rigid_iterations if stage == "rigid" else self.affine_iterations
+        shrink, sigmas, its = _shrink_schedule(spacing, its)
+        return {"aff_metric": "GC", "aff_random_sampling_rate": self.sampling_rate,
+                "aff_iterations": its, "aff_shrink_factors": shrink,
+                "aff_smoothing_sigmas": sigmas}
+
+
+ALIGNMENT = AlignmentSettings()
+"""Settings of :func:`align_to_atlas`: a quarter of the CPU time of the earlier 500/250/0,
+500/250/50 at a 0.25 sampling rate, for the same affine error (docs/benchmarks.md)."""
 METRIC_MASK_DILATION_MM = 6.0
 """The template brain mask is dilated by this much to form the metric mask: the brain and its
 border count, a skull or neck far from the brain does not."""
@@ -218,7 +253,8 @@ def _like(out: np.ndarray, dtype: np.dtype, order: int) -> np.ndarray:
 
 def align_to_atlas(scan: Volume, atlas: Atlas, *, seed: int = 0,
                    min_similarity: float = MIN_SIMILARITY, bias_correction: bool = True,
-                   brain_mask: Volume | None = None) -> AtlasAlignment:
+                   brain_mask: Volume | None = None,
+                   settings: AlignmentSettings = ALIGNMENT) -> AtlasAlignment:
     """Register a native T1 scan to the atlas template and bring it onto the atlas grid.
 
     On the grid, the scan is corrected for its bias field (ANTs' N4, inside the brain mask)
@@ -233,6 +269,7 @@ def align_to_atlas(scan: Volume, atlas: Atlas, *, seed: int = 0,
         bias_correction: N4 bias-field correction before normalisation.
         brain_mask: the scan's own brain mask (e.g. from SynthStrip), in the scan's space; by
             default the atlas's brain mask after the affine registration.
+        settings: the registration's schedule.
 
     Returns:
         The alignment (image and mask on the atlas grid, transform, similarity).
@@ -258,10 +295,10 @@ def align_to_atlas(scan: Volume, atlas: Atlas, *, seed: int = 0,
         with registration_scope(seed) as tmp:
             rigid = ants.registration(fixed, moving, "Rigid", outprefix=str(tmp / "rigid_"),
                                       mask=metric_mask,
-                                      **_linear_settings(atlas.spacing, RIGID_ITERATIONS))
+                                      **settings.ants_kwargs(atlas.spacing, "rigid"))
             affine = ants.registration(fixed, moving, "Affine", outprefix=str(tmp / "affine_"),
                                        initial_transform=rigid["fwdtransforms"], mask=metric_mask,
-                                       **_linear_settings(atlas.spacing, AFFINE_ITERATIONS))
+                                       **settings.ants_kwargs(atlas.spacing, "affine"))
             matrix = transform_to_ras_matrix(ants.read_transform(affine["fwdtransforms"][0]))
     except RuntimeError as exc:
         raise RegistrationError(f"{where}affine registration to the atlas template failed ({exc}); "
@@ -298,7 +335,9 @@ def align_to_atlas(scan: Volume, atlas: Atlas, *, seed: int = 0,
 N4_VOXEL_MM = 8.0
 """N4 fits the (smooth) bias field on the atlas grid shrunk to about this voxel size: on the 2 mm
 grid 2.2 CPU s, against 15 CPU s at 4 mm voxels (docs/benchmarks.md)."""
-N4_ITERATIONS = (50, 50, 30)
+N4_ITERATIONS = (10, 10, 10)
+"""Iterations per fitting level (one level per entry, each doubling the field's control points):
+as much of the bias field removed as 50/50/30, in 30 % of the time (docs/benchmarks.md)."""
 
 
 def n4_bias_field(image: np.ndarray, mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
@@ -350,7 +389,3 @@ def _user_mask_on_grid(mask: Volume, transform: AtlasTransform, atlas: Atlas,
     return on_grid
 
 
-def _linear_settings(spacing: float, iterations: tuple[int, ...]) -> dict:
-    shrink, sigmas, its = _shrink_schedule(spacing, iterations)
-    return {"aff_metric": "GC", "aff_random_sampling_rate": SAMPLING_RATE,
-            "aff_iterations": its, "aff_shrink_factors": shrink, "aff_smoothing_sigmas": sigmas}

@@ -86,6 +86,46 @@ class SyNResult(NamedTuple):
     box: tuple[slice, slice, slice]
 
 
+@dataclass(frozen=True, eq=False)
+class SyNDomain:
+    """The fixed side of SyN registrations, cropped once and reused for every moving image.
+
+    Attributes:
+        fixed: the fixed image cropped to ``box`` (an ANTs image).
+        box: the crop, as slices of the full grid.
+        shape: (X, Y, Z) shape of the full grid.
+    """
+
+    fixed: ants.ANTsImage
+    box: tuple[slice, slice, slice]
+    shape: tuple[int, int, int]
+
+    @classmethod
+    def around(cls, fixed: np.ndarray, affine: np.ndarray, region: np.ndarray) -> SyNDomain:
+        """The domain of ``fixed`` (X, Y, Z) on a grid with RAS ``affine`` (4, 4): the bounding box
+        of ``region`` (X, Y, Z bool) plus a margin of ``CROP_MARGIN_VOXELS``."""
+        box = crop_box(region)
+        return cls(to_ants(np.asarray(fixed)[box], cropped_affine(affine, box)), box,
+                   tuple(int(s) for s in np.shape(fixed)))  # type: ignore[arg-type]
+
+    @contextlib.contextmanager
+    def register(self, moving: np.ndarray, settings: SyNSettings,
+                 seed: int) -> Iterator[SyNResult]:
+        """Register ``moving`` (X, Y, Z, on the full grid) to the fixed image by SyN inside the box.
+
+        Yields:
+            The transforms and their domain; the transform files exist inside the ``with`` block.
+        """
+        if tuple(np.shape(moving)) != self.shape:
+            raise ValueError(f"moving shape {np.shape(moving)} differs from the grid {self.shape}")
+        moving_img = self.fixed.new_image_like(
+            np.ascontiguousarray(np.asarray(moving)[self.box], dtype=np.float32))
+        with registration_scope(seed) as tmp:
+            result = ants.registration(self.fixed, moving_img, "SyNOnly",
+                                       outprefix=str(tmp / "syn_"), **settings.ants_kwargs())
+            yield SyNResult(self.fixed, list(result["fwdtransforms"]), self.box)
+
+
 @contextlib.contextmanager
 def syn_registration(fixed: np.ndarray, moving: np.ndarray, affine: np.ndarray,
                      region: np.ndarray, settings: SyNSettings,
@@ -102,14 +142,8 @@ def syn_registration(fixed: np.ndarray, moving: np.ndarray, affine: np.ndarray,
     Yields:
         The transforms and their domain; the transform files exist inside the ``with`` block only.
     """
-    box = crop_box(region)
-    crop_affine = cropped_affine(affine, box)
-    fixed_img = to_ants(fixed[box], crop_affine)
-    moving_img = to_ants(moving[box], crop_affine)
-    with registration_scope(seed) as tmp:
-        result = ants.registration(fixed_img, moving_img, "SyNOnly", outprefix=str(tmp / "syn_"),
-                                   **settings.ants_kwargs())
-        yield SyNResult(fixed_img, list(result["fwdtransforms"]), box)
+    with SyNDomain.around(fixed, affine, region).register(moving, settings, seed) as syn:
+        yield syn
 
 
 def uncrop(values: np.ndarray, shape: tuple[int, ...], box: tuple[slice, slice, slice],

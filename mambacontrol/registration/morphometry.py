@@ -19,7 +19,7 @@ import numpy as np
 
 from mambacontrol.data.change import percent_change
 from mambacontrol.io import Grid
-from mambacontrol.registration.deformable import SyNSettings, syn_registration, uncrop
+from mambacontrol.registration.deformable import SyNDomain, SyNSettings, uncrop
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +71,81 @@ class RegionalVolumes:
         return out
 
 
+def _check_shapes(grid: Grid, **arrays: np.ndarray) -> None:
+    for name, arr in arrays.items():
+        if tuple(np.shape(arr)) != tuple(grid.shape):
+            raise ValueError(f"{name} shape {np.shape(arr)} differs from the grid {grid.shape}")
+
+
+class BaselineMeasurement:
+    """Regional volumes relative to one baseline, its side prepared once for any number of images.
+
+    Everything that depends on the baseline alone (the checks, the crop and its ANTs image, the
+    label map's regions and their volumes) is built here once; :meth:`measure` then registers
+    each image (a prediction per horizon, a true follow-up) to it by SyN and integrates the
+    Jacobian, the only per-image work.
+
+    Args:
+        baseline: (X, Y, Z) baseline image on ``grid`` (brain-extracted, normalised).
+        baseline_labels: (X, Y, Z) integer region labels of the baseline.
+        grid: the images' grid (its affine gives the voxel size and orientation).
+        label_ids: the regions to report, in order.
+        seed: seeds ANTs. The measurement is deterministic for a given seed on a given machine.
+        settings: the SyN settings.
+        region: (X, Y, Z) bool region to register (its bounding box plus a margin); default: the
+            labelled or non-zero baseline voxels. Images measured later are read inside it only.
+    """
+
+    def __init__(self, baseline: np.ndarray, baseline_labels: np.ndarray, grid: Grid,
+                 label_ids: Sequence[int], *, seed: int = 0,
+                 settings: SyNSettings = MEASUREMENT, region: np.ndarray | None = None):
+        _check_shapes(grid, baseline=baseline, baseline_labels=baseline_labels)
+        labels = np.asarray(baseline_labels)
+        if not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(f"baseline_labels must be an integer label map, not {labels.dtype}")
+        if region is None:
+            region = (labels > 0) | (np.asarray(baseline) != 0)
+        self.grid, self.seed, self.settings = grid, seed, settings
+        self.label_ids = tuple(int(i) for i in label_ids)
+        self._domain = SyNDomain.around(np.asarray(baseline), grid.affine, region)
+        self._voxel = float(abs(np.linalg.det(grid.affine[:3, :3])))
+        self._ids = np.asarray(self.label_ids)
+        self._size = max(int(labels.max()), int(self._ids.max())) + 1
+        self._flat = labels.ravel()
+        base = np.bincount(self._flat, minlength=self._size)[self._ids] * self._voxel
+        self.baseline_mm3 = base.astype(np.float64)
+
+    def measure(self, other: np.ndarray) -> RegionalVolumes:
+        """Volume of every baseline region in ``other``, sub-voxel, by Jacobian integration.
+
+        Args:
+            other: (X, Y, Z) the image to measure (a prediction or a true follow-up), on the grid
+                and normalised as the baseline.
+
+        Returns:
+            Baseline and other volumes per region, and the Jacobian map.
+        """
+        _check_shapes(self.grid, other=other)
+        start = time.perf_counter()
+        with self._domain.register(other, self.settings, self.seed) as syn:
+            jac = ants.create_jacobian_determinant_image(syn.domain, syn.transforms[0]).numpy()
+        jacobian = uncrop(jac.astype(np.float32), tuple(self.grid.shape), syn.box, 1.0)
+        warped = np.bincount(self._flat, weights=jacobian.ravel().astype(np.float64),
+                             minlength=self._size)[self._ids] * self._voxel
+        log.info("measured %d regional volumes in %.1f s", len(self._ids),
+                 time.perf_counter() - start)
+        return RegionalVolumes(self.label_ids, self.baseline_mm3.copy(), warped, jacobian)
+
+
 def measure_regional_volumes(baseline: np.ndarray, other: np.ndarray,
                              baseline_labels: np.ndarray, grid: Grid,
                              label_ids: Sequence[int], *, seed: int = 0,
                              settings: SyNSettings = MEASUREMENT) -> RegionalVolumes:
     """Volume of every baseline region in ``other``, sub-voxel, by Jacobian integration.
+
+    One image against one baseline; to measure several against the same baseline (horizons),
+    build a :class:`BaselineMeasurement` once. The registered box covers the baseline's and
+    ``other``'s non-zero voxels.
 
     Args:
         baseline: (X, Y, Z) baseline image on ``grid`` (brain-extracted, normalised).
@@ -90,25 +160,9 @@ def measure_regional_volumes(baseline: np.ndarray, other: np.ndarray,
     Returns:
         Baseline and other volumes per region, and the Jacobian map.
     """
-    for name, arr in (("baseline", baseline), ("other", other),
-                      ("baseline_labels", baseline_labels)):
-        if tuple(np.shape(arr)) != tuple(grid.shape):
-            raise ValueError(f"{name} shape {np.shape(arr)} differs from the grid {grid.shape}")
-    labels = np.asarray(baseline_labels)
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"baseline_labels must be an integer label map, not {labels.dtype}")
-    start = time.perf_counter()
-    region = (labels > 0) | (np.asarray(baseline) != 0) | (np.asarray(other) != 0)
-    with syn_registration(np.asarray(baseline), np.asarray(other), grid.affine, region, settings,
-                          seed) as syn:
-        jac = ants.create_jacobian_determinant_image(syn.domain, syn.transforms[0]).numpy()
-    jacobian = uncrop(jac.astype(np.float32), tuple(grid.shape), syn.box, 1.0)
-    voxel = float(abs(np.linalg.det(grid.affine[:3, :3])))
-    ids = np.asarray([int(i) for i in label_ids])
-    size = max(int(labels.max()), int(ids.max())) + 1
-    flat = labels.ravel()
-    base = np.bincount(flat, minlength=size)[ids] * voxel
-    warped = np.bincount(flat, weights=jacobian.ravel().astype(np.float64),
-                         minlength=size)[ids] * voxel
-    log.info("measured %d regional volumes in %.1f s", len(ids), time.perf_counter() - start)
-    return RegionalVolumes(tuple(int(i) for i in ids), base.astype(np.float64), warped, jacobian)
+    _check_shapes(grid, baseline=baseline, other=other, baseline_labels=baseline_labels)
+    region = (np.asarray(baseline_labels) > 0) | (np.asarray(baseline) != 0) \
+        | (np.asarray(other) != 0)
+    measurer = BaselineMeasurement(baseline, baseline_labels, grid, label_ids, seed=seed,
+                                   settings=settings, region=region)
+    return measurer.measure(other)

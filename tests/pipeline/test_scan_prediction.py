@@ -104,3 +104,32 @@ def test_each_input_file_is_read_once(pipe, atlas, tmp_path, monkeypatch):
     assert sorted(p.name for p in out.iterdir()) == sorted(expected)
     assert sorted(p.name for p in (out / "years_1").iterdir()) == [
         "prediction.nii.gz", "regions.csv", "uncertainty.nii.gz"]
+
+
+def test_the_baseline_is_prepared_for_measurement_once_and_each_horizon_measured(
+        pipe, atlas, tmp_path, monkeypatch):
+    paths = {name: tmp_path / f"{name}.nii.gz" for name in ("scan", "labels")}
+    save_nifti(paths["scan"], atlas.template, atlas.grid.affine)
+    save_nifti(paths["labels"], atlas.labels, atlas.grid.affine, dtype=np.int16)
+    built, measured = [], []
+
+    class Counting(scan_prediction.BaselineMeasurement):
+        def __init__(self, *args, **kwargs):
+            built.append(1)
+            super().__init__(*args, **kwargs)
+
+        def measure(self, other):
+            measured.append(other)
+            return super().measure(other)
+
+    monkeypatch.setattr(scan_prediction, "BaselineMeasurement", Counting)
+    request = PredictRequest(paths["scan"], 70.0, "F", "AD", [1.0, 3.0], paths["labels"])
+    settings = PredictSettings(num_samples=2, num_inference_steps=2)
+    summary = write_prediction(pipe, request, tmp_path / "out", settings, "model")
+    assert len(built) == 1 and len(measured) == 2
+    assert not np.array_equal(measured[0], measured[1])  # each horizon's mean prediction
+    assert list(summary["timings_s"]) == ["registration", "encoding", "sampling", "decoding",
+                                          "measurement", "back_mapping", "total"]
+    for folder in ("years_1", "years_3"):
+        rows = (tmp_path / "out" / folder / "regions.csv").read_text().splitlines()
+        assert "predicted_mm3" in rows[0] and len(rows) == len(atlas.regions) + 1

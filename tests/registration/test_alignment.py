@@ -8,6 +8,7 @@ from mambacontrol.data import normalize_intensity
 from mambacontrol.errors import MambaControlError, RegistrationError
 from mambacontrol.io import Grid, Volume
 from mambacontrol.registration import (
+    AlignmentSettings,
     AtlasAlignment,
     AtlasTransform,
     align_to_atlas,
@@ -168,3 +169,21 @@ def test_alignment_records_its_bias_field_and_intensity_range(aligned, atlas4):
     assert aligned.bias_field is not None and aligned.bias_field.shape == atlas4.grid.shape
     lo, hi = aligned.intensity_range
     assert hi > lo
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"rigid_iterations": (100, 50)}, "rigid_iterations"),
+    ({"affine_iterations": (100, -1, 10)}, "affine_iterations"),
+    ({"sampling_rate": 0.0}, "sampling_rate"),
+])
+def test_alignment_settings_are_checked(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        AlignmentSettings(**kwargs)
+
+
+def test_alignment_settings_map_levels_to_the_grid():
+    kwargs = AlignmentSettings((100, 50, 0), (100, 50, 10), 0.1).ants_kwargs(2.0, "affine")
+    assert kwargs["aff_shrink_factors"] == (4, 2, 1) and kwargs["aff_iterations"] == (100, 50, 10)
+    assert kwargs["aff_random_sampling_rate"] == 0.1
+    on_4mm = AlignmentSettings((100, 50, 0), (100, 50, 10), 0.1).ants_kwargs(4.0, "rigid")
+    assert on_4mm["aff_shrink_factors"] == (2, 1) and on_4mm["aff_iterations"] == (100, 50)

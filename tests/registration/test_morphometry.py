@@ -2,8 +2,13 @@ import numpy as np
 import pytest
 
 from mambacontrol.io import Grid
-from mambacontrol.registration import RegionalVolumes, measure_regional_volumes
-from mambacontrol.registration.deformable import crop_box, cropped_affine
+from mambacontrol.registration import (
+    BaselineMeasurement,
+    RegionalVolumes,
+    measure_regional_volumes,
+    morphometry,
+)
+from mambacontrol.registration.deformable import SyNDomain, crop_box, cropped_affine
 from mambacontrol.testing.standins import radial_warp
 
 
@@ -82,3 +87,23 @@ def test_bad_inputs(atlas4):
         measure_regional_volumes(t, t, atlas4.labels.astype(float), grid, [1])
     with pytest.raises(ValueError, match="grid"):
         measure_regional_volumes(t, t, atlas4.labels, Grid((2, 2, 2), np.eye(4)), [1])
+
+
+def test_a_baseline_is_prepared_once_and_each_image_measured_as_alone(hippocampi, monkeypatch):
+    template, labels, grid, left, right = hippocampi
+    centre = centroid_mm(labels, grid, left)
+    others = [radial_warp(template, grid.affine, centre, rate, 12.0)[0] for rate in (0.04, 0.08)]
+    alone = measure(template, others[1], labels, grid, [left, right])
+    built = []
+    around = SyNDomain.around
+    monkeypatch.setattr(morphometry.SyNDomain, "around",
+                        lambda *a: built.append(1) or around(*a))
+    measurer = BaselineMeasurement(template, labels, grid, [left, right], seed=0)
+    together = [measurer.measure(other) for other in others]
+    assert len(built) == 1
+    np.testing.assert_array_equal(together[1].jacobian, alone.jacobian)
+    np.testing.assert_array_equal(together[1].other_mm3, alone.other_mm3)
+    np.testing.assert_array_equal(together[1].baseline_mm3, alone.baseline_mm3)
+    assert together[1].percent_change[0] < together[0].percent_change[0] < -1.0
+    with pytest.raises(ValueError, match="other shape"):
+        measurer.measure(template[1:])

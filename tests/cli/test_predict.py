@@ -117,7 +117,12 @@ def test_non_brain_image_is_refused(tiny_model, tmp_path, capsys):
     save_nifti(noise, rng.random((60, 70, 60)).astype(np.float32), np.diag([2.0, 2.0, 2.0, 1.0]))
     out = tmp_path / "o"
     assert main(["-q", *_args(noise, tiny_model, out)]) == 2
-    assert "registration to the atlas failed" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    # which check refuses noise depends on where the affine lands it (ITK's thread count moves
+    # it): too unlike the template, or not covering the template brain at all
+    assert ("registration to the atlas failed" in err
+            or "does not cover the template brain" in err), err
+    assert err.count("\n") == 1
     assert not out.exists()
 
 

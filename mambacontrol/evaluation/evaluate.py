@@ -65,10 +65,13 @@ from mambacontrol.evaluation.records import (
     ceiling_name,
 )
 from mambacontrol.evaluation.report import render_report, write_report
-from mambacontrol.io import OutputFolder, check_limit
-from mambacontrol.models.sampler_names import SAMPLER_NAMES
+from mambacontrol.io import OutputFolder
 from mambacontrol.pipeline.prepare import PreparedScan, load_on_grid, prepare_manifest
-from mambacontrol.pipeline.progression import Prediction, ProgressionPipeline
+from mambacontrol.pipeline.progression import (
+    Prediction,
+    ProgressionPipeline,
+    check_sampling_flags,
+)
 from mambacontrol.pipeline.shards import Shard, claim_shared
 from mambacontrol.registration import measure_regional_volumes
 
@@ -115,17 +118,7 @@ class EvaluationSettings:
                                     f"copy, linear")
         if self.pairs not in ("all", "last"):
             raise MambaControlError(f"--pairs {self.pairs} is not all or last")
-        if (self.num_samples is not None and self.num_samples < 1
-                or self.num_inference_steps is not None and self.num_inference_steps < 1):
-            raise MambaControlError("samples and steps must be ≥ 1")
-        if self.num_samples is not None:
-            check_limit("max_samples", self.num_samples, f"--samples {self.num_samples}")
-        if self.num_inference_steps is not None:
-            check_limit("max_steps", self.num_inference_steps,
-                        f"--steps {self.num_inference_steps}")
-        if self.sampler is not None and self.sampler not in SAMPLER_NAMES:
-            raise MambaControlError(f"--sampler {self.sampler} is not one of "
-                                    f"{', '.join(SAMPLER_NAMES)}")
+        check_sampling_flags(self.num_samples, self.num_inference_steps, self.sampler)
         if self.max_pairs is not None and self.max_pairs < 1:
             raise MambaControlError(f"--max-pairs {self.max_pairs} must be ≥ 1")
         if self.workers < 1:

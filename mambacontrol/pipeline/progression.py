@@ -109,6 +109,26 @@ class SamplingPlan:
             raise MambaControlError("num_samples and num_inference_steps must be ≥ 1")
 
 
+def check_sampling_flags(num_samples: int | None, num_inference_steps: int | None,
+                         sampler: str | None) -> None:
+    """Raise one line for a bad ``--samples``, ``--steps`` or ``--sampler`` (None: the model's
+    own), as ``predict`` and ``evaluate`` take them.
+
+    Raises:
+        MambaControlError: not a whole number ≥ 1, or an unknown sampler.
+        ResourceLimitError: above ``max_samples``/``max_steps``.
+    """
+    for flag, value in (("--samples", num_samples), ("--steps", num_inference_steps)):
+        if value is not None and (isinstance(value, bool) or int(value) != value or value < 1):
+            raise MambaControlError(f"{flag} {value} must be a whole number ≥ 1")
+    if num_samples is not None:
+        check_limit("max_samples", num_samples, f"--samples {num_samples}")
+    if num_inference_steps is not None:
+        check_limit("max_steps", num_inference_steps, f"--steps {num_inference_steps}")
+    if sampler is not None and sampler not in SAMPLERS:
+        raise MambaControlError(f"--sampler {sampler} is not one of {', '.join(SAMPLERS)}")
+
+
 @dataclass(eq=False)
 class Prediction:
     """The predicted follow-up of one baseline at one horizon, on the model grid.

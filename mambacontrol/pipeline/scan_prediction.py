@@ -56,9 +56,7 @@ from mambacontrol.io import (
     write_json,
 )
 from mambacontrol.io.digest import sha256_file
-from mambacontrol.io.limits import check_limit
 from mambacontrol.io.tables import dict_rows
-from mambacontrol.models.sampler_names import SAMPLER_NAMES
 from mambacontrol.pipeline.figures import prediction_montage
 from mambacontrol.pipeline.prepare import PreparedScan, prepare_scan
 from mambacontrol.pipeline.progression import (
@@ -67,6 +65,7 @@ from mambacontrol.pipeline.progression import (
     ProgressionPipeline,
     SamplingDefaults,
     SamplingPlan,
+    check_sampling_flags,
 )
 from mambacontrol.pipeline.shards import Shard, claim_shared
 from mambacontrol.pipeline.timings import PhaseTimes
@@ -187,18 +186,7 @@ class PredictSettings:
     seg_format: str = "auto"
 
     def __post_init__(self) -> None:
-        for flag, value in (("--samples", self.num_samples),
-                            ("--steps", self.num_inference_steps)):
-            if value is not None and (isinstance(value, bool) or int(value) != value or value < 1):
-                raise MambaControlError(f"{flag} {value} must be a whole number ≥ 1")
-        if self.num_samples is not None:
-            check_limit("max_samples", self.num_samples, f"--samples {self.num_samples}")
-        if self.num_inference_steps is not None:
-            check_limit("max_steps", self.num_inference_steps,
-                        f"--steps {self.num_inference_steps}")
-        if self.sampler is not None and self.sampler not in SAMPLER_NAMES:
-            raise MambaControlError(f"--sampler {self.sampler} is not one of "
-                                    f"{', '.join(SAMPLER_NAMES)}")
+        check_sampling_flags(self.num_samples, self.num_inference_steps, self.sampler)
         if self.seg_format not in SEG_FORMATS:
             raise MambaControlError(f"--seg-format {self.seg_format} is not one of "
                                     f"{', '.join(SEG_FORMATS)}")

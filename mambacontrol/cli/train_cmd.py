@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise ConfigError(f"--workers {args.workers} must be at least 1")
     # lazy: keeps --help (and the check above) free of torch
-    from mambacontrol.training.data_order import process_state
+    from mambacontrol.pipeline.shards import process_state
     from mambacontrol.training.runner import TrainingRun, resolve_config
 
     cfg = resolve_config(args.config, args.overrides)

@@ -40,22 +40,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from accelerate import PartialState
 
 from mambacontrol.errors import ConfigError
+from mambacontrol.pipeline.shards import process_state
 
 logger = logging.getLogger(__name__)
 
 _MAX_SEED = 2**32
-
-
-def process_state() -> Any:
-    """Accelerate's ``PartialState`` of this process, on the CPU when there is no GPU.
-
-    Under ``torchrun`` without GPUs Accelerate needs ``cpu=True`` to start its gloo process group;
-    the engine's ``Accelerator`` makes the same choice, so both agree on ranks and devices.
-    """
-    return PartialState(cpu=not torch.cuda.is_available())
 
 
 def item_seed(seed: int, epoch: int, position: int) -> int:

@@ -30,6 +30,7 @@ from mambacontrol.models.autoencoder import Autoencoder
 from mambacontrol.models.controlnet import MambaControlNet
 from mambacontrol.models.unet import DenoisingUNet
 from mambacontrol.pipeline.progression import INDEX_NAME, ProgressionPipeline
+from mambacontrol.pipeline.shards import process_state
 from mambacontrol.training.config import (
     config_differences,
     config_to_dict,
@@ -38,7 +39,6 @@ from mambacontrol.training.config import (
 )
 from mambacontrol.training.configs import resolve_config_path
 from mambacontrol.training.data import RunData
-from mambacontrol.training.data_order import process_state
 from mambacontrol.training.engine import StageSummary, read_stage_summary, write_stage_summary
 from mambacontrol.training.model_card import write_model_card
 from mambacontrol.training.run_config import RunConfig

@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 
 from mambacontrol.graph.encoder import GraphEncoder
+from mambacontrol.pipeline.shards import process_state
 from mambacontrol.training.config import arguments_for
 from mambacontrol.training.data import RunData
-from mambacontrol.training.data_order import process_state
 from mambacontrol.training.engine import StageSummary
 from mambacontrol.training.run_config import RunConfig
 from mambacontrol.training.trajectory import TrajectoryConfig, train_trajectory

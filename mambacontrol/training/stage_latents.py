@@ -10,8 +10,8 @@ import torch
 from tqdm.auto import tqdm
 
 from mambacontrol.models.autoencoder import Autoencoder
+from mambacontrol.pipeline.shards import process_state
 from mambacontrol.training.data import RunData, weights_hash
-from mambacontrol.training.data_order import process_state
 from mambacontrol.training.engine import StageSummary
 
 log = logging.getLogger(__name__)

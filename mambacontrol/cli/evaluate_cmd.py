@@ -6,8 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mambacontrol.cli.predict_cmd import device_from_flag
-from mambacontrol.models.sampler_names import SAMPLER_NAMES
+from mambacontrol.cli.predict_cmd import add_sampling_flags, device_from_flag
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,12 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pairs", choices=("all", "last"), default="all",
                    help="every earlier/later pair, or first and last visit per subject")
     p.add_argument("--baselines", default="copy,linear", help="comma-separated: copy, linear")
-    p.add_argument("--samples", type=int, dest="num_samples", metavar="SAMPLES",
-                   help="samples per prediction (default: the model's)")
-    p.add_argument("--steps", type=int, dest="num_inference_steps", metavar="STEPS",
-                   help="sampler steps (default: the model's)")
-    p.add_argument("--sampler", choices=SAMPLER_NAMES,
-                   help="ddim, dpm-solver (DPM-Solver++) or ddpm (default: the model's)")
+    add_sampling_flags(p, "samples per prediction")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-pairs", type=int, help="evaluate only the first N pairs")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: auto)")

@@ -47,12 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="input (default): the prediction in the input's intensities and field of "
                         "view, so prediction − input is the predicted change; normalized: the "
                         "model's brain-only 0–1 image")
-    p.add_argument("--samples", type=int, dest="num_samples", metavar="SAMPLES",
-                   help="samples M averaged per horizon (default: the model's)")
-    p.add_argument("--steps", type=int, dest="num_inference_steps", metavar="STEPS",
-                   help="sampler steps (default: the model's)")
-    p.add_argument("--sampler", choices=SAMPLER_NAMES,
-                   help="ddim, dpm-solver (DPM-Solver++) or ddpm (default: the model's)")
+    add_sampling_flags(p, "samples M averaged per horizon")
     p.add_argument("--seed", type=int, default=0, help="seed of the samples")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: auto)")
     p.add_argument("--png", action="store_true", help="also write a montage per horizon")
@@ -76,6 +71,17 @@ def add_part_arguments(p: argparse.ArgumentParser, items: str) -> None:
                         "to merge")
     p.add_argument("--part-id", type=int, metavar="I",
                    help="the part this job runs, 0 to K-1 (e.g. $SLURM_ARRAY_TASK_ID)")
+
+
+def add_sampling_flags(p: argparse.ArgumentParser, samples_help: str) -> None:
+    """``--samples``, ``--steps`` and ``--sampler`` (each None: the model's own), as ``predict``
+    and ``evaluate`` take them (checked by ``check_sampling_flags``)."""
+    p.add_argument("--samples", type=int, dest="num_samples", metavar="SAMPLES",
+                   help=f"{samples_help} (default: the model's)")
+    p.add_argument("--steps", type=int, dest="num_inference_steps", metavar="STEPS",
+                   help="sampler steps (default: the model's)")
+    p.add_argument("--sampler", choices=SAMPLER_NAMES,
+                   help="ddim, dpm-solver (DPM-Solver++) or ddpm (default: the model's)")
 
 
 def device_from_flag(name: str) -> str:

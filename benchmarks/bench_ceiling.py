@@ -16,6 +16,11 @@ true change (the change ratio; the issue's target is ≥ 90 % at 2 mm, ≥ 80 % 
 ``err/copy`` = the ceiling's mean absolute regional error / the copy-baseline's (%). A variant's
 autoencoder is trained once into ``<out>/<name>`` (the script resumes); the pairs' truth is
 measured once for all variants.
+
+``--field-probe 4,8`` adds, free of any training, what a deformation-valued representation on a
+latent grid ``f`` times coarser could carry at most: the truth's own log-Jacobian, averaged over
+``f``³ blocks and interpolated back (trilinear), integrated over the regions (rows
+``field-probe-<f>x``). A smooth field on that grid cannot place volume change more finely.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from mambacontrol.evaluation.metrics import image_metrics
 from mambacontrol.evaluation.records import COPY_BASELINE
 from mambacontrol.models.autoencoder import Autoencoder
 from mambacontrol.pipeline.progression import reconstruct_follow_up
+from mambacontrol.registration.morphometry import RegionalVolumes, measure_regional_volumes
 from mambacontrol.training.configs import bundled_config
 from mambacontrol.training.runner import resolve_config
 
@@ -68,6 +74,11 @@ def on_base(base: dict, other: dict) -> dict:
             for k, b in base.items()}
 
 
+def factor_list(text: str) -> list[int]:
+    """``"4,8"`` → ``[4, 8]``."""
+    return [int(f) for f in text.split(",") if f.strip()]
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--manifest", type=Path, required=True)
@@ -82,6 +93,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--decode", choices=("difference", "direct"), default="difference")
     parser.add_argument("--max-pairs", type=int, help="only the first N pairs (a quick look)")
     parser.add_argument("--seed", type=int, default=0, help="registration seed")
+    parser.add_argument("--field-probe", default=[], metavar="F,F", type=factor_list,
+                        help="latent factors of the deformation-field probe (e.g. 4,8)")
     parser.add_argument("--json", type=Path, help="write the figures here too")
     return parser.parse_args()
 
@@ -101,22 +114,56 @@ def trained_variants(args: argparse.Namespace,
     return autoencoders, seconds
 
 
+def field_probe(truth: RegionalVolumes, labels: np.ndarray, voxel_mm3: float,
+                factor: int) -> dict[int, float]:
+    """Region volumes (mm³) of the truth's Jacobian smoothed to a grid ``factor`` times coarser.
+
+    Args:
+        truth: the measured true change (its (X, Y, Z) Jacobian map, positive).
+        labels: (X, Y, Z) the baseline's region labels.
+        voxel_mm3: one voxel's volume.
+        factor: the coarse grid's voxel edge in grid voxels (the grid is cropped to a multiple).
+
+    Returns:
+        ``{label: volume}`` for ``truth.label_ids``.
+    """
+    log_jac = torch.from_numpy(np.log(np.clip(truth.jacobian, 1e-6, None)))[None, None]
+    coarse = torch.nn.functional.avg_pool3d(log_jac.double(), factor, ceil_mode=True)
+    smooth = torch.nn.functional.interpolate(coarse, size=log_jac.shape[2:], mode="trilinear",
+                                             align_corners=False).exp()[0, 0].numpy()
+    ids = np.asarray(truth.label_ids)
+    flat = np.asarray(labels).ravel()
+    size = max(int(flat.max()), int(ids.max())) + 1
+    volumes = np.bincount(flat, weights=smooth.ravel(), minlength=size)[ids] * voxel_mm3
+    return {int(i): float(v) for i, v in zip(ids, volumes)}
+
+
 def score_ceilings(args: argparse.Namespace, scans: GridScans, models: dict[str, Autoencoder]
                    ) -> tuple[list[PairResult], dict[str, list[float]]]:
     """Every pair: the copy-baseline's and each autoencoder's ceiling's regional change against
-    the measured truth, and each ceiling's image MAE against the true follow-up."""
+    the measured truth, each ceiling's image MAE against the true follow-up, and the field
+    probe's rows (``--field-probe``)."""
     groups = scans.atlas.key_groups
+    factors = args.field_probe
     results, mae = [], {n: [] for n in models}
     pairs = scans.manifest.select(args.split).pairs(args.pairs)[: args.max_pairs]
+    grid = scans.atlas.grid
+    voxel = float(abs(np.linalg.det(grid.affine[:3, :3])))
     start = time.perf_counter()
     for i, pair in enumerate(pairs):
         base, follow = scans.load(pair.earlier), scans.load(pair.later)
-        base_vols, truth_vols = scans.measure(base, follow.image)
-        truth = on_base(base_vols, truth_vols)
+        measured = measure_regional_volumes(base.image, follow.image, base.labels, grid,
+                                            scans.atlas.label_ids, seed=scans.seed)
+        base_vols = {k: b for k, (b, _) in measured.as_dict().items()}
+        truth = {k: o for k, (_, o) in measured.as_dict().items()}
         info = PairInfo.from_visit_pair(pair)
         regions, by_group = regional_change(base_vols, copy_baseline_volumes(base_vols), truth,
                                             groups)
         results.append(PairResult(info, COPY_BASELINE, {}, regions, by_group))
+        for f in factors:
+            regions, by_group = regional_change(
+                base_vols, field_probe(measured, base.labels, voxel, f), truth, groups)
+            results.append(PairResult(info, f"field-probe-{f}x", {}, regions, by_group))
         for name, ae in models.items():
             with torch.no_grad():
                 image = reconstruct_follow_up(ae, base.image, follow.image, base.mask, args.decode)
@@ -130,23 +177,33 @@ def score_ceilings(args: argparse.Namespace, scans: GridScans, models: dict[str,
 
 
 def ceiling_table(summary: dict, models: dict[str, Autoencoder], grid: tuple[int, ...],
-                  seconds: dict[str, float], mae: dict[str, list[float]]) -> dict:
-    """Per variant: latent shape, size, training time, reconstruction MAE, and per key group
-    the change recovered (%) and the regional error in % of the copy-baseline's."""
+                  seconds: dict[str, float], mae: dict[str, list[float]],
+                  factors: list[int]) -> dict:
+    """Per variant (and field probe): latent shape, size, training time, reconstruction MAE, and
+    per key group the change recovered (%) and the regional error in % of the copy-baseline's."""
     copy = summary["key_groups"][COPY_BASELINE]
+
+    def groups(name: str) -> dict:
+        mine = summary["key_groups"][name]
+        return {g: {"recovered_pct": 100 * (mine[g]["change_ratio"] or float("nan")),
+                    "error_of_copy_pct": 100 * mine[g]["abs_error_pct"]["mean"]
+                    / copy[g]["abs_error_pct"]["mean"],
+                    "true_pct": mine[g]["true_change_pct"]["mean"]}
+                for g in KEY_GROUPS if g in mine}
+
     table: dict = {}
     for name, ae in models.items():
-        mine = summary["key_groups"][name]
         table[name] = {
             "latent": [s // ae.downsample_factor for s in grid] + [ae.config.latent_channels],
             "parameters": sum(p.numel() for p in ae.parameters()),
             "train_s": seconds.get(name),
             "follow_up_mae": float(np.mean(mae[name])),
-            "groups": {g: {"recovered_pct": 100 * (mine[g]["change_ratio"] or float("nan")),
-                           "error_of_copy_pct": 100 * mine[g]["abs_error_pct"]["mean"]
-                           / copy[g]["abs_error_pct"]["mean"],
-                           "true_pct": mine[g]["true_change_pct"]["mean"]}
-                       for g in KEY_GROUPS if g in mine}}
+            "groups": groups(name)}
+    for f in factors:
+        table[f"field-probe-{f}x"] = {"latent": [-(-s // f) for s in grid] + [3],
+                                      "parameters": 0, "train_s": None,
+                                      "follow_up_mae": float("nan"),
+                                      "groups": groups(f"field-probe-{f}x")}
     return table
 
 
@@ -171,7 +228,8 @@ def main() -> None:
     scans = GridScans(Manifest.from_csv(args.manifest), atlas, args.seed)
     models = {n: Autoencoder.load(p).eval() for n, p in autoencoders.items()}
     results, mae = score_ceilings(args, scans, models)
-    table = ceiling_table(summarize(results), models, atlas.grid.shape, seconds, mae)
+    table = ceiling_table(summarize(results), models, atlas.grid.shape, seconds, mae,
+                          args.field_probe)
     n = len({r.pair for r in results})
     print(f"\n{n} pairs ({args.split}, {args.pairs}), decode {args.decode}\n")
     print_table(table)

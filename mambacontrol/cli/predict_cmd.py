@@ -159,7 +159,7 @@ def _predict_batch(args: argparse.Namespace, settings: PredictSettings) -> int:
     names = unique_names(((f"row {i + 1}", v.image_uid) for i, v in enumerate(manifest)),
                          "image_uid")
     requests = [PredictRequest(v.image_path, v.age, v.sex, v.diagnosis, args.years, v.segm_path,
-                               _mask_of(v, manifest)) for v in manifest]
+                               manifest.mask_path(v)) for v in manifest]
     inputs = [args.manifest, *(p for r in requests for p in r.inputs(args.model))]
     common = dict(inputs=inputs, resume=True, overwrite=args.overwrite)
     total = len(shard.part_indices(len(requests)))
@@ -191,15 +191,6 @@ def _report(done: list, failed: dict, total: int, out: str, main: bool = True) -
 
 def _path(value: str | None) -> Path | None:
     return Path(value) if value else None
-
-
-def _mask_of(visit, manifest) -> Path | None:
-    """A manifest row's ``mask_path`` column (relative to the manifest's folder), if any."""
-    raw = visit.extra.get("mask_path", "").strip()
-    if not raw:
-        return None
-    p = Path(raw)
-    return p if p.is_absolute() or manifest.path is None else manifest.path.parent / p
 
 
 def _load(args: argparse.Namespace, shard=None):

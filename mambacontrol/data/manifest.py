@@ -304,6 +304,14 @@ class Manifest:
         """Subject ids in order of first appearance."""
         return list(dict.fromkeys(v.subject_id for v in self.visits))
 
+    def mask_path(self, visit: Visit) -> Path | None:
+        """The visit's brain mask (its ``mask_path`` column, relative to the manifest's folder
+        or absolute), or None without one."""
+        raw = visit.extra.get("mask_path", "").strip()
+        if not raw:
+            return None
+        return _resolve(self.path.parent if self.path is not None else Path(), raw)
+
     def select(self, split: str | None = None) -> Manifest:
         """The visits of one split (``None``: all)."""
         if split is None:

@@ -287,14 +287,11 @@ class GridScans:
         self.manifest = manifest
         self.atlas = atlas
         self.seed = seed
-        self._masks = {v.image_uid: v.extra.get("mask_path") for v in manifest}
 
     def load(self, visit: Visit) -> PreparedScan:
         """The visit's image, labels and mask on the grid."""
-        mask_path = self._masks.get(visit.image_uid) or None
-        if mask_path and not Path(mask_path).is_absolute() and self.manifest.path is not None:
-            mask_path = self.manifest.path.parent / mask_path
-        return load_on_grid(visit.image_path, visit.segm_path, mask_path, self.atlas)
+        return load_on_grid(visit.image_path, visit.segm_path, self.manifest.mask_path(visit),
+                            self.atlas)
 
     def measure(self, base: PreparedScan, image) -> tuple[Volumes, Volumes]:
         """``(baseline volumes, volumes of image)``: a registration from the baseline to the

@@ -432,7 +432,7 @@ def _prepare_claimed(manifest: Manifest, atlas: Atlas, out: str | os.PathLike, s
                      workers: int, part: Shard, overwrite: bool) -> FolderPreparation:
     """:func:`prepare_into_folder`'s work, on one process."""
     inputs = [manifest.path, *(p for v in manifest
-                               for p in (v.image_path, v.segm_path, _mask_of(v, manifest)))]
+                               for p in (v.image_path, v.segm_path, manifest.mask_path(v)))]
     with OutputFolder.claim(out, "manifest-prepare", inputs=inputs, overwrite=overwrite,
                             resume=True, part=part.part) as folder:
         files = prepared_files(manifest, atlas, folder.path)
@@ -461,19 +461,10 @@ def _commit_manifest(folder: OutputFolder, prepared: Manifest, original: Manifes
     too) relative to the folder where inside it, else absolute."""
     base = folder.path.resolve()
     visits = [replace(v, extra={**v.extra, "mask_path": _relative(mask, base)})
-              if (mask := _mask_of(v, original)) is not None else v for v in prepared]
+              if (mask := original.mask_path(v)) is not None else v for v in prepared]
     with folder.staging() as tmp:
         Manifest(visits).to_csv(tmp / PREPARED_MANIFEST, relative_to=base)
         return folder.commit(tmp / PREPARED_MANIFEST, PREPARED_MANIFEST)
-
-
-def _mask_of(visit, manifest: Manifest) -> Path | None:
-    """A visit's ``mask_path`` column (absolute, or relative to the manifest's folder), if any."""
-    raw = visit.extra.get("mask_path", "").strip()
-    if not raw:
-        return None
-    p = Path(raw)
-    return p if p.is_absolute() or manifest.path is None else manifest.path.parent / p
 
 
 def _relative(path: Path, base: Path) -> str:

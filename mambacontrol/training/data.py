@@ -60,16 +60,10 @@ class RunData:
         self._names = unique_names(((f"row {i + 1}", v.image_uid)
                                     for i, v in enumerate(self.manifest)), "image_uid")
 
-    def mask_path(self, visit: Visit) -> Path | None:
-        raw = visit.extra.get("mask_path", "").strip()
-        if not raw:
-            return None
-        p = Path(raw)
-        return p if p.is_absolute() or self.manifest.path is None else self.manifest.path.parent / p
-
     def prepared(self, visit: Visit) -> PreparedScan:
         """The visit's image, labels and mask on the atlas grid."""
-        return load_on_grid(visit.image_path, visit.segm_path, self.mask_path(visit), self.atlas)
+        return load_on_grid(visit.image_path, visit.segm_path, self.manifest.mask_path(visit),
+                            self.atlas)
 
     @cached_property
     def train_visits(self) -> list[Visit]:

@@ -137,6 +137,17 @@ def test_empty_manifest(tmp_path):
         Manifest.from_csv(write_manifest(tmp_path, []))
 
 
+def test_mask_path_resolves_like_the_other_paths(tmp_path):
+    header = HEADER + ["mask_path"]
+    masks = ["mask/s1_v0.nii.gz", str(tmp_path / "abs.nii.gz"), " ", "", ""]
+    m = Manifest.from_csv(write_manifest(tmp_path, [r + [k] for r, k in zip(GOOD, masks)],
+                                         header))
+    assert m.mask_path(m.visits[0]) == tmp_path / "mask/s1_v0.nii.gz"   # beside the manifest
+    assert m.mask_path(m.visits[1]) == tmp_path / "abs.nii.gz"
+    assert m.mask_path(m.visits[2]) is None and m.mask_path(m.visits[3]) is None
+    assert m.select("test").mask_path(m.visits[0]) == tmp_path / "mask/s1_v0.nii.gz"
+
+
 def test_csv_round_trip_keeps_extra_columns(tmp_path):
     header = HEADER + ["vol_hippocampus"]
     rows = [r + [str(1000 + i)] for i, r in enumerate(GOOD)]

@@ -19,16 +19,29 @@ For every pair of the split, on the model grid (scans not on it are prepared onc
 
 Writes ``metrics.json``, ``pairs.csv``, ``regions.csv`` and a self-contained ``report.html``.
 
+Each pair is recorded as soon as it is scored (:mod:`mambacontrol.evaluation.pair_records`:
+``<out>/pairs/``, JSON and ``.npz``, keyed by a digest of everything that decides its scores).
+A rerun into the same ``out`` (no flag needed; ``overwrite`` rescores every pair) reuses every
+valid record and scores only the pairs without one, so a killed evaluation resumes and writes
+the outputs an uninterrupted run writes.
+
 Under ``accelerate launch`` (:mod:`mambacontrol.pipeline.shards`), the main process claims
 ``out``, prepares the scans (``workers`` at a time) and fits the linear baseline while the others
 wait; every process then scores its share of the pairs (pair ``i`` on process ``i mod N``), and
 the main process gathers the results in pair order and writes the outputs, the same as one
 process writes.
+
+With job-array parts (``Shard(num_parts=K, part_id=I)``, ``--num-parts K --part-id I``), a run
+claims only its part of ``out``, scores the part's pairs (pair ``i`` in part ``i mod K``, split
+further over a launch's processes) into their records and writes no metrics or report; one run
+without parts afterwards loads every valid record, scores any pair still missing and writes the
+outputs once.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -55,6 +68,12 @@ from mambacontrol.evaluation.baselines import (
 from mambacontrol.evaluation.figures import SlicePanel
 from mambacontrol.evaluation.metrics import image_metrics, regional_change
 from mambacontrol.evaluation.outputs import write_metrics_json, write_pairs_csv, write_regions_csv
+from mambacontrol.evaluation.pair_records import (
+    RECORDS_NAME,
+    PairRecord,
+    PairRecords,
+    model_digest,
+)
 from mambacontrol.evaluation.provenance import collect_provenance
 from mambacontrol.evaluation.records import (
     COPY_BASELINE,
@@ -71,9 +90,12 @@ from mambacontrol.pipeline.progression import (
     Prediction,
     ProgressionPipeline,
     check_sampling_flags,
+    resolve_model_folder,
 )
 from mambacontrol.pipeline.shards import Shard, claim_shared
 from mambacontrol.registration import measure_regional_volumes
+
+log = logging.getLogger(__name__)
 
 BASELINE_NAMES = {"copy": COPY_BASELINE, "linear": LINEAR_BASELINE}
 PREPARED_NAME = "prepared"
@@ -160,7 +182,8 @@ def evaluate(manifest_path: str | os.PathLike, models: Sequence[str | os.PathLik
 
     ``out`` is claimed first (:class:`mambacontrol.io.OutputFolder`): it must not hold the
     manifest or a model, and a non-empty folder is refused unless it holds an earlier
-    ``evaluate`` output and ``overwrite`` is set (its prepared scans are then reused).
+    ``evaluate`` output, which this run continues: its prepared scans and every pair record made
+    under the same settings and models are reused (``overwrite``: every pair is scored again).
 
     Args:
         manifest_path: the manifest (with a ``split`` column).
@@ -170,31 +193,37 @@ def evaluate(manifest_path: str | os.PathLike, models: Sequence[str | os.PathLik
         settings: see :class:`EvaluationSettings`.
         command: the command line, for the report's provenance.
         device: torch device for the models.
-        overwrite: replace an earlier evaluation's outputs in ``out``.
-        shard: this process's share under ``accelerate launch`` (:meth:`Shard.current`; every
-            process calls this with the same arguments); default: one process.
+        overwrite: score every pair again, replacing an earlier evaluation's records and outputs
+            in ``out``.
+        shard: this process's share under ``accelerate launch`` and/or of a job-array part
+            (:meth:`Shard.current`; every process calls this with the same arguments); default:
+            one process, every pair. A part writes its pairs' records only.
 
     Returns:
-        The summary (also in ``metrics.json``), on every process.
+        The summary (also in ``metrics.json``), on every process; a part's: of its pairs.
     """
     s = settings or EvaluationSettings()
     s.check()
     shard = shard or Shard()
     with claim_shared(shard, out, "evaluate", inputs=[manifest_path, *models],
-                      overwrite=overwrite, free=[PREPARED_NAME, *OUTPUT_NAMES]) as folder:
-        return _evaluate(manifest_path, models, folder, s, command, device, shard)
+                      overwrite=overwrite, resume=True,
+                      free=[PREPARED_NAME, RECORDS_NAME, *OUTPUT_NAMES]) as folder:
+        return _evaluate(manifest_path, models, folder, s, command, device, shard, overwrite)
 
 
 def _evaluate(manifest_path: str | os.PathLike, models: Sequence[str | os.PathLike],
               folder: OutputFolder, s: EvaluationSettings,
-              command: Sequence[str] | str | None, device: str, shard: Shard) -> dict:
-    """The evaluation's steps, in order: read, load, prepare, fit baselines, score, write."""
+              command: Sequence[str] | str | None, device: str, shard: Shard,
+              overwrite: bool = False) -> dict:
+    """The evaluation's steps, in order: read, load, prepare, fit baselines, score (or reuse
+    each pair's record), write (without parts)."""
     raw = _read_manifest(manifest_path, s)  # bad input fails before the models load
     names = method_names(models)
     pipes = _load_models(names, device)
     atlas = _shared_atlas(pipes)
     if shard.is_main:
         folder.record(PREPARED_NAME)
+        folder.record(RECORDS_NAME)
     manifest = prepare_manifest(raw, atlas, folder.path / PREPARED_NAME, seed=s.seed,
                                 workers=s.workers, shard=shard)
     pairs = _pairs_to_evaluate(manifest, s)
@@ -203,10 +232,15 @@ def _evaluate(manifest_path: str | os.PathLike, models: Sequence[str | os.PathLi
               if "linear" in s.baselines else None)
     exact = all(has_manifest_volumes(v) for p in pairs for v in (p.earlier, p.later))
     ceilings = _ceiling_models(pipes) if s.ceiling else {}
-    scores = _score_pairs(pairs, pipes, ceilings, scans, linear, s, exact, shard)
+    identity = shard.run_on_main(lambda: _run_identity(s, names, linear, exact))
+    records = PairRecords(folder.path / RECORDS_NAME, identity, reuse=not overwrite)
+    scores = _score_pairs(pairs, pipes, ceilings, scans, linear, s, exact, shard, records)
 
     summary = summarize(scores.results)
-    if not shard.is_main:
+    if shard.is_main:
+        log.info("%d of %d pairs scored now, %d reused from %s", scores.scored, scores.scored
+                 + scores.reused, scores.reused, folder.path / RECORDS_NAME)
+    if not shard.is_main or shard.part is not None:
         return summary
     run_settings = _run_settings(s, len(pairs), exact)
     provenance = collect_provenance(command=command, models={n: str(d) for n, d in names.items()},
@@ -218,6 +252,19 @@ def _evaluate(manifest_path: str | os.PathLike, models: Sequence[str | os.PathLi
     _write_outputs(folder, summary, scores.results, html, provenance=provenance,
                    settings=run_settings, linear=linear, region_names=region_names)
     return summary
+
+
+def _run_identity(s: EvaluationSettings, names: Mapping[str, Path], linear: LinearRates | None,
+                  exact: bool) -> dict:
+    """Everything of this evaluation that decides a pair's scores (the pair aside), for the
+    records' keys: the settings, each model's name and content, the linear baseline's rates."""
+    return {
+        "split": s.split, "pairs": s.pairs, "baselines": list(s.baselines),
+        "samples": s.num_samples, "steps": s.num_inference_steps, "sampler": s.sampler,
+        "seed": s.seed, "ceiling": s.ceiling, "change_threshold": CHANGE_THRESHOLD,
+        "models": [[n, model_digest(resolve_model_folder(d))] for n, d in names.items()],
+        "linear": None if linear is None else linear.to_dict(), "exact": exact,
+    }
 
 
 # --- reading and loading -------------------------------------------------------------------------
@@ -343,12 +390,15 @@ def _measured_volumes(train_pairs: Sequence[VisitPair],
 @dataclass
 class Scores:
     """What scoring the pairs gives: one result per pair and method, the report's slice panels,
-    and the time spent per kind of work (seconds)."""
+    the time spent per kind of work (seconds), and how many pairs were scored now and how many
+    reused from their records."""
 
     results: list[PairResult] = field(default_factory=list)
     panels: list[SlicePanel] = field(default_factory=list)
     timings: dict[str, float] = field(
         default_factory=lambda: {"prediction": 0.0, "metrics": 0.0, "measurement": 0.0})
+    scored: int = 0
+    reused: int = 0
 
     @contextlib.contextmanager
     def timed(self, kind: str) -> Iterator[None]:
@@ -380,53 +430,71 @@ class PairOnGrid:
 def _score_pairs(pairs: Sequence[VisitPair], pipes: Mapping[str, ProgressionPipeline],
                  ceilings: Mapping[str, ProgressionPipeline], scans: GridScans,
                  linear: LinearRates | None, s: EvaluationSettings, exact: bool,
-                 shard: Shard) -> Scores:
-    """Every pair scored by every method: the measurement floor (with exact ground truth), the
-    baselines, the models, then the ceilings of their representations. This process scores its
-    share of the pairs (``shard``); the result is every process's, in pair order."""
-    scores = Scores()
-    by_pair: dict[int, list[PairResult]] = {}
-    panels: dict[int, SlicePanel] = {}
+                 shard: Shard, records: PairRecords) -> Scores:
+    """Every pair scored by every method (:func:`_score_pair`), or its valid record reused. This
+    process takes its share of the pairs (``shard``), and records each pair it scores as soon as
+    it is scored; the result is every process's (of the part, with parts), in pair order."""
     wanted = _panel_pairs(pairs, s.panels)
+    done: dict[int, PairRecord] = {}
+    reused = 0
+    for i in tqdm(shard.indices(len(pairs)), desc="evaluating pairs", disable=None):
+        key = records.key(pairs[i], i in wanted)
+        record = records.load(pairs[i], key)
+        if record is None:
+            record = _score_pair(pairs[i], pipes, ceilings, scans, linear, s, exact, i in wanted)
+            records.save(pairs[i], key, record)
+        else:
+            reused += 1
+        done[i] = record
+    return _gathered(shard, done, reused)
+
+
+def _score_pair(pair: VisitPair, pipes: Mapping[str, ProgressionPipeline],
+                ceilings: Mapping[str, ProgressionPipeline], scans: GridScans,
+                linear: LinearRates | None, s: EvaluationSettings, exact: bool,
+                panel: bool) -> PairRecord:
+    """One pair scored by every method: the measurement floor (with exact ground truth), the
+    baselines, the models, then the ceilings of their representations; with ``panel``, the main
+    model's prediction as the report's slice panel."""
+    scores = Scores()
+    shown = None
     main_model = next(iter(pipes))
     groups = scans.atlas.key_groups
-    for i in tqdm(shard.indices(len(pairs)), desc="evaluating pairs", disable=None):
-        pair, first = pairs[i], len(scores.results)
-        p = _pair_on_grid(pair, scans, scores)
-        if exact:
-            scores.results.append(_measurement_floor(p, groups))
-        if "copy" in s.baselines:
-            scores.results.append(_copy_baseline_result(p, groups, scores))
-        if linear is not None:
-            pred = linear.predict(p.base_volumes, pair.earlier.diagnosis, pair.years)
-            regions, by_group = regional_change(p.base_volumes, pred, p.truth, groups)
-            scores.results.append(PairResult(p.info, LINEAR_BASELINE, {}, regions, by_group))
-        for name, pipe in pipes.items():
-            prediction = _score_model(name, pipe, p, scans, s, scores)
-            if name == main_model and i in wanted:
-                panels[i] = SlicePanel(p.info, name, p.base.image, p.follow.image,
-                                       prediction.image, p.base.mask, prediction.uncertainty)
-        for name, pipe in ceilings.items():
-            with scores.timed("ceiling"):
-                image = pipe.reconstruct(p.base.image, p.follow.image, mask=p.base.mask)
-            scores.results.append(_scored_image(name, image, p, scans, scores))
-        by_pair[i] = scores.results[first:]
-    return _gathered(shard, by_pair, panels, scores.timings)
+    p = _pair_on_grid(pair, scans, scores)
+    if exact:
+        scores.results.append(_measurement_floor(p, groups))
+    if "copy" in s.baselines:
+        scores.results.append(_copy_baseline_result(p, groups, scores))
+    if linear is not None:
+        pred = linear.predict(p.base_volumes, pair.earlier.diagnosis, pair.years)
+        regions, by_group = regional_change(p.base_volumes, pred, p.truth, groups)
+        scores.results.append(PairResult(p.info, LINEAR_BASELINE, {}, regions, by_group))
+    for name, pipe in pipes.items():
+        prediction = _score_model(name, pipe, p, scans, s, scores)
+        if name == main_model and panel:
+            shown = SlicePanel(p.info, name, p.base.image, p.follow.image, prediction.image,
+                               p.base.mask, prediction.uncertainty)
+    for name, pipe in ceilings.items():
+        with scores.timed("ceiling"):
+            image = pipe.reconstruct(p.base.image, p.follow.image, mask=p.base.mask)
+        scores.results.append(_scored_image(name, image, p, scans, scores))
+    return PairRecord(scores.results, shown, scores.timings)
 
 
-def _gathered(shard: Shard, by_pair: dict[int, list[PairResult]], panels: dict[int, SlicePanel],
-              timings: dict[str, float]) -> Scores:
-    """The scores of every process (pair index → its results, its panel), in pair order; the
-    seconds of each kind of work summed over the processes."""
+def _gathered(shard: Shard, done: Mapping[int, PairRecord], reused: int) -> Scores:
+    """The records of every process (pair index → record), in pair order: their results and
+    panels; the seconds of each kind of work summed over the pairs; the pairs scored and reused."""
     merged = Scores(timings={})
-    every = shard.gather((by_pair, panels, timings))
-    results = {i: r for part, _, _ in every for i, r in part.items()}
-    shown = {i: panel for _, part, _ in every for i, panel in part.items()}
-    merged.results = [r for i in sorted(results) for r in results[i]]
-    merged.panels = [shown[i] for i in sorted(shown)]
-    for _, _, seconds in every:
-        for kind, value in seconds.items():
+    every = shard.gather((dict(done), reused))
+    records = {i: r for part, _ in every for i, r in part.items()}
+    order = sorted(records)
+    merged.results = [r for i in order for r in records[i].results]
+    merged.panels = [records[i].panel for i in order if records[i].panel is not None]
+    for i in order:
+        for kind, value in records[i].timings.items():
             merged.timings[kind] = merged.timings.get(kind, 0.0) + value
+    merged.reused = sum(n for _, n in every)
+    merged.scored = len(records) - merged.reused
     return merged
 
 

@@ -85,7 +85,13 @@ from mambacontrol.evaluation.records import (
 )
 from mambacontrol.evaluation.report import render_report, write_report
 from mambacontrol.io import OutputFolder
-from mambacontrol.pipeline.prepare import PreparedScan, load_on_grid, prepare_manifest
+from mambacontrol.pipeline.prepare import (
+    PreparedScan,
+    load_on_grid,
+    prepare_manifest,
+    prepared_files,
+    with_prepared_files,
+)
 from mambacontrol.pipeline.progression import (
     Prediction,
     ProgressionPipeline,
@@ -224,8 +230,7 @@ def _evaluate(manifest_path: str | os.PathLike, models: Sequence[str | os.PathLi
     if shard.is_main:
         folder.record(PREPARED_NAME)
         folder.record(RECORDS_NAME)
-    manifest = prepare_manifest(raw, atlas, folder.path / PREPARED_NAME, seed=s.seed,
-                                workers=s.workers, shard=shard)
+    manifest = _prepared(raw, atlas, folder.path / PREPARED_NAME, s, shard)
     pairs = _pairs_to_evaluate(manifest, s)
     scans = GridScans(manifest, atlas, s.seed)
     linear = (shard.run_on_main(lambda: _fit_linear_baseline(manifest, scans, manifest_path))
@@ -252,6 +257,24 @@ def _evaluate(manifest_path: str | os.PathLike, models: Sequence[str | os.PathLi
     _write_outputs(folder, summary, scores.results, html, provenance=provenance,
                    settings=run_settings, linear=linear, region_names=region_names)
     return summary
+
+
+def _prepared(raw: Manifest, atlas: Atlas, root: Path, s: EvaluationSettings,
+              shard: Shard) -> Manifest:
+    """The manifest with every visit on the atlas grid (:func:`prepare_manifest` into ``root``).
+    A job-array part prepares only what it reads: its pairs' visits, and the train split's when
+    the linear baseline is fitted (the other parts prepare theirs; a visit two parts share is
+    prepared by both, each file written atomically)."""
+    if shard.part is None:
+        return prepare_manifest(raw, atlas, root, seed=s.seed, workers=s.workers, shard=shard)
+    pairs = _pairs_to_evaluate(raw, s)
+    needed = {v.image_uid for i in shard.part_indices(len(pairs))
+              for v in (pairs[i].earlier, pairs[i].later)}
+    if "linear" in s.baselines:
+        needed |= {v.image_uid for v in raw.select("train")}
+    prepare_manifest(Manifest([v for v in raw if v.image_uid in needed], raw.path), atlas, root,
+                     seed=s.seed, workers=s.workers, shard=shard)
+    return with_prepared_files(raw, prepared_files(raw, atlas, root))
 
 
 def _run_identity(s: EvaluationSettings, names: Mapping[str, Path], linear: LinearRates | None,

@@ -4,15 +4,18 @@ under other settings is scored again, and job-array parts merge into one run's o
 import json
 import logging
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from mambacontrol.cli.main import main
 from mambacontrol.data import Manifest
+from mambacontrol.errors import MambaControlError
 from mambacontrol.evaluation import evaluate as evaluation
 from mambacontrol.evaluation.evaluate import EvaluationSettings
 from mambacontrol.evaluation.pair_records import RECORDS_NAME, model_digest, record_key
+from mambacontrol.pipeline import prepare
 
 TABLES = ("pairs.csv", "regions.csv")
 
@@ -170,3 +173,29 @@ def test_bad_parts_are_refused_in_one_line(tiny_model, tiny_cohort, tmp_path, ca
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("parts", [(), ("--num-parts", 2, "--part-id", 1)])
+def test_a_part_prepares_only_the_scans_it_reads(tiny_model, tiny_cohort, tmp_path, monkeypatch,
+                                                 capsys, parts):
+    """The two pairs' visits have no segmentation (labels to propagate): a run without parts
+    prepares all of them, part 1 of 2 only its pair's (stopped before any registration)."""
+    manifest = Manifest.from_csv(tiny_cohort)
+    pairs = manifest.select("test").pairs()[:2]
+    strip = {v.image_uid for p in pairs for v in (p.earlier, p.later)}
+    visits = [replace(v, segm_path=None if v.image_uid in strip else v.segm_path,
+                      extra={**v.extra, "mask_path": str(manifest.mask_path(v))})
+              for v in manifest]
+    csv = Manifest(visits, manifest.path).to_csv(tmp_path / "manifest.csv")
+    asked: list[set[str]] = []
+
+    def stop(visits, *args, **kwargs):
+        asked.append({v.image_uid for v in visits})
+        raise MambaControlError("stopped before preparing")
+
+    monkeypatch.setattr(prepare, "_prepare_visits", stop)
+    assert main(["-q", *evaluate_args(tiny_model, csv, tmp_path / "eval", *parts)]) == 2
+    assert "stopped before preparing" in capsys.readouterr().err
+    expected = strip if not parts else {pairs[1].earlier.image_uid, pairs[1].later.image_uid}
+    assert asked == [expected]
+    assert len(expected) == (3 if not parts else 2)  # the pairs share their baseline

@@ -9,9 +9,9 @@ goes through :class:`OutputFolder`, which enforces one set of rules:
   at the same time; a lock left by a process that no longer runs on this host is taken over.
 - A marker (``.mambacontrol-output.json``, written with the first entry) records which command
   owns the folder and every entry (top-level file or folder) it created. A non-empty folder is
-  refused unless it is the same command's own earlier output and the command resumes (batch predict,
-  train) or ``--overwrite`` is given. ``--overwrite`` replaces only entries the marker lists;
-  anything else in the folder is never replaced or deleted.
+  refused unless it is the same command's own earlier output and the command resumes (batch
+  predict, evaluate, train) or ``--overwrite`` is given. ``--overwrite`` replaces only entries the
+  marker lists; anything else in the folder is never replaced or deleted.
 - Work is staged in hidden ``.staging-*`` folders inside ``--out`` and moved into place one entry
   at a time (a rename), so a failure leaves earlier entries as they were and nothing
   half-written; a folder the command created and never filled is removed again. An entry is
@@ -168,7 +168,8 @@ class OutputFolder:
                 ``path``.
             overwrite: allow replacing the command's own earlier outputs, and writing beside
                 foreign files (which are never replaced).
-            resume: allow continuing the command's own earlier output (batch predict, train).
+            resume: allow continuing the command's own earlier output (batch predict, evaluate,
+                train).
             earlier_run: for a command that owns its whole folder (``train``): recognises a
                 folder without a marker as the command's own (written before markers existed,
                 or copied), whose every entry is then the command's.

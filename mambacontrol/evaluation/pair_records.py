@@ -3,8 +3,8 @@
 As soon as a pair is scored, ``evaluate`` writes its record into ``<out>/pairs/``:
 
 - ``<name>.json``: every method's :class:`PairResult` of the pair, the seconds spent on it per
-  kind of work, the record's key (below) and, when the report shows the pair as slices, the
-  panel's method, slice and the SHA-256 of its arrays;
+  kind of work (``timings_s``), the record's key (below) and, when the report shows the pair as
+  slices, the panel's method, slice and the SHA-256 of its arrays;
 - ``<name>.npz``: the panel's arrays (baseline, follow-up, prediction, mask, uncertainty), read
   back with ``np.load(allow_pickle=False)``. Nothing is ever pickled.
 
@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import os
+import zipfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -48,6 +49,7 @@ RECORDS_NAME = "pairs"
 """The folder of the records inside the evaluation's output."""
 FORMAT = 1
 _PANEL_ARRAYS = ("baseline", "followup", "prediction", "mask", "uncertainty")
+_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 _IGNORED_COLUMNS = ("mask_path",)
 """Manifest columns that say where a file lies, not what the pair is (they change when scans are
 prepared into the output folder)."""
@@ -132,6 +134,17 @@ def _panel_arrays(panel: SlicePanel) -> dict[str, np.ndarray]:
     return arrays
 
 
+def _write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    """``np.savez_compressed``'s format with a fixed time stamp per member, so the same arrays
+    give the same bytes (as every other output of a run does)."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for key, array in arrays.items():
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=_ZIP_TIME)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with zf.open(info, "w", force_zip64=True) as fh:
+                np.lib.format.write_array(fh, np.ascontiguousarray(array), allow_pickle=False)
+
+
 def write_record(folder: str | os.PathLike, pair: VisitPair, key: str, record: PairRecord) -> Path:
     """Write the pair's record into ``folder`` (created when missing), atomically: the panel's
     ``.npz`` first, then the ``.json`` that names it. Returns the JSON's path."""
@@ -140,12 +153,11 @@ def write_record(folder: str | os.PathLike, pair: VisitPair, key: str, record: P
     doc: dict = {"format": FORMAT, "key": key,
                  "pair": [pair.subject_id, pair.earlier.image_uid, pair.later.image_uid],
                  "results": [_result_to_json(r) for r in record.results],
-                 "timings": {k: float(v) for k, v in record.timings.items()}, "panel": None}
+                 "timings_s": {k: float(v) for k, v in record.timings.items()}, "panel": None}
     if record.panel is not None:
         p = record.panel
         with atomic_path(folder / f"{name}.npz") as tmp:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, **_panel_arrays(p))
+            _write_npz(tmp, _panel_arrays(p))
         doc["panel"] = {"file": f"{name}.npz", "sha256": sha256_file(folder / f"{name}.npz"),
                         "pair": asdict(p.pair), "method": p.method,
                         "slice_index": None if p.slice_index is None else int(p.slice_index)}
@@ -184,7 +196,7 @@ def read_record(folder: str | os.PathLike, pair: VisitPair, key: str) -> PairRec
             log.debug("%s: made under other settings; scoring the pair again", path)
             return None
         results = [_result_from_json(r) for r in doc["results"]]
-        timings = {str(k): float(v) for k, v in doc["timings"].items()}
+        timings = {str(k): float(v) for k, v in doc["timings_s"].items()}
         panel = None
         if doc["panel"] is not None:
             meta = doc["panel"]

@@ -67,6 +67,20 @@ def assert_same_outputs(a, b):
         (b / "report.html").read_text().count("<img")
 
 
+def assert_same_records(a, b):
+    """The same record files: JSON equal but for the seconds spent, arrays byte-equal."""
+    names = sorted(p.name for p in (a / RECORDS_NAME).iterdir())
+    assert names == sorted(p.name for p in (b / RECORDS_NAME).iterdir())
+    for name in names:
+        pa, pb = a / RECORDS_NAME / name, b / RECORDS_NAME / name
+        if name.endswith(".json"):
+            ja, jb = (json.loads(p.read_text()) for p in (pa, pb))
+            ja.pop("timings_s"), jb.pop("timings_s")
+            assert ja == jb, name
+        else:
+            assert pa.read_bytes() == pb.read_bytes(), name
+
+
 def records(folder) -> list:
     return sorted((folder / RECORDS_NAME).glob("*.json"))
 
@@ -142,6 +156,7 @@ def test_a_damaged_record_is_scored_again(tiny_model, tiny_cohort, whole, scored
     assert main(["-q", *evaluate_args(tiny_model, tiny_cohort, out)]) == 0
     assert len(calls) == 1
     assert_same_outputs(whole, out)
+    assert_same_records(whole, out)  # the arrays written again, byte for byte
 
 
 def test_two_parts_then_a_merging_run_equal_one_run(tiny_model, tiny_cohort, whole, scored,
@@ -157,6 +172,7 @@ def test_two_parts_then_a_merging_run_equal_one_run(tiny_model, tiny_cohort, who
     assert main(["-q", *evaluate_args(tiny_model, tiny_cohort, out)]) == 0
     assert len(calls) == 2  # the merging run scored nothing
     assert_same_outputs(whole, out)
+    assert_same_records(whole, out)
     assert not list(out.glob(".mambacontrol-output.*.json"))  # the parts' side markers folded
     assert RECORDS_NAME in json.loads((out / ".mambacontrol-output.json").read_text())["entries"]
 

@@ -74,8 +74,9 @@ def run(args: argparse.Namespace) -> int:
                        overwrite=args.overwrite, shard=shard)
     n = max(summary["n_pairs"].values(), default=0)
     if shard.is_main and shard.part is not None:
-        print(f"scored {n} pairs of part {args.part_id} of {args.num_parts} into {args.out}/pairs; "
-              "run once without --num-parts/--part-id to merge and write the report")
+        print(f"part {args.part_id} of {args.num_parts}: {n} pairs recorded in {args.out}/pairs "
+              "(scored now or reused); run once without --num-parts/--part-id to merge and write "
+              "the report")
     elif shard.is_main:
         print(f"evaluated {n} pairs × {len(summary['methods'])} methods; "
               f"report: {args.out}/report.html")

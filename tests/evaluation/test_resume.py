@@ -170,7 +170,7 @@ def test_two_parts_then_a_merging_run_equal_one_run(tiny_model, tiny_cohort, who
         args = evaluate_args(tiny_model, tiny_cohort, out, "--num-parts", 2, "--part-id", part)
         assert main(["-q", *args]) == 0
         assert len(calls) == part + 1 and len(records(out)) == part + 1
-        assert f"scored 1 pairs of part {part} of 2" in capsys.readouterr().out
+        assert f"part {part} of 2: 1 pairs recorded" in capsys.readouterr().out
     assert not any((out / name).exists() for name in evaluation.OUTPUT_NAMES)
     assert main(["-q", *evaluate_args(tiny_model, tiny_cohort, out)]) == 0
     assert len(calls) == 2  # the merging run scored nothing
@@ -240,8 +240,8 @@ def test_a_part_under_accelerate_launch_merges_like_the_others(tiny_model, tiny_
     assert "evaluated 4 pairs" in plain(whole4)
     r = run_launched(*args(parted, "--num-parts", 2, "--part-id", 0))
     assert r.returncode == 0, r.stderr[-3000:]
-    assert r.stdout.count("scored 2 pairs of part 0 of 2") == 1
-    assert "scored 2 pairs of part 1 of 2" in plain(parted, "--num-parts", 2, "--part-id", 1)
+    assert r.stdout.count("part 0 of 2: 2 pairs recorded") == 1
+    assert "part 1 of 2: 2 pairs recorded" in plain(parted, "--num-parts", 2, "--part-id", 1)
     assert len(records(parted)) == 4 and not (parted / "metrics.json").exists()
     assert "evaluated 4 pairs" in plain(parted)
     assert_same_outputs(whole4, parted)

@@ -74,7 +74,7 @@ def test_bundled_config_names(tmp_path, monkeypatch):
     with pytest.raises(ConfigError) as err:
         resolve_config_path("nope")
     assert "'nope' is neither a file nor a bundled config" in str(err.value)
-    assert "brain-1p5mm, brain-1p5mm-cpu, demo, synthetic-2mm" in str(err.value)
+    assert "brain-1p5mm, brain-1p5mm-cpu, demo, synthetic-2mm, synthetic-2mm-4x" in str(err.value)
     with pytest.raises(ConfigError, match="neither a file"):
         resolve_config_path("configs/demo")  # a path is never taken for a name
 
@@ -84,7 +84,7 @@ def test_train_takes_a_config_name_and_refuses_an_unknown_tracker(tmp_path, caps
     manifest.write_text("subject_id\n")
     base = ["train", "all", "--out", str(tmp_path / "run"), f"data.manifest={manifest}"]
     assert main([*base, "--config", "nope"]) == 2
-    bundled = "bundled names: brain-1p5mm, brain-1p5mm-cpu, demo, synthetic-2mm"
+    bundled = "bundled names: brain-1p5mm, brain-1p5mm-cpu, demo, synthetic-2mm, synthetic-2mm-4x"
     assert bundled in capsys.readouterr().err
     assert main([*base, "--config", "demo", "engine.trackers=[tensorboard, nope]"]) == 2
     err = capsys.readouterr().err

@@ -10,7 +10,8 @@ from mambacontrol.training.stage_autoencoder import build_autoencoder
 from mambacontrol.training.stage_diffusion import build_controlnet, build_unet, noise_schedule
 
 
-@pytest.mark.parametrize("name", ["demo", "synthetic-2mm", "brain-1p5mm", "brain-1p5mm-cpu"])
+@pytest.mark.parametrize("name", ["demo", "synthetic-2mm", "synthetic-2mm-4x", "brain-1p5mm",
+                                  "brain-1p5mm-cpu"])
 def test_bundled_config_builds_its_models(name):
     from mambacontrol.atlas import load_atlas
 

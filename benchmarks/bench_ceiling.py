@@ -15,7 +15,8 @@ Per variant and key group: ``recovered`` = mean measured change of the ceiling /
 true change (the change ratio; the issue's target is ≥ 90 % at 2 mm, ≥ 80 % for the demo), and
 ``err/copy`` = the ceiling's mean absolute regional error / the copy-baseline's (%). A variant's
 autoencoder is trained once into ``<out>/<name>`` (the script resumes); the pairs' truth is
-measured once for all variants.
+measured once for all variants. An interrupted variant's training resumes when the script is run
+again with the same arguments.
 
 ``--field-probe 4,8`` adds, free of any training, what a deformation-valued representation on a
 latent grid ``f`` times coarser could carry at most: the truth's own log-Jacobian, averaged over
@@ -58,11 +59,13 @@ KEY_GROUPS = ("hippocampus", "amygdala", "entorhinal", "lateral_ventricles", "wh
 
 
 def train_variant(out: Path, config: str, manifest: Path, overrides: list[str]) -> Path:
-    """``<out>/autoencoder``, trained unless it is there already."""
+    """``<out>/autoencoder``, trained unless it is there already (an interrupted training
+    resumes from its last checkpoint)."""
     if not (out / "stages" / "autoencoder.json").is_file():
+        resume = ["--resume"] if (out / "checkpoints").is_dir() else []
         command = [sys.executable, "-m", "mambacontrol", "train", "autoencoder", "--config",
                    config, "--out", str(out), f"data.manifest={manifest}", "engine.trackers=[]",
-                   *overrides]
+                   *overrides, *resume]
         print("$", " ".join(command), flush=True)
         subprocess.run(command, check=True)
     return out / "autoencoder"

@@ -4,8 +4,6 @@ under other settings is scored again, and job-array parts merge into one run's o
 import json
 import logging
 import shutil
-import subprocess
-import sys
 from dataclasses import replace
 
 import numpy as np
@@ -18,7 +16,6 @@ from mambacontrol.evaluation import evaluate as evaluation
 from mambacontrol.evaluation.evaluate import EvaluationSettings
 from mambacontrol.evaluation.pair_records import RECORDS_NAME, model_digest, record_key
 from mambacontrol.pipeline import prepare
-from tests.cli.test_scale_out import _env, run_launched
 
 TABLES = ("pairs.csv", "regions.csv")
 
@@ -218,32 +215,3 @@ def test_a_part_prepares_only_the_scans_it_reads(tiny_model, tiny_cohort, tmp_pa
     expected = strip if not parts else {pairs[1].earlier.image_uid, pairs[1].later.image_uid}
     assert asked == [expected]
     assert len(expected) == (3 if not parts else 2)  # the pairs share their baseline
-
-
-@pytest.mark.slow
-def test_a_part_under_accelerate_launch_merges_like_the_others(tiny_model, tiny_cohort,
-                                                               tmp_path):
-    """Four pairs: part 0 of 2 on two launched processes (one pair each), part 1 on one
-    process, then the merging run: the outputs and records of one run of the four pairs (every
-    registration on one ITK thread: they repeat only on one thread count)."""
-    def args(out, *extra):
-        return ["--threads", "1", *evaluate_args(tiny_model, tiny_cohort, out, *extra,
-                                                 max_pairs=None), "--device", "cpu"]
-
-    def plain(out, *extra):
-        r = subprocess.run([sys.executable, "-m", "mambacontrol", "-q", *args(out, *extra)],
-                           capture_output=True, text=True, env=_env())
-        assert r.returncode == 0, r.stderr[-3000:]
-        return r.stdout
-
-    whole4, parted = tmp_path / "whole", tmp_path / "parted"
-    assert "evaluated 4 pairs" in plain(whole4)
-    r = run_launched(*args(parted, "--num-parts", 2, "--part-id", 0))
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert r.stdout.count("part 0 of 2: 2 pairs recorded") == 1
-    assert "part 1 of 2: 2 pairs recorded" in plain(parted, "--num-parts", 2, "--part-id", 1)
-    assert len(records(parted)) == 4 and not (parted / "metrics.json").exists()
-    assert "evaluated 4 pairs" in plain(parted)
-    assert_same_outputs(whole4, parted)
-    assert_same_records(whole4, parted)
-    assert not list(parted.glob(".mambacontrol-output.*.json"))  # the side markers folded

@@ -397,7 +397,7 @@ class ProgressionPipeline:
             generator: randomness of the samples.
         """
         scheduler = sampling_scheduler(self.schedule, sampling.sampler)
-        clock = PhaseTimes()
+        clock = PhaseTimes(self.device)
         with clock.phase("encoding"):
             baseline = self._encode_baseline(image, labels, mask, sampling.decode)
         predictions = []

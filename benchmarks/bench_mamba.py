@@ -11,6 +11,12 @@ above what the process held before its first forward pass.
     # MambaBlock3d vs self-attention blocks of the same width (fused and explicit attention)
     .venv/bin/python benchmarks/bench_mamba.py block --grids 8 16 24 32 --channels 64
     .venv/bin/python benchmarks/bench_mamba.py block --grids 12x14x12 24x28x24 --channels 32
+
+    # on a GPU: mamba-ssm's CUDA kernel (backend "cuda") against our torch backend
+    python benchmarks/bench_mamba.py scan --device cuda --lengths 4096 65536 262144
+    python benchmarks/bench_mamba.py block --device cuda --grids 24x28x24 48x56x48
+
+On a GPU the times are taken between synchronisations and the peak is the GPU allocator's.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import sys
 import time
 
 import torch
+from devices import describe, device_arg, peak_gb, reset_peak, synchronize
 from torch import nn
 
 from mambacontrol.nn import MambaBlock3d
@@ -35,31 +42,37 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
 
 
-def timed(step, repeats: int) -> tuple[float, float]:
-    """(best seconds, peak MB above the starting RSS) of ``step()`` run 1 + ``repeats`` times."""
+def timed(step, repeats: int, device: str = "cpu") -> tuple[float, float]:
+    """(best seconds, peak MB) of ``step()`` run 1 + ``repeats`` times: on the CPU the peak
+    above the starting RSS, on a GPU the allocator's peak over the repeats."""
     before = peak_rss_mb()
     step()
+    reset_peak(device)
     best = float("inf")
     for _ in range(repeats):
+        synchronize(device)
         start = time.perf_counter()
         step()
+        synchronize(device)
         best = min(best, time.perf_counter() - start)
+    if device != "cpu":
+        return best, peak_gb(device) * 1e3
     return best, peak_rss_mb() - before
 
 
 # ----------------------------------------------------------------------------- scan
 
 
-def scan_inputs(batch, dim, dstate, length, seed=0):
+def scan_inputs(batch, dim, dstate, length, seed=0, device="cpu"):
     g = torch.Generator().manual_seed(seed)
-    return {
+    return {k: v.to(device) for k, v in {
         "u": torch.randn(batch, dim, length, generator=g),
         "delta": torch.nn.functional.softplus(torch.randn(batch, dim, length, generator=g) - 3),
         "A": -torch.exp(torch.randn(dim, dstate, generator=g) * 0.5),
         "B": torch.randn(batch, dstate, length, generator=g),
         "C": torch.randn(batch, dstate, length, generator=g),
         "D": torch.randn(dim, generator=g),
-    }
+    }.items()}
 
 
 def mambapy_scan(mambapy_path):
@@ -75,22 +88,24 @@ def mambapy_scan(mambapy_path):
     return run
 
 
-def measure_scan(method, batch, dim, dstate, length, repeats, threads, mambapy_path):
+def measure_scan(method, batch, dim, dstate, length, repeats, threads, mambapy_path,
+                 device="cpu"):
     torch.set_num_threads(threads)
-    inputs = {k: v.requires_grad_() for k, v in scan_inputs(batch, dim, dstate, length).items()}
+    inputs = {k: v.requires_grad_()
+              for k, v in scan_inputs(batch, dim, dstate, length, device=device).items()}
     if method == "mambapy":
         run = mambapy_scan(mambapy_path)
     else:
         def run(u, delta, A, B, C, D):
             return selective_scan(u, delta, A, B, C, D=D, backend=method)
 
-    weight = torch.randn(batch, dim, length)
+    weight = torch.randn(batch, dim, length, device=device)
 
     def step():
         y = run(**inputs)
         torch.autograd.grad((y * weight).sum(), list(inputs.values()))
 
-    return timed(step, repeats)
+    return timed(step, repeats, device)
 
 
 # ---------------------------------------------------------------------------- block
@@ -122,20 +137,22 @@ def attention_block(channels, fused, head_dim=32):
     return AttentionBlock3d()
 
 
-def measure_block(method, channels, grid, batch, repeats, threads, directions):
+def measure_block(method, channels, grid, batch, repeats, threads, directions, device="cpu"):
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    if method == "mamba":
-        block = MambaBlock3d(channels, directions=directions, backend="torch")
+    if method.startswith("mamba"):
+        backend = "cuda" if method == "mamba, CUDA kernel" else "torch"
+        block = MambaBlock3d(channels, directions=directions, backend=backend)
     else:
         block = attention_block(channels, fused=method == "fused attention")
-    x = torch.randn(batch, channels, *grid, requires_grad=True)
+    block = block.to(device)
+    x = torch.randn(batch, channels, *grid, device=device, requires_grad=True)
 
     def step():
         block.zero_grad(set_to_none=True)
         block(x).square().mean().backward()
 
-    return timed(step, repeats)
+    return timed(step, repeats, device)
 
 
 # ------------------------------------------------------------------------------ main
@@ -149,16 +166,20 @@ def in_fresh_process(fn, *args):
 
 def header(args) -> str:
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
-    return (f"machine: {platform.machine()} {os.cpu_count()} cores, torch threads {args.threads}; "
-            f"load average before: {load}")
+    return (f"machine: {platform.machine()} {os.cpu_count()} cores, torch threads {args.threads}, "
+            f"on {describe(args.device)}; load average before: {load}")
 
 
 def run_scan(args):
-    methods = ["torch", "sequential"] + (["mambapy"] if args.mambapy else [])
+    if args.device != "cpu":  # mamba-ssm's kernel against ours; the others are CPU references
+        methods = ["cuda", "torch"]
+    else:
+        methods = ["torch", "sequential"] + (["mambapy"] if args.mambapy else [])
+    other = "cuda" if args.device != "cpu" else "mambapy"
     print(header(args))
     print(f"\nselective scan forward + backward, B={args.batch}, D={args.dim}, N={args.dstate}, "
           f"best of {args.repeats}: seconds (peak MB)\n")
-    print("| L | " + " | ".join(methods) + " | mambapy / ours |")
+    print("| L | " + " | ".join(methods) + f" | {other} / ours |")
     print("|---" * (len(methods) + 2) + "|")
     times = {}
     for length in args.lengths:
@@ -168,11 +189,12 @@ def run_scan(args):
                 cells.append("not run")
                 continue
             sec, mb = in_fresh_process(measure_scan, method, args.batch, args.dim, args.dstate,
-                                       length, args.repeats, args.threads, args.mambapy)
+                                       length, args.repeats, args.threads, args.mambapy,
+                                       args.device)
             times[method, length] = sec
-            cells.append(f"{sec:.3f} ({mb:.0f})")
-        ratio = (f"{times['mambapy', length] / times['torch', length]:.1f}x"
-                 if ("mambapy", length) in times else "")
+            cells.append(f"{sec:.4f} ({mb:.0f})")
+        ratio = (f"{times[other, length] / times['torch', length]:.2f}x"
+                 if (other, length) in times else "")
         print(f"| {length} | " + " | ".join(cells) + f" | {ratio} |", flush=True)
     lengths = sorted(args.lengths)
     for a, b in zip(lengths, lengths[1:]):
@@ -197,12 +219,16 @@ def grid_name(grid: tuple[int, int, int]) -> str:
 def run_block(args):
     directions = tuple(args.directions)
     methods = ("fused attention", "explicit attention", "mamba")
+    if args.device != "cpu":
+        methods += ("mamba, CUDA kernel",)
     print(header(args))
     print(f"\nblock forward + backward, B={args.batch}, C={args.channels}, Mamba directions "
           f"{','.join(directions)}, best of {args.repeats}: seconds (peak MB)\n")
-    print("| grid | tokens | self-attention, fused | self-attention, explicit | MambaBlock3d "
-          "| fused attention / Mamba |")
-    print("|---|---|---|---|---|---|")
+    kernel = " | MambaBlock3d, CUDA kernel" if args.device != "cpu" else ""
+    mamba = methods[-1]  # on a GPU the kernel: what a model there runs
+    print("| grid | tokens | self-attention, fused | self-attention, explicit | MambaBlock3d"
+          f"{kernel} | fused attention / {mamba} |")
+    print("|---" * (len(methods) + 3) + "|")
     times = {}
     for grid in args.grids:
         tokens = grid[0] * grid[1] * grid[2]
@@ -212,16 +238,16 @@ def run_block(args):
                 cells.append("not run")
                 continue
             sec, mb = in_fresh_process(measure_block, method, args.channels, grid, args.batch,
-                                       args.repeats, args.threads, directions)
+                                       args.repeats, args.threads, directions, args.device)
             times[method, tokens] = sec
-            cells.append(f"{sec:.3f} ({mb:.0f})")
-        ratio = times["fused attention", tokens] / times["mamba", tokens]
+            cells.append(f"{sec:.4f} ({mb:.0f})")
+        ratio = times["fused attention", tokens] / times[mamba, tokens]
         print(f"| {grid_name(grid)} | {tokens} | " + " | ".join(cells) + f" | {ratio:.2f} |",
               flush=True)
     counts = sorted({g[0] * g[1] * g[2] for g in args.grids})
     for a, b in zip(counts, counts[1:]):
-        print(f"\nMamba: time({b} tokens) / time({a} tokens) = "
-              f"{times['mamba', b] / times['mamba', a]:.2f} for {b / a:.2f}x the tokens")
+        print(f"\n{mamba}: time({b} tokens) / time({a} tokens) = "
+              f"{times[mamba, b] / times[mamba, a]:.2f} for {b / a:.2f}x the tokens")
     print(f"load average after: {', '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
 
@@ -249,6 +275,8 @@ def main(argv=None):
     for p in (scan, block):
         p.add_argument("--repeats", type=int, default=3)
         p.add_argument("--threads", type=int, default=os.cpu_count())
+        p.add_argument("--device", type=device_arg, default="cpu",
+                       help="cpu (default), cuda, cuda:N")
     args = parser.parse_args(argv)
     (run_scan if args.what == "scan" else run_block)(args)
 

@@ -2,10 +2,12 @@
 
     python benchmarks/bench_models.py --config demo --threads 2
     python benchmarks/bench_models.py --config synthetic-2mm --threads 2
+    python benchmarks/bench_models.py --config brain-1p5mm --device cuda
 
 Each component runs in a fresh subprocess, so its peak resident memory (ru_maxrss) is its own:
 the autoencoder on one training patch batch, the UNet and the ControlNet (with the frozen UNet
-behind it, as in training) on one training batch of latents. Prints a markdown table.
+behind it, as in training) on one training batch of latents. Prints a markdown table. With
+``--device cuda`` the step runs on the GPU and the peak is the GPU allocator's.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import sys
 import time
 
 import torch
+from devices import describe, device_arg, peak_gb, reset_peak, synchronize
 
 from mambacontrol.atlas import load_atlas
 from mambacontrol.pipeline.conditioning import hint_channels
@@ -31,20 +34,22 @@ from mambacontrol.training.stage_diffusion import build_controlnet, build_unet
 COMPONENTS = ("autoencoder", "unet", "controlnet")
 
 
-def measure(config: str, component: str, threads: int, repeats: int) -> dict:
-    """Forward + backward of one component, in this process."""
+def measure(config: str, component: str, threads: int, repeats: int,
+            device: str = "cpu") -> dict:
+    """Forward + backward of one component, in this process, on ``device``."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     cfg = load_config(RunConfig, bundled_config(config))
     atlas = load_atlas(cfg.data.atlas, cfg.data.grid)
-    ae = build_autoencoder(cfg)
+    ae = build_autoencoder(cfg).to(device)
     graph_dim = cfg.graph.model.embed_dim
     latent = [s // ae.downsample_factor for s in atlas.grid.shape]
     zc = cfg.autoencoder.model.latent_channels
     if component == "autoencoder":
         t = cfg.autoencoder.train
         x = torch.rand(t.batch_size, 1,
-                       *[min(p, s) for p, s in zip(t.patch_size, atlas.grid.shape)])
+                       *[min(p, s) for p, s in zip(t.patch_size, atlas.grid.shape)],
+                       device=device)
         params = ae.parameters()
 
         def step():
@@ -52,12 +57,12 @@ def measure(config: str, component: str, threads: int, repeats: int) -> dict:
             return (rec - x).abs().mean() + 1e-6 * mu.square().mean()
         batch = t.batch_size
     else:
-        unet = build_unet(cfg, zc, graph_dim)
+        unet = build_unet(cfg, zc, graph_dim).to(device)
         b = (cfg.unet.train if component == "unet" else cfg.controlnet.train).batch_size
-        z = torch.randn(b, zc, *latent)
-        cov = torch.randn(b, 6)
-        tok = torch.randn(b, cfg.graph.model.num_tokens, graph_dim)
-        ts = torch.randint(0, 1000, (b,))
+        z = torch.randn(b, zc, *latent, device=device)
+        cov = torch.randn(b, 6, device=device)
+        tok = torch.randn(b, cfg.graph.model.num_tokens, graph_dim, device=device)
+        ts = torch.randint(0, 1000, (b,), device=device)
         batch = b
         if component == "unet":
             params = unet.parameters()
@@ -65,9 +70,9 @@ def measure(config: str, component: str, threads: int, repeats: int) -> dict:
             def step():
                 return unet(z, ts, cov, z_base=z, graph_tokens=tok).square().mean()
         else:
-            cn = build_controlnet(cfg, unet, graph_dim)
+            cn = build_controlnet(cfg, unet, graph_dim).to(device)
             unet.requires_grad_(False)
-            hint = torch.randn(b, hint_channels(zc, graph_dim), *latent)
+            hint = torch.randn(b, hint_channels(zc, graph_dim), *latent, device=device)
             params = cn.parameters()
 
             def step():
@@ -80,13 +85,17 @@ def measure(config: str, component: str, threads: int, repeats: int) -> dict:
     n_params = sum(p.numel() for p in params)
     step().backward()  # warm-up
     times = []
+    reset_peak(device)
     for _ in range(repeats):
+        synchronize(device)
         t0 = time.perf_counter()
         step().backward()
+        synchronize(device)
         times.append(time.perf_counter() - t0)
     return {"component": component, "params_m": n_params / 1e6, "batch": batch,
-            "step_s": min(times),
-            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}
+            "step_s": min(times), "device": describe(device),
+            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+            **({"peak_gpu_gb": peak_gb(device)} if device != "cpu" else {})}
 
 
 def main() -> int:
@@ -94,25 +103,30 @@ def main() -> int:
     parser.add_argument("--config", default="demo")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", type=device_arg, default="cpu",
+                        help="cpu (default), cuda, cuda:N")
     parser.add_argument("--component", choices=COMPONENTS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.component:
-        print(json.dumps(measure(args.config, args.component, args.threads, args.repeats)))
+        print(json.dumps(measure(args.config, args.component, args.threads, args.repeats,
+                                 args.device)))
         return 0
     rows = []
     for comp in COMPONENTS:
         out = subprocess.run([sys.executable, __file__, "--config", args.config, "--threads",
                               str(args.threads), "--repeats", str(args.repeats),
-                              "--component", comp],
+                              "--device", args.device, "--component", comp],
                              capture_output=True, text=True, check=True)
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    gpu = args.device != "cpu"
     print(f"config {args.config}, {args.threads} thread(s), {platform.machine()}, torch "
-          f"{torch.__version__}")
-    print("| component | parameters | batch | forward+backward | peak RSS |")
+          f"{torch.__version__}, on {rows[0]['device']}")
+    print(f"| component | parameters | batch | forward+backward | peak {'GPU' if gpu else 'RSS'} |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for r in rows:
-        print(f"| {r['component']} | {r['params_m']:.2f} M | {r['batch']} | {r['step_s']:.2f} s | "
-              f"{r['peak_rss_gb']:.2f} GB |")
+        peak = r["peak_gpu_gb"] if gpu else r["peak_rss_gb"]
+        print(f"| {r['component']} | {r['params_m']:.2f} M | {r['batch']} | {r['step_s']:.3f} s | "
+              f"{peak:.2f} GB |")
     return 0
 
 

@@ -43,7 +43,9 @@ def needs_kernel():
 
 
 def relative_error(a, b):
-    return ((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
+    """Largest difference over the reference's largest magnitude (0 where both are all zero, as
+    dA at length 1, where the state before the only step is zero)."""
+    return ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-30)).item()
 
 
 @pytest.mark.cuda

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from mambacontrol.errors import ConfigError
+from mambacontrol.training.configs import bundled_names
 
 STAGE_CHOICES = ("autoencoder", "latents", "graph", "unet", "controlnet", "all")
 
@@ -19,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "card README.md.")
     p.add_argument("stage", choices=STAGE_CHOICES, help="stage to run")
     p.add_argument("--config", required=True,
-                   help="YAML config, or a bundled config's name: demo, synthetic-2mm, brain-1p5mm")
+                   help="YAML config, or a bundled config's name: " + ", ".join(bundled_names()))
     p.add_argument("--out", help="run folder (default: runs/<config name>)")
     p.add_argument("--resume", action="store_true",
                    help="continue the stage from its last checkpoint")

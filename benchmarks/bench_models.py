@@ -24,7 +24,7 @@ import torch
 from devices import describe, device_arg, peak_gb, reset_peak, synchronize
 
 from mambacontrol.atlas import load_atlas
-from mambacontrol.pipeline.conditioning import hint_channels
+from mambacontrol.pipeline.denoiser import ConditionedDenoiser
 from mambacontrol.training.config import load_config
 from mambacontrol.training.configs import bundled_config
 from mambacontrol.training.run_config import RunConfig
@@ -63,24 +63,21 @@ def measure(config: str, component: str, threads: int, repeats: int,
         cov = torch.randn(b, 6, device=device)
         tok = torch.randn(b, cfg.graph.model.num_tokens, graph_dim, device=device)
         ts = torch.randint(0, 1000, (b,), device=device)
+        years = torch.rand(b, device=device) * 5
+        graph_map = torch.randn(b, graph_dim, *latent, device=device)
         batch = b
         if component == "unet":
             params = unet.parameters()
-
-            def step():
-                return unet(z, ts, cov, z_base=z, graph_tokens=tok).square().mean()
+            denoiser = ConditionedDenoiser(unet)
         else:
             cn = build_controlnet(cfg, unet, graph_dim).to(device)
             unet.requires_grad_(False)
-            hint = torch.randn(b, hint_channels(zc, graph_dim), *latent, device=device)
             params = cn.parameters()
+            denoiser = ConditionedDenoiser(unet, cn, graph_hint=True)
 
-            def step():
-                res, mid = cn(unet.network_input(z, z), ts, hint, cov,
-                              context=unet.context(cov, tok))
-                return unet(z, ts, cov, z_base=z, graph_tokens=tok,
-                            down_block_additional_residuals=res,
-                            mid_block_additional_residual=mid).square().mean()
+        def step():  # as a training step: the batch's conditioning, then one denoising step
+            conditioning = denoiser.condition(z, cov, years, tok, graph_map)
+            return denoiser(z, ts, conditioning).square().mean()
     params = list(params)
     n_params = sum(p.numel() for p in params)
     step().backward()  # warm-up

@@ -133,14 +133,19 @@ class DenoisingUNet(Component):
     def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, covariates: torch.Tensor,
                 z_base: torch.Tensor | None = None, graph_tokens: torch.Tensor | None = None,
                 down_block_additional_residuals: Sequence[torch.Tensor] | None = None,
-                mid_block_additional_residual: torch.Tensor | None = None) -> torch.Tensor:
+                mid_block_additional_residual: torch.Tensor | None = None,
+                context: torch.Tensor | None = None) -> torch.Tensor:
         """Predict noise (or v) for (B, C_z, x, y, z) ``noisy`` at integer ``timesteps`` (B,).
 
-        ControlNet residuals, when given, are added MONAI's way.
+        ControlNet residuals, when given, are added MONAI's way. ``context``: the (B, 1 [+ T], E)
+        cross-attention context computed already (:meth:`context`, once per horizon by a
+        sampler); then ``covariates`` and ``graph_tokens`` are not read again.
         """
         x = self.network_input(noisy, z_base)
-        return self.denoise(x, timesteps, self.context(covariates, graph_tokens),
-                            down_block_additional_residuals, mid_block_additional_residual)
+        if context is None:
+            context = self.context(covariates, graph_tokens)
+        return self.denoise(x, timesteps, context, down_block_additional_residuals,
+                            mid_block_additional_residual)
 
     def denoise(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
                 down_block_additional_residuals: Sequence[torch.Tensor] | None = None,

@@ -41,12 +41,12 @@ from mambacontrol.models.schedulers import SAMPLERS, NoiseSchedule, sampling_sch
 from mambacontrol.models.unet import DenoisingUNet
 from mambacontrol.pipeline.conditioning import (
     GraphScanInputs,
-    build_hint,
     encode_graph,
     graph_scan_inputs,
     hint_uses_graph,
 )
-from mambacontrol.pipeline.sampling import Denoiser, sample
+from mambacontrol.pipeline.denoiser import ConditionedDenoiser, Conditioning
+from mambacontrol.pipeline.sampling import sample
 from mambacontrol.pipeline.timings import PhaseTimes
 
 INDEX_NAME = "model_index.json"
@@ -405,15 +405,15 @@ class ProgressionPipeline:
             covariates = encode_covariates(age, horizon, sex, diagnosis, self.covariate_norm)
             covariates = covariates.to(self.device)
             with clock.phase("sampling"):
-                conditioning = self._conditioning(baseline, covariates, horizon,
-                                                  sampling.num_samples)
-                target = sample(self._denoiser(conditioning), scheduler,
+                conditioning, node_log_ratio = self._conditioning(baseline, covariates, horizon,
+                                                                  sampling.num_samples)
+                target = sample(self.denoiser.steps(conditioning), scheduler,
                                 tuple(conditioning.z_base.shape), sampling.num_inference_steps,
                                 generator=generator, device=self.device, progress=progress)
             with clock.phase("decoding"):
                 mean, std = self._decode(baseline.image, baseline.latent, baseline.decoded, target,
                                          baseline.brain)
-            predictions.append(Prediction(horizon, mean, std, conditioning.node_log_ratio,
+            predictions.append(Prediction(horizon, mean, std, node_log_ratio,
                                           sampling.num_samples))
         return Predictions(tuple(predictions), clock.seconds)
 
@@ -455,9 +455,18 @@ class ProgressionPipeline:
         decoded = self.autoencoder.decode(z_base) if decode == "difference" else None
         return _EncodedBaseline(x_base, z_base, decoded, brain, graph_inputs)
 
+    @property
+    def denoiser(self) -> ConditionedDenoiser:
+        """ControlNet → UNet under a conditioning: the same object the diffusion stages train."""
+        graph_hint = (self.controlnet is not None and hint_uses_graph(
+            self.controlnet.config.hint_channels, self.unet.config.latent_channels))
+        return ConditionedDenoiser(self.unet, self.controlnet, graph_hint, self.covariate_norm,
+                                   unet_frozen=True)
+
     def _conditioning(self, baseline: _EncodedBaseline, covariates: torch.Tensor, years: float,
-                      num_samples: int) -> _Conditioning:
-        """Everything that steers the denoiser at one horizon, for ``num_samples`` samples."""
+                      num_samples: int) -> tuple[Conditioning, np.ndarray | None]:
+        """Everything that steers the denoiser at one horizon, for ``num_samples`` samples, and
+        the trajectory head's (R,) regional prediction (None without a head)."""
         z_base = baseline.latent.expand(num_samples, *baseline.latent.shape[1:])
         sample_covariates = covariates.expand(num_samples, -1)
         tokens = graph_map = node_log_ratio = None
@@ -471,27 +480,10 @@ class ProgressionPipeline:
                 ratio = self.trajectory_head(nodes, covariates,
                                              torch.tensor([years], device=self.device))
                 node_log_ratio = ratio[0].cpu().numpy()
-        hint = None
-        if self.controlnet is not None:
-            uses_graph = hint_uses_graph(self.controlnet.config.hint_channels, z_base.shape[1])
-            hint = build_hint(z_base, torch.full((num_samples,), float(years), device=self.device),
-                              self.covariate_norm, graph_map if uses_graph else None)
-        context = self.unet.context(sample_covariates, tokens)
-        return _Conditioning(z_base, sample_covariates, context, hint, node_log_ratio)
-
-    def _denoiser(self, conditioning: _Conditioning) -> Denoiser:
-        """ControlNet → UNet at one sampler step. The UNet's input and its cross-attention
-        context are computed once (the context once per horizon) and given to both networks."""
-        c = conditioning
-
-        def denoise(noisy: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            x = self.unet.network_input(noisy, c.z_base)
-            residuals = mid = None
-            if self.controlnet is not None:
-                residuals, mid = self.controlnet(x, t, c.hint, c.covariates, context=c.context)
-            return self.unet.denoise(x, t, c.context, residuals, mid)
-
-        return denoise
+        years_per_sample = torch.full((num_samples,), float(years), device=self.device)
+        conditioning = self.denoiser.condition(z_base, sample_covariates, years_per_sample,
+                                               tokens, graph_map)
+        return conditioning, node_log_ratio
 
     @torch.no_grad()
     def _decode(self, x_base: torch.Tensor, z_base: torch.Tensor,
@@ -564,25 +556,6 @@ class _EncodedBaseline:
     decoded: torch.Tensor | None
     brain: np.ndarray
     graph_inputs: GraphScanInputs | None
-
-
-@dataclass(frozen=True, eq=False)
-class _Conditioning:
-    """What steers the denoiser at one horizon, for M samples.
-
-    Attributes:
-        z_base: (M, C_z, x, y, z) the baseline latent.
-        covariates: (M, 6).
-        context: (M, 1 + T, E) the UNet's cross-attention context (covariate ⊕ graph tokens).
-        hint: (M, C_hint, x, y, z) the ControlNet's hint (None without a ControlNet).
-        node_log_ratio: (R,) the trajectory head's prediction (None without a head).
-    """
-
-    z_base: torch.Tensor
-    covariates: torch.Tensor
-    context: torch.Tensor
-    hint: torch.Tensor | None
-    node_log_ratio: np.ndarray | None
 
 
 def _env_flag(name: str) -> bool:

@@ -23,7 +23,8 @@ from mambacontrol.models.autoencoder import Autoencoder
 from mambacontrol.models.controlnet import MambaControlNet
 from mambacontrol.models.schedulers import NoiseSchedule, training_scheduler
 from mambacontrol.models.unet import DenoisingUNet
-from mambacontrol.pipeline.conditioning import build_hint, encode_graph, hint_channels
+from mambacontrol.pipeline.conditioning import encode_graph, hint_channels
+from mambacontrol.pipeline.denoiser import ConditionedDenoiser
 from mambacontrol.training.common import engine_settings, make_optimizer
 from mambacontrol.training.config import arguments_for
 from mambacontrol.training.data import RunData, pair_items, weights_hash
@@ -80,6 +81,20 @@ def _graph_parts(models: dict, batch: dict):
         _, tokens, gmap = encode_graph(encoder, batch["features"], batch["assignment"],
                                        batch["covariates"])
     return tokens, gmap
+
+
+def _denoise(models: dict, batch: dict, noisy: torch.Tensor, ts: torch.Tensor,
+             graph_hint: bool = False) -> torch.Tensor:
+    """One denoising step of a training batch: the batch's conditioning built and run by the
+    :class:`~mambacontrol.pipeline.denoiser.ConditionedDenoiser` that sampling uses too (the
+    UNet alone in the ``unet`` stage; ControlNet → frozen UNet in the ``controlnet`` stage)."""
+    controlnet = models.get("controlnet")
+    denoiser = ConditionedDenoiser(models["unet"], controlnet, graph_hint,
+                                   unet_frozen=controlnet is not None)
+    tokens, gmap = _graph_parts(models, batch)
+    conditioning = denoiser.condition(batch["z_base"], batch["covariates"], batch["years"],
+                                      tokens, gmap)
+    return denoiser(noisy, ts, conditioning)
 
 
 def _load_frozen(out: Path, cfg: RunConfig, device) -> dict:
@@ -163,25 +178,19 @@ def train_unet(cfg: RunConfig, data: RunData, out: Path, resume: bool,
     optimizer, scheduler = make_optimizer(unet.parameters(), t)
 
     def step_fn(batch, models, step):
-        tokens, _ = _graph_parts(models, batch)
         target = unet.target_from_latents(batch["z_base"], batch["z_follow"])  # config only
         noisy, ts, goal = objective.noisy(target)
-        pred = models["unet"](noisy, ts, batch["covariates"], z_base=batch["z_base"],
-                              graph_tokens=tokens)
+        pred = _denoise(models, batch, noisy, ts)
         loss = F.mse_loss(pred.float(), goal.float())
         return loss, {}
-
-    def denoise(models, batch, noisy, ts):
-        tokens, _ = _graph_parts(models, batch)
-        return models["unet"](noisy, ts, batch["covariates"], z_base=batch["z_base"],
-                              graph_tokens=tokens)
 
     trainer = Trainer("unet", {"unet": unet}, optimizer, step_fn,
                       ResumableBatches(items, t.batch_size, seed=cfg.seed,
                                        num_workers=cfg.engine.num_workers), out, steps=t.steps,
                       lr_scheduler=scheduler, frozen=frozen, ema=("unet",), ema_decay=t.ema_decay,
                       config=config_dict,
-                      image_logger=denoising_logger(objective, _preview(unet, items[0]), denoise),
+                      image_logger=denoising_logger(objective, _preview(unet, items[0]),
+                                                    _denoise),
                       **engine_settings(cfg))
     summary = trainer.run(resume=resume)
     if trainer.accelerator.is_main_process:
@@ -204,19 +213,11 @@ def train_controlnet(cfg: RunConfig, data: RunData, out: Path, resume: bool,
     items = _items(cfg, data, out, frozen, ae.downsample_factor)
     frozen["unet"] = unet
     objective = DiffusionObjective(noise_schedule(cfg))
-    norm = CovariateNorm()
     t = cfg.controlnet.train
     optimizer, scheduler = make_optimizer(controlnet.parameters(), t)
 
     def denoise(models, batch, noisy, ts):
-        u = models["unet"]
-        tokens, gmap = _graph_parts(models, batch)
-        cov = batch["covariates"]
-        hint = build_hint(batch["z_base"], batch["years"], norm, gmap if graph_dim else None)
-        res, mid = models["controlnet"](u.network_input(noisy, batch["z_base"]), ts, hint, cov,
-                                        context=u.context(cov, tokens))
-        return u(noisy, ts, cov, z_base=batch["z_base"], graph_tokens=tokens,
-                 down_block_additional_residuals=res, mid_block_additional_residual=mid)
+        return _denoise(models, batch, noisy, ts, graph_hint=bool(graph_dim))
 
     def step_fn(batch, models, step):
         target = unet.target_from_latents(batch["z_base"], batch["z_follow"])

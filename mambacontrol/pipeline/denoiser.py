@@ -1,0 +1,117 @@
+"""The conditioned denoiser: one object that turns what steers a prediction into denoising steps.
+
+Training (the ``unet`` and ``controlnet`` stages, their preview images) and sampling (every
+horizon of :class:`~mambacontrol.pipeline.progression.ProgressionPipeline`) both build a
+:class:`Conditioning` with :meth:`ConditionedDenoiser.condition` and run steps with
+:meth:`ConditionedDenoiser.__call__`. So the context, the ControlNet's hint and the way the
+ControlNet's residuals reach the UNet are built in one place and cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from mambacontrol.data.covariates import CovariateNorm
+from mambacontrol.pipeline.conditioning import build_hint
+from mambacontrol.pipeline.sampling import Denoiser
+
+
+@dataclass(frozen=True, eq=False)
+class Conditioning:
+    """What steers the denoiser for one batch (training) or one horizon's M samples (sampling).
+
+    Attributes:
+        z_base: (B, C_z, x, y, z) the baseline latent.
+        covariates: (B, 6) normalised covariates (:func:`~mambacontrol.data.covariates.
+            encode_covariates`).
+        graph_tokens: (B, T, E) the graph encoder's pooled tokens, or None.
+        context: (B, 1 + T, E) the UNet's cross-attention context, computed once when the UNet is
+            frozen (sampling, the ControlNet stage); None while the UNet trains, whose forward
+            pass then computes it (so its covariate embedding gets its gradient through the
+            forward, as distributed data parallel requires).
+        hint: (B, C_hint, x, y, z) the ControlNet's hint, or None without a ControlNet.
+    """
+
+    z_base: torch.Tensor
+    covariates: torch.Tensor
+    graph_tokens: torch.Tensor | None
+    context: torch.Tensor | None
+    hint: torch.Tensor | None
+
+
+class ConditionedDenoiser:
+    """ControlNet (optional) → UNet, one denoising step under a :class:`Conditioning`.
+
+    Args:
+        unet: the :class:`~mambacontrol.models.unet.DenoisingUNet` (or its training wrapper:
+            only its forward pass is called while it trains).
+        controlnet: the :class:`~mambacontrol.models.controlnet.MambaControlNet`, or None.
+        graph_hint: whether the ControlNet's hint carries the graph map (its ``hint_channels``
+            say so: :func:`~mambacontrol.pipeline.conditioning.hint_uses_graph`).
+        norm: the covariate normalisation (scales the hint's Δt map).
+        unet_frozen: the UNet does not train here: its context is computed once per
+            conditioning. Default: whether none of its parameters requires a gradient.
+    """
+
+    def __init__(self, unet: nn.Module, controlnet: nn.Module | None = None,
+                 graph_hint: bool = False, norm: CovariateNorm | None = None,
+                 unet_frozen: bool | None = None):
+        if graph_hint and controlnet is None:
+            raise ValueError("graph_hint needs a ControlNet: the graph map is part of its hint")
+        if unet_frozen is None:
+            unet_frozen = not any(p.requires_grad for p in unet.parameters())
+        if controlnet is not None and not unet_frozen:
+            raise ValueError("a ControlNet steers a frozen UNet: freeze the UNet "
+                             "(requires_grad_(False)) or leave the ControlNet out")
+        self.unet = unet
+        self.controlnet = controlnet
+        self.graph_hint = graph_hint
+        self.norm = norm if norm is not None else CovariateNorm()
+        self.unet_frozen = unet_frozen
+
+    def _unwrapped_unet(self) -> nn.Module:
+        return getattr(self.unet, "module", self.unet)
+
+    def condition(self, z_base: torch.Tensor, covariates: torch.Tensor, years: torch.Tensor,
+                  graph_tokens: torch.Tensor | None = None,
+                  graph_map: torch.Tensor | None = None) -> Conditioning:
+        """Build what steers every step of one batch or horizon.
+
+        Args:
+            z_base: (B, C_z, x, y, z) baseline latents.
+            covariates: (B, 6).
+            years: (B,) or (1,) horizons in years (the hint's Δt map).
+            graph_tokens: (B, T, E) pooled graph tokens (the UNet's context), or None.
+            graph_map: (B, E, x, y, z) node embeddings painted on the latent grid; used only
+                when the ControlNet's hint carries it.
+        """
+        context = None
+        if self.unet_frozen:
+            context = self._unwrapped_unet().context(covariates, graph_tokens)
+        hint = None
+        if self.controlnet is not None:
+            if self.graph_hint and graph_map is None:
+                raise ValueError("this ControlNet's hint carries the graph map: pass graph_map")
+            hint = build_hint(z_base, years, self.norm, graph_map if self.graph_hint else None)
+        return Conditioning(z_base, covariates, graph_tokens, context, hint)
+
+    def __call__(self, noisy: torch.Tensor, timesteps: torch.Tensor,
+                 c: Conditioning) -> torch.Tensor:
+        """The model output (noise or v) for (B, C_z, x, y, z) ``noisy`` at (B,) ``timesteps``."""
+        residuals = mid = None
+        if self.controlnet is not None:  # the UNet is frozen: c.context is there
+            x = self._unwrapped_unet().network_input(noisy, c.z_base)
+            residuals, mid = self.controlnet(x, timesteps, c.hint, c.covariates,
+                                             context=c.context)
+        return self.unet(noisy, timesteps, c.covariates, z_base=c.z_base,
+                         graph_tokens=c.graph_tokens, context=c.context,
+                         down_block_additional_residuals=residuals,
+                         mid_block_additional_residual=mid)
+
+    def steps(self, c: Conditioning) -> Denoiser:
+        """``(noisy, timesteps) -> output`` under ``c``, for :func:`~mambacontrol.pipeline.
+        sampling.sample`."""
+        return lambda noisy, timesteps: self(noisy, timesteps, c)

@@ -1,0 +1,118 @@
+"""One conditioned denoiser for training and sampling: the same conditioning gives the same step."""
+
+import pytest
+import torch
+
+from mambacontrol.data.covariates import CovariateNorm, encode_covariates
+from mambacontrol.models.controlnet import MambaControlNet
+from mambacontrol.models.unet import DenoisingUNet
+from mambacontrol.pipeline.conditioning import build_hint, hint_channels
+from mambacontrol.pipeline.denoiser import ConditionedDenoiser
+from mambacontrol.training import stage_diffusion
+
+TINY_UNET = dict(latent_channels=3, channels=(16, 32), attention_levels=(False, True),
+                 norm_num_groups=8, num_head_channels=8, context_dim=16)
+GRAPH_DIM = 16
+
+
+def _perturbed(module, seed):
+    """Trained-like weights: a fresh MONAI UNet outputs zeros, a fresh ControlNet adds zeros."""
+    g = torch.Generator().manual_seed(seed)
+    for p in module.parameters():
+        p.data.add_(0.05 * torch.randn(p.shape, generator=g))
+    return module
+
+
+@pytest.fixture
+def nets():
+    torch.manual_seed(0)
+    unet = _perturbed(DenoisingUNet(**TINY_UNET), 1)
+    cn = MambaControlNet.from_unet(unet, hint_channels=hint_channels(3, GRAPH_DIM),
+                                   fourier_modes=(2, 2, 2), hint_width=8, mamba_d_state=4)
+    return unet, _perturbed(cn, 2)
+
+
+def _batch(b=2, s=8):
+    g = torch.Generator().manual_seed(3)
+    return {"z_base": torch.randn(b, 3, s, s, s, generator=g),
+            "covariates": encode_covariates([70, 80], [1, 3], ["F", "M"], ["CN", "AD"]),
+            "years": torch.tensor([1.0, 3.0]),
+            "tokens": torch.randn(b, 2, GRAPH_DIM, generator=g),
+            "graph_map": torch.randn(b, GRAPH_DIM, s, s, s, generator=g),
+            "noisy": torch.randn(b, 3, s, s, s, generator=g),
+            "t": torch.tensor([5, 700])}
+
+
+def test_the_step_is_controlnet_then_unet_as_written_out(nets):
+    """The object computes what the composition says: hint = z_base ⊕ graph map ⊕ Δt, the
+    ControlNet's residuals added to the UNet's blocks, one context for both."""
+    unet, cn = nets
+    unet.requires_grad_(False)
+    b = _batch()
+    denoiser = ConditionedDenoiser(unet, cn, graph_hint=True)
+    c = denoiser.condition(b["z_base"], b["covariates"], b["years"], b["tokens"], b["graph_map"])
+    got = denoiser(b["noisy"], b["t"], c)
+    context = unet.context(b["covariates"], b["tokens"])
+    hint = build_hint(b["z_base"], b["years"], CovariateNorm(), b["graph_map"])
+    down, mid = cn(unet.network_input(b["noisy"], b["z_base"]), b["t"], hint, b["covariates"],
+                   context=context)
+    want = unet.denoise(unet.network_input(b["noisy"], b["z_base"]), b["t"], context, down, mid)
+    assert torch.equal(got, want)
+    assert not torch.equal(got, unet(b["noisy"], b["t"], b["covariates"], z_base=b["z_base"],
+                                     graph_tokens=b["tokens"]))  # the ControlNet steers
+
+
+def test_training_and_sampling_take_the_same_step(nets, monkeypatch):
+    """The controlnet stage's step (stage_diffusion) and the pipeline's sampler step agree."""
+    unet, cn = nets
+    unet.requires_grad_(False)
+    b = _batch()
+    sampler = ConditionedDenoiser(unet, cn, graph_hint=True, unet_frozen=True)
+    c = sampler.condition(b["z_base"], b["covariates"], b["years"], b["tokens"], b["graph_map"])
+    sampled = sampler.steps(c)(b["noisy"], b["t"])
+    # the frozen graph encoder's outputs for the batch, as sampling received them
+    monkeypatch.setattr(stage_diffusion, "encode_graph",
+                        lambda encoder, features, assignment, covariates:
+                        (None, b["tokens"], b["graph_map"]))
+    batch = {"z_base": b["z_base"], "covariates": b["covariates"], "years": b["years"],
+             "features": None, "assignment": None}
+    models = {"unet": unet, "controlnet": cn, "graph_encoder": torch.nn.Identity()}
+    trained = stage_diffusion._denoise(models, batch, b["noisy"], b["t"], graph_hint=True)
+    assert torch.equal(sampled, trained)
+
+
+def test_a_training_unet_computes_its_context_in_its_forward(nets):
+    """While the UNet trains, its covariate embedding gets its gradient through forward (as
+    distributed data parallel needs), and the output equals the precomputed-context one."""
+    unet, _ = nets
+    b = _batch()
+    training = ConditionedDenoiser(unet)
+    assert not training.unet_frozen
+    c = training.condition(b["z_base"], b["covariates"], b["years"], b["tokens"])
+    assert c.context is None and c.hint is None
+
+    calls = []
+    hook = unet.register_forward_pre_hook(lambda module, args: calls.append(1))
+    out = training(b["noisy"], b["t"], c)
+    hook.remove()
+    assert calls == [1]
+    out.square().mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0
+               for p in unet.covariate_embed.parameters())
+    frozen = ConditionedDenoiser(unet, unet_frozen=True)
+    c_frozen = frozen.condition(b["z_base"], b["covariates"], b["years"], b["tokens"])
+    assert c_frozen.context is not None
+    assert torch.allclose(frozen(b["noisy"], b["t"], c_frozen), out, atol=0, rtol=0)
+
+
+def test_bad_combinations_are_refused(nets):
+    unet, cn = nets
+    with pytest.raises(ValueError, match="frozen UNet"):
+        ConditionedDenoiser(unet, cn)  # the UNet's parameters still require gradients
+    with pytest.raises(ValueError, match="needs a ControlNet"):
+        ConditionedDenoiser(unet, graph_hint=True)
+    unet.requires_grad_(False)
+    b = _batch()
+    with pytest.raises(ValueError, match="pass graph_map"):
+        ConditionedDenoiser(unet, cn, graph_hint=True).condition(
+            b["z_base"], b["covariates"], b["years"], b["tokens"])

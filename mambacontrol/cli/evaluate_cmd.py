@@ -62,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
         split=args.split, pairs=args.pairs,
         baselines=[b.strip() for b in args.baselines.split(",") if b.strip()],
         num_samples=args.num_samples, num_inference_steps=args.num_inference_steps,
-        sampler=args.sampler, seed=args.seed, max_pairs=args.max_pairs, ceiling=args.ceiling,
+        sampler=args.sampler, guidance=args.guidance, seed=args.seed, max_pairs=args.max_pairs,
+        ceiling=args.ceiling,
         workers=args.workers)
     settings.check()
     shard = Shard.current(args.num_parts, args.part_id)

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from mambacontrol._version import __version__
 from mambacontrol.cli import (
     atlas_cmd,
+    calibrate_cmd,
     demo_cmd,
     evaluate_cmd,
     manifest_cmd,
@@ -24,7 +25,8 @@ from mambacontrol.cli import (
 )
 from mambacontrol.errors import MambaControlError
 
-COMMANDS = (atlas_cmd, manifest_cmd, synth_cmd, train_cmd, predict_cmd, evaluate_cmd, demo_cmd)
+COMMANDS = (atlas_cmd, manifest_cmd, synth_cmd, train_cmd, predict_cmd, evaluate_cmd, calibrate_cmd,
+            demo_cmd)
 
 
 class OneLineParser(argparse.ArgumentParser):

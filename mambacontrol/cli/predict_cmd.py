@@ -74,14 +74,18 @@ def add_part_arguments(p: argparse.ArgumentParser, items: str) -> None:
 
 
 def add_sampling_flags(p: argparse.ArgumentParser, samples_help: str) -> None:
-    """``--samples``, ``--steps`` and ``--sampler`` (each None: the model's own), as ``predict``
-    and ``evaluate`` take them (checked by ``check_sampling_flags``)."""
+    """``--samples``, ``--steps``, ``--sampler`` and ``--guidance`` (each None: the model's own),
+    as ``predict`` and ``evaluate`` take them (checked by ``check_sampling_flags``)."""
     p.add_argument("--samples", type=int, dest="num_samples", metavar="SAMPLES",
                    help=f"{samples_help} (default: the model's)")
     p.add_argument("--steps", type=int, dest="num_inference_steps", metavar="STEPS",
                    help="sampler steps (default: the model's)")
     p.add_argument("--sampler", choices=SAMPLER_NAMES,
                    help="ddim, dpm-solver (DPM-Solver++) or ddpm (default: the model's)")
+    p.add_argument("--guidance", type=float, metavar="W",
+                   help="guidance weight against the zero horizon, 0 to 20: each step becomes "
+                        "out(Δt) + W·(out(Δt) − out(0)), which strengthens the predicted change "
+                        "and doubles the sampling cost (default: the model's; 0: none)")
 
 
 def device_from_flag(name: str) -> str:
@@ -113,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
         raise MambaControlError("--num-parts/--part-id split a batch: give --manifest")
     settings = PredictSettings(num_samples=args.num_samples,
                                num_inference_steps=args.num_inference_steps,
-                               sampler=args.sampler, seed=args.seed,
+                               sampler=args.sampler, guidance=args.guidance, seed=args.seed,
                                png=args.png, measure_volumes=not args.no_volumes,
                                bias_correction=not args.no_bias_correction,
                                intensity=args.intensity, seg_format=args.seg_format)

@@ -119,7 +119,8 @@ class EvaluationSettings:
         split: the manifest split evaluated.
         pairs: ``all`` (every earlier/later pair) or ``last`` (first and last visit).
         baselines: any of ``copy``, ``linear``.
-        num_samples, num_inference_steps, sampler: sampling (None: each model's defaults).
+        num_samples, num_inference_steps, sampler, guidance: sampling (None: each model's
+            defaults).
         seed: sampling and registration seed.
         panels: pairs shown as slices in the report.
         max_pairs: evaluate at most this many pairs (None: all), taken in manifest order.
@@ -133,6 +134,7 @@ class EvaluationSettings:
     num_samples: int | None = None
     num_inference_steps: int | None = None
     sampler: str | None = None
+    guidance: float | None = None
     seed: int = 0
     panels: int = 3
     max_pairs: int | None = None
@@ -146,7 +148,8 @@ class EvaluationSettings:
                                     f"copy, linear")
         if self.pairs not in ("all", "last"):
             raise MambaControlError(f"--pairs {self.pairs} is not all or last")
-        check_sampling_flags(self.num_samples, self.num_inference_steps, self.sampler)
+        check_sampling_flags(self.num_samples, self.num_inference_steps, self.sampler,
+                             self.guidance)
         if self.max_pairs is not None and self.max_pairs < 1:
             raise MambaControlError(f"--max-pairs {self.max_pairs} must be ≥ 1")
         if self.workers < 1:
@@ -287,6 +290,8 @@ def _run_identity(s: EvaluationSettings, names: Mapping[str, Path], linear: Line
         "seed": s.seed, "ceiling": s.ceiling, "change_threshold": CHANGE_THRESHOLD,
         "models": [[n, model_digest(resolve_model_folder(d))] for n, d in names.items()],
         "linear": None if linear is None else linear.to_dict(), "exact": exact,
+        # only when chosen, so that records made before --guidance existed keep their keys
+        **({"guidance": s.guidance} if s.guidance is not None else {}),
     }
 
 
@@ -558,7 +563,7 @@ def _score_model(name: str, pipe: ProgressionPipeline, p: PairOnGrid, scans: Gri
                                   earlier.diagnosis, p.pair.years, mask=p.base.mask,
                                   num_samples=s.num_samples,
                                   num_inference_steps=s.num_inference_steps,
-                                  sampler=s.sampler, seed=s.seed)[0]
+                                  sampler=s.sampler, guidance=s.guidance, seed=s.seed)[0]
     scores.results.append(_scored_image(name, prediction.image, p, scans, scores))
     return prediction
 
@@ -600,6 +605,7 @@ def _run_settings(s: EvaluationSettings, n_pairs: int, exact: bool) -> dict[str,
         "samples per prediction": str(s.num_samples or "model default"),
         "sampler": s.sampler or "model default",
         "sampler steps": str(s.num_inference_steps or "model default"),
+        "guidance": "model default" if s.guidance is None else f"{s.guidance:g}",
         "change threshold τ": f"{CHANGE_THRESHOLD} (intensity, 0–1 scale)",
         "regional measurement": "SyN registration from the baseline, Jacobian integrated over "
                                 "the baseline's regions (the same for every image and the truth)",

@@ -1,7 +1,7 @@
 """A command's output folder: claimed before any work, written only with what the command creates.
 
-Every command that writes a folder (``predict``, ``evaluate``, ``train``, ``synth``, ``demo``)
-goes through :class:`OutputFolder`, which enforces one set of rules:
+Every command that writes a folder (``predict``, ``evaluate``, ``calibrate``, ``train``, ``synth``,
+``demo``) goes through :class:`OutputFolder`, which enforces one set of rules:
 
 - ``--out`` must be a folder (or not exist yet), and must not be or hold one of the command's
   inputs.

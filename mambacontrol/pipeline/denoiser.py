@@ -5,6 +5,12 @@ horizon of :class:`~mambacontrol.pipeline.progression.ProgressionPipeline`) both
 :class:`Conditioning` with :meth:`ConditionedDenoiser.condition` and run steps with
 :meth:`ConditionedDenoiser.__call__`. So the context, the ControlNet's hint and the way the
 ControlNet's residuals reach the UNet are built in one place and cannot drift apart.
+
+Guidance (``guidance`` w > 0) contrasts each step with the same conditioning at horizon Δt = 0
+("no time passes"): ``out = out(Δt) + w · (out(Δt) − out(0))``, the classifier-free guidance
+rule with the zero horizon as the null condition. It strengthens what the model attributes to
+the passing of time, the change, whose size a trained model underestimates (the demo model's
+latent change has a gain of about 0.46); w = 0 is the model as trained.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mambacontrol.data.covariates import CovariateNorm
+from mambacontrol.data.covariates import COVARIATE_NAMES, CovariateNorm
 from mambacontrol.pipeline.conditioning import build_hint
 from mambacontrol.pipeline.sampling import Denoiser
 
@@ -33,6 +39,8 @@ class Conditioning:
             pass then computes it (so its covariate embedding gets its gradient through the
             forward, as distributed data parallel requires).
         hint: (B, C_hint, x, y, z) the ControlNet's hint, or None without a ControlNet.
+        guidance: w; when not 0 every field holds 2B rows, the conditioning and then its null
+            (the same at Δt = 0), and a step runs both as one batch.
     """
 
     z_base: torch.Tensor
@@ -40,6 +48,13 @@ class Conditioning:
     graph_tokens: torch.Tensor | None
     context: torch.Tensor | None
     hint: torch.Tensor | None
+    guidance: float = 0.0
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """(B, C_z, x, y, z): the shape of what a step denoises (the guided rows aside)."""
+        rows = self.z_base.shape[0] // (2 if self.guidance else 1)
+        return (rows, *self.z_base.shape[1:])
 
 
 class ConditionedDenoiser:
@@ -54,11 +69,12 @@ class ConditionedDenoiser:
         norm: the covariate normalisation (scales the hint's Δt map).
         unet_frozen: the UNet does not train here: its context is computed once per
             conditioning. Default: whether none of its parameters requires a gradient.
+        guidance: w ≥ 0 (module docstring); 0 for training and for the model as trained.
     """
 
     def __init__(self, unet: nn.Module, controlnet: nn.Module | None = None,
                  graph_hint: bool = False, norm: CovariateNorm | None = None,
-                 unet_frozen: bool | None = None):
+                 unet_frozen: bool | None = None, guidance: float = 0.0):
         if graph_hint and controlnet is None:
             raise ValueError("graph_hint needs a ControlNet: the graph map is part of its hint")
         if unet_frozen is None:
@@ -69,8 +85,11 @@ class ConditionedDenoiser:
         self.unet = unet
         self.controlnet = controlnet
         self.graph_hint = graph_hint
+        if not guidance >= 0:  # also refuses NaN
+            raise ValueError(f"guidance {guidance} must be a number ≥ 0")
         self.norm = norm if norm is not None else CovariateNorm()
         self.unet_frozen = unet_frozen
+        self.guidance = float(guidance)
 
     def _unwrapped_unet(self) -> nn.Module:
         return getattr(self.unet, "module", self.unet)
@@ -88,6 +107,14 @@ class ConditionedDenoiser:
             graph_map: (B, E, x, y, z) node embeddings painted on the latent grid; used only
                 when the ControlNet's hint carries it.
         """
+        if self.guidance:
+            years = years.reshape(-1).expand(z_base.shape[0])
+            no_time = covariates.clone()
+            no_time[:, COVARIATE_NAMES.index("years")] = 0.0
+            z_base, covariates = torch.cat([z_base, z_base]), torch.cat([covariates, no_time])
+            years = torch.cat([years, torch.zeros_like(years)])
+            graph_tokens = None if graph_tokens is None else torch.cat([graph_tokens] * 2)
+            graph_map = None if graph_map is None else torch.cat([graph_map] * 2)
         context = None
         if self.unet_frozen:
             context = self._unwrapped_unet().context(covariates, graph_tokens)
@@ -96,11 +123,19 @@ class ConditionedDenoiser:
             if self.graph_hint and graph_map is None:
                 raise ValueError("this ControlNet's hint carries the graph map: pass graph_map")
             hint = build_hint(z_base, years, self.norm, graph_map if self.graph_hint else None)
-        return Conditioning(z_base, covariates, graph_tokens, context, hint)
+        return Conditioning(z_base, covariates, graph_tokens, context, hint, self.guidance)
 
     def __call__(self, noisy: torch.Tensor, timesteps: torch.Tensor,
                  c: Conditioning) -> torch.Tensor:
         """The model output (noise or v) for (B, C_z, x, y, z) ``noisy`` at (B,) ``timesteps``."""
+        if c.guidance:
+            both = self._step(torch.cat([noisy, noisy]), torch.cat([timesteps, timesteps]), c)
+            conditional, null = both.chunk(2)
+            return conditional + c.guidance * (conditional - null)
+        return self._step(noisy, timesteps, c)
+
+    def _step(self, noisy: torch.Tensor, timesteps: torch.Tensor,
+              c: Conditioning) -> torch.Tensor:
         residuals = mid = None
         if self.controlnet is not None:  # the UNet is frozen: c.context is there
             x = self._unwrapped_unet().network_input(noisy, c.z_base)

@@ -65,8 +65,11 @@ class SamplingDefaults:
     num_inference_steps: int = 10
     num_samples: int = 4
     decode: str = "difference"
+    #: classifier-free guidance weight against the zero horizon (pipeline.denoiser); 0: none
+    guidance: float = 0.0
 
     def __post_init__(self):
+        check_guidance(self.guidance, "guidance")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler '{self.sampler}' is not one of {', '.join(SAMPLERS)}")
         if self.decode not in DECODE_MODES:
@@ -87,15 +90,18 @@ class SamplingPlan:
     num_inference_steps: int
     num_samples: int
     decode: str
+    guidance: float = 0.0
 
     @classmethod
     def resolve(cls, defaults: SamplingDefaults, *, num_samples: int | None = None,
                 num_inference_steps: int | None = None, sampler: str | None = None,
-                decode: str | None = None) -> SamplingPlan:
-        """The caller's choices, the model's ``defaults`` for those not given (None or 0)."""
+                decode: str | None = None, guidance: float | None = None) -> SamplingPlan:
+        """The caller's choices, the model's ``defaults`` for those not given (None or 0; for
+        ``guidance`` only None, since 0 is a choice)."""
         return cls(sampler or defaults.sampler,
                    int(num_inference_steps or defaults.num_inference_steps),
-                   int(num_samples or defaults.num_samples), decode or defaults.decode)
+                   int(num_samples or defaults.num_samples), decode or defaults.decode,
+                   float(defaults.guidance if guidance is None else guidance))
 
     def check(self) -> None:
         """Raise :class:`MambaControlError` (or ``ResourceLimitError``) for a bad choice."""
@@ -107,17 +113,33 @@ class SamplingPlan:
                                     f"{', '.join(DECODE_MODES)}")
         if self.num_samples < 1 or self.num_inference_steps < 1:
             raise MambaControlError("num_samples and num_inference_steps must be ≥ 1")
+        check_guidance(self.guidance, "guidance")
+
+
+#: the largest guidance weight accepted: far beyond any useful one, small enough to catch typos
+MAX_GUIDANCE = 20.0
+
+
+def check_guidance(value: float, name: str = "--guidance") -> None:
+    """Raise one line unless ``value`` is a number in [0, :data:`MAX_GUIDANCE`]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+            0 <= value <= MAX_GUIDANCE):
+        raise MambaControlError(f"{name} {value} must be a number from 0 (no guidance) to "
+                                f"{MAX_GUIDANCE:g}")
 
 
 def check_sampling_flags(num_samples: int | None, num_inference_steps: int | None,
-                         sampler: str | None) -> None:
-    """Raise one line for a bad ``--samples``, ``--steps`` or ``--sampler`` (None: the model's
-    own), as ``predict`` and ``evaluate`` take them.
+                         sampler: str | None, guidance: float | None = None) -> None:
+    """Raise one line for a bad ``--samples``, ``--steps``, ``--sampler`` or ``--guidance``
+    (None: the model's own), as ``predict`` and ``evaluate`` take them.
 
     Raises:
-        MambaControlError: not a whole number ≥ 1, or an unknown sampler.
+        MambaControlError: not a whole number ≥ 1, an unknown sampler, a guidance weight
+            outside [0, 20].
         ResourceLimitError: above ``max_samples``/``max_steps``.
     """
+    if guidance is not None:
+        check_guidance(guidance)
     for flag, value in (("--samples", num_samples), ("--steps", num_inference_steps)):
         if value is not None and (isinstance(value, bool) or int(value) != value or value < 1):
             raise MambaControlError(f"{flag} {value} must be a whole number ≥ 1")
@@ -346,8 +368,8 @@ class ProgressionPipeline:
                 diagnosis: str, years: float | Sequence[float], *, mask: np.ndarray | None = None,
                 num_samples: int | None = None, num_inference_steps: int | None = None,
                 sampler: str | None = None, decode: str | None = None,
-                generator: torch.Generator | None = None, seed: int | None = None,
-                progress: bool = False) -> Predictions:
+                guidance: float | None = None, generator: torch.Generator | None = None,
+                seed: int | None = None, progress: bool = False) -> Predictions:
         """Predict the follow-up scan at one or several horizons; checks every argument first.
 
         Args:
@@ -362,6 +384,8 @@ class ProgressionPipeline:
             num_inference_steps: sampler steps (default, or 0: the model's).
             sampler: ``ddim``, ``dpm-solver`` or ``ddpm`` (default: the model's).
             decode: ``difference`` or ``direct`` (default: the model's).
+            guidance: guidance weight w ≥ 0 against the zero horizon (default: the model's;
+                :mod:`~mambacontrol.pipeline.denoiser`).
             generator / seed: randomness of the samples; the same seed gives the same prediction.
             progress: show sampling progress.
 
@@ -375,7 +399,7 @@ class ProgressionPipeline:
         self._check_inputs(image, labels, float(age), years)
         sampling = SamplingPlan.resolve(self.sampling, num_samples=num_samples,
                                         num_inference_steps=num_inference_steps, sampler=sampler,
-                                        decode=decode)
+                                        decode=decode, guidance=guidance)
         sampling.check()
         if generator is None:
             generator = torch.Generator().manual_seed(0 if seed is None else int(seed))
@@ -405,10 +429,10 @@ class ProgressionPipeline:
             covariates = encode_covariates(age, horizon, sex, diagnosis, self.covariate_norm)
             covariates = covariates.to(self.device)
             with clock.phase("sampling"):
-                conditioning, node_log_ratio = self._conditioning(baseline, covariates, horizon,
-                                                                  sampling.num_samples)
-                target = sample(self.denoiser.steps(conditioning), scheduler,
-                                tuple(conditioning.z_base.shape), sampling.num_inference_steps,
+                conditioning, node_log_ratio = self._conditioning(
+                    baseline, covariates, horizon, sampling.num_samples, sampling.guidance)
+                target = sample(self.denoiser(sampling.guidance).steps(conditioning), scheduler,
+                                conditioning.sample_shape, sampling.num_inference_steps,
                                 generator=generator, device=self.device, progress=progress)
             with clock.phase("decoding"):
                 mean, std = self._decode(baseline.image, baseline.latent, baseline.decoded, target,
@@ -455,16 +479,17 @@ class ProgressionPipeline:
         decoded = self.autoencoder.decode(z_base) if decode == "difference" else None
         return _EncodedBaseline(x_base, z_base, decoded, brain, graph_inputs)
 
-    @property
-    def denoiser(self) -> ConditionedDenoiser:
-        """ControlNet → UNet under a conditioning: the same object the diffusion stages train."""
+    def denoiser(self, guidance: float = 0.0) -> ConditionedDenoiser:
+        """ControlNet → UNet under a conditioning, with guidance weight ``guidance``: the same
+        object the diffusion stages train."""
         graph_hint = (self.controlnet is not None and hint_uses_graph(
             self.controlnet.config.hint_channels, self.unet.config.latent_channels))
         return ConditionedDenoiser(self.unet, self.controlnet, graph_hint, self.covariate_norm,
-                                   unet_frozen=True)
+                                   unet_frozen=True, guidance=guidance)
 
     def _conditioning(self, baseline: _EncodedBaseline, covariates: torch.Tensor, years: float,
-                      num_samples: int) -> tuple[Conditioning, np.ndarray | None]:
+                      num_samples: int,
+                      guidance: float = 0.0) -> tuple[Conditioning, np.ndarray | None]:
         """Everything that steers the denoiser at one horizon, for ``num_samples`` samples, and
         the trajectory head's (R,) regional prediction (None without a head)."""
         z_base = baseline.latent.expand(num_samples, *baseline.latent.shape[1:])
@@ -481,8 +506,8 @@ class ProgressionPipeline:
                                              torch.tensor([years], device=self.device))
                 node_log_ratio = ratio[0].cpu().numpy()
         years_per_sample = torch.full((num_samples,), float(years), device=self.device)
-        conditioning = self.denoiser.condition(z_base, sample_covariates, years_per_sample,
-                                               tokens, graph_map)
+        conditioning = self.denoiser(guidance).condition(z_base, sample_covariates,
+                                                         years_per_sample, tokens, graph_map)
         return conditioning, node_log_ratio
 
     @torch.no_grad()

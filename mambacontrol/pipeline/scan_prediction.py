@@ -165,6 +165,7 @@ class PredictSettings:
         num_samples: samples averaged per horizon (``--samples``; None: the model's).
         num_inference_steps: sampler steps (``--steps``; None: the model's).
         sampler: ``ddim``, ``dpm-solver`` or ``ddpm`` (``--sampler``; None: the model's).
+        guidance: guidance weight against the zero horizon (``--guidance``; None: the model's).
         seed: seed of the samples.
         png: also write a montage per horizon (the folder layout).
         registration_seed: seed of every registration (preparation, measurement).
@@ -177,6 +178,7 @@ class PredictSettings:
     num_samples: int | None = None
     num_inference_steps: int | None = None
     sampler: str | None = None
+    guidance: float | None = None
     seed: int = 0
     png: bool = False
     registration_seed: int = 0
@@ -186,7 +188,8 @@ class PredictSettings:
     seg_format: str = "auto"
 
     def __post_init__(self) -> None:
-        check_sampling_flags(self.num_samples, self.num_inference_steps, self.sampler)
+        check_sampling_flags(self.num_samples, self.num_inference_steps, self.sampler,
+                             self.guidance)
         if self.seg_format not in SEG_FORMATS:
             raise MambaControlError(f"--seg-format {self.seg_format} is not one of "
                                     f"{', '.join(SEG_FORMATS)}")
@@ -201,7 +204,7 @@ class PredictSettings:
         """These settings' sampling, the model's ``defaults`` where they give none."""
         return SamplingPlan.resolve(defaults, num_samples=self.num_samples,
                                     num_inference_steps=self.num_inference_steps,
-                                    sampler=self.sampler)
+                                    sampler=self.sampler, guidance=self.guidance)
 
 
 # ---- where the files go -----------------------------------------------------------------------
@@ -443,7 +446,8 @@ def _summary(pipe: ProgressionPipeline, record: ScanRecord, outputs: list[dict],
         "model": {"dir": record.model_dir, **model},
         "settings": {"sampler": record.sampling.sampler,
                      "samples": record.sampling.num_samples,
-                     "steps": record.sampling.num_inference_steps, "seed": settings.seed,
+                     "steps": record.sampling.num_inference_steps,
+                     "guidance": record.sampling.guidance, "seed": settings.seed,
                      "device": str(pipe.device), "registration_seed": settings.registration_seed},
         "preparation": record.preparation,
         "outputs": outputs,

@@ -218,7 +218,8 @@ def _training_lines(run: Path, cfg: RunConfig) -> list[str]:
             out.append(f"| {stage} | {t.steps} | {t.batch_size} | {t.lr:g} | {trained} | {loss} |")
     s = cfg.sampling
     out += ["", f"- sampling defaults: {s.sampler}, {s.num_inference_steps} steps, "
-                f"{s.num_samples} samples per horizon, decode `{s.decode}`"]
+                f"{s.num_samples} samples per horizon, decode `{s.decode}`, guidance "
+                f"{s.guidance:g}"]
     return out
 
 

@@ -133,7 +133,8 @@ def test_every_setting_that_decides_a_score_is_in_the_record_key(tiny_model, tin
     changed = [EvaluationSettings(num_samples=2), EvaluationSettings(num_inference_steps=3),
                EvaluationSettings(sampler="ddim"), EvaluationSettings(seed=1),
                EvaluationSettings(baselines=("copy",)), EvaluationSettings(ceiling=False),
-               EvaluationSettings(split="val"), EvaluationSettings(pairs="last")]
+               EvaluationSettings(split="val"), EvaluationSettings(pairs="last"),
+               EvaluationSettings(guidance=1.0)]
     keys = {record_key(evaluation._run_identity(s, names, None, True), pair, False)
             for s in changed}
     keys |= {record_key(evaluation._run_identity(EvaluationSettings(), names, None, False), pair,

@@ -116,3 +116,45 @@ def test_bad_combinations_are_refused(nets):
     with pytest.raises(ValueError, match="pass graph_map"):
         ConditionedDenoiser(unet, cn, graph_hint=True).condition(
             b["z_base"], b["covariates"], b["years"], b["tokens"])
+
+
+def test_guidance_zero_is_the_model_as_trained(nets):
+    unet, cn = nets
+    unet.requires_grad_(False)
+    b = _batch()
+    args = (b["z_base"], b["covariates"], b["years"], b["tokens"], b["graph_map"])
+    plain = ConditionedDenoiser(unet, cn, graph_hint=True)
+    zero = ConditionedDenoiser(unet, cn, graph_hint=True, guidance=0.0)
+    assert torch.equal(zero(b["noisy"], b["t"], zero.condition(*args)),
+                       plain(b["noisy"], b["t"], plain.condition(*args)))
+
+
+def test_guidance_contrasts_with_the_zero_horizon(nets):
+    """out = out(Δt) + w (out(Δt) − out(0)), the null being the same subject at Δt = 0 (its
+    covariates' horizon and its hint's Δt map both zero), run as one batch."""
+    unet, cn = nets
+    unet.requires_grad_(False)
+    b = _batch()
+    plain = ConditionedDenoiser(unet, cn, graph_hint=True)
+    no_time = b["covariates"].clone()
+    no_time[:, 1] = 0.0  # COVARIATE_NAMES[1] == "years"
+    conditional = plain(b["noisy"], b["t"], plain.condition(
+        b["z_base"], b["covariates"], b["years"], b["tokens"], b["graph_map"]))
+    null = plain(b["noisy"], b["t"], plain.condition(
+        b["z_base"], no_time, torch.zeros(2), b["tokens"], b["graph_map"]))
+    assert not torch.allclose(conditional, null)  # the horizon matters to this network
+    guided = ConditionedDenoiser(unet, cn, graph_hint=True, guidance=1.5)
+    c = guided.condition(b["z_base"], b["covariates"], b["years"], b["tokens"], b["graph_map"])
+    assert c.z_base.shape[0] == 4 and c.guidance == 1.5
+    assert c.sample_shape == b["noisy"].shape  # what the sampler draws: the guided rows aside
+    out = guided.steps(c)(b["noisy"], b["t"])
+    assert out.shape == conditional.shape
+    torch.testing.assert_close(out, conditional + 1.5 * (conditional - null), rtol=1e-5,
+                               atol=1e-5)
+
+
+@pytest.mark.parametrize("weight", [-0.5, float("nan")])
+def test_a_bad_guidance_weight_is_refused(nets, weight):
+    unet, _ = nets
+    with pytest.raises(ValueError, match="guidance"):
+        ConditionedDenoiser(unet, guidance=weight)

@@ -1,0 +1,116 @@
+"""Choose a model's guidance weight on a split, so that its predicted change has the right size.
+
+A trained model predicts the sign and the place of atrophy but too little of it. Guidance against
+the zero horizon (:mod:`mambacontrol.pipeline.denoiser`) scales up what the model attributes to
+the passing of time. :func:`calibrate_guidance` evaluates the model at each candidate weight
+on a split it was not trained on (``valid`` by default), with every metric of ``evaluate``. It
+keeps the weight whose predicted/true change ratio is closest to 1 over the key groups: the
+smallest mean of ``|log ratio|``. It then saves a copy of the model with that weight as its
+default.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from mambacontrol.errors import MambaControlError
+from mambacontrol.evaluation.evaluate import EvaluationSettings, evaluate
+from mambacontrol.io import OutputFolder, write_json
+from mambacontrol.pipeline.progression import ProgressionPipeline, check_guidance
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WEIGHTS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)
+"""Candidate weights: none, and up to three times the conditional change's contrast."""
+
+KEY_GROUPS = ("hippocampus", "amygdala", "entorhinal", "lateral_ventricles", "whole_brain")
+
+WRONG_SIGN_RATIO = 0.01
+"""A ratio ≤ 0 (no change, or the wrong sign) counts as this one: |log| = 4.6."""
+
+EVALUATIONS_NAME, MODEL_NAME, RESULT_NAME = "evaluations", "model", "calibration.json"
+
+
+def ratio_distance(ratios: Mapping[str, float | None]) -> float:
+    """Mean over the groups of ``|log ratio|`` (0: every group predicted at its true size);
+    groups without a ratio (a true change near 0) are left out; inf when none has one."""
+    logs = [abs(math.log(r if r > 0 else WRONG_SIGN_RATIO)) for r in ratios.values()
+            if r is not None]
+    return sum(logs) / len(logs) if logs else math.inf
+
+
+def _model_row(summary: dict, group: str) -> dict:
+    model = next(m for m in summary["methods"] if summary["method_kinds"][m] == "model")
+    return summary["key_groups"][model].get(group, {})
+
+
+def calibrate_guidance(manifest: str | os.PathLike, model: str | os.PathLike,
+                       out: str | os.PathLike, weights: Sequence[float] = DEFAULT_WEIGHTS,
+                       settings: EvaluationSettings | None = None, device: str = "cpu",
+                       command: Sequence[str] | str | None = None) -> dict:
+    """Evaluate ``model`` at each guidance weight and save a copy with the best as its default.
+
+    Args:
+        manifest: the manifest (with a ``split`` column).
+        model: the trained model folder (read only).
+        out: output folder: ``evaluations/guidance-<w>/`` (one ``evaluate`` output per weight,
+            each resumable), ``model/`` (the copy with the chosen weight) and
+            ``calibration.json``.
+        weights: candidate weights, each in [0, 20].
+        settings: the evaluations' settings (default: the ``valid`` split, every pair, the copy
+            baseline, no ceiling rows); their own ``guidance`` is replaced by each weight.
+        device: torch device for the model.
+        command: the command line, for the evaluations' provenance.
+
+    Returns:
+        The contents of ``calibration.json``: per weight and key group the change ratio and the
+        mean absolute error of the % volume change, the distance per weight, and the choice.
+
+    Raises:
+        MambaControlError: no weights, a bad weight, or a split without any pair.
+    """
+    weights = sorted({float(w) for w in weights})
+    if not weights:
+        raise MambaControlError("give at least one guidance weight (--weights 0,1,2)")
+    for w in weights:
+        check_guidance(w, "--weights")
+    s = settings or EvaluationSettings(split="valid", baselines=("copy",), ceiling=False)
+    table, distances = {}, {}
+    with OutputFolder.claim(out, "calibrate", inputs=[manifest, model], resume=True) as folder:
+        folder.record(EVALUATIONS_NAME)
+        for w in weights:
+            label = f"{w:g}"
+            log.info("guidance %s: evaluating %s on the %s split", label, model, s.split)
+            summary = evaluate(manifest, [model], folder.path / EVALUATIONS_NAME /
+                               f"guidance-{label}", replace(s, guidance=w), command=command,
+                               device=device)
+            rows = {g: _model_row(summary, g) for g in KEY_GROUPS}
+            table[label] = {g: {"change_ratio": r.get("change_ratio"),
+                                "abs_error_pct": (r.get("abs_error_pct") or {}).get("mean")}
+                            for g, r in rows.items()}
+            distances[label] = ratio_distance({g: v["change_ratio"]
+                                               for g, v in table[label].items()})
+        chosen = min(weights, key=lambda w: (distances[f"{w:g}"], w))
+        if math.isinf(distances[f"{chosen:g}"]):
+            raise MambaControlError(f"the {s.split} split gave no change ratio (no pair with a "
+                                    "true change); calibrate on a split with follow-up visits")
+        pipe = ProgressionPipeline.from_pretrained(model)
+        pipe.sampling = replace(pipe.sampling, guidance=chosen)
+        with folder.staging() as tmp:
+            pipe.save_pretrained(tmp / MODEL_NAME)
+            folder.commit(tmp / MODEL_NAME, MODEL_NAME)
+        result = {"model": str(model), "split": s.split, "pairs": s.pairs,
+                  "criterion": "smallest mean |log(predicted/true change)| over the key groups",
+                  "weights": table, "distance": distances, "chosen": chosen,
+                  "calibrated_model": str(folder.path / MODEL_NAME)}
+        with folder.staging() as tmp:
+            write_json(tmp / RESULT_NAME, result)
+            folder.commit(tmp / RESULT_NAME, RESULT_NAME)
+    log.info("guidance %g chosen (mean |log ratio| %.3f); model saved to %s", chosen,
+             distances[f"{chosen:g}"], Path(out) / MODEL_NAME)
+    return result

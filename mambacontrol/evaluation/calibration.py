@@ -7,6 +7,10 @@ on a split it was not trained on (``valid`` by default), with every metric of ``
 keeps the weight whose predicted/true change ratio is closest to 1 over the key groups: the
 smallest mean of ``|log ratio|``. It then saves a copy of the model with that weight as its
 default.
+
+The ratio compares like with like, as ``evaluate`` scores a model: the predicted change as the
+regional measurement reads it, over the true follow-up's change as the same measurement reads it
+(with exact truth, the measurement floor row sets that reading against the exact change).
 """
 
 from __future__ import annotations
@@ -44,9 +48,15 @@ def ratio_distance(ratios: Mapping[str, float | None]) -> float:
     return sum(logs) / len(logs) if logs else math.inf
 
 
-def _model_row(summary: dict, group: str) -> dict:
-    model = next(m for m in summary["methods"] if summary["method_kinds"][m] == "model")
-    return summary["key_groups"][model].get(group, {})
+def model_ratios(summary: dict) -> dict[str, dict]:
+    """Per key group of an evaluation summary: the model's predicted/true change ratio
+    (``change_ratio``) and its mean absolute error of the % volume change (``abs_error_pct``)."""
+    kinds = summary["method_kinds"]
+    model = next(m for m in summary["methods"] if kinds[m] == "model")
+    rows = {g: summary["key_groups"][model].get(g, {}) for g in KEY_GROUPS}
+    return {g: {"change_ratio": r.get("change_ratio"),
+                "abs_error_pct": (r.get("abs_error_pct") or {}).get("mean")}
+            for g, r in rows.items()}
 
 
 def calibrate_guidance(manifest: str | os.PathLike, model: str | os.PathLike,
@@ -89,10 +99,7 @@ def calibrate_guidance(manifest: str | os.PathLike, model: str | os.PathLike,
             summary = evaluate(manifest, [model], folder.path / EVALUATIONS_NAME /
                                f"guidance-{label}", replace(s, guidance=w), command=command,
                                device=device)
-            rows = {g: _model_row(summary, g) for g in KEY_GROUPS}
-            table[label] = {g: {"change_ratio": r.get("change_ratio"),
-                                "abs_error_pct": (r.get("abs_error_pct") or {}).get("mean")}
-                            for g, r in rows.items()}
+            table[label] = model_ratios(summary)
             distances[label] = ratio_distance({g: v["change_ratio"]
                                                for g, v in table[label].items()})
         chosen = min(weights, key=lambda w: (distances[f"{w:g}"], w))
@@ -105,7 +112,8 @@ def calibrate_guidance(manifest: str | os.PathLike, model: str | os.PathLike,
             pipe.save_pretrained(tmp / MODEL_NAME)
             folder.commit(tmp / MODEL_NAME, MODEL_NAME)
         result = {"model": str(model), "split": s.split, "pairs": s.pairs,
-                  "criterion": "smallest mean |log(predicted/true change)| over the key groups",
+                  "criterion": "smallest mean |log(predicted / true change)| over the key "
+                               "groups (both as the regional measurement reads them)",
                   "weights": table, "distance": distances, "chosen": chosen,
                   "calibrated_model": str(folder.path / MODEL_NAME)}
         with folder.staging() as tmp:

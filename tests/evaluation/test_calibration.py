@@ -23,6 +23,18 @@ def test_ratio_distance():
     assert ratio_distance({"a": None}) == math.inf
 
 
+def test_the_ratios_are_the_model_rows():
+    groups = calibration.KEY_GROUPS
+    row = {"change_ratio": 0.5, "abs_error_pct": {"mean": 1.0, "sd": 0.1, "n": 3}}
+    summary = {"methods": ["m", "copy-baseline"],
+               "method_kinds": {"m": "model", "copy-baseline": "baseline"},
+               "key_groups": {"m": {g: row for g in groups},
+                              "copy-baseline": {g: {"change_ratio": 0.0} for g in groups}}}
+    ratios = calibration.model_ratios(summary)
+    assert ratios["hippocampus"] == {"change_ratio": 0.5, "abs_error_pct": 1.0}
+    assert set(ratios) == set(groups)
+
+
 def _digest(folder):
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(folder.rglob("*")) if p.is_file()}

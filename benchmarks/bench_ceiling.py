@@ -18,6 +18,10 @@ autoencoder is trained once into ``<out>/<name>`` (the script resumes); the pair
 measured once for all variants. An interrupted variant's training resumes when the script is run
 again with the same arguments.
 
+``--latent-gain 1.5,2`` adds, per autoencoder, rows ``<name>@<g>`` decoded from the latent
+``z_base + g (z_follow − z_base)``: the decoder shrinks a change, and an amplified latent change
+(what guidance does to a prediction) may carry more of it than the true latent does.
+
 ``--field-probe 4,8`` adds, free of any training, what a deformation-valued representation on a
 latent grid ``f`` times coarser could carry at most: the truth's own log-Jacobian, averaged over
 ``f``³ blocks and interpolated back (trilinear), integrated over the regions (rows
@@ -82,6 +86,11 @@ def factor_list(text: str) -> list[int]:
     return [int(f) for f in text.split(",") if f.strip()]
 
 
+def gain_list(text: str) -> list[float]:
+    """``"1.5,2"`` → ``[1.5, 2.0]``."""
+    return [float(g) for g in text.split(",") if g.strip()]
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--manifest", type=Path, required=True)
@@ -98,6 +107,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="registration seed")
     parser.add_argument("--field-probe", default=[], metavar="F,F", type=factor_list,
                         help="latent factors of the deformation-field probe (e.g. 4,8)")
+    parser.add_argument("--latent-gain", default=[], metavar="G,G", type=gain_list,
+                        help="also decode z_base + G (z_follow - z_base) per autoencoder")
     parser.add_argument("--json", type=Path, help="write the figures here too")
     return parser.parse_args()
 
@@ -168,22 +179,28 @@ def score_ceilings(args: argparse.Namespace, scans: GridScans, models: dict[str,
                 base_vols, field_probe(measured, base.labels, voxel, f), truth, groups)
             results.append(PairResult(info, f"field-probe-{f}x", {}, regions, by_group))
         for name, ae in models.items():
-            with torch.no_grad():
-                image = reconstruct_follow_up(ae, base.image, follow.image, base.mask, args.decode)
-            mae[name].append(image_metrics(image, base.image, follow.image, base.mask)["mae"])
-            _, vols = scans.measure(base, image)
-            regions, by_group = regional_change(base_vols, on_base(base_vols, vols), truth,
-                                                groups)
-            results.append(PairResult(info, name, {}, regions, by_group))
+            for gain in [1.0, *args.latent_gain]:
+                row = name if gain == 1.0 else f"{name}@{gain:g}"
+                with torch.no_grad():
+                    image = reconstruct_follow_up(ae, base.image, follow.image, base.mask,
+                                                  args.decode, latent_gain=gain)
+                if gain == 1.0:
+                    mae[name].append(image_metrics(image, base.image, follow.image,
+                                                   base.mask)["mae"])
+                _, vols = scans.measure(base, image)
+                regions, by_group = regional_change(base_vols, on_base(base_vols, vols), truth,
+                                                    groups)
+                results.append(PairResult(info, row, {}, regions, by_group))
         print(f"pair {i + 1}/{len(pairs)} ({time.perf_counter() - start:.0f} s)", flush=True)
     return results, mae
 
 
 def ceiling_table(summary: dict, models: dict[str, Autoencoder], grid: tuple[int, ...],
                   seconds: dict[str, float], mae: dict[str, list[float]],
-                  factors: list[int]) -> dict:
-    """Per variant (and field probe): latent shape, size, training time, reconstruction MAE, and
-    per key group the change recovered (%) and the regional error in % of the copy-baseline's."""
+                  factors: list[int], gains: list[float] = ()) -> dict:
+    """Per variant (each latent gain, and field probe): latent shape, size, training time,
+    reconstruction MAE, and per key group the change recovered (%) and the regional error in %
+    of the copy-baseline's."""
     copy = summary["key_groups"][COPY_BASELINE]
 
     def groups(name: str) -> dict:
@@ -202,6 +219,9 @@ def ceiling_table(summary: dict, models: dict[str, Autoencoder], grid: tuple[int
             "train_s": seconds.get(name),
             "follow_up_mae": float(np.mean(mae[name])),
             "groups": groups(name)}
+        for gain in gains:
+            table[f"{name}@{gain:g}"] = {**table[name], "follow_up_mae": float("nan"),
+                                         "groups": groups(f"{name}@{gain:g}")}
     for f in factors:
         table[f"field-probe-{f}x"] = {"latent": [-(-s // f) for s in grid] + [3],
                                       "parameters": 0, "train_s": None,
@@ -232,7 +252,7 @@ def main() -> None:
     models = {n: Autoencoder.load(p).eval() for n, p in autoencoders.items()}
     results, mae = score_ceilings(args, scans, models)
     table = ceiling_table(summarize(results), models, atlas.grid.shape, seconds, mae,
-                          args.field_probe)
+                          args.field_probe, args.latent_gain)
     n = len({r.pair for r in results})
     print(f"\n{n} pairs ({args.split}, {args.pairs}), decode {args.decode}\n")
     print_table(table)

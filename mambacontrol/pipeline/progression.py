@@ -535,7 +535,8 @@ class ProgressionPipeline:
 
 @torch.no_grad()
 def reconstruct_follow_up(autoencoder: Autoencoder, image: np.ndarray, follow: np.ndarray,
-                          brain: np.ndarray, decode: str = "difference") -> np.ndarray:
+                          brain: np.ndarray, decode: str = "difference",
+                          latent_gain: float = 1.0) -> np.ndarray:
     """A true follow-up through an autoencoder, decoded as predictions are: the representation's
     ceiling (:meth:`ProgressionPipeline.reconstruct` for a whole model).
 
@@ -545,6 +546,9 @@ def reconstruct_follow_up(autoencoder: Autoencoder, image: np.ndarray, follow: n
         brain: (X, Y, Z) bool; the result is zero outside.
         decode: ``difference`` (``x_base + D(E(follow)) − D(E(base))``) or ``direct``
             (``D(E(follow))``).
+        latent_gain: g; the follow-up's latent is taken as ``z_base + g (z_follow − z_base)``
+            (1: the true latent). The decoder shrinks a change; a gain above 1 shows how much
+            of it an amplified latent change (guidance) can still carry.
 
     Returns:
         (X, Y, Z) float32 in [0, 1] inside ``brain``.
@@ -552,9 +556,10 @@ def reconstruct_follow_up(autoencoder: Autoencoder, image: np.ndarray, follow: n
     device = next(autoencoder.parameters()).device
     x, y = (torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None, None].to(device)
             for a in (image, follow))
-    out = autoencoder.decode(autoencoder.encode(y))
+    z_base, z_follow = autoencoder.encode(x), autoencoder.encode(y)
+    out = autoencoder.decode(z_base + latent_gain * (z_follow - z_base))
     if decode == "difference":
-        out = x + out - autoencoder.decode(autoencoder.encode(x))
+        out = x + out - autoencoder.decode(z_base)
     return _clip_to_brain(out[0, 0].double(), brain)
 
 

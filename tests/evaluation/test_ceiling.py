@@ -13,7 +13,7 @@ from mambacontrol.data import Manifest
 from mambacontrol.evaluation.evaluate import CHANGE_THRESHOLD, GridScans
 from mambacontrol.evaluation.metrics import image_metrics
 from mambacontrol.evaluation.records import AUTOENCODER_CEILING
-from mambacontrol.pipeline.progression import ProgressionPipeline
+from mambacontrol.pipeline.progression import ProgressionPipeline, reconstruct_follow_up
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +53,25 @@ def test_the_baseline_reconstructs_to_itself_under_the_difference_rule(pipe, fir
     np.testing.assert_allclose(got, np.where(base.mask, base.image.clip(0, 1), 0.0), atol=1e-6)
     direct = pipe.reconstruct(base.image, base.image, mask=base.mask, decode="direct")
     assert np.abs(direct - got).max() > 1e-3  # the direct rule keeps the reconstruction error
+
+
+def test_a_latent_gain_scales_the_latent_change(pipe, first_test_pair):
+    """z_base + g (z_follow − z_base): g = 1 is the ceiling, g = 0 the baseline itself, and the
+    decoded change of g = 2 is the decoder's response to twice the latent change."""
+    _, base, follow = first_test_pair
+    ae = pipe.autoencoder
+    ceiling = reconstruct_follow_up(ae, base.image, follow.image, base.mask, latent_gain=1.0)
+    np.testing.assert_array_equal(ceiling, pipe.reconstruct(base.image, follow.image,
+                                                            mask=base.mask))
+    none = reconstruct_follow_up(ae, base.image, follow.image, base.mask, latent_gain=0.0)
+    np.testing.assert_allclose(none, np.where(base.mask, base.image.clip(0, 1), 0.0), atol=1e-6)
+    x, y = (torch.from_numpy(a.astype(np.float32))[None, None] for a in (base.image, follow.image))
+    with torch.no_grad():
+        z_base, z_follow = ae.encode(x), ae.encode(y)
+        want = (x + ae.decode(2 * z_follow - z_base) - ae.decode(z_base))[0, 0].double()
+    twice = reconstruct_follow_up(ae, base.image, follow.image, base.mask, latent_gain=2.0)
+    np.testing.assert_allclose(twice, np.where(base.mask, want.clamp(0, 1).numpy(), 0.0),
+                               atol=1e-5)
 
 
 def test_reconstruct_refuses_a_scan_off_the_grid(pipe, first_test_pair):

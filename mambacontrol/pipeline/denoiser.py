@@ -10,7 +10,9 @@ Guidance (``guidance`` w > 0) contrasts each step with the same conditioning at 
 ("no time passes"): ``out = out(Δt) + w · (out(Δt) − out(0))``, the classifier-free guidance
 rule with the zero horizon as the null condition. It strengthens what the model attributes to
 the passing of time, the change, whose size a trained model underestimates (the demo model's
-latent change has a gain of about 0.46); w = 0 is the model as trained.
+latent change has a gain of about 0.46); w = 0 is the model as trained. The null zeroes the
+horizon where the denoiser reads it (the covariate ``years`` and the hint's Δt map); the graph
+encoder's tokens and painted map, computed before the denoiser, stay those of the pair's horizon.
 """
 
 from __future__ import annotations

@@ -422,6 +422,7 @@ class ProgressionPipeline:
         """
         scheduler = sampling_scheduler(self.schedule, sampling.sampler)
         clock = PhaseTimes(self.device)
+        denoiser = self.denoiser(sampling.guidance)
         with clock.phase("encoding"):
             baseline = self._encode_baseline(image, labels, mask, sampling.decode)
         predictions = []
@@ -430,8 +431,8 @@ class ProgressionPipeline:
             covariates = covariates.to(self.device)
             with clock.phase("sampling"):
                 conditioning, node_log_ratio = self._conditioning(
-                    baseline, covariates, horizon, sampling.num_samples, sampling.guidance)
-                target = sample(self.denoiser(sampling.guidance).steps(conditioning), scheduler,
+                    baseline, covariates, horizon, sampling.num_samples, denoiser)
+                target = sample(denoiser.steps(conditioning), scheduler,
                                 conditioning.sample_shape, sampling.num_inference_steps,
                                 generator=generator, device=self.device, progress=progress)
             with clock.phase("decoding"):
@@ -489,7 +490,7 @@ class ProgressionPipeline:
 
     def _conditioning(self, baseline: _EncodedBaseline, covariates: torch.Tensor, years: float,
                       num_samples: int,
-                      guidance: float = 0.0) -> tuple[Conditioning, np.ndarray | None]:
+                      denoiser: ConditionedDenoiser) -> tuple[Conditioning, np.ndarray | None]:
         """Everything that steers the denoiser at one horizon, for ``num_samples`` samples, and
         the trajectory head's (R,) regional prediction (None without a head)."""
         z_base = baseline.latent.expand(num_samples, *baseline.latent.shape[1:])
@@ -506,8 +507,8 @@ class ProgressionPipeline:
                                              torch.tensor([years], device=self.device))
                 node_log_ratio = ratio[0].cpu().numpy()
         years_per_sample = torch.full((num_samples,), float(years), device=self.device)
-        conditioning = self.denoiser(guidance).condition(z_base, sample_covariates,
-                                                         years_per_sample, tokens, graph_map)
+        conditioning = denoiser.condition(z_base, sample_covariates, years_per_sample, tokens,
+                                          graph_map)
         return conditioning, node_log_ratio
 
     @torch.no_grad()

@@ -10,10 +10,11 @@ from mambacontrol.atlas import load_atlas
 from mambacontrol.cli.main import main
 from mambacontrol.errors import MambaControlError
 from mambacontrol.evaluation.evaluate import EvaluationSettings, _run_identity
-from mambacontrol.io import load_nifti, save_nifti
+from mambacontrol.io import load_nifti
 from mambacontrol.pipeline.progression import ProgressionPipeline, SamplingPlan
-from mambacontrol.pipeline.scan_prediction import PredictRequest, PredictSettings, write_prediction
+from mambacontrol.pipeline.scan_prediction import PredictSettings, write_prediction
 from tests.pipeline.test_progression import build
+from tests.pipeline.test_sampler_choice import template_request
 
 
 @pytest.fixture(scope="module")
@@ -23,11 +24,7 @@ def atlas():
 
 def test_guidance_reaches_the_prediction_and_is_recorded(atlas, tmp_path):
     pipe = build(atlas)
-    scan = tmp_path / "scan.nii.gz"
-    save_nifti(scan, atlas.template, atlas.grid.affine)
-    labels = tmp_path / "labels.nii.gz"
-    save_nifti(labels, atlas.labels, atlas.grid.affine, dtype=np.int16)
-    request = PredictRequest(scan, 70.0, "F", "AD", [2.0], labels)
+    request = template_request(atlas, tmp_path)
     images = {}
     for weight in (None, 0.0, 2.0):
         settings = PredictSettings(num_samples=1, num_inference_steps=3, guidance=weight,

@@ -25,13 +25,19 @@ def atlas():
     return load_atlas(grid="4mm")
 
 
+def template_request(atlas, folder) -> PredictRequest:
+    """A 2-year prediction request for the atlas template and its labels, written to ``folder``
+    (a scan already on the model grid)."""
+    scan = folder / "scan.nii.gz"
+    save_nifti(scan, atlas.template, atlas.grid.affine)
+    labels = folder / "labels.nii.gz"
+    save_nifti(labels, atlas.labels, atlas.grid.affine, dtype=np.int16)
+    return PredictRequest(scan, 70.0, "F", "AD", [2.0], labels)
+
+
 def test_the_chosen_sampler_predicts_and_is_recorded(atlas, tmp_path):
     pipe = build(atlas)
-    scan = tmp_path / "scan.nii.gz"
-    save_nifti(scan, atlas.template, atlas.grid.affine)
-    labels = tmp_path / "labels.nii.gz"
-    save_nifti(labels, atlas.labels, atlas.grid.affine, dtype=np.int16)
-    request = PredictRequest(scan, 70.0, "F", "AD", [2.0], labels)
+    request = template_request(atlas, tmp_path)
     images = {}
     for sampler in ("ddim", "dpm-solver"):
         settings = PredictSettings(num_samples=1, num_inference_steps=3, sampler=sampler,

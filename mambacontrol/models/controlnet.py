@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 
 Mixer = Literal["mamba", "attention"]
 MIXERS = get_args(Mixer)
+GraphPainting = Literal["soft", "majority"]
+GRAPH_PAINTINGS = get_args(GraphPainting)
 
 
 def _conv(cin: int, cout: int, kernel: int = 3) -> Convolution:
@@ -132,7 +134,14 @@ class MambaControlNet(Component):
         hint_width: width of the hint embedding.
         num_covariates: length of the covariate vector.
         use_flash_attention: fused attention kernels (the ``attention`` mixer), as the UNet's.
+        graph_painting: how the graph map of the hint is painted onto the latent grid: ``soft``
+            (each latent voxel carries the embeddings of the regions it overlaps, weighted by
+            their voxel fractions, so every region is present) or ``majority`` (its most frequent
+            region's; small regions can vanish). Stored so a model is fed as it was trained;
+            models saved before the setting existed painted by majority.
     """
+
+    legacy_defaults = {"graph_painting": "majority"}
 
     @register_to_config
     def __init__(self, in_channels: int = 6, hint_channels: int = 4,
@@ -146,12 +155,15 @@ class MambaControlNet(Component):
                  fourier_levels: Sequence[bool] | None = None,
                  fourier_modes: Sequence[int] = (6, 6, 6),
                  hint_width: int = 32, num_covariates: int = NUM_COVARIATES,
-                 use_flash_attention: bool = True):
+                 use_flash_attention: bool = True, graph_painting: GraphPainting = "soft"):
         super().__init__()
         channels = tuple(int(c) for c in channels)
         n = len(channels)
         if mixer not in MIXERS:
             raise ValueError(f"mixer '{mixer}' is not one of {', '.join(MIXERS)}")
+        if graph_painting not in GRAPH_PAINTINGS:
+            raise ValueError(f"graph_painting '{graph_painting}' is not one of "
+                             f"{', '.join(GRAPH_PAINTINGS)}")
         mamba_levels, fourier_levels = _level_switches(n, attention_levels, mamba_levels,
                                                        fourier_levels)
         if any(c % norm_num_groups for c in channels):
@@ -223,7 +235,8 @@ class MambaControlNet(Component):
             unet: the trained denoiser.
             hint_channels: channels of the hint map.
             copy_weights: copy the matching UNet weights.
-            **kwargs: ControlNet-only settings (mixer, mamba_*, fourier_*, hint_width);
+            **kwargs: ControlNet-only settings (mixer, mamba_*, fourier_*, hint_width,
+                graph_painting);
                 ``mamba_levels`` defaults to the UNet's attention levels.
         """
         uc = unet.config

@@ -13,7 +13,7 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from diffusers import ConfigMixin, ModelMixin
@@ -35,6 +35,9 @@ class Component(ModelMixin, ConfigMixin):
     ``@register_to_config``)."""
 
     config_name = CONFIG_NAME
+    legacy_defaults: ClassVar[dict[str, Any]] = {}
+    """Setting -> the value models saved before the setting existed had (their config lacks it;
+    the ``__init__`` default is what new models get)."""
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Write config and weights into ``directory``, atomically (temporary folder + rename)."""
@@ -70,6 +73,7 @@ class Component(ModelMixin, ConfigMixin):
             raise ModelError(f"{cfg_path}: corrupt config (not a JSON object); re-save the model")
         if config.get("_class_name") != cls.__name__:
             raise ModelError(f"{folder}: holds a {config.get('_class_name')}, not a {cls.__name__}")
+        config = {**cls.legacy_defaults, **config}
         accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
         unknown = sorted(k for k in config if not k.startswith("_") and k not in accepted)
         if unknown:

@@ -13,6 +13,11 @@ the passing of time, the change, whose size a trained model underestimates (the 
 latent change has a gain of about 0.46); w = 0 is the model as trained. The null zeroes the
 horizon where the denoiser reads it (the covariate ``years`` and the hint's Δt map); the graph
 encoder's tokens and painted map, computed before the denoiser, stay those of the pair's horizon.
+
+Training can drop the horizon the same way (``condition(drop_horizon=...)``: the training
+configs' ``condition_dropout``, about 10 % of the pairs), so the null is a condition the model has
+learned, the change expected when the horizon is not known, and not an extrapolation to a horizon
+no training pair has.
 """
 
 from __future__ import annotations
@@ -25,6 +30,26 @@ from torch import nn
 from mambacontrol.data.covariates import COVARIATE_NAMES, CovariateNorm
 from mambacontrol.pipeline.conditioning import build_hint
 from mambacontrol.pipeline.sampling import Denoiser
+
+
+def null_horizon(covariates: torch.Tensor, years: torch.Tensor,
+                 rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The guidance null: the horizon zeroed where the denoiser reads it.
+
+    Args:
+        covariates: (B, 6) normalised covariates; their ``years`` entry is zeroed.
+        years: (B,) horizons in years (the hint's Δt map); zeroed.
+        rows: (B,) bool, the rows to null; default all.
+
+    Returns:
+        new (covariates, years); the inputs are not modified.
+    """
+    keep = (torch.zeros_like(years, dtype=torch.bool) if rows is None
+            else ~rows.to(years.device, torch.bool))
+    covariates = covariates.clone()
+    col = COVARIATE_NAMES.index("years")
+    covariates[:, col] = torch.where(keep.to(covariates.device), covariates[:, col], 0.0)
+    return covariates, torch.where(keep, years, torch.zeros_like(years))
 
 
 @dataclass(frozen=True, eq=False)
@@ -98,7 +123,8 @@ class ConditionedDenoiser:
 
     def condition(self, z_base: torch.Tensor, covariates: torch.Tensor, years: torch.Tensor,
                   graph_tokens: torch.Tensor | None = None,
-                  graph_map: torch.Tensor | None = None) -> Conditioning:
+                  graph_map: torch.Tensor | None = None,
+                  drop_horizon: torch.Tensor | None = None) -> Conditioning:
         """Build what steers every step of one batch or horizon.
 
         Args:
@@ -108,13 +134,18 @@ class ConditionedDenoiser:
             graph_tokens: (B, T, E) pooled graph tokens (the UNet's context), or None.
             graph_map: (B, E, x, y, z) node embeddings painted on the latent grid; used only
                 when the ControlNet's hint carries it.
+            drop_horizon: (B,) bool, rows whose horizon is replaced by the guidance null
+                (:func:`null_horizon`; condition dropout in training); default none.
         """
+        years = years.reshape(-1).expand(z_base.shape[0])
+        if drop_horizon is not None:
+            if self.guidance:
+                raise ValueError("drop_horizon is for training, guidance for sampling: not both")
+            covariates, years = null_horizon(covariates, years, drop_horizon)
         if self.guidance:
-            years = years.reshape(-1).expand(z_base.shape[0])
-            no_time = covariates.clone()
-            no_time[:, COVARIATE_NAMES.index("years")] = 0.0
+            no_time, no_years = null_horizon(covariates, years)
             z_base, covariates = torch.cat([z_base, z_base]), torch.cat([covariates, no_time])
-            years = torch.cat([years, torch.zeros_like(years)])
+            years = torch.cat([years, no_years])
             graph_tokens = None if graph_tokens is None else torch.cat([graph_tokens] * 2)
             graph_map = None if graph_map is None else torch.cat([graph_map] * 2)
         context = None

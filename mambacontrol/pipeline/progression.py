@@ -475,8 +475,10 @@ class ProgressionPipeline:
         brain = (np.asarray(image) != 0) if mask is None else np.asarray(mask, dtype=bool)
         graph_inputs = None
         if self.graph_encoder is not None:
+            painting = (self.controlnet.config.graph_painting if self.controlnet is not None
+                        else "soft")  # without a ControlNet the graph map is not read
             graph_inputs = graph_scan_inputs(np.asarray(image), np.asarray(labels), self.graph,
-                                             self.autoencoder.downsample_factor)
+                                             self.autoencoder.downsample_factor, painting)
         decoded = self.autoencoder.decode(z_base) if decode == "difference" else None
         return _EncodedBaseline(x_base, z_base, decoded, brain, graph_inputs)
 

@@ -113,7 +113,7 @@ class PairItem:
     covariates: torch.Tensor  # (6,)
     years: torch.Tensor  # ()
     features: torch.Tensor | None = None  # (R, F)
-    assignment: torch.Tensor | None = None  # (x, y, z) int64
+    assignment: torch.Tensor | None = None  # GraphScanInputs.assignment
 
     def as_dict(self) -> dict[str, torch.Tensor]:
         d = {"z_base": self.z_base, "z_follow": self.z_follow, "covariates": self.covariates,
@@ -125,9 +125,11 @@ class PairItem:
 
 
 def pair_items(data: RunData, pairs: list[VisitPair], ae_hash: str, norm: CovariateNorm,
-               graph=None, factor: int = 1) -> list[dict[str, torch.Tensor]]:
+               graph=None, factor: int = 1,
+               painting: str = "soft") -> list[dict[str, torch.Tensor]]:
     """Tensors of every pair: cached latents, covariates at the earlier visit, and (with a graph)
-    the earlier scan's node features and latent-grid node assignment."""
+    the earlier scan's node features and latent-grid node assignment (``painting``: see
+    :func:`~mambacontrol.pipeline.conditioning.graph_scan_inputs`)."""
     latents: dict[str, torch.Tensor] = {}
     graph_inputs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -144,7 +146,7 @@ def pair_items(data: RunData, pairs: list[VisitPair], ae_hash: str, norm: Covari
         if graph is not None:
             if a.image_uid not in graph_inputs:
                 scan = data.prepared(a)
-                g = graph_scan_inputs(scan.image, scan.labels, graph, factor)
+                g = graph_scan_inputs(scan.image, scan.labels, graph, factor, painting)
                 graph_inputs[a.image_uid] = (g.features, g.assignment)
             item.features, item.assignment = graph_inputs[a.image_uid]
         items.append(item.as_dict())

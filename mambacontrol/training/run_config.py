@@ -137,7 +137,12 @@ UNetModel = _section(
 
 @dataclass
 class DiffusionTrain(OptimConfig):
+    """A diffusion stage's optimisation, its EMA decay and ``condition_dropout``: the fraction
+    of training pairs whose horizon is replaced by the guidance null (Δt = 0 in the covariates
+    and the hint), so classifier-free guidance contrasts the model with a null it has learned."""
+
     ema_decay: float = 0.999
+    condition_dropout: float = 0.1
 
 
 @dataclass
@@ -154,7 +159,8 @@ ControlNetModel = _section(
     "architecture is the UNet's.",
     signature_fields(MambaControlNet, ("mixer", "mamba_levels", "mamba_directions",
                                        "mamba_d_state", "mamba_expand", "share_mamba_weights",
-                                       "fourier_levels", "fourier_modes", "hint_width")),
+                                       "fourier_levels", "fourier_modes", "hint_width",
+                                       "graph_painting")),
     [("graph_hint", bool, field(default=True))])
 
 

@@ -5,7 +5,9 @@ follow-up latent), and regress the network output onto the noise (``epsilon``) o
 (``v_prediction``) with a mean squared error. The ``unet`` stage trains the denoiser with the
 covariate token and the frozen graph encoder's tokens as context; the ``controlnet`` stage freezes
 that UNet and trains a ControlNet initialised from it, whose hint is the baseline latent, the
-graph map and the Δt map. Both keep an EMA of the trained weights and save the EMA weights.
+graph map and the Δt map. In both, ``train.condition_dropout`` of the pairs (default 10 %) see
+the guidance null instead of their horizon (``pipeline.denoiser.null_horizon``). Both keep an
+EMA of the trained weights and save the EMA weights.
 """
 
 from __future__ import annotations
@@ -83,17 +85,27 @@ def _graph_parts(models: dict, batch: dict):
     return tokens, gmap
 
 
+def dropped_horizons(batch_size: int, rate: float, device) -> torch.Tensor | None:
+    """(B,) bool: which pairs of a batch train the guidance null, each with probability
+    ``rate`` (the global generator, so a resumed run draws what an unbroken one would); None at
+    rate 0."""
+    if rate <= 0:
+        return None
+    return torch.rand(batch_size, device=device) < rate
+
+
 def _denoise(models: dict, batch: dict, noisy: torch.Tensor, ts: torch.Tensor,
-             graph_hint: bool = False) -> torch.Tensor:
+             graph_hint: bool = False, drop_horizon: torch.Tensor | None = None) -> torch.Tensor:
     """One denoising step of a training batch: the batch's conditioning built and run by the
     :class:`~mambacontrol.pipeline.denoiser.ConditionedDenoiser` that sampling uses too (the
-    UNet alone in the ``unet`` stage; ControlNet → frozen UNet in the ``controlnet`` stage)."""
+    UNet alone in the ``unet`` stage; ControlNet → frozen UNet in the ``controlnet`` stage).
+    ``drop_horizon`` (B,) bool: pairs whose horizon is replaced by the guidance null."""
     controlnet = models.get("controlnet")
     denoiser = ConditionedDenoiser(models["unet"], controlnet, graph_hint,
                                    unet_frozen=controlnet is not None)
     tokens, gmap = _graph_parts(models, batch)
     conditioning = denoiser.condition(batch["z_base"], batch["covariates"], batch["years"],
-                                      tokens, gmap)
+                                      tokens, gmap, drop_horizon=drop_horizon)
     return denoiser(noisy, ts, conditioning)
 
 
@@ -115,7 +127,8 @@ def _items(cfg: RunConfig, data: RunData, out: Path, frozen: dict, factor: int) 
     if not pairs:
         raise ConfigError("the train split has no subject with two visits; the diffusion stages "
                           "train on visit pairs")
-    return pair_items(data, pairs, ae_hash, norm, graph, factor)
+    return pair_items(data, pairs, ae_hash, norm, graph, factor,
+                      cfg.controlnet.model.graph_painting)
 
 
 def _as_panel(volumes: list[torch.Tensor]) -> np.ndarray:
@@ -180,7 +193,8 @@ def train_unet(cfg: RunConfig, data: RunData, out: Path, resume: bool,
     def step_fn(batch, models, step):
         target = unet.target_from_latents(batch["z_base"], batch["z_follow"])  # config only
         noisy, ts, goal = objective.noisy(target)
-        pred = _denoise(models, batch, noisy, ts)
+        drop = dropped_horizons(target.shape[0], t.condition_dropout, target.device)
+        pred = _denoise(models, batch, noisy, ts, drop_horizon=drop)
         loss = F.mse_loss(pred.float(), goal.float())
         return loss, {}
 
@@ -216,13 +230,15 @@ def train_controlnet(cfg: RunConfig, data: RunData, out: Path, resume: bool,
     t = cfg.controlnet.train
     optimizer, scheduler = make_optimizer(controlnet.parameters(), t)
 
-    def denoise(models, batch, noisy, ts):
-        return _denoise(models, batch, noisy, ts, graph_hint=bool(graph_dim))
+    def denoise(models, batch, noisy, ts, drop_horizon=None):
+        return _denoise(models, batch, noisy, ts, graph_hint=bool(graph_dim),
+                        drop_horizon=drop_horizon)
 
     def step_fn(batch, models, step):
         target = unet.target_from_latents(batch["z_base"], batch["z_follow"])
         noisy, ts, goal = objective.noisy(target)
-        pred = denoise(models, batch, noisy, ts)
+        drop = dropped_horizons(target.shape[0], t.condition_dropout, target.device)
+        pred = denoise(models, batch, noisy, ts, drop_horizon=drop)
         loss = F.mse_loss(pred.float(), goal.float())
         return loss, {}
 

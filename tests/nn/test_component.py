@@ -77,3 +77,24 @@ def test_unknown_config_key_is_refused(tmp_path):
     (tmp_path / "t/config.json").write_text(json.dumps(cfg))
     with pytest.raises(ModelError, match="unknown setting.*prior_rate"):
         Tiny.load(tmp_path / "t")
+
+
+class Grown(Component):
+    """Tiny after a release that added a setting: models saved before it had ``mode="old"``."""
+
+    legacy_defaults = {"mode": "old"}
+
+    @register_to_config
+    def __init__(self, channels: int = 4, mode: str = "new"):
+        super().__init__()
+        self.lin = torch.nn.Linear(channels, channels)
+
+
+def test_a_setting_older_models_lack_loads_as_what_they_did(tmp_path):
+    Grown(mode="new").save(tmp_path / "g")
+    assert Grown.load(tmp_path / "g").config.mode == "new"  # a saved setting is kept
+    cfg = json.loads((tmp_path / "g/config.json").read_text())
+    del cfg["mode"]  # as saved before the setting existed
+    (tmp_path / "g/config.json").write_text(json.dumps(cfg))
+    assert Grown.load(tmp_path / "g").config.mode == "old"
+    assert Grown().config.mode == "new"  # a new model gets the __init__ default

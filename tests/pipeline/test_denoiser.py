@@ -153,6 +153,35 @@ def test_guidance_contrasts_with_the_zero_horizon(nets):
                                atol=1e-5)
 
 
+def test_a_dropped_horizon_is_the_guidance_null(nets):
+    """Condition dropout in training gives a pair exactly the null that guidance contrasts with
+    at sampling, and only the dropped pairs; the batch's tensors are not modified."""
+    unet, cn = nets
+    unet.requires_grad_(False)
+    b = _batch()
+    covariates, years = b["covariates"].clone(), b["years"].clone()
+    denoiser = ConditionedDenoiser(unet, cn, graph_hint=True)
+    args = (b["z_base"], b["covariates"], b["years"], b["tokens"], b["graph_map"])
+    dropped = denoiser.condition(*args, drop_horizon=torch.tensor([True, False]))
+    assert torch.equal(b["covariates"], covariates) and torch.equal(b["years"], years)
+    guided = ConditionedDenoiser(unet, cn, graph_hint=True, guidance=1.0).condition(*args)
+    assert torch.equal(dropped.covariates[0], guided.covariates[2])  # row 0: the null
+    assert torch.equal(dropped.covariates[1], b["covariates"][1])  # row 1: as given
+    assert torch.equal(dropped.hint[0], guided.hint[2])
+    assert torch.equal(dropped.hint[1], guided.hint[1])
+    assert dropped.covariates[0, 1] == 0 and dropped.hint[0, -1].abs().max() == 0
+    with pytest.raises(ValueError, match="not both"):
+        ConditionedDenoiser(unet, cn, graph_hint=True, guidance=1.0).condition(
+            *args, drop_horizon=torch.tensor([True, False]))
+
+
+def test_condition_dropout_draws_its_rate():
+    assert stage_diffusion.dropped_horizons(8, 0.0, "cpu") is None
+    torch.manual_seed(0)
+    drawn = stage_diffusion.dropped_horizons(20000, 0.1, "cpu")
+    assert drawn.dtype == torch.bool and abs(drawn.float().mean().item() - 0.1) < 0.01
+
+
 @pytest.mark.parametrize("weight", [-0.5, float("nan")])
 def test_a_bad_guidance_weight_is_refused(nets, weight):
     unet, _ = nets

@@ -49,13 +49,16 @@ autoencoder:
 graph:
   model: {embed_dim: 8, num_layers: 1, num_tokens: 2}
   train: {steps: 3, batch_size: 4}
+# the guidance null's training on, so every tiny run (and the resume test) goes through it
 unet:
   model: {channels: [8, 16], attention_levels: [false, true], norm_num_groups: 4,
           num_head_channels: 8}
-  train: {steps: 3, batch_size: 2, lr: 1.0e-3, warmup_steps: 0}
+  train: {steps: 3, batch_size: 2, lr: 1.0e-3, warmup_steps: 0,
+          condition_dropout: 0.3, zero_horizon_pairs: 0.3}
 controlnet:
   model: {mamba_d_state: 4, fourier_modes: [2, 2, 2], hint_width: 8}
-  train: {steps: 3, batch_size: 2, lr: 1.0e-3, warmup_steps: 0}
+  train: {steps: 3, batch_size: 2, lr: 1.0e-3, warmup_steps: 0,
+          condition_dropout: 0.3, zero_horizon_pairs: 0.3}
 sampling: {num_inference_steps: 2, num_samples: 2}
 """
 

@@ -5,8 +5,10 @@ follow-up latent), and regress the network output onto the noise (``epsilon``) o
 (``v_prediction``) with a mean squared error. The ``unet`` stage trains the denoiser with the
 covariate token and the frozen graph encoder's tokens as context; the ``controlnet`` stage freezes
 that UNet and trains a ControlNet initialised from it, whose hint is the baseline latent, the
-graph map and the Δt map. In both, ``train.condition_dropout`` of the pairs (default 10 %) see
-the guidance null instead of their horizon (``pipeline.denoiser.null_horizon``). Both keep an
+graph map and the Δt map. In both, ``train.condition_dropout`` and ``train.zero_horizon_pairs``
+of the pairs (default 0: off) see the guidance null instead of their horizon
+(``pipeline.denoiser.null_horizon``), the latter as same-visit pairs with no change
+(:func:`with_null_horizons`). Both keep an
 EMA of the trained weights and save the EMA weights.
 """
 
@@ -32,7 +34,7 @@ from mambacontrol.training.config import arguments_for
 from mambacontrol.training.data import RunData, pair_items, weights_hash
 from mambacontrol.training.data_order import ResumableBatches
 from mambacontrol.training.engine import StageSummary, Trainer
-from mambacontrol.training.run_config import RunConfig
+from mambacontrol.training.run_config import DiffusionTrain, RunConfig
 
 
 def noise_schedule(cfg: RunConfig) -> NoiseSchedule:
@@ -88,10 +90,28 @@ def _graph_parts(models: dict, batch: dict):
 def dropped_horizons(batch_size: int, rate: float, device) -> torch.Tensor | None:
     """(B,) bool: which pairs of a batch train the guidance null, each with probability
     ``rate`` (the global generator, so a resumed run draws what an unbroken one would); None at
-    rate 0."""
+    rate 0 (nothing drawn)."""
     if rate <= 0:
         return None
     return torch.rand(batch_size, device=device) < rate
+
+
+def with_null_horizons(batch: dict, train: DiffusionTrain) -> tuple[dict, torch.Tensor | None]:
+    """A training batch as the stage learns it, and its (B,) rows under the guidance null.
+
+    ``train.condition_dropout`` of the pairs keep their target under the null horizon
+    (classifier-free guidance's dropout: the null learns the change when the horizon is unknown);
+    ``train.zero_horizon_pairs`` of them become same-visit pairs, the null horizon with no change
+    (``z_follow`` := ``z_base``: the null learns that no time passing changes nothing). The batch
+    given is not modified.
+    """
+    z_base = batch["z_base"]
+    dropped = dropped_horizons(z_base.shape[0], train.condition_dropout, z_base.device)
+    same = dropped_horizons(z_base.shape[0], train.zero_horizon_pairs, z_base.device)
+    if same is None:
+        return batch, dropped
+    z_follow = torch.where(same.view(-1, 1, 1, 1, 1), z_base, batch["z_follow"])
+    return {**batch, "z_follow": z_follow}, same if dropped is None else dropped | same
 
 
 def _denoise(models: dict, batch: dict, noisy: torch.Tensor, ts: torch.Tensor,
@@ -191,9 +211,9 @@ def train_unet(cfg: RunConfig, data: RunData, out: Path, resume: bool,
     optimizer, scheduler = make_optimizer(unet.parameters(), t)
 
     def step_fn(batch, models, step):
+        batch, drop = with_null_horizons(batch, t)
         target = unet.target_from_latents(batch["z_base"], batch["z_follow"])  # config only
         noisy, ts, goal = objective.noisy(target)
-        drop = dropped_horizons(target.shape[0], t.condition_dropout, target.device)
         pred = _denoise(models, batch, noisy, ts, drop_horizon=drop)
         loss = F.mse_loss(pred.float(), goal.float())
         return loss, {}
@@ -235,9 +255,9 @@ def train_controlnet(cfg: RunConfig, data: RunData, out: Path, resume: bool,
                         drop_horizon=drop_horizon)
 
     def step_fn(batch, models, step):
+        batch, drop = with_null_horizons(batch, t)
         target = unet.target_from_latents(batch["z_base"], batch["z_follow"])
         noisy, ts, goal = objective.noisy(target)
-        drop = dropped_horizons(target.shape[0], t.condition_dropout, target.device)
         pred = denoise(models, batch, noisy, ts, drop_horizon=drop)
         loss = F.mse_loss(pred.float(), goal.float())
         return loss, {}

@@ -43,10 +43,11 @@ def _check_optim(key: str, t: OptimConfig) -> None:
     decay = getattr(t, "ema_decay", None)
     if decay is not None and not 0.0 <= decay < 1.0:
         raise ConfigError(f"{key}.ema_decay: {decay} must lie in [0, 1)")
-    dropout = getattr(t, "condition_dropout", None)
-    if dropout is not None and not 0.0 <= dropout < 1.0:
-        raise ConfigError(f"{key}.condition_dropout: {dropout} must lie in [0, 1) (0 turns it "
-                          "off; about 0.1 trains the guidance null)")
+    for name in ("condition_dropout", "zero_horizon_pairs"):
+        rate = getattr(t, name, None)
+        if rate is not None and not 0.0 <= rate < 1.0:
+            raise ConfigError(f"{key}.{name}: {rate} must lie in [0, 1) (0 turns it off; about "
+                              "0.1 trains the guidance null)")
 
 
 def _check_engine(cfg: RunConfig) -> None:

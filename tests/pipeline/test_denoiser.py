@@ -9,6 +9,7 @@ from mambacontrol.models.unet import DenoisingUNet
 from mambacontrol.pipeline.conditioning import build_hint, hint_channels
 from mambacontrol.pipeline.denoiser import ConditionedDenoiser
 from mambacontrol.training import stage_diffusion
+from mambacontrol.training.run_config import DiffusionTrain
 
 TINY_UNET = dict(latent_channels=3, channels=(16, 32), attention_levels=(False, True),
                  norm_num_groups=8, num_head_channels=8, context_dim=16)
@@ -182,8 +183,70 @@ def test_condition_dropout_draws_its_rate():
     assert drawn.dtype == torch.bool and abs(drawn.float().mean().item() - 0.1) < 0.01
 
 
+def test_zero_horizon_pairs_become_same_visit_pairs_under_the_null():
+    b = _batch()
+    batch = {"z_base": b["z_base"], "z_follow": torch.randn_like(b["z_base"])}
+    off = stage_diffusion.with_null_horizons(batch, DiffusionTrain())
+    assert off[0] is batch and off[1] is None  # off by default, nothing drawn
+    follow = batch["z_follow"].clone()
+    torch.manual_seed(1)
+    trained, null = stage_diffusion.with_null_horizons(
+        batch, DiffusionTrain(zero_horizon_pairs=0.5, condition_dropout=0.5))
+    torch.manual_seed(1)
+    dropped = torch.rand(2) < 0.5
+    same = torch.rand(2) < 0.5
+    assert same.any() and not same.all()  # this seed draws one of each
+    assert torch.equal(null, dropped | same)
+    for row in range(2):
+        want = batch["z_base"][row] if same[row] else follow[row]
+        assert torch.equal(trained["z_follow"][row], want)
+    assert torch.equal(batch["z_follow"], follow)  # the batch given is not modified
+
+
 @pytest.mark.parametrize("weight", [-0.5, float("nan")])
 def test_a_bad_guidance_weight_is_refused(nets, weight):
     unet, _ = nets
     with pytest.raises(ValueError, match="guidance"):
         ConditionedDenoiser(unet, guidance=weight)
+
+
+def test_a_unet_without_concat_base_never_sees_the_baseline():
+    """The population UNet (``concat_base`` off): another baseline latent, the same step."""
+    torch.manual_seed(0)
+    unet = _perturbed(DenoisingUNet(**{**TINY_UNET, "concat_base": False}), 1)
+    unet.requires_grad_(False)
+    b = _batch()
+    denoiser = ConditionedDenoiser(unet)
+    out = [denoiser(b["noisy"], b["t"], denoiser.condition(z, b["covariates"], b["years"],
+                                                           b["tokens"]))
+           for z in (b["z_base"], torch.randn_like(b["z_base"]))]
+    assert torch.equal(out[0], out[1])
+
+
+def test_a_trained_controlnet_carries_the_baseline():
+    """A tiny run where the target depends on the baseline (Δz = z_base / 2) and the UNet cannot
+    see it. Without the baseline no output does better than the target's variance, 0.25; the
+    trained ControlNet does, so it carries the baseline to the output."""
+    torch.manual_seed(0)
+    unet = _perturbed(DenoisingUNet(**{**TINY_UNET, "concat_base": False}), 1)
+    unet.requires_grad_(False)  # a trained-like UNet: a fresh one's output layer is zero
+    cn = MambaControlNet.from_unet(unet, hint_channels=hint_channels(3, 0),
+                                   fourier_modes=(2, 2, 2), hint_width=8, mamba_d_state=4)
+    denoiser = ConditionedDenoiser(unet, cn)
+    optimiser = torch.optim.Adam(cn.parameters(), lr=1e-2)
+    g = torch.Generator().manual_seed(4)
+    covariates = encode_covariates([70] * 4, [2] * 4, ["F"] * 4, ["AD"] * 4)
+
+    def loss() -> torch.Tensor:
+        z_base = torch.randn(4, 3, 4, 4, 4, generator=g)
+        c = denoiser.condition(z_base, covariates, torch.full((4,), 2.0))
+        pred = denoiser(torch.zeros(4, 3, 4, 4, 4), torch.full((4,), 999), c)
+        return (pred - z_base / 2).square().mean()
+
+    for _ in range(150):
+        optimiser.zero_grad()
+        loss().backward()
+        optimiser.step()
+    with torch.no_grad():
+        trained = sum(loss().item() for _ in range(8)) / 8
+    assert trained < 0.6 * 0.25, trained

@@ -28,8 +28,11 @@ class DenoisingUNet(Component):
     latent.
 
     Cross-attention context = one covariate token (age, Δt, sex, diagnosis through an MLP) followed
-    by the graph encoder's pooled tokens when given. With ``concat_base`` the baseline latent is
-    concatenated to the noisy input, so the UNet alone (no ControlNet) still sees the subject.
+    by the graph encoder's pooled tokens when given. With ``covariate_time_embedding`` the
+    covariates also enter the time embedding, and so every residual block at every level (the
+    context reaches only the attention levels). With ``concat_base`` the baseline latent is
+    concatenated to the noisy input, so the UNet alone (no ControlNet) still sees the subject;
+    without it the UNet is a population model and the ControlNet carries the subject.
 
     Args:
         latent_channels: channels of the latent (the autoencoder's ``latent_channels``).
@@ -48,7 +51,11 @@ class DenoisingUNet(Component):
             training pairs and saved (:meth:`set_target_scale`).
         use_flash_attention: attention through ``torch.nn.functional.scaled_dot_product_attention``
             (fused kernels: about 2× faster and a third of the memory on a CPU).
+        covariate_time_embedding: add an MLP embedding of the covariates to the time embedding
+            (it starts at zero); models saved before the setting existed have none.
     """
+
+    legacy_defaults = {"covariate_time_embedding": False}
 
     @register_to_config
     def __init__(self, latent_channels: int = 3, concat_base: bool = True,
@@ -57,7 +64,7 @@ class DenoisingUNet(Component):
                  norm_num_groups: int = 16, num_head_channels: int = 32, context_dim: int = 64,
                  transformer_num_layers: int = 1, num_covariates: int = NUM_COVARIATES,
                  target: Target = "delta", target_scale: float = 1.0,
-                 use_flash_attention: bool = True):
+                 use_flash_attention: bool = True, covariate_time_embedding: bool = True):
         super().__init__()
         channels = tuple(int(c) for c in channels)
         if target not in TARGETS:
@@ -81,6 +88,14 @@ class DenoisingUNet(Component):
             norm_num_groups=norm_num_groups, num_head_channels=num_head_channels,
             with_conditioning=True, cross_attention_dim=context_dim,
             transformer_num_layers=transformer_num_layers, use_flash_attention=use_flash_attention)
+        if covariate_time_embedding:
+            # MONAI's class-label hook: its forward adds class_embedding(class_labels) to the time
+            # embedding when num_class_embeds is set; here the "labels" are the covariates
+            time_width = channels[0] * 4
+            self.net.class_embedding = covariate_mlp(num_covariates, time_width)
+            nn.init.zeros_(self.net.class_embedding[-1].weight)
+            nn.init.zeros_(self.net.class_embedding[-1].bias)
+            self.net.num_class_embeds = num_covariates
 
     def set_target_scale(self, value: float) -> None:
         """Record the target scale (1 / std of the training targets) in the saved config."""
@@ -145,13 +160,15 @@ class DenoisingUNet(Component):
         if context is None:
             context = self.context(covariates, graph_tokens)
         return self.denoise(x, timesteps, context, down_block_additional_residuals,
-                            mid_block_additional_residual)
+                            mid_block_additional_residual, covariates=covariates)
 
     def denoise(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
                 down_block_additional_residuals: Sequence[torch.Tensor] | None = None,
-                mid_block_additional_residual: torch.Tensor | None = None) -> torch.Tensor:
+                mid_block_additional_residual: torch.Tensor | None = None,
+                covariates: torch.Tensor | None = None) -> torch.Tensor:
         """The network on an input and a context computed already: (B, input_channels, x, y, z)
-        ``x`` from :meth:`network_input`, (B, 1 [+ T], E) ``context`` from :meth:`context`.
+        ``x`` from :meth:`network_input`, (B, 1 [+ T], E) ``context`` from :meth:`context`,
+        (B, K) ``covariates`` (needed with ``covariate_time_embedding``).
 
         For a sampler that computes both once and gives them to the ControlNet too. A grid that
         :attr:`downsample_factor` does not divide is padded up to it and the output cropped back
@@ -160,7 +177,13 @@ class DenoisingUNet(Component):
         """
         down = (tuple(down_block_additional_residuals)
                 if down_block_additional_residuals is not None else None)
+        labels = None
+        if self.config.covariate_time_embedding:
+            if covariates is None:
+                raise ValueError("this UNet embeds the covariates in its time embedding: pass "
+                                 "covariates")
+            labels = covariates.to(x.dtype)
         out = self.net(pad_to_multiple(x, self.downsample_factor), timesteps, context=context,
-                       down_block_additional_residuals=down,
+                       class_labels=labels, down_block_additional_residuals=down,
                        mid_block_additional_residual=mid_block_additional_residual)
         return crop_to(out, tuple(x.shape[2:]))

@@ -135,7 +135,7 @@ def test_odd_latent_grid_is_padded_for_both_networks(unet, mixer):
                mid_block_additional_residual=mid)
     assert out.shape == x.shape
     padded = unet.net(pad_to_multiple(unet.network_input(x, zb), 2), t, context=unet.context(cov),
-                      down_block_additional_residuals=tuple(down),
+                      class_labels=cov, down_block_additional_residuals=tuple(down),
                       mid_block_additional_residual=mid)
     assert torch.equal(out, padded[..., :7, :6, :5])
 
@@ -241,3 +241,25 @@ def test_unet_target_round_trip(tmp_path, target):
     assert DenoisingUNet.load(tmp_path / "u").config.target_scale == 4.0
     with pytest.raises(ValueError, match="target 'x0'"):
         DenoisingUNet(**{**TINY_UNET, "target": "x0"})
+
+
+def test_covariates_enter_the_time_embedding(unet):
+    """With a fixed cross-attention context the covariates still steer every level through the
+    time embedding; without the setting (models saved before it) they do not."""
+    x, zb, t, cov = _inputs()
+    context = unet.context(cov)
+    inp = unet.network_input(x, zb)
+    older = cov.flip(0)
+    with torch.no_grad():
+        assert not torch.allclose(unet.denoise(inp, t, context, covariates=cov),
+                                  unet.denoise(inp, t, context, covariates=older))
+    with pytest.raises(ValueError, match="pass covariates"):
+        unet.denoise(inp, t, context)
+    torch.manual_seed(0)
+    plain = DenoisingUNet(**TINY_UNET, covariate_time_embedding=False)
+    assert not any("class_embedding" in k for k in plain.state_dict())
+    with torch.no_grad():
+        assert torch.equal(plain.denoise(inp, t, context, covariates=cov),
+                           plain.denoise(inp, t, context, covariates=older))
+    fresh = DenoisingUNet(**TINY_UNET)  # the embedding starts at zero
+    assert all(p.abs().sum() == 0 for p in fresh.net.class_embedding[-1].parameters())

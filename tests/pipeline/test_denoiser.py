@@ -57,7 +57,8 @@ def test_the_step_is_controlnet_then_unet_as_written_out(nets):
     hint = build_hint(b["z_base"], b["years"], CovariateNorm(), b["graph_map"])
     down, mid = cn(unet.network_input(b["noisy"], b["z_base"]), b["t"], hint, b["covariates"],
                    context=context)
-    want = unet.denoise(unet.network_input(b["noisy"], b["z_base"]), b["t"], context, down, mid)
+    want = unet.denoise(unet.network_input(b["noisy"], b["z_base"]), b["t"], context, down, mid,
+                        covariates=b["covariates"])
     assert torch.equal(got, want)
     assert not torch.equal(got, unet(b["noisy"], b["t"], b["covariates"], z_base=b["z_base"],
                                      graph_tokens=b["tokens"]))  # the ControlNet steers

@@ -47,7 +47,7 @@ def test_cpu_config_on_brlps_grid_denoises_its_odd_latent():
     hint = torch.randn(1, cn.config.hint_channels, *latent)
     with torch.no_grad():
         down, mid = cn(x, torch.tensor([500]), hint, cov, context=unet.context(cov))
-        out = unet.denoise(x, torch.tensor([500]), unet.context(cov), down, mid)
+        out = unet.denoise(x, torch.tensor([500]), unet.context(cov), down, mid, covariates=cov)
     assert out.shape == z.shape and torch.isfinite(out).all()
 
 

@@ -14,12 +14,11 @@ latent change has a gain of about 0.46); w = 0 is the model as trained. The null
 horizon where the denoiser reads it (the covariate ``years`` and the hint's Δt map); the graph
 encoder's tokens and painted map, computed before the denoiser, stay those of the pair's horizon.
 
-Training can drop the horizon the same way (``condition(drop_horizon=...)``, the training
-configs' ``condition_dropout``), so that the null is a condition the model has learned: the change
-expected when the horizon is not known. It is off by default because it did worse. On the demo
-model, 10 % dropout made guidance weaker at every weight, since the learned null already carries
-the average change. The untrained null, an extrapolation to a horizon no pair has, contrasts the
-change itself.
+Training teaches the null through ``condition(drop_horizon=...)``. By default 10 % of the pairs
+become same-visit pairs, the null horizon with no change (``zero_horizon_pairs``), so "no time
+passes, nothing changes" is learned, not extrapolated. Classifier-free guidance's usual dropout
+(``condition_dropout``: the null horizon with the pair's true change) is off by default: on the
+demo model it made guidance weaker at every weight, since that null learns the average change.
 """
 
 from __future__ import annotations

@@ -142,14 +142,15 @@ class DiffusionTrain(OptimConfig):
     and the hint), classifier-free guidance's usual training. Off by default: on the demo model
     10 % made the unguided change smaller and guidance weaker at every weight (the learned null
     predicts the average change, so out(Δt) − out(0) keeps only the horizon's part of it;
-    docs/benchmarks.md, "Condition dropout"). ``zero_horizon_pairs``: the fraction of training
-    pairs made same-visit pairs instead, the null horizon with no change (the follow-up latent is
-    the baseline's), so the null guidance contrasts with, "no time passes", is learned as it is
-    meant."""
+    docs/benchmarks.md, "Training the guidance null"). ``zero_horizon_pairs``: the fraction of
+    training pairs made same-visit pairs instead, the null horizon with no change (the follow-up
+    latent is the baseline's), so the null guidance contrasts with, "no time passes", is learned
+    as it is meant. 10 % by default: on the demo model calibrated guidance then reached the
+    true change at a lower weight and lowered the test error in three of five key groups."""
 
     ema_decay: float = 0.999
     condition_dropout: float = 0.0
-    zero_horizon_pairs: float = 0.0
+    zero_horizon_pairs: float = 0.1
 
 
 @dataclass

@@ -5,9 +5,9 @@ follow-up latent), and regress the network output onto the noise (``epsilon``) o
 (``v_prediction``) with a mean squared error. The ``unet`` stage trains the denoiser with the
 covariate token and the frozen graph encoder's tokens as context; the ``controlnet`` stage freezes
 that UNet and trains a ControlNet initialised from it, whose hint is the baseline latent, the
-graph map and the Δt map. In both, ``train.condition_dropout`` and ``train.zero_horizon_pairs``
-of the pairs (default 0: off) see the guidance null instead of their horizon
-(``pipeline.denoiser.null_horizon``), the latter as same-visit pairs with no change
+graph map and the Δt map. In both, ``train.zero_horizon_pairs`` of the pairs (default 10 %)
+become same-visit pairs, the guidance null (``pipeline.denoiser.null_horizon``) with no change,
+and ``train.condition_dropout`` of them (default 0) keep their target under the null
 (:func:`with_null_horizons`). Both keep an
 EMA of the trained weights and save the EMA weights.
 """

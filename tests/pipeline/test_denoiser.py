@@ -187,8 +187,8 @@ def test_condition_dropout_draws_its_rate():
 def test_zero_horizon_pairs_become_same_visit_pairs_under_the_null():
     b = _batch()
     batch = {"z_base": b["z_base"], "z_follow": torch.randn_like(b["z_base"])}
-    off = stage_diffusion.with_null_horizons(batch, DiffusionTrain())
-    assert off[0] is batch and off[1] is None  # off by default, nothing drawn
+    off = stage_diffusion.with_null_horizons(batch, DiffusionTrain(zero_horizon_pairs=0.0))
+    assert off[0] is batch and off[1] is None  # both off: nothing drawn
     follow = batch["z_follow"].clone()
     torch.manual_seed(1)
     trained, null = stage_diffusion.with_null_horizons(

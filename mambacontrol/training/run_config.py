@@ -16,7 +16,10 @@ Ablations are switches here, not code forks:
 - no Fourier refinement: ``graph.model.fourier_refine: false`` and
   ``controlnet.model.fourier_levels: [false, ...]``;
 - attention instead of Mamba in the ControlNet: ``controlnet.model.mixer: attention``;
-- no ControlNet (UNet only): ``controlnet.enabled: false``.
+- no ControlNet (UNet only): ``controlnet.enabled: false``;
+- the population UNet (only the ControlNet sees the baseline): ``unet.model.concat_base: false``;
+- today's design before issue 14: ``unet.model.covariate_time_embedding: false``,
+  ``controlnet.model.graph_painting: majority``, ``{unet,controlnet}.train.zero_horizon_pairs: 0``.
 """
 
 from __future__ import annotations
@@ -132,7 +135,8 @@ UNetModel = _section(
     "UNetModel", "The denoiser's architecture (its latent channels come from the autoencoder, its "
     "context width from the graph encoder, its target from ``diffusion``).",
     signature_fields(DenoisingUNet, ("channels", "attention_levels", "num_res_blocks",
-                                     "norm_num_groups", "num_head_channels", "concat_base")))
+                                     "norm_num_groups", "num_head_channels", "concat_base",
+                                     "covariate_time_embedding")))
 
 
 @dataclass

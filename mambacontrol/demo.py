@@ -56,21 +56,22 @@ def build_demo_cohort(out: Path, subjects: int = DEMO_SUBJECTS, workers: int = 1
 
 
 def run_demo(out: str | Path, subjects: int = DEMO_SUBJECTS, workers: int = 1,
-             overrides: list[str] | None = None, report=print) -> DemoResult:
+             overrides: list[str] | None = None, report=print, pairs: str = "all") -> DemoResult:
     """Run every step into ``out``; ``report`` receives one line per step for people.
 
     ``out`` is claimed for ``demo`` (:class:`mambacontrol.io.OutputFolder`): a new or empty folder,
-    or an earlier demo's, which continues.
+    or an earlier demo's, which continues. ``pairs`` chooses the evaluated test pairs: ``all``
+    (every earlier/later pair) or ``last`` (each subject's first and last visit, quicker).
     """
     from mambacontrol.io import OutputFolder  # lazy: see build_demo_cohort
 
     with OutputFolder.claim(out, "demo", resume=True) as folder:
         folder.check_free(DEMO_PARTS)
-        return _run_demo(folder, subjects, workers, overrides, report)
+        return _run_demo(folder, subjects, workers, overrides, report, pairs)
 
 
 def _run_demo(folder: OutputFolder, subjects: int, workers: int, overrides: list[str] | None,
-              report) -> DemoResult:
+              report, pairs: str) -> DemoResult:
     # lazy: see build_demo_cohort
     from mambacontrol.evaluation.evaluate import EvaluationSettings, evaluate
     from mambacontrol.pipeline.progression import ProgressionPipeline
@@ -80,6 +81,7 @@ def _run_demo(folder: OutputFolder, subjects: int, workers: int, overrides: list
     from mambacontrol.training.runner import TrainingRun, resolve_config
 
     out = folder.path
+    settings = EvaluationSettings(split="test", pairs=pairs)  # checks pairs before any work
     timings: dict[str, float] = {}
     t = time.perf_counter()
     folder.record("cohort")
@@ -116,8 +118,9 @@ def _run_demo(folder: OutputFolder, subjects: int, workers: int, overrides: list
     evaluation = out / "evaluation"
     folder.record("evaluation")
     if not (evaluation / "report.html").is_file():
-        evaluate(manifest.path, [out / "model"], evaluation, EvaluationSettings(split="test"),
-                 command=["mambacontrol", "demo", "--out", str(out)], overwrite=True)
+        evaluate(manifest.path, [out / "model"], evaluation, settings,
+                 command=["mambacontrol", "demo", "--out", str(out), "--pairs", pairs],
+                 overwrite=True)
     TrainingRun(cfg, out / "model", metrics=evaluation / "metrics.json").write_card()
     timings["evaluation"] = time.perf_counter() - t
     report(f"[4/4] evaluated the test split: {evaluation} ({timings['evaluation']:.0f} s)")

@@ -21,6 +21,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"subjects in the synthetic cohort (default: {DEMO_SUBJECTS})")
     p.add_argument("--workers", type=int, default=None,
                    help="parallel processes for the cohort (default: CPU count, at most 4)")
+    p.add_argument("--pairs", choices=("all", "last"), default="all",
+                   help="test pairs to evaluate: all (every earlier/later pair, the default) or "
+                        "last (each subject's first and last visit, quicker); an evaluation "
+                        "already in --out is kept")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="training config overrides, e.g. unet.train.steps=100")
     p.set_defaults(func=run)
@@ -35,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"\nmambacontrol demo: {args.subjects} synthetic subjects on the {DEMO_GRID} grid, "
           f"everything in {args.out}")
     workers = args.workers if args.workers is not None else default_workers()
-    result = run_demo(args.out, args.subjects, workers, args.overrides)
+    result = run_demo(args.out, args.subjects, workers, args.overrides, pairs=args.pairs)
     print(f"\ndone in {time.perf_counter() - start:.0f} s.")
     print(f"  report:     {result.report}")
     print(f"  prediction: {result.prediction} (montage.png per horizon)")

@@ -14,7 +14,8 @@ TINY = ["autoencoder.model.channels=[8, 8, 8]", "autoencoder.model.latent_channe
 
 def test_demo_runs_every_step_and_says_where_the_report_is(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["-q", "demo", "--out", str(out), "--subjects", "8", "--workers", "1", *TINY]) == 0
+    args = ["-q", "demo", "--out", str(out), "--subjects", "8", "--workers", "1", "--pairs", "last"]
+    assert main([*args, *TINY]) == 0
     text = capsys.readouterr().out
     assert "[4/4] evaluated the test split" in text and "report:" in text
     report = out / "evaluation" / "report.html"
@@ -24,5 +25,9 @@ def test_demo_runs_every_step_and_says_where_the_report_is(tmp_path, capsys):
     assert (out / "model" / "model_index.json").is_file()
     card = (out / "model" / "README.md").read_text()  # the model card quotes the evaluation
     assert f"From `{out / 'evaluation' / 'metrics.json'}` on split `test`" in card
+    table = (out / "evaluation" / "pairs.csv").read_text().splitlines()[1:]
+    rows = [r.split(",")[:3] for r in table]  # subject, baseline, follow-up; one row per method
+    pairs = {tuple(r) for r in rows}
+    assert len(pairs) == len({r[0] for r in rows}) > 0  # --pairs last: one pair per subject
     # a second run reuses every step
-    assert main(["-q", "demo", "--out", str(out), "--subjects", "8", "--workers", "1", *TINY]) == 0
+    assert main([*args, *TINY]) == 0

@@ -10,7 +10,8 @@ UNet unchanged. Covariates enter through the timestep embedding (an MLP whose la
 zero).
 
 The hint is a (B, hint_channels, x, y, z) map on the latent grid: the baseline latent, the
-rasterised graph embedding and a Δt map, concatenated by the pipeline.
+rasterised graph embedding, the trajectory head's regional change painted the same way (the
+``change_hint`` setting) and a Δt map, concatenated by the pipeline.
 """
 
 from __future__ import annotations
@@ -139,9 +140,13 @@ class MambaControlNet(Component):
             their voxel fractions, so every region is present) or ``majority`` (its most frequent
             region's; small regions can vanish). Stored so a model is fed as it was trained;
             models saved before the setting existed painted by majority.
+        change_hint: the hint carries one more channel, the regional volume change expected at
+            the horizon (the trajectory head's, or the truth during training), painted like the
+            graph map (``pipeline.conditioning.change_map``). Stored so a model is fed as it was
+            trained; models saved before the setting existed have none.
     """
 
-    legacy_defaults = {"graph_painting": "majority"}
+    legacy_defaults = {"graph_painting": "majority", "change_hint": False}
 
     @register_to_config
     def __init__(self, in_channels: int = 6, hint_channels: int = 4,
@@ -155,7 +160,8 @@ class MambaControlNet(Component):
                  fourier_levels: Sequence[bool] | None = None,
                  fourier_modes: Sequence[int] = (6, 6, 6),
                  hint_width: int = 32, num_covariates: int = NUM_COVARIATES,
-                 use_flash_attention: bool = True, graph_painting: GraphPainting = "soft"):
+                 use_flash_attention: bool = True, graph_painting: GraphPainting = "soft",
+                 change_hint: bool = True):
         super().__init__()
         channels = tuple(int(c) for c in channels)
         n = len(channels)
@@ -236,7 +242,7 @@ class MambaControlNet(Component):
             hint_channels: channels of the hint map.
             copy_weights: copy the matching UNet weights.
             **kwargs: ControlNet-only settings (mixer, mamba_*, fourier_*, hint_width,
-                graph_painting);
+                graph_painting, change_hint);
                 ``mamba_levels`` defaults to the UNet's attention levels.
         """
         uc = unet.config

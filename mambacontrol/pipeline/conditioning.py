@@ -2,7 +2,9 @@
 
 - the UNet's cross-attention context: a covariate token and the graph encoder's pooled tokens;
 - the ControlNet's hint on the latent grid: the baseline latent ⊕ the graph's node embeddings
-  painted onto the latent grid through the baseline's labels ⊕ a constant Δt map.
+  painted onto the latent grid through the baseline's labels ⊕ the regional volume change
+  expected at the horizon, painted the same way (:func:`change_map`; the ControlNet's
+  ``change_hint``) ⊕ a constant Δt map.
 
 The painting is the ControlNet's ``graph_painting``: ``soft`` weights each region by the fraction
 of a latent voxel's image voxels it owns (every region with a voxel is present on any grid);
@@ -73,25 +75,53 @@ def delta_t_map(years: torch.Tensor, norm: CovariateNorm, like: torch.Tensor) ->
     return (years / norm.years_scale).view(b, 1, 1, 1, 1).expand(b, 1, *like.shape[2:])
 
 
-def hint_channels(latent_channels: int, graph_dim: int) -> int:
-    """Channels of the ControlNet hint: latent + graph embedding (0 without a graph) + Δt."""
-    return latent_channels + graph_dim + 1
+CHANGE_UNIT_PERCENT = 10.0
+"""The change map's unit: a value of −1 is a log volume ratio of −10 %, so the map is of order 1,
+as the hint's other channels are."""
 
 
-def hint_uses_graph(hint_channels_: int, latent_channels: int) -> bool:
-    """Whether a ControlNet with this many hint channels expects the graph map."""
-    return hint_channels_ > latent_channels + 1
+def change_map(log_ratio: torch.Tensor, assignment: torch.Tensor) -> torch.Tensor:
+    """Paint regional volume changes onto the latent grid, as the graph map is painted.
+
+    Args:
+        log_ratio: (B, R) log volume ratio of each graph node at the horizon (the trajectory
+            head's prediction, or the pair's truth).
+        assignment: the scan's node assignment (:class:`GraphScanInputs`; soft fractions or a
+            majority index map, one per row or one for all).
+
+    Returns:
+        (B, 1, x, y, z) in units of :data:`CHANGE_UNIT_PERCENT` % (log ratio × 10); zero on
+        background.
+    """
+    scaled = log_ratio * (100.0 / CHANGE_UNIT_PERCENT)
+    return rasterize(scaled[..., None], assignment.to(log_ratio.device))
+
+
+def hint_channels(latent_channels: int, graph_dim: int, change: bool = False) -> int:
+    """Channels of the ControlNet hint: latent + graph embedding (0 without a graph) + the change
+    map (``change``) + Δt."""
+    return latent_channels + graph_dim + int(change) + 1
+
+
+def hint_uses_graph(hint_channels_: int, latent_channels: int, change: bool = False) -> bool:
+    """Whether a ControlNet with this many hint channels (and ``change_hint`` ``change``) expects
+    the graph map."""
+    return hint_channels_ > latent_channels + int(change) + 1
 
 
 def build_hint(z_base: torch.Tensor, years: torch.Tensor, norm: CovariateNorm,
-               graph_map: torch.Tensor | None) -> torch.Tensor:
-    """(B, C_z, x, y, z) baseline latent ⊕ (B, E, x, y, z) graph map ⊕ Δt map -> the hint."""
+               graph_map: torch.Tensor | None,
+               change: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, C_z, x, y, z) baseline latent ⊕ (B, E, x, y, z) graph map ⊕ (B, 1, x, y, z) change map
+    ⊕ Δt map -> the hint (the maps given as None are left out)."""
     parts = [z_base]
-    if graph_map is not None:
-        if graph_map.shape[2:] != z_base.shape[2:]:
-            raise ValueError(f"graph map grid {tuple(graph_map.shape[2:])} differs from the latent "
+    for name, extra in (("graph map", graph_map), ("change map", change)):
+        if extra is None:
+            continue
+        if extra.shape[2:] != z_base.shape[2:]:
+            raise ValueError(f"{name} grid {tuple(extra.shape[2:])} differs from the latent "
                              f"grid {tuple(z_base.shape[2:])}")
-        parts.append(graph_map.to(z_base.dtype))
+        parts.append(extra.to(z_base.dtype))
     parts.append(delta_t_map(years, norm, z_base))
     return torch.cat(parts, dim=1)
 

@@ -11,8 +11,9 @@ Guidance (``guidance`` w > 0) contrasts each step with the same conditioning at 
 rule with the zero horizon as the null condition. It strengthens what the model attributes to
 the passing of time, the change, whose size a trained model underestimates (the demo model's
 latent change has a gain of about 0.46); w = 0 is the model as trained. The null zeroes the
-horizon where the denoiser reads it (the covariate ``years`` and the hint's Δt map); the graph
-encoder's tokens and painted map, computed before the denoiser, stay those of the pair's horizon.
+horizon where the denoiser reads it (the covariate ``years``, the hint's Δt map and its change
+map: no time, no change); the graph encoder's tokens and painted map, computed before the
+denoiser, stay those of the pair's horizon.
 
 Training teaches the null through ``condition(drop_horizon=...)``. By default 10 % of the pairs
 become same-visit pairs, the null horizon with no change (``zero_horizon_pairs``), so "no time
@@ -94,6 +95,7 @@ class ConditionedDenoiser:
         controlnet: the :class:`~mambacontrol.models.controlnet.MambaControlNet`, or None.
         graph_hint: whether the ControlNet's hint carries the graph map (its ``hint_channels``
             say so: :func:`~mambacontrol.pipeline.conditioning.hint_uses_graph`).
+        change_hint: whether the ControlNet's hint carries the change map (its ``change_hint``).
         norm: the covariate normalisation (scales the hint's Δt map).
         unet_frozen: the UNet does not train here: its context is computed once per
             conditioning. Default: whether none of its parameters requires a gradient.
@@ -102,9 +104,11 @@ class ConditionedDenoiser:
 
     def __init__(self, unet: nn.Module, controlnet: nn.Module | None = None,
                  graph_hint: bool = False, norm: CovariateNorm | None = None,
-                 unet_frozen: bool | None = None, guidance: float = 0.0):
-        if graph_hint and controlnet is None:
-            raise ValueError("graph_hint needs a ControlNet: the graph map is part of its hint")
+                 unet_frozen: bool | None = None, guidance: float = 0.0,
+                 change_hint: bool = False):
+        if (graph_hint or change_hint) and controlnet is None:
+            raise ValueError("graph_hint and change_hint need a ControlNet: their maps are part "
+                             "of its hint")
         if unet_frozen is None:
             unet_frozen = not any(p.requires_grad for p in unet.parameters())
         if controlnet is not None and not unet_frozen:
@@ -113,6 +117,7 @@ class ConditionedDenoiser:
         self.unet = unet
         self.controlnet = controlnet
         self.graph_hint = graph_hint
+        self.change_hint = change_hint
         if not guidance >= 0:  # also refuses NaN
             raise ValueError(f"guidance {guidance} must be a number ≥ 0")
         self.norm = norm if norm is not None else CovariateNorm()
@@ -125,7 +130,8 @@ class ConditionedDenoiser:
     def condition(self, z_base: torch.Tensor, covariates: torch.Tensor, years: torch.Tensor,
                   graph_tokens: torch.Tensor | None = None,
                   graph_map: torch.Tensor | None = None,
-                  drop_horizon: torch.Tensor | None = None) -> Conditioning:
+                  drop_horizon: torch.Tensor | None = None,
+                  change: torch.Tensor | None = None) -> Conditioning:
         """Build what steers every step of one batch or horizon.
 
         Args:
@@ -137,18 +143,30 @@ class ConditionedDenoiser:
                 when the ControlNet's hint carries it.
             drop_horizon: (B,) bool, rows whose horizon is replaced by the guidance null
                 (:func:`null_horizon`; condition dropout in training); default none.
+            change: (B, 1, x, y, z) the regional change expected at the horizon
+                (:func:`~mambacontrol.pipeline.conditioning.change_map`); used only when the
+                ControlNet's hint carries it. The null's rows get zero.
         """
         years = years.reshape(-1).expand(z_base.shape[0])
+        if self.controlnet is not None and self.change_hint:
+            if change is None:
+                raise ValueError("this ControlNet's hint carries the change map: pass change")
+        else:
+            change = None
         if drop_horizon is not None:
             if self.guidance:
                 raise ValueError("drop_horizon is for training, guidance for sampling: not both")
             covariates, years = null_horizon(covariates, years, drop_horizon)
+            if change is not None:
+                keep = ~drop_horizon.to(change.device, torch.bool)
+                change = change * keep.view(-1, 1, 1, 1, 1).to(change.dtype)
         if self.guidance:
             no_time, no_years = null_horizon(covariates, years)
             z_base, covariates = torch.cat([z_base, z_base]), torch.cat([covariates, no_time])
             years = torch.cat([years, no_years])
             graph_tokens = None if graph_tokens is None else torch.cat([graph_tokens] * 2)
             graph_map = None if graph_map is None else torch.cat([graph_map] * 2)
+            change = None if change is None else torch.cat([change, torch.zeros_like(change)])
         context = None
         if self.unet_frozen:
             context = self._unwrapped_unet().context(covariates, graph_tokens)
@@ -156,7 +174,8 @@ class ConditionedDenoiser:
         if self.controlnet is not None:
             if self.graph_hint and graph_map is None:
                 raise ValueError("this ControlNet's hint carries the graph map: pass graph_map")
-            hint = build_hint(z_base, years, self.norm, graph_map if self.graph_hint else None)
+            hint = build_hint(z_base, years, self.norm, graph_map if self.graph_hint else None,
+                              change)
         return Conditioning(z_base, covariates, graph_tokens, context, hint, self.guidance)
 
     def __call__(self, noisy: torch.Tensor, timesteps: torch.Tensor,

@@ -41,6 +41,7 @@ from mambacontrol.models.schedulers import SAMPLERS, NoiseSchedule, sampling_sch
 from mambacontrol.models.unet import DenoisingUNet
 from mambacontrol.pipeline.conditioning import (
     GraphScanInputs,
+    change_map,
     encode_graph,
     graph_scan_inputs,
     hint_uses_graph,
@@ -234,6 +235,15 @@ class ProgressionPipeline:
             self.graph_encoder.check_graph(self.graph)
         if self.trajectory_head is not None:
             self.trajectory_head.check_graph(self.graph)
+        if self.change_hint and self.trajectory_head is None:
+            raise ModelError("this ControlNet's hint carries the trajectory head's regional "
+                             "change, but the model has no trajectory head: save the model with "
+                             "its trajectory_head folder")
+
+    @property
+    def change_hint(self) -> bool:
+        """Whether the ControlNet's hint carries the regional change map."""
+        return self.controlnet is not None and bool(self.controlnet.config.change_hint)
 
     @property
     def graph(self):
@@ -486,9 +496,11 @@ class ProgressionPipeline:
         """ControlNet → UNet under a conditioning, with guidance weight ``guidance``: the same
         object the diffusion stages train."""
         graph_hint = (self.controlnet is not None and hint_uses_graph(
-            self.controlnet.config.hint_channels, self.unet.config.latent_channels))
+            self.controlnet.config.hint_channels, self.unet.config.latent_channels,
+            self.change_hint))
         return ConditionedDenoiser(self.unet, self.controlnet, graph_hint, self.covariate_norm,
-                                   unet_frozen=True, guidance=guidance)
+                                   unet_frozen=True, guidance=guidance,
+                                   change_hint=self.change_hint)
 
     def _conditioning(self, baseline: _EncodedBaseline, covariates: torch.Tensor, years: float,
                       num_samples: int,
@@ -497,7 +509,7 @@ class ProgressionPipeline:
         the trajectory head's (R,) regional prediction (None without a head)."""
         z_base = baseline.latent.expand(num_samples, *baseline.latent.shape[1:])
         sample_covariates = covariates.expand(num_samples, -1)
-        tokens = graph_map = node_log_ratio = None
+        tokens = graph_map = node_log_ratio = change = None
         if baseline.graph_inputs is not None:
             features = baseline.graph_inputs.features[None].to(self.device)
             nodes, pooled, painted = encode_graph(self.graph_encoder, features,
@@ -508,9 +520,12 @@ class ProgressionPipeline:
                 ratio = self.trajectory_head(nodes, covariates,
                                              torch.tensor([years], device=self.device))
                 node_log_ratio = ratio[0].cpu().numpy()
+                if self.change_hint:
+                    change = change_map(ratio, baseline.graph_inputs.assignment).expand(
+                        num_samples, -1, -1, -1, -1)
         years_per_sample = torch.full((num_samples,), float(years), device=self.device)
         conditioning = denoiser.condition(z_base, sample_covariates, years_per_sample, tokens,
-                                          graph_map)
+                                          graph_map, change=change)
         return conditioning, node_log_ratio
 
     @torch.no_grad()

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
@@ -21,6 +22,7 @@ from mambacontrol.atlas import Atlas, load_atlas
 from mambacontrol.data import Manifest, Visit, VisitPair
 from mambacontrol.data.covariates import CovariateNorm, encode_covariates
 from mambacontrol.errors import ConfigError, ModelError
+from mambacontrol.graph.pairs import has_volume_columns, node_volumes, visit_label_volumes
 from mambacontrol.io import atomic_path, unique_names
 from mambacontrol.nn.component import WEIGHTS_NAME
 from mambacontrol.pipeline.conditioning import graph_scan_inputs
@@ -114,6 +116,7 @@ class PairItem:
     years: torch.Tensor  # ()
     features: torch.Tensor | None = None  # (R, F)
     assignment: torch.Tensor | None = None  # GraphScanInputs.assignment
+    log_ratio: torch.Tensor | None = None  # (R,) true node log volume ratio, later / earlier
 
     def as_dict(self) -> dict[str, torch.Tensor]:
         d = {"z_base": self.z_base, "z_follow": self.z_follow, "covariates": self.covariates,
@@ -121,6 +124,7 @@ class PairItem:
         if self.features is not None:
             d["features"] = self.features
             d["assignment"] = self.assignment
+            d["log_ratio"] = self.log_ratio
         return d
 
 
@@ -129,9 +133,21 @@ def pair_items(data: RunData, pairs: list[VisitPair], ae_hash: str, norm: Covari
                painting: str = "soft") -> list[dict[str, torch.Tensor]]:
     """Tensors of every pair: cached latents, covariates at the earlier visit, and (with a graph)
     the earlier scan's node features and latent-grid node assignment (``painting``: see
-    :func:`~mambacontrol.pipeline.conditioning.graph_scan_inputs`)."""
+    :func:`~mambacontrol.pipeline.conditioning.graph_scan_inputs`) and the pair's true node log
+    volume ratio (from the manifest's ``vol_r<label>`` columns, else label-voxel counts, as the
+    trajectory head's targets: :func:`~mambacontrol.graph.pairs.build_pairs`; 0 for a node
+    absent from either visit)."""
     latents: dict[str, torch.Tensor] = {}
     graph_inputs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    label_ids = data.atlas.label_ids
+    from_columns = graph is not None and has_volume_columns(data.manifest, label_ids)
+
+    def log_ratio(p: VisitPair) -> torch.Tensor:
+        earlier, later = (node_volumes(graph, visit_label_volumes(v, label_ids, from_columns)[None],
+                                       label_ids)[0] for v in (p.earlier, p.later))
+        valid = (earlier > 0) & (later > 0)
+        ratio = np.log(np.where(valid, later, 1.0) / np.where(valid, earlier, 1.0))
+        return torch.from_numpy(np.where(valid, ratio, 0.0).astype(np.float32))
 
     def latent(v: Visit) -> torch.Tensor:
         if v.image_uid not in latents:
@@ -149,5 +165,6 @@ def pair_items(data: RunData, pairs: list[VisitPair], ae_hash: str, norm: Covari
                 g = graph_scan_inputs(scan.image, scan.labels, graph, factor, painting)
                 graph_inputs[a.image_uid] = (g.features, g.assignment)
             item.features, item.assignment = graph_inputs[a.image_uid]
+            item.log_ratio = log_ratio(p)
         items.append(item.as_dict())
     return items

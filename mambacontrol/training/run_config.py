@@ -18,8 +18,10 @@ Ablations are switches here, not code forks:
 - attention instead of Mamba in the ControlNet: ``controlnet.model.mixer: attention``;
 - no ControlNet (UNet only): ``controlnet.enabled: false``;
 - the population UNet (only the ControlNet sees the baseline): ``unet.model.concat_base: false``;
+- no regional change in the ControlNet's hint: ``controlnet.model.change_hint: false``;
 - today's design before issue 14: ``unet.model.covariate_time_embedding: false``,
-  ``controlnet.model.graph_painting: majority``, ``{unet,controlnet}.train.zero_horizon_pairs: 0``.
+  ``controlnet.model.graph_painting: majority``, ``controlnet.model.change_hint: false``,
+  ``{unet,controlnet}.train.zero_horizon_pairs: 0``.
 """
 
 from __future__ import annotations
@@ -172,15 +174,26 @@ ControlNetModel = _section(
     signature_fields(MambaControlNet, ("mixer", "mamba_levels", "mamba_directions",
                                        "mamba_d_state", "mamba_expand", "share_mamba_weights",
                                        "fourier_levels", "fourier_modes", "hint_width",
-                                       "graph_painting")),
+                                       "graph_painting", "change_hint")),
     [("graph_hint", bool, field(default=True))])
+
+
+@dataclass
+class ControlNetTrain(DiffusionTrain):
+    """The ControlNet stage's optimisation; ``predicted_change``: the fraction of training pairs
+    whose hint carries the trajectory head's regional change rather than the pair's true one
+    (with ``controlnet.model.change_hint``). The truth teaches the ControlNet to draw the change
+    it is given; the head's prediction, what it is given at sampling, teaches it how far to
+    trust that."""
+
+    predicted_change: float = 0.5
 
 
 @dataclass
 class ControlNetStage:
     enabled: bool = True
     model: ControlNetModel = field(default_factory=ControlNetModel)
-    train: DiffusionTrain = field(default_factory=DiffusionTrain)
+    train: ControlNetTrain = field(default_factory=ControlNetTrain)
 
 
 @dataclass

@@ -5,11 +5,13 @@ follow-up latent), and regress the network output onto the noise (``epsilon``) o
 (``v_prediction``) with a mean squared error. The ``unet`` stage trains the denoiser with the
 covariate token and the frozen graph encoder's tokens as context; the ``controlnet`` stage freezes
 that UNet and trains a ControlNet initialised from it, whose hint is the baseline latent, the
-graph map and the Δt map. In both, ``train.zero_horizon_pairs`` of the pairs (default 10 %)
-become same-visit pairs, the guidance null (``pipeline.denoiser.null_horizon``) with no change,
-and ``train.condition_dropout`` of them (default 0) keep their target under the null
-(:func:`with_null_horizons`). Both keep an
-EMA of the trained weights and save the EMA weights.
+graph map, the regional change map (``controlnet.model.change_hint``: the pair's true node log
+volume ratios, or for ``controlnet.train.predicted_change`` of the pairs the frozen trajectory
+head's prediction, as at sampling; :func:`hinted_change`) and the Δt map. In both,
+``train.zero_horizon_pairs`` of the pairs (default 10 %) become same-visit pairs, the guidance
+null (``pipeline.denoiser.null_horizon``) with no change, and ``train.condition_dropout`` of them
+(default 0) keep their target under the null (:func:`with_null_horizons`). Both keep an EMA of
+the trained weights and save the EMA weights.
 """
 
 from __future__ import annotations
@@ -22,12 +24,12 @@ from torch.nn import functional as F
 
 from mambacontrol.data.covariates import CovariateNorm
 from mambacontrol.errors import ConfigError
-from mambacontrol.graph import AnatomyGraph, GraphEncoder
+from mambacontrol.graph import AnatomyGraph, GraphEncoder, TrajectoryHead
 from mambacontrol.models.autoencoder import Autoencoder
 from mambacontrol.models.controlnet import MambaControlNet
 from mambacontrol.models.schedulers import NoiseSchedule, training_scheduler
 from mambacontrol.models.unet import DenoisingUNet
-from mambacontrol.pipeline.conditioning import encode_graph, hint_channels
+from mambacontrol.pipeline.conditioning import change_map, encode_graph, hint_channels
 from mambacontrol.pipeline.denoiser import ConditionedDenoiser
 from mambacontrol.training.common import engine_settings, make_optimizer
 from mambacontrol.training.config import arguments_for
@@ -51,12 +53,21 @@ def build_unet(cfg: RunConfig, latent_channels: int, context_dim: int) -> Denois
                          context_dim=context_dim)
 
 
-def build_controlnet(cfg: RunConfig, unet: DenoisingUNet, graph_dim: int) -> MambaControlNet:
+def uses_change_hint(cfg: RunConfig) -> bool:
+    """Whether the run's ControlNet hint carries the regional change map: ``controlnet.model.
+    change_hint`` where there is a trajectory head to predict the change (``graph.enabled``)."""
+    return bool(cfg.controlnet.model.change_hint and cfg.graph.enabled)
+
+
+def build_controlnet(cfg: RunConfig, unet: DenoisingUNet, graph_dim: int,
+                     change: bool = False) -> MambaControlNet:
     """The ControlNet of ``controlnet.model``, shaped like and initialised from ``unet``, for a
-    hint carrying ``graph_dim`` graph channels (0: no graph map)."""
+    hint carrying ``graph_dim`` graph channels (0: no graph map) and, with ``change``, the change
+    map (:func:`uses_change_hint`)."""
+    arguments = {**arguments_for(MambaControlNet, cfg.controlnet.model), "change_hint": change}
     return MambaControlNet.from_unet(
-        unet, hint_channels=hint_channels(unet.config.latent_channels, graph_dim),
-        **arguments_for(MambaControlNet, cfg.controlnet.model))
+        unet, hint_channels=hint_channels(unet.config.latent_channels, graph_dim, change),
+        **arguments)
 
 
 class DiffusionObjective:
@@ -78,13 +89,30 @@ class DiffusionObjective:
 
 
 def _graph_parts(models: dict, batch: dict):
+    """(nodes (B, R, E), pooled tokens, graph map) of the frozen graph encoder, or Nones."""
     encoder = models.get("graph_encoder")
     if encoder is None:
-        return None, None
+        return None, None, None
     with torch.no_grad():
-        _, tokens, gmap = encode_graph(encoder, batch["features"], batch["assignment"],
-                                       batch["covariates"])
-    return tokens, gmap
+        return encode_graph(encoder, batch["features"], batch["assignment"], batch["covariates"])
+
+
+def hinted_change(batch: dict, nodes: torch.Tensor, head: TrajectoryHead,
+                  predicted_share: float) -> torch.Tensor:
+    """The change map a training batch's hint carries: (B, 1, x, y, z).
+
+    Each pair's true node log volume ratios (``batch["log_ratio"]``, (B, R)), or, with probability
+    ``predicted_share`` (the global generator, so a resumed run draws what an unbroken one
+    would), the frozen trajectory head's prediction from the graph encoder's ``nodes``
+    (B, R, E) at the pair's horizon, as sampling paints it.
+    """
+    truth = batch["log_ratio"]
+    if predicted_share > 0:
+        with torch.no_grad():
+            predicted = head(nodes, batch["covariates"], batch["years"].reshape(-1))
+        rows = torch.rand(truth.shape[0], device=truth.device) < predicted_share
+        truth = torch.where(rows[:, None], predicted.to(truth.dtype), truth)
+    return change_map(truth, batch["assignment"])
 
 
 def dropped_horizons(batch_size: int, rate: float, device) -> torch.Tensor | None:
@@ -115,24 +143,33 @@ def with_null_horizons(batch: dict, train: DiffusionTrain) -> tuple[dict, torch.
 
 
 def _denoise(models: dict, batch: dict, noisy: torch.Tensor, ts: torch.Tensor,
-             graph_hint: bool = False, drop_horizon: torch.Tensor | None = None) -> torch.Tensor:
+             graph_hint: bool = False, drop_horizon: torch.Tensor | None = None,
+             predicted_change: float | None = None) -> torch.Tensor:
     """One denoising step of a training batch: the batch's conditioning built and run by the
     :class:`~mambacontrol.pipeline.denoiser.ConditionedDenoiser` that sampling uses too (the
     UNet alone in the ``unet`` stage; ControlNet → frozen UNet in the ``controlnet`` stage).
-    ``drop_horizon`` (B,) bool: pairs whose horizon is replaced by the guidance null."""
+    ``drop_horizon`` (B,) bool: pairs whose horizon is replaced by the guidance null.
+    ``predicted_change``: with a change hint, the share of pairs given the trajectory head's
+    change (:func:`hinted_change`); None without one."""
     controlnet = models.get("controlnet")
+    change_hint = predicted_change is not None
     denoiser = ConditionedDenoiser(models["unet"], controlnet, graph_hint,
-                                   unet_frozen=controlnet is not None)
-    tokens, gmap = _graph_parts(models, batch)
+                                   unet_frozen=controlnet is not None, change_hint=change_hint)
+    nodes, tokens, gmap = _graph_parts(models, batch)
+    change = (hinted_change(batch, nodes, models["trajectory_head"], predicted_change)
+              if change_hint else None)
     conditioning = denoiser.condition(batch["z_base"], batch["covariates"], batch["years"],
-                                      tokens, gmap, drop_horizon=drop_horizon)
+                                      tokens, gmap, drop_horizon=drop_horizon, change=change)
     return denoiser(noisy, ts, conditioning)
 
 
-def _load_frozen(out: Path, cfg: RunConfig, device) -> dict:
+def _load_frozen(out: Path, cfg: RunConfig, device, head: bool = False) -> dict:
+    """The frozen graph encoder (with ``graph.enabled``) and, with ``head``, trajectory head."""
     frozen = {}
     if cfg.graph.enabled:
         frozen["graph_encoder"] = GraphEncoder.load(out / "graph_encoder", device)
+        if head:
+            frozen["trajectory_head"] = TrajectoryHead.load(out / "trajectory_head", device)
     return frozen
 
 
@@ -239,11 +276,12 @@ def train_controlnet(cfg: RunConfig, data: RunData, out: Path, resume: bool,
     """Train the ControlNet on the frozen UNet; save ``<out>/controlnet`` (EMA weights)."""
     ae = Autoencoder.load(out / "autoencoder")
     unet = DenoisingUNet.load(out / "unet")
-    frozen = _load_frozen(out, cfg, "cpu")
+    change_hint = uses_change_hint(cfg)
+    frozen = _load_frozen(out, cfg, "cpu", head=change_hint)
     graph_dim = (frozen["graph_encoder"].config.embed_dim
                  if frozen and cfg.controlnet.model.graph_hint else 0)
     torch.manual_seed(cfg.seed)
-    controlnet = build_controlnet(cfg, unet, graph_dim)
+    controlnet = build_controlnet(cfg, unet, graph_dim, change_hint)
     items = _items(cfg, data, out, frozen, ae.downsample_factor)
     frozen["unet"] = unet
     objective = DiffusionObjective(noise_schedule(cfg))
@@ -252,7 +290,8 @@ def train_controlnet(cfg: RunConfig, data: RunData, out: Path, resume: bool,
 
     def denoise(models, batch, noisy, ts, drop_horizon=None):
         return _denoise(models, batch, noisy, ts, graph_hint=bool(graph_dim),
-                        drop_horizon=drop_horizon)
+                        drop_horizon=drop_horizon,
+                        predicted_change=t.predicted_change if change_hint else None)
 
     def step_fn(batch, models, step):
         batch, drop = with_null_horizons(batch, t)

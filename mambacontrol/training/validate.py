@@ -22,7 +22,12 @@ from mambacontrol.graph.encoder import GraphEncoder
 from mambacontrol.io.limits import check_limit
 from mambacontrol.training.run_config import OptimConfig, RunConfig
 from mambacontrol.training.stage_autoencoder import build_autoencoder
-from mambacontrol.training.stage_diffusion import build_controlnet, build_unet, noise_schedule
+from mambacontrol.training.stage_diffusion import (
+    build_controlnet,
+    build_unet,
+    noise_schedule,
+    uses_change_hint,
+)
 from mambacontrol.training.stage_graph import graph_encoder_arch
 from mambacontrol.training.trackers import check_trackers
 
@@ -48,6 +53,10 @@ def _check_optim(key: str, t: OptimConfig) -> None:
         if rate is not None and not 0.0 <= rate < 1.0:
             raise ConfigError(f"{key}.{name}: {rate} must lie in [0, 1) (0 turns it off; about "
                               "0.1 trains the guidance null)")
+    share = getattr(t, "predicted_change", None)
+    if share is not None and not 0.0 <= share <= 1.0:
+        raise ConfigError(f"{key}.predicted_change: {share} must lie in [0, 1] (the fraction of "
+                          "pairs whose hint carries the trajectory head's change, not the truth)")
 
 
 def _check_engine(cfg: RunConfig) -> None:
@@ -144,4 +153,5 @@ def _check_networks(cfg: RunConfig, atlas: Atlas) -> None:
     unet = _build("unet.model", lambda: build_unet(cfg, ae.config.latent_channels, graph_dim))
     if cfg.controlnet.enabled:
         hint_graph = graph_dim if cfg.graph.enabled and cfg.controlnet.model.graph_hint else 0
-        _build("controlnet.model", lambda: build_controlnet(cfg, unet, hint_graph))
+        _build("controlnet.model", lambda: build_controlnet(cfg, unet, hint_graph,
+                                                             uses_change_hint(cfg)))

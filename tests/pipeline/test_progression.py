@@ -36,7 +36,8 @@ def _perturb(module, scale=0.05):
     return module
 
 
-def build(atlas, *, graph=True, controlnet=True, mixer="mamba", graph_hint=True):
+def build(atlas, *, graph=True, controlnet=True, mixer="mamba", graph_hint=True,
+          change_hint=True):
     torch.manual_seed(0)
     ae = Autoencoder(channels=[8, 8, 8], latent_channels=2, norm_num_groups=4)
     unet = _perturb(DenoisingUNet(latent_channels=2, channels=[8, 16],
@@ -48,10 +49,11 @@ def build(atlas, *, graph=True, controlnet=True, mixer="mamba", graph_hint=True)
         enc = GraphEncoder.from_graph(g, embed_dim=8, num_layers=1, num_tokens=2, token_heads=2)
         head = TrajectoryHead(embed_dim=8, num_nodes=g.num_nodes, graph=g.identity.to_dict())
     if controlnet:
-        channels = hint_channels(2, 8 if graph and graph_hint else 0)
+        change = graph and change_hint  # the change comes from the graph's trajectory head
+        channels = hint_channels(2, 8 if graph and graph_hint else 0, change)
         cn = _perturb(MambaControlNet.from_unet(unet, hint_channels=channels, mixer=mixer,
                                                 mamba_d_state=4, fourier_modes=[2, 2, 2],
-                                                hint_width=8))
+                                                hint_width=8, change_hint=change))
     return ProgressionPipeline(ae, unet, NoiseSchedule(num_train_timesteps=100), atlas,
                                controlnet=cn, graph_encoder=enc, trajectory_head=head,
                                sampling=SamplingDefaults(num_inference_steps=3, num_samples=2))
@@ -59,7 +61,7 @@ def build(atlas, *, graph=True, controlnet=True, mixer="mamba", graph_hint=True)
 
 @pytest.mark.parametrize("kwargs", [dict(), dict(graph=False), dict(controlnet=False),
                                     dict(mixer="attention"), dict(graph=False, controlnet=False),
-                                    dict(graph_hint=False)])
+                                    dict(graph_hint=False), dict(change_hint=False)])
 def test_every_ablation_predicts(atlas, scan, kwargs):
     pipe = build(atlas, **kwargs)
     image, labels = scan

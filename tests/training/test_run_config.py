@@ -39,8 +39,8 @@ def test_default_run_config_builds_the_default_constructors_networks():
         _same_network(build_autoencoder(cfg), Autoencoder())
         unet = DenoisingUNet(**derived)
         _same_network(build_unet(cfg, **derived), unet)
-        _same_network(build_controlnet(cfg, unet, graph_dim), MambaControlNet.from_unet(
-            unet, hint_channels(unet.config.latent_channels, graph_dim)))
+        _same_network(build_controlnet(cfg, unet, graph_dim, True), MambaControlNet.from_unet(
+            unet, hint_channels(unet.config.latent_channels, graph_dim, True)))
     assert noise_schedule(cfg) == NoiseSchedule()
     assert NoiseSchedule().prediction_type == "v_prediction"  # the run's default, the only one
     assert cfg.sampling == SamplingDefaults()

@@ -24,6 +24,7 @@ def test_the_engine_takes_what_the_trainer_takes(tiny_run_config, tiny_cohort):
     ("unet.train.condition_dropout=1", r"unet.train.condition_dropout: 1.0 must lie in \[0, 1\)"),
     ("controlnet.train.condition_dropout=-0.1", "controlnet.train.condition_dropout: -0.1"),
     ("unet.train.zero_horizon_pairs=1.5", "unet.train.zero_horizon_pairs: 1.5 must lie in"),
+    ("controlnet.train.predicted_change=1.5", "controlnet.train.predicted_change: 1.5 must lie in"),
 ])
 def test_bad_engine_settings_are_refused(tiny_run_config, tiny_cohort, override, message):
     with pytest.raises(ConfigError, match=message):

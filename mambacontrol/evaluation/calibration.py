@@ -48,6 +48,19 @@ def ratio_distance(ratios: Mapping[str, float | None]) -> float:
     return sum(logs) / len(logs) if logs else math.inf
 
 
+def choose_weight(distances: Mapping[str, float], weights: Sequence[float]) -> float:
+    """The weight of smallest distance (the smaller weight on a tie), keyed ``f"{w:g}"``.
+
+    Logs a warning when it is the largest weight of a grid of several: the best weight may lie
+    beyond the grid (on the demo model a dropout-trained variant ran out at w = 6)."""
+    chosen = min(weights, key=lambda w: (distances[f"{w:g}"], w))
+    if len(weights) > 1 and chosen == max(weights) and not math.isinf(distances[f"{chosen:g}"]):
+        log.warning("guidance %g, the largest weight tried, was chosen: a larger one may be "
+                    "better; calibrate again with weights beyond it (e.g. --weights %s)", chosen,
+                    ",".join(f"{w:g}" for w in (chosen, 1.5 * chosen, 2 * chosen, 3 * chosen)))
+    return chosen
+
+
 def model_ratios(summary: dict) -> dict[str, dict]:
     """Per key group of an evaluation summary: the model's predicted/true change ratio
     (``change_ratio``) and its mean absolute error of the % volume change (``abs_error_pct``)."""
@@ -102,7 +115,7 @@ def calibrate_guidance(manifest: str | os.PathLike, model: str | os.PathLike,
             table[label] = model_ratios(summary)
             distances[label] = ratio_distance({g: v["change_ratio"]
                                                for g, v in table[label].items()})
-        chosen = min(weights, key=lambda w: (distances[f"{w:g}"], w))
+        chosen = choose_weight(distances, weights)
         if math.isinf(distances[f"{chosen:g}"]):
             raise MambaControlError(f"the {s.split} split gave no change ratio (no pair with a "
                                     "true change); calibrate on a split with follow-up visits")

@@ -23,6 +23,16 @@ def test_ratio_distance():
     assert ratio_distance({"a": None}) == math.inf
 
 
+def test_the_closest_weight_is_chosen_and_the_top_of_the_grid_is_flagged(caplog):
+    assert calibration.choose_weight({"0": 0.5, "1": 0.1, "2": 0.1}, [0, 1, 2]) == 1  # tie: less
+    assert not caplog.records
+    assert calibration.choose_weight({"0": 0.5, "2": 0.3, "4": 0.2}, [0, 2, 4]) == 4
+    assert "largest weight tried" in caplog.text and "--weights 4,6,8,12" in caplog.text
+    caplog.clear()
+    assert calibration.choose_weight({"3": 0.2}, [3]) == 3  # one weight: nothing to widen
+    assert not caplog.records
+
+
 def test_the_ratios_are_the_model_rows():
     groups = calibration.KEY_GROUPS
     row = {"change_ratio": 0.5, "abs_error_pct": {"mean": 1.0, "sd": 0.1, "n": 3}}

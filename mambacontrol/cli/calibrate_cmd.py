@@ -45,6 +45,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="sampler steps (default: the model's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: auto)")
+    p.add_argument("--per-group", action="store_true",
+                   help="also give the hippocampus, amygdala, entorhinal cortex and lateral "
+                        "ventricles each its own weight (the one closest to its true change), "
+                        "and every other region the whole brain's")
     p.set_defaults(func=run)
 
 
@@ -61,10 +65,15 @@ def run(args: argparse.Namespace) -> int:
     weights = args.weights if args.weights is not None else DEFAULT_WEIGHTS
     result = calibrate_guidance(args.manifest, args.model, args.out, weights, settings,
                                 device=device_from_flag(args.device),
-                                command=["mambacontrol", *sys.argv[1:]])
+                                command=["mambacontrol", *sys.argv[1:]],
+                                per_group=args.per_group)
     chosen = f"{result['chosen']:g}"
     ratios = ", ".join(f"{g} {v['change_ratio']:.2f}" for g, v in result["weights"][chosen].items()
                        if v["change_ratio"] is not None)
     print(f"guidance {chosen} chosen on the {args.split} split (predicted/true change: {ratios});"
           f" calibrated model: {result['calibrated_model']}")
+    if args.per_group:
+        groups = ", ".join(f"{g} {w:g}" for g, w in result["chosen_groups"].items())
+        print(f"per group: {groups}, elsewhere {result['chosen_elsewhere']:g} (the calibrated "
+              "model's defaults)")
     return 0

@@ -25,7 +25,11 @@ from pathlib import Path
 from mambacontrol.errors import MambaControlError
 from mambacontrol.evaluation.evaluate import EvaluationSettings, evaluate
 from mambacontrol.io import OutputFolder, write_json
-from mambacontrol.pipeline.progression import ProgressionPipeline, check_guidance
+from mambacontrol.pipeline.progression import (
+    GUIDANCE_GROUPS,
+    ProgressionPipeline,
+    check_guidance,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +65,35 @@ def choose_weight(distances: Mapping[str, float], weights: Sequence[float]) -> f
     return chosen
 
 
+def choose_group_weights(table: Mapping[str, Mapping[str, dict]],
+                         weights: Sequence[float]) -> tuple[float, dict[str, float]]:
+    """Per-region weights from the same evaluations: each group of :data:`GUIDANCE_GROUPS`
+    the weight whose change ratio of that group is closest to 1, and everywhere else the
+    whole brain's (the smaller weight on a tie; a group without a ratio at any weight keeps the
+    whole brain's).
+
+    Args:
+        table: ``{f"{w:g}": {group: {"change_ratio": r, ...}}}`` (:func:`model_ratios` per
+            weight).
+        weights: the weights evaluated.
+
+    Returns:
+        (the weight elsewhere, ``{group: weight}``).
+    """
+    def best(group: str) -> float | None:
+        scored = [(ratio_distance({group: table[f"{w:g}"][group]["change_ratio"]}), w)
+                  for w in weights]
+        scored = [(d, w) for d, w in scored if not math.isinf(d)]
+        return min(scored)[1] if scored else None
+
+    elsewhere = best("whole_brain")
+    if elsewhere is None:
+        raise MambaControlError("no weight gave a whole-brain change ratio (no pair with a true "
+                                "change); calibrate on a split with follow-up visits")
+    groups = {g: best(g) for g in GUIDANCE_GROUPS}
+    return elsewhere, {g: (elsewhere if w is None else w) for g, w in groups.items()}
+
+
 def model_ratios(summary: dict) -> dict[str, dict]:
     """Per key group of an evaluation summary: the model's predicted/true change ratio
     (``change_ratio``) and its mean absolute error of the % volume change (``abs_error_pct``)."""
@@ -75,7 +108,8 @@ def model_ratios(summary: dict) -> dict[str, dict]:
 def calibrate_guidance(manifest: str | os.PathLike, model: str | os.PathLike,
                        out: str | os.PathLike, weights: Sequence[float] = DEFAULT_WEIGHTS,
                        settings: EvaluationSettings | None = None, device: str = "cpu",
-                       command: Sequence[str] | str | None = None) -> dict:
+                       command: Sequence[str] | str | None = None,
+                       per_group: bool = False) -> dict:
     """Evaluate ``model`` at each guidance weight and save a copy with the best as its default.
 
     Args:
@@ -89,10 +123,15 @@ def calibrate_guidance(manifest: str | os.PathLike, model: str | os.PathLike,
             baseline, no ceiling rows); their own ``guidance`` is replaced by each weight.
         device: torch device for the model.
         command: the command line, for the evaluations' provenance.
+        per_group: also give the hippocampus, amygdala, entorhinal cortex and lateral ventricles
+            their own weights, each the one whose ratio of that group is closest to 1, and every
+            other region the whole brain's (:func:`choose_group_weights`); the model is saved
+            with them (``SamplingDefaults.guidance_groups``).
 
     Returns:
         The contents of ``calibration.json``: per weight and key group the change ratio and the
-        mean absolute error of the % volume change, the distance per weight, and the choice.
+        mean absolute error of the % volume change, the distance per weight, and the choice
+        (``chosen``; with ``per_group`` also ``chosen_groups`` and ``chosen_elsewhere``).
 
     Raises:
         MambaControlError: no weights, a bad weight, or a split without any pair.
@@ -120,18 +159,27 @@ def calibrate_guidance(manifest: str | os.PathLike, model: str | os.PathLike,
             raise MambaControlError(f"the {s.split} split gave no change ratio (no pair with a "
                                     "true change); calibrate on a split with follow-up visits")
         pipe = ProgressionPipeline.from_pretrained(model)
-        pipe.sampling = replace(pipe.sampling, guidance=chosen)
+        pipe.sampling = replace(pipe.sampling, guidance=chosen, guidance_groups=None)
+        grouped = {}
+        if per_group:
+            elsewhere, groups = choose_group_weights(table, weights)
+            pipe.sampling = replace(pipe.sampling, guidance=elsewhere, guidance_groups=groups)
+            grouped = {"chosen_elsewhere": elsewhere, "chosen_groups": groups}
         with folder.staging() as tmp:
             pipe.save_pretrained(tmp / MODEL_NAME)
             folder.commit(tmp / MODEL_NAME, MODEL_NAME)
         result = {"model": str(model), "split": s.split, "pairs": s.pairs,
                   "criterion": "smallest mean |log(predicted / true change)| over the key "
                                "groups (both as the regional measurement reads them)",
-                  "weights": table, "distance": distances, "chosen": chosen,
+                  "weights": table, "distance": distances, "chosen": chosen, **grouped,
                   "calibrated_model": str(folder.path / MODEL_NAME)}
         with folder.staging() as tmp:
             write_json(tmp / RESULT_NAME, result)
             folder.commit(tmp / RESULT_NAME, RESULT_NAME)
     log.info("guidance %g chosen (mean |log ratio| %.3f); model saved to %s", chosen,
              distances[f"{chosen:g}"], Path(out) / MODEL_NAME)
+    if per_group:
+        log.info("per group: %s, elsewhere %g (saved with the model)",
+                 ", ".join(f"{g} {w:g}" for g, w in result["chosen_groups"].items()),
+                 result["chosen_elsewhere"])
     return result

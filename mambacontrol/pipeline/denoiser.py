@@ -70,6 +70,10 @@ class Conditioning:
         hint: (B, C_hint, x, y, z) the ControlNet's hint, or None without a ControlNet.
         guidance: w; when not 0 every field holds 2B rows, the conditioning and then its null
             (the same at Δt = 0), and a step runs both as one batch.
+        guidance_map: (1 or B, 1, x, y, z) the weight of each latent voxel, which then replaces
+            ``guidance`` in the rule (per-region weights,
+            :func:`~mambacontrol.pipeline.progression.guidance_map`); None: ``guidance``
+            everywhere.
     """
 
     z_base: torch.Tensor
@@ -78,6 +82,7 @@ class Conditioning:
     context: torch.Tensor | None
     hint: torch.Tensor | None
     guidance: float = 0.0
+    guidance_map: torch.Tensor | None = None
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -131,7 +136,8 @@ class ConditionedDenoiser:
                   graph_tokens: torch.Tensor | None = None,
                   graph_map: torch.Tensor | None = None,
                   drop_horizon: torch.Tensor | None = None,
-                  change: torch.Tensor | None = None) -> Conditioning:
+                  change: torch.Tensor | None = None,
+                  guidance_map: torch.Tensor | None = None) -> Conditioning:
         """Build what steers every step of one batch or horizon.
 
         Args:
@@ -146,6 +152,9 @@ class ConditionedDenoiser:
             change: (B, 1, x, y, z) the regional change expected at the horizon
                 (:func:`~mambacontrol.pipeline.conditioning.change_map`); used only when the
                 ControlNet's hint carries it. The null's rows get zero.
+            guidance_map: (1 or B, 1, x, y, z) per-voxel guidance weights replacing the
+                denoiser's ``guidance`` (which must be above 0 for any guidance to run); ignored
+                without guidance.
         """
         years = years.reshape(-1).expand(z_base.shape[0])
         if self.controlnet is not None and self.change_hint:
@@ -176,7 +185,11 @@ class ConditionedDenoiser:
                 raise ValueError("this ControlNet's hint carries the graph map: pass graph_map")
             hint = build_hint(z_base, years, self.norm, graph_map if self.graph_hint else None,
                               change)
-        return Conditioning(z_base, covariates, graph_tokens, context, hint, self.guidance)
+        if guidance_map is not None and guidance_map.shape[2:] != z_base.shape[2:]:
+            raise ValueError(f"guidance map grid {tuple(guidance_map.shape[2:])} differs from the "
+                             f"latent grid {tuple(z_base.shape[2:])}")
+        return Conditioning(z_base, covariates, graph_tokens, context, hint, self.guidance,
+                            guidance_map if self.guidance else None)
 
     def __call__(self, noisy: torch.Tensor, timesteps: torch.Tensor,
                  c: Conditioning) -> torch.Tensor:
@@ -184,7 +197,8 @@ class ConditionedDenoiser:
         if c.guidance:
             both = self._step(torch.cat([noisy, noisy]), torch.cat([timesteps, timesteps]), c)
             conditional, null = both.chunk(2)
-            return conditional + c.guidance * (conditional - null)
+            weight = c.guidance if c.guidance_map is None else c.guidance_map.to(conditional)
+            return conditional + weight * (conditional - null)
         return self._step(noisy, timesteps, c)
 
     def _step(self, noisy: torch.Tensor, timesteps: torch.Tensor,

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,9 +68,13 @@ class SamplingDefaults:
     decode: str = "difference"
     #: classifier-free guidance weight against the zero horizon (pipeline.denoiser); 0: none
     guidance: float = 0.0
+    #: own weights of some key groups' regions ({group: w}, groups of :data:`GUIDANCE_GROUPS`);
+    #: ``guidance`` elsewhere. None: one weight everywhere
+    guidance_groups: dict[str, float] | None = None
 
     def __post_init__(self):
         check_guidance(self.guidance, "guidance")
+        check_guidance_groups(self.guidance_groups)
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler '{self.sampler}' is not one of {', '.join(SAMPLERS)}")
         if self.decode not in DECODE_MODES:
@@ -92,17 +96,27 @@ class SamplingPlan:
     num_samples: int
     decode: str
     guidance: float = 0.0
+    guidance_groups: tuple[tuple[str, float], ...] | None = None
+
+    @property
+    def guided(self) -> bool:
+        """Whether any region is guided (a weight above 0)."""
+        return max([self.guidance, *(w for _, w in self.guidance_groups or ())]) > 0
 
     @classmethod
     def resolve(cls, defaults: SamplingDefaults, *, num_samples: int | None = None,
                 num_inference_steps: int | None = None, sampler: str | None = None,
                 decode: str | None = None, guidance: float | None = None) -> SamplingPlan:
         """The caller's choices, the model's ``defaults`` for those not given (None or 0; for
-        ``guidance`` only None, since 0 is a choice)."""
+        ``guidance`` only None, since 0 is a choice). A ``guidance`` given is one weight
+        everywhere: it replaces the model's group weights too."""
+        groups = None
+        if guidance is None and defaults.guidance_groups:
+            groups = tuple(sorted((g, float(w)) for g, w in defaults.guidance_groups.items()))
         return cls(sampler or defaults.sampler,
                    int(num_inference_steps or defaults.num_inference_steps),
                    int(num_samples or defaults.num_samples), decode or defaults.decode,
-                   float(defaults.guidance if guidance is None else guidance))
+                   float(defaults.guidance if guidance is None else guidance), groups)
 
     def check(self) -> None:
         """Raise :class:`MambaControlError` (or ``ResourceLimitError``) for a bad choice."""
@@ -115,6 +129,7 @@ class SamplingPlan:
         if self.num_samples < 1 or self.num_inference_steps < 1:
             raise MambaControlError("num_samples and num_inference_steps must be ≥ 1")
         check_guidance(self.guidance, "guidance")
+        check_guidance_groups(dict(self.guidance_groups or ()))
 
 
 #: the largest guidance weight accepted: far beyond any useful one, small enough to catch typos
@@ -127,6 +142,48 @@ def check_guidance(value: float, name: str = "--guidance") -> None:
             0 <= value <= MAX_GUIDANCE):
         raise MambaControlError(f"{name} {value} must be a number from 0 (no guidance) to "
                                 f"{MAX_GUIDANCE:g}")
+
+
+GUIDANCE_GROUPS = ("hippocampus", "amygdala", "entorhinal", "lateral_ventricles")
+"""Key groups that may have their own guidance weight (``SamplingDefaults.guidance_groups``).
+They are disjoint; the whole brain, which holds them all, takes the weight of everywhere else."""
+
+
+def check_guidance_groups(groups: Mapping[str, float] | None) -> None:
+    """Raise one line unless ``groups`` is None or maps groups of :data:`GUIDANCE_GROUPS` to
+    weights accepted by :func:`check_guidance`."""
+    if groups is None:
+        return
+    unknown = sorted(set(groups) - set(GUIDANCE_GROUPS))
+    if unknown:
+        raise MambaControlError(f"guidance groups {unknown} are not among "
+                                f"{', '.join(GUIDANCE_GROUPS)}")
+    for name, weight in groups.items():
+        check_guidance(weight, f"the {name} guidance weight")
+
+
+def guidance_map(labels: np.ndarray, atlas: Atlas, groups: Sequence[tuple[str, float]],
+                 elsewhere: float, latent_shape: Sequence[int]) -> torch.Tensor:
+    """The guidance weight of every latent voxel: each group's weight where its regions lie,
+    ``elsewhere`` elsewhere, mixed by the fraction of the voxel's image voxels each group owns.
+
+    Args:
+        labels: (X, Y, Z) atlas label ids of the baseline on the model grid.
+        atlas: gives the groups' labels (``atlas.key_groups``).
+        groups: ``(group, weight)`` pairs of :data:`GUIDANCE_GROUPS`.
+        elsewhere: the weight outside the groups.
+        latent_shape: (x, y, z) of the latent grid.
+
+    Returns:
+        (1, 1, x, y, z) float32 weights.
+    """
+    weights = torch.full((1, 1, *latent_shape), float(elsewhere))
+    for name, weight in groups:
+        inside = torch.from_numpy(np.isin(labels, atlas.key_groups[name]).astype(np.float32))
+        fraction = torch.nn.functional.adaptive_avg_pool3d(inside[None, None],
+                                                           tuple(latent_shape))
+        weights += fraction * (float(weight) - float(elsewhere))
+    return weights
 
 
 def check_sampling_flags(num_samples: int | None, num_inference_steps: int | None,
@@ -283,7 +340,8 @@ class ProgressionPipeline:
             "grid": self.atlas.grid.to_dict(),
             "noise_schedule": self.schedule.to_dict(),
             "covariate_norm": self.covariate_norm.to_dict(),
-            "sampling": dict(self.sampling.__dict__),
+            "sampling": {k: v for k, v in self.sampling.__dict__.items()
+                         if not (k == "guidance_groups" and v is None)},
         }
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
@@ -432,16 +490,26 @@ class ProgressionPipeline:
         """
         scheduler = sampling_scheduler(self.schedule, sampling.sampler)
         clock = PhaseTimes(self.device)
-        denoiser = self.denoiser(sampling.guidance)
+        grouped = bool(sampling.guidance_groups) and sampling.guided
+        if grouped and labels is None:
+            raise MambaControlError("this model guides some regions with their own weight: give "
+                                    "the baseline's labels, or one --guidance weight")
+        weights = None
         with clock.phase("encoding"):
             baseline = self._encode_baseline(image, labels, mask, sampling.decode)
+            if grouped:
+                weights = guidance_map(np.asarray(labels), self.atlas, sampling.guidance_groups,
+                                       sampling.guidance, baseline.latent.shape[2:])
+                weights = weights.to(self.device)
+        denoiser = self.denoiser(float(weights.max()) if weights is not None
+                                 else sampling.guidance)
         predictions = []
         for horizon in map(float, years):
             covariates = encode_covariates(age, horizon, sex, diagnosis, self.covariate_norm)
             covariates = covariates.to(self.device)
             with clock.phase("sampling"):
                 conditioning, node_log_ratio = self._conditioning(
-                    baseline, covariates, horizon, sampling.num_samples, denoiser)
+                    baseline, covariates, horizon, sampling.num_samples, denoiser, weights)
                 target = sample(denoiser.steps(conditioning), scheduler,
                                 conditioning.sample_shape, sampling.num_inference_steps,
                                 generator=generator, device=self.device, progress=progress)
@@ -503,10 +571,12 @@ class ProgressionPipeline:
                                    change_hint=self.change_hint)
 
     def _conditioning(self, baseline: _EncodedBaseline, covariates: torch.Tensor, years: float,
-                      num_samples: int,
-                      denoiser: ConditionedDenoiser) -> tuple[Conditioning, np.ndarray | None]:
+                      num_samples: int, denoiser: ConditionedDenoiser,
+                      weights: torch.Tensor | None = None
+                      ) -> tuple[Conditioning, np.ndarray | None]:
         """Everything that steers the denoiser at one horizon, for ``num_samples`` samples, and
-        the trajectory head's (R,) regional prediction (None without a head)."""
+        the trajectory head's (R,) regional prediction (None without a head). ``weights``:
+        (1, 1, x, y, z) guidance weight map (:func:`guidance_map`), or None."""
         z_base = baseline.latent.expand(num_samples, *baseline.latent.shape[1:])
         sample_covariates = covariates.expand(num_samples, -1)
         tokens = graph_map = node_log_ratio = change = None
@@ -525,7 +595,7 @@ class ProgressionPipeline:
                         num_samples, -1, -1, -1, -1)
         years_per_sample = torch.full((num_samples,), float(years), device=self.device)
         conditioning = denoiser.condition(z_base, sample_covariates, years_per_sample, tokens,
-                                          graph_map, change=change)
+                                          graph_map, change=change, guidance_map=weights)
         return conditioning, node_log_ratio
 
     @torch.no_grad()

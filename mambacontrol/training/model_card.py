@@ -219,7 +219,9 @@ def _training_lines(run: Path, cfg: RunConfig) -> list[str]:
     s = cfg.sampling
     out += ["", f"- sampling defaults: {s.sampler}, {s.num_inference_steps} steps, "
                 f"{s.num_samples} samples per horizon, decode `{s.decode}`, guidance "
-                f"{s.guidance:g}"]
+                f"{s.guidance:g}"
+                + (" (" + ", ".join(f"{g} {w:g}" for g, w in s.guidance_groups.items())
+                   + ", elsewhere the former)" if s.guidance_groups else "")]
     return out
 
 

@@ -104,6 +104,20 @@ def node_volumes(graph: AnatomyGraph, label_volumes: np.ndarray,
                      for labels in graph.node_labels], axis=1)
 
 
+def node_log_ratios(graph: AnatomyGraph, earlier: np.ndarray, later: np.ndarray,
+                    label_ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Node log volume ratios, later / earlier, from label volumes (N, L) of both visits.
+
+    Returns:
+        (N, R) log ratios (0 where invalid) and (N, R) bool validity: the node has volume in
+        both visits.
+    """
+    nb, nf = node_volumes(graph, earlier, label_ids), node_volumes(graph, later, label_ids)
+    mask = (nb > 0) & (nf > 0)
+    ratio = np.where(mask, np.log(np.where(mask, nf, 1.0) / np.where(mask, nb, 1.0)), 0.0)
+    return ratio, mask
+
+
 def build_pairs(manifest: Manifest, split: str, atlas: Atlas, graph: AnatomyGraph,
                 cache: FeatureCache, covariate_norm: CovariateNorm) -> PairSet:
     """Features, covariates and truth of every pair of one split.
@@ -132,9 +146,7 @@ def build_pairs(manifest: Manifest, split: str, atlas: Atlas, graph: AnatomyGrap
         base.append(visit_label_volumes(b, label_ids, from_columns))
         follow.append(visit_label_volumes(pair.later, label_ids, from_columns))
     base_v, follow_v = np.stack(base), np.stack(follow)
-    nb, nf = node_volumes(graph, base_v, label_ids), node_volumes(graph, follow_v, label_ids)
-    mask = (nb > 0) & (nf > 0)
-    ratio = np.where(mask, np.log(np.where(mask, nf, 1.0) / np.where(mask, nb, 1.0)), 0.0)
+    ratio, mask = node_log_ratios(graph, base_v, follow_v, label_ids)
     years = np.array([p.years for p in pairs])
     cov = encode_covariates([p.earlier.age for p in pairs], years, [p.earlier.sex for p in pairs],
                             [p.earlier.diagnosis for p in pairs], covariate_norm)

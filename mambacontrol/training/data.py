@@ -22,7 +22,7 @@ from mambacontrol.atlas import Atlas, load_atlas
 from mambacontrol.data import Manifest, Visit, VisitPair
 from mambacontrol.data.covariates import CovariateNorm, encode_covariates
 from mambacontrol.errors import ConfigError, ModelError
-from mambacontrol.graph.pairs import has_volume_columns, node_volumes, visit_label_volumes
+from mambacontrol.graph.pairs import has_volume_columns, node_log_ratios, visit_label_volumes
 from mambacontrol.io import atomic_path, unique_names
 from mambacontrol.nn.component import WEIGHTS_NAME
 from mambacontrol.pipeline.conditioning import graph_scan_inputs
@@ -143,11 +143,10 @@ def pair_items(data: RunData, pairs: list[VisitPair], ae_hash: str, norm: Covari
     from_columns = graph is not None and has_volume_columns(data.manifest, label_ids)
 
     def log_ratio(p: VisitPair) -> torch.Tensor:
-        earlier, later = (node_volumes(graph, visit_label_volumes(v, label_ids, from_columns)[None],
-                                       label_ids)[0] for v in (p.earlier, p.later))
-        valid = (earlier > 0) & (later > 0)
-        ratio = np.log(np.where(valid, later, 1.0) / np.where(valid, earlier, 1.0))
-        return torch.from_numpy(np.where(valid, ratio, 0.0).astype(np.float32))
+        earlier, later = (visit_label_volumes(v, label_ids, from_columns)[None]
+                          for v in (p.earlier, p.later))
+        ratio, _ = node_log_ratios(graph, earlier, later, label_ids)
+        return torch.from_numpy(ratio[0].astype(np.float32))
 
     def latent(v: Visit) -> torch.Tensor:
         if v.image_uid not in latents:

@@ -149,7 +149,8 @@ class StageCheckpoints:
         if state.get("stage") != self.stage:
             raise ConfigError(f"{path}: a checkpoint of stage {state.get('stage')!r}, not "
                               f"{self.stage!r}; point to this stage's checkpoints")
-        require_same_config(state.get("config"), self.config, f"checkpoint {path}")
+        require_same_config(_recorded_part(state.get("config"), self.config), self.config,
+                            f"checkpoint {path}")
         _load_models(ckpt, parts.models)
         _load_optimizer_states(ckpt, accelerator, parts)
         _load_ema(ckpt, accelerator, parts.ema)
@@ -170,6 +171,17 @@ class StageCheckpoints:
             logger.warning("%s: the checkpoint holds RNG states of %d processes, this is process "
                            "%d: seeding it afresh", self.stage, len(ranks), rank)
             set_seed(self.seed + 1000 * ckpt.step + rank)
+
+
+def _recorded_part(saved: Any, current: Any) -> Any:
+    """The sections of a checkpoint's ``saved`` config that this run records in ``current``.
+
+    Checkpoints written before a stage recorded only its own sections hold the whole run config;
+    the sections this run does not record do not decide its result and are not compared. A
+    section this run records and the checkpoint lacks stays a difference."""
+    if isinstance(saved, Mapping) and isinstance(current, Mapping):
+        return {key: value for key, value in saved.items() if key in current}
+    return saved
 
 
 def module_signature(module: nn.Module) -> dict[str, Any]:

@@ -56,6 +56,26 @@ LOGGING_ONLY = ("engine.trackers",)
 continues, and are left out of the config recorded in checkpoints."""
 REQUIRES = {"latents": ("autoencoder",), "graph": (), "unet": ("latents",),
             "controlnet": ("unet",), "autoencoder": ()}
+COMMON_SECTIONS = ("seed", "data", "engine")
+STAGE_SECTIONS = {"autoencoder": ("autoencoder",), "graph": ("graph",),
+                  "unet": ("autoencoder", "graph", "diffusion", "unet"),
+                  "controlnet": ("autoencoder", "graph", "diffusion", "unet", "controlnet")}
+"""The config sections besides ``COMMON_SECTIONS`` that decide a stage's result: its own and
+those of the stages it builds on. A stage's checkpoints record these only, so a setting of a
+later stage (or a default added to one by a newer version) does not stop an earlier stage from
+resuming; ``sampling`` decides no training stage."""
+
+
+def stage_config(cfg: RunConfig, stage: str) -> dict:
+    """The part of ``cfg`` recorded in ``stage``'s checkpoints (and its trackers' hyperparameters):
+    ``COMMON_SECTIONS`` and ``STAGE_SECTIONS[stage]`` as plain values, without the
+    ``LOGGING_ONLY`` settings."""
+    whole = config_to_dict(cfg)
+    out = {k: whole[k] for k in COMMON_SECTIONS + STAGE_SECTIONS[stage]}
+    for key in LOGGING_ONLY:  # checkpoints record what decides the results
+        section, name = key.split(".")
+        out[section].pop(name, None)
+    return out
 
 
 def resolve_config(config_path: str | Path, overrides: list[str] | None = None,
@@ -199,14 +219,11 @@ class TrainingRun:
         return write_model_card(self.out, self.cfg, self.metrics)
 
     def _run_stage(self, stage: str, resume: bool) -> StageSummary:
-        cfg_dict = config_to_dict(self.cfg)
-        for key in LOGGING_ONLY:  # checkpoints record what decides the results
-            section, name = key.split(".")
-            cfg_dict[section].pop(name, None)
-        if stage == "autoencoder":
-            return train_autoencoder(self.cfg, self.data, self.out, resume, cfg_dict)
         if stage == "latents":
             return encode_latents(self.data, self.out)
+        cfg_dict = stage_config(self.cfg, stage)
+        if stage == "autoencoder":
+            return train_autoencoder(self.cfg, self.data, self.out, resume, cfg_dict)
         if stage == "graph":
             return train_graph(self.cfg, self.data, self.out, resume, cfg_dict)
         fn = train_unet if stage == "unet" else train_controlnet

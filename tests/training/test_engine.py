@@ -233,6 +233,16 @@ def test_resume_with_another_config_is_refused(five_steps):
         make_trainer(five_steps, steps=5, config={"lr": 0.02}).run(resume=True)
 
 
+def test_resume_compares_the_sections_this_run_records(tmp_path):
+    # an older checkpoint recorded sections (here "later") that this run no longer records
+    make_trainer(tmp_path, steps=5, config={"lr": 0.01, "later": {"x": 1}}).run()
+    resumed = make_trainer(tmp_path, steps=6, config={"lr": 0.01})
+    resumed.run(resume=True)
+    assert len(resumed.history) == 6
+    with pytest.raises(ConfigError, match="another config \\(extra: <absent> -> 2\\)"):
+        make_trainer(tmp_path, steps=7, config={"lr": 0.01, "extra": 2}).run(resume=True)
+
+
 @pytest.mark.parametrize("net_kwargs, expected", [
     ({"channels": 8}, "model 'net' was built differently \\(config.channels: 4 -> 8\\)"),
     ({"dropout": 0.5}, "config.dropout: 0.2 -> 0.5"),

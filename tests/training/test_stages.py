@@ -8,7 +8,14 @@ import torch
 from mambacontrol.errors import ConfigError, ModelError
 from mambacontrol.models.unet import DenoisingUNet
 from mambacontrol.pipeline.progression import ProgressionPipeline
-from mambacontrol.training.runner import STAGES, TrainingRun, resolve_config
+from mambacontrol.training.config import dump_config
+from mambacontrol.training.runner import (
+    STAGE_SECTIONS,
+    STAGES,
+    TrainingRun,
+    resolve_config,
+    stage_config,
+)
 
 
 def test_all_stages_write_a_loadable_model(tiny_model):
@@ -41,6 +48,30 @@ def test_other_config_in_same_folder_is_refused(tiny_model, tiny_cohort, tiny_ru
     cfg = resolve_config(tiny_run_config, ["unet.train.lr=0.5"], manifest=tiny_cohort)
     with pytest.raises(ConfigError, match="another config.*unet.train.lr"):
         TrainingRun(cfg, tiny_model).run("unet")
+
+
+def test_a_stage_records_the_sections_that_decide_it(tiny_cohort, tiny_run_config):
+    cfg = resolve_config(tiny_run_config, [], manifest=tiny_cohort)
+    assert list(stage_config(cfg, "autoencoder")) == ["seed", "data", "engine", "autoencoder"]
+    assert "trackers" not in stage_config(cfg, "autoencoder")["engine"]
+    assert list(stage_config(cfg, "controlnet")) == [
+        "seed", "data", "engine", "autoencoder", "graph", "diffusion", "unet", "controlnet"]
+    assert all("sampling" not in stage_config(cfg, s) for s in STAGE_SECTIONS)
+
+
+def test_a_later_stage_setting_does_not_stop_an_earlier_stage_resuming(
+        tiny_model, tiny_cohort, tiny_run_config, tmp_path):
+    run = shutil.copytree(tiny_model, tmp_path / "run")
+    later = resolve_config(tiny_run_config, ["controlnet.train.lr=0.5"], manifest=tiny_cohort)
+    (run / "config.yaml").write_text(dump_config(later))  # as if the run had started with it
+    summary, = TrainingRun(later, run).run("autoencoder", resume=True)
+    assert summary.stage == "autoencoder" and summary.resumed_from == summary.steps
+    other = resolve_config(tiny_run_config, ["controlnet.train.lr=0.5",
+                                             "autoencoder.train.lr=0.5"], manifest=tiny_cohort)
+    (run / "config.yaml").write_text(dump_config(other))
+    with pytest.raises(ConfigError, match="step-.* was started with another config "
+                                          "\\(autoencoder.train.lr"):
+        TrainingRun(other, run).run("autoencoder", resume=True)
 
 
 def test_stage_needs_its_inputs(tmp_path, tiny_cohort, tiny_run_config):

@@ -12,8 +12,11 @@ from mambacontrol.training.engine import Trainer
 from mambacontrol.training.run_config import OptimConfig, RunConfig
 
 
-def make_optimizer(params: Iterable[torch.nn.Parameter], opt: OptimConfig):
+def make_optimizer(params: Iterable[torch.nn.Parameter] | Iterable[dict], opt: OptimConfig):
     """AdamW with linear warm-up then cosine decay to zero (diffusers' schedule).
+
+    ``params``: parameters, or torch parameter groups (``{"params": [...], "lr": ...}``; a group
+    without its own ``lr`` takes ``opt.lr``; every group follows the same schedule).
 
     Returns:
         (optimizer, lr_scheduler)

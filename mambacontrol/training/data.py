@@ -117,6 +117,7 @@ class PairItem:
     features: torch.Tensor | None = None  # (R, F)
     assignment: torch.Tensor | None = None  # GraphScanInputs.assignment
     log_ratio: torch.Tensor | None = None  # (R,) true node log volume ratio, later / earlier
+    log_ratio_mask: torch.Tensor | None = None  # (R,) 1 where the node is in both visits
 
     def as_dict(self) -> dict[str, torch.Tensor]:
         d = {"z_base": self.z_base, "z_follow": self.z_follow, "covariates": self.covariates,
@@ -125,6 +126,7 @@ class PairItem:
             d["features"] = self.features
             d["assignment"] = self.assignment
             d["log_ratio"] = self.log_ratio
+            d["log_ratio_mask"] = self.log_ratio_mask
         return d
 
 
@@ -136,17 +138,18 @@ def pair_items(data: RunData, pairs: list[VisitPair], ae_hash: str, norm: Covari
     :func:`~mambacontrol.pipeline.conditioning.graph_scan_inputs`) and the pair's true node log
     volume ratio (from the manifest's ``vol_r<label>`` columns, else label-voxel counts, as the
     trajectory head's targets: :func:`~mambacontrol.graph.pairs.build_pairs`; 0 for a node
-    absent from either visit)."""
+    absent from either visit, whose ``log_ratio_mask`` is 0)."""
     latents: dict[str, torch.Tensor] = {}
     graph_inputs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     label_ids = data.atlas.label_ids
     from_columns = graph is not None and has_volume_columns(data.manifest, label_ids)
 
-    def log_ratio(p: VisitPair) -> torch.Tensor:
+    def log_ratio(p: VisitPair) -> tuple[torch.Tensor, torch.Tensor]:
         earlier, later = (visit_label_volumes(v, label_ids, from_columns)[None]
                           for v in (p.earlier, p.later))
-        ratio, _ = node_log_ratios(graph, earlier, later, label_ids)
-        return torch.from_numpy(ratio[0].astype(np.float32))
+        ratio, mask = node_log_ratios(graph, earlier, later, label_ids)
+        return (torch.from_numpy(ratio[0].astype(np.float32)),
+                torch.from_numpy(np.asarray(mask[0], dtype=np.float32)))
 
     def latent(v: Visit) -> torch.Tensor:
         if v.image_uid not in latents:
@@ -164,6 +167,6 @@ def pair_items(data: RunData, pairs: list[VisitPair], ae_hash: str, norm: Covari
                 g = graph_scan_inputs(scan.image, scan.labels, graph, factor, painting)
                 graph_inputs[a.image_uid] = (g.features, g.assignment)
             item.features, item.assignment = graph_inputs[a.image_uid]
-            item.log_ratio = log_ratio(p)
+            item.log_ratio, item.log_ratio_mask = log_ratio(p)
         items.append(item.as_dict())
     return items

@@ -184,9 +184,18 @@ class ControlNetTrain(DiffusionTrain):
     whose hint carries the trajectory head's regional change rather than the pair's true one
     (with ``controlnet.model.change_hint``). The truth teaches the ControlNet to draw the change
     it is given; the head's prediction, what it is given at sampling, teaches it how far to
-    trust that."""
+    trust that.
+
+    ``graph_lr``: the learning rate at which the graph encoder trains with the ControlNet, so its
+    painted node embeddings and pooled tokens learn for the image (0, the default: it stays as
+    the graph stage left it). Its node embeddings also keep feeding the frozen trajectory head,
+    held to the pairs' true regional change by ``graph_trajectory_weight`` × the head's loss
+    (``graph.pairs.trajectory_loss``, (%)²) added to the denoising loss. The tuned encoder is
+    saved over ``graph_encoder/``."""
 
     predicted_change: float = 0.5
+    graph_lr: float = 0.0
+    graph_trajectory_weight: float = 0.1
 
 
 @dataclass

@@ -25,18 +25,22 @@ from torch.nn import functional as F
 from mambacontrol.data.covariates import CovariateNorm
 from mambacontrol.errors import ConfigError
 from mambacontrol.graph import AnatomyGraph, GraphEncoder, TrajectoryHead
+from mambacontrol.graph.pairs import trajectory_loss
+from mambacontrol.io.tables import write_json
 from mambacontrol.models.autoencoder import Autoencoder
 from mambacontrol.models.controlnet import MambaControlNet
 from mambacontrol.models.schedulers import NoiseSchedule, training_scheduler
 from mambacontrol.models.unet import DenoisingUNet
 from mambacontrol.pipeline.conditioning import change_map, encode_graph, hint_channels
 from mambacontrol.pipeline.denoiser import ConditionedDenoiser
+from mambacontrol.training.checkpoint import latest_checkpoint
 from mambacontrol.training.common import engine_settings, make_optimizer
 from mambacontrol.training.config import arguments_for
 from mambacontrol.training.data import RunData, pair_items, weights_hash
 from mambacontrol.training.data_order import ResumableBatches
 from mambacontrol.training.engine import StageSummary, Trainer
 from mambacontrol.training.run_config import DiffusionTrain, RunConfig
+from mambacontrol.training.stage_graph import TUNED_MARKER
 
 
 def noise_schedule(cfg: RunConfig) -> NoiseSchedule:
@@ -89,11 +93,13 @@ class DiffusionObjective:
 
 
 def _graph_parts(models: dict, batch: dict):
-    """(nodes (B, R, E), pooled tokens, graph map) of the frozen graph encoder, or Nones."""
+    """(nodes (B, R, E), pooled tokens, graph map) of the graph encoder, or Nones; with
+    gradients where the encoder is trained (``controlnet.train.graph_lr``)."""
     encoder = models.get("graph_encoder")
     if encoder is None:
         return None, None, None
-    with torch.no_grad():
+    trained = any(p.requires_grad for p in encoder.parameters())
+    with torch.set_grad_enabled(trained and torch.is_grad_enabled()):
         return encode_graph(encoder, batch["features"], batch["assignment"], batch["covariates"])
 
 
@@ -144,18 +150,20 @@ def with_null_horizons(batch: dict, train: DiffusionTrain) -> tuple[dict, torch.
 
 def _denoise(models: dict, batch: dict, noisy: torch.Tensor, ts: torch.Tensor,
              graph_hint: bool = False, drop_horizon: torch.Tensor | None = None,
-             predicted_change: float | None = None) -> torch.Tensor:
+             predicted_change: float | None = None, graph_parts: tuple | None = None
+             ) -> torch.Tensor:
     """One denoising step of a training batch: the batch's conditioning built and run by the
     :class:`~mambacontrol.pipeline.denoiser.ConditionedDenoiser` that sampling uses too (the
     UNet alone in the ``unet`` stage; ControlNet → frozen UNet in the ``controlnet`` stage).
     ``drop_horizon`` (B,) bool: pairs whose horizon is replaced by the guidance null.
     ``predicted_change``: with a change hint, the share of pairs given the trajectory head's
-    change (:func:`hinted_change`); None without one."""
+    change (:func:`hinted_change`); None without one. ``graph_parts``: the batch's
+    :func:`_graph_parts`, where the caller has them already."""
     controlnet = models.get("controlnet")
     change_hint = predicted_change is not None
     denoiser = ConditionedDenoiser(models["unet"], controlnet, graph_hint,
                                    unet_frozen=controlnet is not None, change_hint=change_hint)
-    nodes, tokens, gmap = _graph_parts(models, batch)
+    nodes, tokens, gmap = graph_parts or _graph_parts(models, batch)
     change = (hinted_change(batch, nodes, models["trajectory_head"], predicted_change)
               if change_hint else None)
     conditioning = denoiser.condition(batch["z_base"], batch["covariates"], batch["years"],
@@ -273,38 +281,56 @@ def train_unet(cfg: RunConfig, data: RunData, out: Path, resume: bool,
 
 def train_controlnet(cfg: RunConfig, data: RunData, out: Path, resume: bool,
                      config_dict: dict) -> StageSummary:
-    """Train the ControlNet on the frozen UNet; save ``<out>/controlnet`` (EMA weights)."""
+    """Train the ControlNet on the frozen UNet; save ``<out>/controlnet`` (EMA weights) and, with
+    ``controlnet.train.graph_lr`` > 0, the graph encoder trained with it over
+    ``<out>/graph_encoder`` (marked by :data:`TUNED_MARKER`)."""
     ae = Autoencoder.load(out / "autoencoder")
     unet = DenoisingUNet.load(out / "unet")
+    t = cfg.controlnet.train
     change_hint = uses_change_hint(cfg)
-    frozen = _load_frozen(out, cfg, "cpu", head=change_hint)
+    tune_graph = cfg.graph.enabled and t.graph_lr > 0
+    if tune_graph:
+        _check_graph_start(out)
+    frozen = _load_frozen(out, cfg, "cpu", head=change_hint or tune_graph)
     graph_dim = (frozen["graph_encoder"].config.embed_dim
                  if frozen and cfg.controlnet.model.graph_hint else 0)
     torch.manual_seed(cfg.seed)
     controlnet = build_controlnet(cfg, unet, graph_dim, change_hint)
     items = _items(cfg, data, out, frozen, ae.downsample_factor)
     frozen["unet"] = unet
+    trained = {"controlnet": controlnet}
+    groups = [{"params": list(controlnet.parameters()), "lr": t.lr}]
+    if tune_graph:
+        trained["graph_encoder"] = frozen.pop("graph_encoder")
+        groups.append({"params": list(trained["graph_encoder"].parameters()), "lr": t.graph_lr})
     objective = DiffusionObjective(noise_schedule(cfg))
-    t = cfg.controlnet.train
-    optimizer, scheduler = make_optimizer(controlnet.parameters(), t)
+    optimizer, scheduler = make_optimizer(groups, t)
 
-    def denoise(models, batch, noisy, ts, drop_horizon=None):
+    def denoise(models, batch, noisy, ts, drop_horizon=None, graph_parts=None):
         return _denoise(models, batch, noisy, ts, graph_hint=bool(graph_dim),
                         drop_horizon=drop_horizon,
-                        predicted_change=t.predicted_change if change_hint else None)
+                        predicted_change=t.predicted_change if change_hint else None,
+                        graph_parts=graph_parts)
 
     def step_fn(batch, models, step):
+        pairs = batch
         batch, drop = with_null_horizons(batch, t)
         target = unet.target_from_latents(batch["z_base"], batch["z_follow"])
         noisy, ts, goal = objective.noisy(target)
-        pred = denoise(models, batch, noisy, ts, drop_horizon=drop)
+        parts = _graph_parts(models, batch)
+        pred = denoise(models, batch, noisy, ts, drop_horizon=drop, graph_parts=parts)
         loss = F.mse_loss(pred.float(), goal.float())
-        return loss, {}
+        if not tune_graph:
+            return loss, {}
+        # the tuned encoder's nodes still feed the frozen head: hold them to the true change
+        head = models["trajectory_head"](parts[0], pairs["covariates"], pairs["years"].reshape(-1))
+        held = trajectory_loss(head.float(), pairs["log_ratio"], pairs["log_ratio_mask"])
+        return loss + t.graph_trajectory_weight * held, {"trajectory_loss": float(held.detach())}
 
-    trainer = Trainer("controlnet", {"controlnet": controlnet}, optimizer, step_fn,
+    trainer = Trainer("controlnet", trained, optimizer, step_fn,
                       ResumableBatches(items, t.batch_size, seed=cfg.seed,
                                        num_workers=cfg.engine.num_workers), out, steps=t.steps,
-                      lr_scheduler=scheduler, frozen=frozen, ema=("controlnet",),
+                      lr_scheduler=scheduler, frozen=frozen, ema=tuple(trained),
                       ema_decay=t.ema_decay, config=config_dict,
                       image_logger=denoising_logger(objective, _preview(unet, items[0]), denoise),
                       **engine_settings(cfg))
@@ -312,5 +338,21 @@ def train_controlnet(cfg: RunConfig, data: RunData, out: Path, resume: bool,
     if trainer.accelerator.is_main_process:
         with trainer.ema_weights() as models:
             models["controlnet"].save(out / "controlnet")
+            if tune_graph:
+                models["graph_encoder"].save(out / "graph_encoder")
+                write_json(out / "graph_encoder" / TUNED_MARKER,
+                           {"stage": "controlnet", "graph_lr": t.graph_lr,
+                            "graph_trajectory_weight": t.graph_trajectory_weight,
+                            "steps": summary.steps})
     trainer.accelerator.wait_for_everyone()
     return summary
+
+
+def _check_graph_start(out: Path) -> None:
+    """Refuse to start tuning a graph encoder that a ControlNet run has tuned already (a resumed
+    run reads the encoder from its checkpoint instead)."""
+    if (out / "graph_encoder" / TUNED_MARKER).is_file() and \
+            latest_checkpoint(out / "checkpoints" / "controlnet") is None:
+        raise ConfigError(f"{out / 'graph_encoder'} was already trained with a ControlNet "
+                          f"({TUNED_MARKER}); run `mambacontrol train graph` again to start from "
+                          "the graph stage's encoder")

@@ -20,6 +20,10 @@ from mambacontrol.training.engine import StageSummary
 from mambacontrol.training.run_config import RunConfig
 from mambacontrol.training.trajectory import TrajectoryConfig, train_trajectory
 
+TUNED_MARKER = "trained_with_controlnet.json"
+"""Written into ``graph_encoder/`` by a ControlNet stage that trained the encoder further
+(``controlnet.train.graph_lr``); the graph stage removes it when it saves a fresh encoder."""
+
 
 def graph_encoder_arch(cfg: RunConfig) -> dict:
     """The GraphEncoder's architecture arguments: the ``graph.model`` settings that are its
@@ -40,6 +44,7 @@ def train_graph(cfg: RunConfig, data: RunData, out: Path, resume: bool,
     result = train_trajectory(data.manifest, data.atlas, config, steps=t.steps, seed=cfg.seed,
                               cache_dir=out / "cache" / "features")
     result.model.encoder.save(out / "graph_encoder")
+    (out / "graph_encoder" / TUNED_MARKER).unlink(missing_ok=True)
     result.model.head.save(out / "trajectory_head")
     state.wait_for_everyone()
     wall = time.perf_counter() - start

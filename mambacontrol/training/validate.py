@@ -53,6 +53,10 @@ def _check_optim(key: str, t: OptimConfig) -> None:
         if rate is not None and not 0.0 <= rate < 1.0:
             raise ConfigError(f"{key}.{name}: {rate} must lie in [0, 1) (0 turns it off; about "
                               "0.1 trains the guidance null)")
+    for name in ("graph_lr", "graph_trajectory_weight"):
+        value = getattr(t, name, None)
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise ConfigError(f"{key}.{name}: {value} must be a number ≥ 0 (0 turns it off)")
     share = getattr(t, "predicted_change", None)
     if share is not None and not 0.0 <= share <= 1.0:
         raise ConfigError(f"{key}.predicted_change: {share} must lie in [0, 1] (the fraction of "
@@ -119,6 +123,9 @@ def _check_optimisation(cfg: RunConfig) -> None:
         stages["controlnet"] = cfg.controlnet.train
     for name, train in stages.items():
         _check_optim(f"{name}.train", train)
+    if cfg.controlnet.enabled and cfg.controlnet.train.graph_lr > 0 and not cfg.graph.enabled:
+        raise ConfigError("controlnet.train.graph_lr: there is no graph encoder to train "
+                          "(graph.enabled: false); set it to 0")
 
 
 def _check_autoencoder_training(cfg: RunConfig, atlas: Atlas) -> None:

@@ -1,11 +1,19 @@
 """Stage ``autoencoder``: train the 3D autoencoder on random patches, then fix its latent scale.
 
 Loss: L1 reconstruction + ``kl_weight`` · KL divergence of the posterior, optionally
-+ ``adversarial_weight`` · a patch-adversarial term with MONAI's ``PatchDiscriminator`` (no loss
-needs weights downloaded at run time). The generator and the discriminator are updated in the
-same optimizer step: the discriminator sees detached reconstructions, and the generator's
-adversarial term is computed through a parameter-detached copy of the discriminator, so each
-term's gradient reaches only its own network.
++ ``change_weight`` · the change term (below) and + ``adversarial_weight`` · a patch-adversarial
+term with MONAI's ``PatchDiscriminator`` (no loss needs weights downloaded at run time). The
+generator and the discriminator are updated in the same optimizer step: the discriminator sees
+detached reconstructions, and the generator's adversarial term is computed through a
+parameter-detached copy of the discriminator, so each term's gradient reaches only its own
+network.
+
+The change term keeps the size of a subject's change, which L1 on single scans lets the decoder
+shrink: with ``change_weight > 0`` each batch of ``batch_size`` scans is ``batch_size / 2``
+(earlier, later) pairs of one training subject, cropped at the same place, and the term is the L1
+distance between the difference of their reconstructions and the difference of the scans,
+``|(D(E(x_later)) − D(E(x_earlier))) − (x_later − x_earlier)|``. That difference of decodes is
+exactly what a prediction's follow-up adds to its baseline (``reconstruct_follow_up``).
 
 After training, the latent scale factor (1 / std of the posterior means of up to ``scale_scans``
 whole training scans) is written into the autoencoder's config.
@@ -21,7 +29,7 @@ import torch
 from monai.data import Dataset
 from monai.losses import PatchAdversarialLoss
 from monai.networks.nets import PatchDiscriminator
-from monai.transforms import RandSpatialCropd
+from monai.transforms import Compose, MapTransform, RandSpatialCropd
 from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
@@ -82,6 +90,51 @@ def patch_dataset(data: RunData, patch: list[int]):
     return Dataset(images, transform=crop)
 
 
+class StackPair(MapTransform):
+    """``{"earlier": i, "later": j}`` → ``{"image": (2, X, Y, Z)}``: two in-memory scans stacked
+    as channels, so one random crop cuts both at the same place."""
+
+    def __init__(self, images: list[np.ndarray]):
+        super().__init__(keys=["earlier", "later"])
+        self.images = images
+
+    def __call__(self, item: dict) -> dict:
+        return {"image": np.stack([self.images[item["earlier"]], self.images[item["later"]]])}
+
+
+def pair_patch_dataset(data: RunData, patch: list[int]):
+    """MONAI Dataset of the training split's (earlier, later) pairs, each item the same seeded
+    random crop of both scans, ``(2, *patch)``; every scan is loaded once."""
+    pairs = data.pairs("train")
+    if not pairs:
+        raise ConfigError("autoencoder.train.change_weight > 0 needs subjects with two or more "
+                          "training visits, and the training split has none; set it to 0")
+    index: dict[str, int] = {}
+    images: list[np.ndarray] = []
+    items = []
+    for pair in tqdm(pairs, desc="loading training pairs", disable=None, leave=False):
+        for visit in (pair.earlier, pair.later):
+            if visit.image_uid not in index:
+                index[visit.image_uid] = len(images)
+                images.append(data.prepared(visit).image.astype(np.float32))
+        items.append({"earlier": index[pair.earlier.image_uid],
+                      "later": index[pair.later.image_uid]})
+    shape = images[0].shape
+    roi = [min(int(p), int(s)) for p, s in zip(patch, shape)]
+    crop = RandSpatialCropd(keys=["image"], roi_size=roi, random_size=False)
+    return Dataset(items, transform=Compose([StackPair(images), crop]))
+
+
+def change_loss(rec: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """L1 between the reconstructions' and the scans' later − earlier differences.
+
+    Args:
+        rec, x: ``(2B, 1, X, Y, Z)``, the batch's pairs as ``[earlier_1, later_1, earlier_2, …]``.
+    """
+    rec_pairs, x_pairs = rec.unflatten(0, (-1, 2)), x.unflatten(0, (-1, 2))
+    return F.l1_loss(rec_pairs[:, 1] - rec_pairs[:, 0], x_pairs[:, 1] - x_pairs[:, 0])
+
+
 def train_autoencoder(cfg: RunConfig, data: RunData, out: Path, resume: bool,
                       config_dict: dict) -> StageSummary:
     """Train, compute the scale factor, save ``<out>/autoencoder``."""
@@ -99,16 +152,27 @@ def train_autoencoder(cfg: RunConfig, data: RunData, out: Path, resume: bool,
         models["discriminator"] = gan
     params = [p for m in models.values() for p in m.parameters()]
     optimizer, scheduler = make_optimizer(params, t)
-    batches = ResumableBatches(patch_dataset(data, t.patch_size), t.batch_size, seed=cfg.seed,
+    with_change = t.change_weight > 0
+    if with_change:
+        dataset, per_batch = pair_patch_dataset(data, t.patch_size), t.batch_size // 2
+    else:
+        dataset, per_batch = patch_dataset(data, t.patch_size), t.batch_size
+    batches = ResumableBatches(dataset, per_batch, seed=cfg.seed,
                                num_workers=cfg.engine.num_workers)
 
     def step_fn(batch, mods, step):
         x = batch["image"]
+        if with_change:  # (B, 2, ...) pairs → (2B, 1, ...) scans, each pair's two side by side
+            x = x.flatten(0, 1)[:, None]
         rec, mu, sigma = mods["autoencoder"](x)
         l1 = F.l1_loss(rec, x)
         kl = kl_divergence(mu, sigma)
         loss = l1 + t.kl_weight * kl
         metrics = {"l1": l1.item(), "kl": kl.item()}
+        if with_change:
+            change = change_loss(rec, x)
+            loss = loss + t.change_weight * change
+            metrics["change"] = change.item()
         if gan is not None and step >= t.adversarial_start:
             disc = mods["discriminator"]
             g_adv = disc.generator_term(rec)

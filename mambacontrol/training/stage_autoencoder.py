@@ -10,13 +10,14 @@ network.
 
 The change term keeps the size of a subject's change, which L1 on single scans lets the decoder
 shrink: with ``change_weight > 0`` each batch of ``batch_size`` scans is ``batch_size / 2``
-(earlier, later) pairs of one training subject, cropped at the same place, and the term is the L1
-distance between the difference of their reconstructions and the difference of the scans,
-``|(D(E(x_later)) − D(E(x_earlier))) − (x_later − x_earlier)|``. That difference of decodes is
-exactly what a prediction's follow-up adds to its baseline (``reconstruct_follow_up``).
-
-After training, the latent scale factor (1 / std of the posterior means of up to ``scale_scans``
-whole training scans) is written into the autoencoder's config.
+(earlier, later) pairs of one training subject, cropped at the same place. The term compares the
+difference of their reconstructions, ``D(E(x_later)) − D(E(x_earlier))`` (what a prediction's
+follow-up adds to its baseline, ``reconstruct_follow_up``), with the scans' difference, both
+smoothed by a Gaussian of ``change_sigma`` voxels: the squared error relative to the smoothed
+true difference's mean square over the batch. Squared, because a scan pair's difference is mostly
+noise and an L1 term's cheapest answer is no change at all (measured: docs/benchmarks.md);
+smoothed, because a regional volume change is a smooth field and the reconstructions' own
+independent high-frequency errors are not part of it.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import numpy as np
 import torch
 from monai.data import Dataset
 from monai.losses import PatchAdversarialLoss
+from monai.networks.layers import GaussianFilter
 from monai.networks.nets import PatchDiscriminator
 from monai.transforms import Compose, MapTransform, RandSpatialCropd
 from torch import nn
@@ -125,14 +127,20 @@ def pair_patch_dataset(data: RunData, patch: list[int]):
     return Dataset(items, transform=Compose([StackPair(images), crop]))
 
 
-def change_loss(rec: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """L1 between the reconstructions' and the scans' later − earlier differences.
+def change_loss(rec: torch.Tensor, x: torch.Tensor, smooth: nn.Module) -> torch.Tensor:
+    """Relative squared error of the reconstructions' later − earlier differences, smoothed.
 
     Args:
         rec, x: ``(2B, 1, X, Y, Z)``, the batch's pairs as ``[earlier_1, later_1, earlier_2, …]``.
+        smooth: applied to both ``(B, 1, X, Y, Z)`` differences (e.g. MONAI's ``GaussianFilter``).
+
+    Returns:
+        ``mean((S Δrec − S Δx)²) / mean((S Δx)²)``: 0 for the true change, 1 for none.
     """
     rec_pairs, x_pairs = rec.unflatten(0, (-1, 2)), x.unflatten(0, (-1, 2))
-    return F.l1_loss(rec_pairs[:, 1] - rec_pairs[:, 0], x_pairs[:, 1] - x_pairs[:, 0])
+    true = smooth(x_pairs[:, 1] - x_pairs[:, 0])
+    decoded = smooth(rec_pairs[:, 1] - rec_pairs[:, 0])
+    return (decoded - true).pow(2).mean() / true.pow(2).mean().clamp_min(1e-12)
 
 
 def train_autoencoder(cfg: RunConfig, data: RunData, out: Path, resume: bool,
@@ -153,6 +161,7 @@ def train_autoencoder(cfg: RunConfig, data: RunData, out: Path, resume: bool,
     params = [p for m in models.values() for p in m.parameters()]
     optimizer, scheduler = make_optimizer(params, t)
     with_change = t.change_weight > 0
+    smooth = GaussianFilter(3, t.change_sigma) if t.change_sigma > 0 else nn.Identity()
     if with_change:
         dataset, per_batch = pair_patch_dataset(data, t.patch_size), t.batch_size // 2
     else:
@@ -170,7 +179,7 @@ def train_autoencoder(cfg: RunConfig, data: RunData, out: Path, resume: bool,
         loss = l1 + t.kl_weight * kl
         metrics = {"l1": l1.item(), "kl": kl.item()}
         if with_change:
-            change = change_loss(rec, x)
+            change = change_loss(rec, x, smooth)
             loss = loss + t.change_weight * change
             metrics["change"] = change.item()
         if gan is not None and step >= t.adversarial_start:

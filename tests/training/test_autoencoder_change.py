@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 import torch
+from monai.networks.layers import GaussianFilter
+from torch import nn
 
 from mambacontrol.errors import ConfigError
 from mambacontrol.training.runner import TrainingRun, resolve_config
@@ -14,14 +16,20 @@ from mambacontrol.training.stage_autoencoder import (
 from mambacontrol.training.validate import validate_run_config
 
 
-def test_change_loss_reads_each_pairs_difference():
-    x = torch.rand(4, 1, 4, 4, 4)           # pairs (0, 1) and (2, 3)
-    assert change_loss(x.clone(), x) == 0
-    rec = x.clone()
-    rec[1] += 0.3                           # the first pair's change is 0.3 too large
-    assert change_loss(rec, x) == pytest.approx(0.15)   # half the voxels of the batch's changes
-    rec = x + 0.5                           # every scan off by the same amount: no change error
-    assert change_loss(rec, x) == pytest.approx(0, abs=1e-6)
+def test_change_loss_is_relative_to_each_pairs_true_change():
+    x = torch.rand(4, 1, 6, 6, 6)           # pairs (0, 1) and (2, 3)
+    smooth = GaussianFilter(3, 1.0)
+    assert change_loss(x.clone(), x, smooth) == 0
+    # every scan off by the same amount: the differences, and so the term, are unchanged
+    assert change_loss(x + 0.5, x, smooth) == pytest.approx(0, abs=1e-6)
+    # no change reconstructed (both scans of a pair decoded alike) scores 1
+    none = x.clone()
+    none[1], none[3] = x[0], x[2]
+    assert change_loss(none, x, smooth) == pytest.approx(1)
+    # half the true change scores 1/4, without smoothing too
+    half = x.clone()
+    half[1], half[3] = (x[0] + x[1]) / 2, (x[2] + x[3]) / 2
+    assert change_loss(half, x, nn.Identity()) == pytest.approx(0.25)
 
 
 def test_a_pair_is_cropped_at_one_place():
@@ -53,6 +61,7 @@ def test_no_training_pairs_is_refused():
 
 @pytest.mark.parametrize("overrides,message", [
     (["autoencoder.train.change_weight=-1"], "change_weight: -1.0 must be ≥ 0"),
+    (["autoencoder.train.change_sigma=nan"], "change_sigma: nan must be ≥ 0"),
     (["autoencoder.train.change_weight=1", "autoencoder.train.batch_size=3"],
      "batch_size: 3 must be even with change_weight > 0"),
 ])

@@ -161,9 +161,9 @@ def train_autoencoder(cfg: RunConfig, data: RunData, out: Path, resume: bool,
     params = [p for m in models.values() for p in m.parameters()]
     optimizer, scheduler = make_optimizer(params, t)
     with_change = t.change_weight > 0
-    smooth = GaussianFilter(3, t.change_sigma) if t.change_sigma > 0 else nn.Identity()
     if with_change:
         dataset, per_batch = pair_patch_dataset(data, t.patch_size), t.batch_size // 2
+        smooth = GaussianFilter(3, t.change_sigma) if t.change_sigma > 0 else nn.Identity()
     else:
         dataset, per_batch = patch_dataset(data, t.patch_size), t.batch_size
     batches = ResumableBatches(dataset, per_batch, seed=cfg.seed,

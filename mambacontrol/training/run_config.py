@@ -97,7 +97,7 @@ class AutoencoderTrain(OptimConfig):
     patch_size: list[int] = field(default_factory=lambda: [64, 64, 64])
     kl_weight: float = 1e-6
     change_weight: float = 0.0
-    change_sigma: float = 1.0
+    change_sigma_mm: float = 4.0
     adversarial_weight: float = 0.0
     adversarial_start: int = 0
     scale_scans: int = 32

@@ -13,11 +13,11 @@ shrink: with ``change_weight > 0`` each batch of ``batch_size`` scans is ``batch
 (earlier, later) pairs of one training subject, cropped at the same place. The term compares the
 difference of their reconstructions, ``D(E(x_later)) − D(E(x_earlier))`` (what a prediction's
 follow-up adds to its baseline, ``reconstruct_follow_up``), with the scans' difference, both
-smoothed by a Gaussian of ``change_sigma`` voxels: the squared error relative to the smoothed
-true difference's mean square over the batch. Squared, because a scan pair's difference is mostly
-noise and an L1 term's cheapest answer is no change at all (measured: docs/benchmarks.md);
-smoothed, because a regional volume change is a smooth field and the reconstructions' own
-independent high-frequency errors are not part of it.
+smoothed by a Gaussian of σ = ``change_sigma_mm`` (converted to voxels of the grid's spacing):
+the squared error relative to the smoothed true difference's mean square over the batch.
+Squared, because a scan pair's difference is mostly noise and an L1 term's cheapest answer is
+no change at all (measured: docs/benchmarks.md); smoothed, because a regional volume change is a
+smooth field and the reconstructions' own independent high-frequency errors are not part of it.
 """
 
 from __future__ import annotations
@@ -163,7 +163,8 @@ def train_autoencoder(cfg: RunConfig, data: RunData, out: Path, resume: bool,
     with_change = t.change_weight > 0
     if with_change:
         dataset, per_batch = pair_patch_dataset(data, t.patch_size), t.batch_size // 2
-        smooth = GaussianFilter(3, t.change_sigma) if t.change_sigma > 0 else nn.Identity()
+        sigma = [t.change_sigma_mm / float(mm) for mm in data.atlas.grid.spacing]
+        smooth = GaussianFilter(3, sigma) if t.change_sigma_mm > 0 else nn.Identity()
     else:
         dataset, per_batch = patch_dataset(data, t.patch_size), t.batch_size
     batches = ResumableBatches(dataset, per_batch, seed=cfg.seed,

@@ -135,7 +135,7 @@ def _check_autoencoder_training(cfg: RunConfig, atlas: Atlas) -> None:
     if len(patch) != 3 or any(p < 1 or p > s for p, s in zip(patch, atlas.grid.shape)):
         raise ConfigError(f"autoencoder.train.patch_size: {patch} must be 3 sizes within the grid "
                           f"{atlas.grid.shape}")
-    for name in ("kl_weight", "change_weight", "change_sigma", "adversarial_weight"):
+    for name in ("kl_weight", "change_weight", "change_sigma_mm", "adversarial_weight"):
         if not (math.isfinite(getattr(t, name)) and getattr(t, name) >= 0):
             raise ConfigError(f"autoencoder.train.{name}: {getattr(t, name)} must be ≥ 0")
     if t.change_weight > 0 and t.batch_size % 2:

@@ -61,7 +61,7 @@ def test_no_training_pairs_is_refused():
 
 @pytest.mark.parametrize("overrides,message", [
     (["autoencoder.train.change_weight=-1"], "change_weight: -1.0 must be ≥ 0"),
-    (["autoencoder.train.change_sigma=nan"], "change_sigma: nan must be ≥ 0"),
+    (["autoencoder.train.change_sigma_mm=nan"], "change_sigma_mm: nan must be ≥ 0"),
     (["autoencoder.train.change_weight=1", "autoencoder.train.batch_size=3"],
      "batch_size: 3 must be even with change_weight > 0"),
 ])

@@ -86,10 +86,14 @@ def patch_dataset(data: RunData, patch: list[int]):
     images = []
     for v in tqdm(data.train_visits, desc="loading training scans", disable=None, leave=False):
         images.append({"image": data.prepared(v).image[None].astype(np.float32)})
-    shape = images[0]["image"].shape[1:]
+    return Dataset(images, transform=patch_crop(patch, images[0]["image"].shape[1:]))
+
+
+def patch_crop(patch: list[int], shape) -> RandSpatialCropd:
+    """A random crop of ``image`` to ``patch`` (at most the grid ``shape``), the same place in
+    every channel."""
     roi = [min(int(p), int(s)) for p, s in zip(patch, shape)]
-    crop = RandSpatialCropd(keys=["image"], roi_size=roi, random_size=False)
-    return Dataset(images, transform=crop)
+    return RandSpatialCropd(keys=["image"], roi_size=roi, random_size=False)
 
 
 class StackPair(MapTransform):
@@ -121,9 +125,7 @@ def pair_patch_dataset(data: RunData, patch: list[int]):
                 images.append(data.prepared(visit).image.astype(np.float32))
         items.append({"earlier": index[pair.earlier.image_uid],
                       "later": index[pair.later.image_uid]})
-    shape = images[0].shape
-    roi = [min(int(p), int(s)) for p, s in zip(patch, shape)]
-    crop = RandSpatialCropd(keys=["image"], roi_size=roi, random_size=False)
+    crop = patch_crop(patch, images[0].shape)
     return Dataset(items, transform=Compose([StackPair(images), crop]))
 
 

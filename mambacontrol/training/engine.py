@@ -33,13 +33,15 @@ their parameters, a ``step_fn`` that turns a batch into a loss, and a resumable 
   ``image_every`` steps, through Accelerate's experiment trackers
   (:mod:`~mambacontrol.training.trackers`: TensorBoard by default, into
   ``<out_dir>/logs/<stage>/``; Weights & Biases and MLflow when installed), and a one-line
-  :class:`StageSummary` at the end, also written to ``<out_dir>/stages/<stage>.json``.
+  :class:`StageSummary` at the end. The trainer does not write that summary: a stage is
+  finished only once its models are saved, so the stage's caller writes
+  ``<out_dir>/stages/<stage>.json`` (:func:`write_stage_summary`) after its saves.
 
 Run-directory layout::
 
     <out_dir>/checkpoints/<stage>/step-000123/   state.json + *.safetensors
     <out_dir>/logs/<stage>/                      TensorBoard event files
-    <out_dir>/stages/<stage>.json                summary of a finished stage
+    <out_dir>/stages/<stage>.json                summary of a finished stage (written by the caller)
 
 Example::
 
@@ -310,7 +312,8 @@ class Trainer:
                 none).
 
         Returns:
-            The stage summary (also logged and written to ``<out_dir>/stages/<stage>.json``).
+            The stage summary (also logged). It is not written to ``stages/``: the caller does
+            that once the stage's models are saved.
 
         Raises:
             ConfigError: checkpoints exist but ``resume`` is false; or the checkpoint belongs to
@@ -383,15 +386,13 @@ class Trainer:
         progress.elapsed_s = elapsed_before + time.perf_counter() - run_start
 
     def _finish(self, start: int) -> StageSummary:
-        """The stage summary: logged, and written by the main process."""
+        """The stage summary, logged."""
         p = self.progress
         tail = p.history[-FINAL_LOSS_WINDOW:]
         summary = StageSummary(stage=self.stage, steps=p.step, wall_time_s=round(p.elapsed_s, 3),
                                samples_per_s=p.samples / p.elapsed_s if p.elapsed_s > 0 else 0.0,
                                final_loss=float(np.mean(tail)) if tail else math.nan,
                                resumed_from=start)
-        if self.accelerator.is_main_process and self.out_dir is not None:
-            write_stage_summary(self.out_dir, summary)
         self.accelerator.wait_for_everyone()
         logger.info("%s", summary.line())
         return summary

@@ -7,7 +7,9 @@ Run directory::
                                       ProgressionPipeline.from_pretrained(<out>) loads the model
     <out>/autoencoder/ graph_encoder/ trajectory_head/ unet/ controlnet/    components
     <out>/cache/prepared/ cache/latents/ cache/features/                    caches
-    <out>/checkpoints/<stage>/ logs/<stage>/ stages/<stage>.json           engine (see engine.py)
+    <out>/checkpoints/<stage>/ logs/<stage>/                               engine (see engine.py)
+    <out>/stages/<stage>.json         the stage's summary, written once its models are saved:
+                                      what marks it finished for ``train all``
     <out>/README.md                   the model card (model_card.py), rewritten after every stage
 
 The folder is claimed for ``train`` (:class:`mambacontrol.io.OutputFolder`): a new or empty
@@ -198,8 +200,8 @@ class TrainingRun:
             summary = self._run_stage(s, resume)
             state = process_state()
             if state.is_main_process:  # one process writes; the others wait for it
-                # Written (again, for engine stages) only now that the stage's models are saved:
-                # this file is what marks the stage finished for `train all`.
+                # Written only now that the stage's models are saved: this file is what marks
+                # the stage finished for `train all`.
                 write_stage_summary(self.out, summary)
                 self.write_index()
                 self.write_card()

@@ -148,3 +148,34 @@ def test_corrupt_checkpoint_is_refused(tiny_model, tiny_cohort, tiny_run_config,
     weights.write_bytes(weights.read_bytes()[:100])
     with pytest.raises(ModelError, match="step-"):
         TrainingRun(cfg, run).run("unet", resume=True)
+
+
+def test_a_stage_killed_before_its_save_is_not_marked_finished(
+        tiny_model, tiny_cohort, tiny_run_config, tmp_path, monkeypatch):
+    """The trainer's steps are done but the autoencoder is not saved yet: not finished."""
+    from mambacontrol.models.autoencoder import Autoencoder
+    from mambacontrol.training import stage_autoencoder
+
+    cfg = resolve_config(tiny_run_config, [], manifest=tiny_cohort)
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(tiny_model / "config.yaml", run / "config.yaml")
+    shutil.copytree(tiny_model / "cache", run / "cache")
+    shutil.copytree(tiny_model / "checkpoints" / "autoencoder", run / "checkpoints" / "autoencoder")
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(stage_autoencoder, "latent_scale", killed)
+        with pytest.raises(KeyboardInterrupt):
+            TrainingRun(cfg, run).run("all", resume=True)
+    assert not (run / "autoencoder").exists()
+    assert not (run / "stages" / "autoencoder.json").exists()
+    assert TrainingRun(cfg, run).finished("autoencoder") is None
+
+    summary, = TrainingRun(cfg, run).run("autoencoder", resume=True)
+    assert summary.resumed_from == summary.steps                       # nothing trained again
+    assert (run / "stages" / "autoencoder.json").is_file()
+    saved, ref = Autoencoder.load(run / "autoencoder"), Autoencoder.load(tiny_model / "autoencoder")
+    assert saved.scaling_factor == ref.scaling_factor

@@ -28,7 +28,8 @@ their parameters, a ``step_fn`` that turns a batch into a loss, and a resumable 
   ``evaluate_every`` steps and after the last one (e.g.
   :class:`~mambacontrol.training.best_state.BestState`, which keeps the best-scoring weights).
 - **people**: a tqdm bar or log lines (:mod:`~mambacontrol.training.progress`); scalars
-  (``train/loss``, ``train/lr``, ``train/samples_per_s``, ``train/grad_norm`` and every metric
+  (``train/loss``, ``train/lr`` (and ``train/lr_<group>`` for further parameter groups),
+  ``train/samples_per_s``, ``train/grad_norm`` and every metric
   ``step_fn`` returns) every ``log_every`` steps and images from ``image_logger`` every
   ``image_every`` steps, through Accelerate's experiment trackers
   (:mod:`~mambacontrol.training.trackers`: TensorBoard by default, into
@@ -140,6 +141,16 @@ class StageSummary:
             if k in values and values[k] is None:
                 values[k] = float("nan")
         return cls(**values)
+
+
+def learning_rates(optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    """``train/lr`` for the first parameter group, ``train/lr_<name>`` for each further one
+    (its ``"name"`` key, or its index when it has none)."""
+    out = {}
+    for i, group in enumerate(optimizer.param_groups):
+        key = "train/lr" if i == 0 else f"train/lr_{group.get('name', i)}"
+        out[key] = float(group["lr"])
+    return out
 
 
 def stage_summary_path(out_dir: str | Path, stage: str) -> Path:
@@ -466,7 +477,7 @@ class Trainer:
         display.report(done, window, rate)
         if self._trackers.active:
             values = {f"train/{k}": v for k, v in window.finite_means().items()}
-            values["train/lr"] = float(self.optimizer.param_groups[0]["lr"])
+            values.update(learning_rates(self.optimizer))
             values["train/samples_per_s"] = float(rate)
             self._trackers.log_scalars(values, done)
 

@@ -302,7 +302,8 @@ def train_controlnet(cfg: RunConfig, data: RunData, out: Path, resume: bool,
     groups = [{"params": list(controlnet.parameters()), "lr": t.lr}]
     if tune_graph:
         trained["graph_encoder"] = frozen.pop("graph_encoder")
-        groups.append({"params": list(trained["graph_encoder"].parameters()), "lr": t.graph_lr})
+        groups.append({"params": list(trained["graph_encoder"].parameters()), "lr": t.graph_lr,
+                       "name": "graph_encoder"})
     objective = DiffusionObjective(noise_schedule(cfg))
     optimizer, scheduler = make_optimizer(groups, t)
 

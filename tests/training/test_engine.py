@@ -18,6 +18,7 @@ from mambacontrol.training.engine import (
     StageSummary,
     Trainer,
     TrainingDivergedError,
+    learning_rates,
     read_stage_summary,
     write_stage_summary,
 )
@@ -299,3 +300,10 @@ def test_without_a_terminal_progress_goes_to_the_log(tmp_path, caplog):
     assert [line.split(",")[0] for line in lines] == ["toy: step 5/20", "toy: step 10/20",
                                                       "toy: step 15/20", "toy: step 20/20"]
     assert all("samples/s" in line and "left" in line for line in lines)
+
+
+def test_every_parameter_group_logs_its_learning_rate():
+    a, b, c = (torch.nn.Parameter(torch.zeros(1)) for _ in range(3))
+    opt = torch.optim.AdamW([{"params": [a]}, {"params": [b], "lr": 1e-4, "name": "graph"},
+                             {"params": [c], "lr": 2e-4}], lr=1e-3)
+    assert learning_rates(opt) == {"train/lr": 1e-3, "train/lr_graph": 1e-4, "train/lr_2": 2e-4}

@@ -55,6 +55,16 @@ def test_the_encoder_learns_with_the_controlnet_and_is_saved(tuned, tiny_model):
             torch.testing.assert_close(v, after[k])
 
 
+
+def test_the_encoders_learning_rate_is_logged(tuned):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run, _ = tuned
+    events = EventAccumulator(str(run / "logs" / "controlnet"))
+    events.Reload()
+    assert {"train/lr", "train/lr_graph_encoder"} <= set(events.Tags()["scalars"])
+
+
 def test_a_tuned_encoder_is_not_tuned_again_from_scratch(tuned, tiny_cohort, tiny_run_config,
                                                          tmp_path):
     run, cfg = tuned

@@ -12,13 +12,14 @@ baselines carry no pre-baseline atrophy, for comparison).
 results also hold its subtypes, and per baseline diagnosis and subtype the disease extent and the
 hippocampal rate at baseline and at the last visit (``network``). ``--ceiling N`` writes no
 cohort: it draws N network subjects' dynamics and measures, free of images and training, how much
-a region's grey-matter neighbours add to predicting its change (:func:`spread_ceiling`).
+a region's grey-matter neighbours, and the whole brain's pattern, add to predicting its change
+(:func:`spread_ceiling`; ``--shape-sd`` sets how much anatomy hides the disease in a volume).
 
     python benchmarks/bench_synth.py --subjects 20 --visits 3 --spacing 2 --workers 2
     python benchmarks/bench_synth.py --subjects 80 --visits 2-5 --spacing 4 --workers 2
     python benchmarks/bench_synth.py --subjects 80 --visits 2-5 --spacing 2 --workers 1 --seed 1 \\
         --dynamics independent --out runs/ind80_2mm_s1
-    python benchmarks/bench_synth.py --ceiling 400 --spacing 2 --seed 7
+    python benchmarks/bench_synth.py --ceiling 400 --spacing 2 --seed 7 --shape-sd 0.02
 """
 
 from __future__ import annotations
@@ -204,6 +205,10 @@ def baseline_signal(manifest: Manifest, meta: dict, atlas) -> dict:
     return out
 
 
+PATTERN_COMPONENTS = 10
+"""Principal components of the whole regional pattern in :func:`spread_ceiling`'s global mode."""
+
+
 def spread_ceiling(subjects: int, seed: int, grid: str, shape_sd: float = 0.05,
                    ridge: float = 10.0) -> dict:
     """How much a region's neighbours add to predicting its change, with no images in the way.
@@ -214,9 +219,12 @@ def spread_ceiling(subjects: int, seed: int, grid: str, shape_sd: float = 0.05,
     noise of ``shape_sd`` (the anatomy model's spread of a region's volume over head size is
     0.045–0.063); the target is the region's % change to the later visit. Per region, ridge
     regressions of the annual change on the prior design (diagnosis × [1, age]) plus: nothing,
-    the region's own input, and also the mean of its grey-matter neighbours' (contact graph).
-    Test: every fifth subject. Returns mean absolute errors (percentage points) for hippocampus,
-    entorhinal and all regions (the mean over regions of each region's error).
+    the region's own input, also the mean of its grey-matter neighbours' (contact graph, one
+    hop), or also the whole brain's pattern (its first :data:`PATTERN_COMPONENTS` principal
+    components over all regions, fitted on the training pairs: what a global readout, which can
+    tell the subject's subtype, could add). Test: every fifth subject. Returns mean absolute
+    errors (percentage points) for hippocampus, entorhinal and all regions (the mean over regions
+    of each region's error).
     """
     atlas = load_atlas(grid=grid)
     context, config, rate_model = GridContext(atlas), SynthConfig(grid=grid), RateModel()
@@ -262,14 +270,19 @@ def spread_ceiling(subjects: int, seed: int, grid: str, shape_sd: float = 0.05,
         f_te = np.array([x[kind] for x in te])
         mu, sd = f_tr.mean(axis=0), f_tr.std(axis=0) + 1e-9
         z_tr, z_te = (f_tr - mu) / sd, (f_te - mu) / sd
-        for mode in ("prior", "own", "own + neighbours"):
+        axes = np.linalg.svd(z_tr, full_matrices=False)[2][:PATTERN_COMPONENTS].T  # z is centred
+        pattern_tr, pattern_te = z_tr @ axes, z_te @ axes
+
+        def inputs(z: np.ndarray, pattern: np.ndarray, mode: str, r: int) -> list:
+            return {"prior": [], "own": [z[:, r]],
+                    "own + neighbours": [z[:, r], z @ neighbours[r]],
+                    "own + whole pattern": [z[:, r], pattern]}[mode]
+
+        for mode in ("prior", "own", "own + neighbours", "own + whole pattern"):
             pred = np.zeros_like(y_te)
             for r in range(len(labels)):
-                extra_tr = {"prior": [], "own": [z_tr[:, r]],
-                            "own + neighbours": [z_tr[:, r], z_tr @ neighbours[r]]}[mode]
-                extra_te = {"prior": [], "own": [z_te[:, r]],
-                            "own + neighbours": [z_te[:, r], z_te @ neighbours[r]]}[mode]
-                x_tr, x_te = np.column_stack([d_tr, *extra_tr]), np.column_stack([d_te, *extra_te])
+                x_tr = np.column_stack([d_tr, *inputs(z_tr, pattern_tr, mode, r)])
+                x_te = np.column_stack([d_te, *inputs(z_te, pattern_te, mode, r)])
                 penalty = ridge * np.eye(x_tr.shape[1])
                 penalty[: d_tr.shape[1], : d_tr.shape[1]] = 1e-6 * np.eye(d_tr.shape[1])
                 coef = np.linalg.solve(x_tr.T @ x_tr + penalty, x_tr.T @ (y_tr[:, r] / t_tr))
@@ -321,10 +334,14 @@ def main() -> None:
     p.add_argument("--ceiling", type=int, metavar="N",
                    help="only the image-free spread ceiling on N planned network subjects "
                         "(spread_ceiling; no cohort is written)")
+    p.add_argument("--shape-sd", type=float, default=0.05,
+                   help="with --ceiling: sd of the log-volume noise standing for anatomy "
+                        "(default 0.05, the anatomy model's spread; 0: the disease alone)")
     args = p.parse_args()
     if args.ceiling:
         t0 = time.perf_counter()
-        result = spread_ceiling(args.ceiling, args.seed, grid_for_spacing(args.spacing))
+        result = spread_ceiling(args.ceiling, args.seed, grid_for_spacing(args.spacing),
+                                args.shape_sd)
         result["wall_s"] = round(time.perf_counter() - t0, 1)
         print(json.dumps(result, indent=2))
         if args.json:

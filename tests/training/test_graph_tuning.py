@@ -55,7 +55,6 @@ def test_the_encoder_learns_with_the_controlnet_and_is_saved(tuned, tiny_model):
             torch.testing.assert_close(v, after[k])
 
 
-
 def test_the_encoders_learning_rate_is_logged(tuned):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

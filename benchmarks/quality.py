@@ -1,22 +1,31 @@
 """The quality benchmark: train ``synthetic-2mm.yaml`` on a 2 mm synthetic cohort, then evaluate
 the test split beside both baselines and the ablations, on the same pairs.
 
-    python benchmarks/quality.py --out runs/quality            # hours on 2 CPU cores
+    python benchmarks/quality.py --out runs/quality            # many hours on 2 CPU cores
     python benchmarks/quality.py --out runs/quality --subjects 80 --seed 1 --pairs last
 
-Steps (each skipped when its output exists, so the script resumes):
+Steps (each skipped when its output exists, so the script resumes where it was stopped; a
+training stage resumes from its last checkpoint):
 
 1. ``mambacontrol synth`` cohort (2 mm; ``--dynamics``, default ``network``: atrophy spreads
    along the anatomy graph; an existing cohort of other dynamics in ``<out>/cohort`` is refused);
 2. ``mambacontrol train all`` with ``train/configs/synthetic-2mm.yaml`` → ``<out>/full``;
-3. ablations sharing the full model's autoencoder, graph and UNet, each retraining only the
-   ControlNet: ``attention`` (attention instead of Mamba), ``no-fourier`` (no Fourier refinement),
-   ``no-graph-hint`` (no graph map in the ControlNet hint) (``--skip-ablations`` leaves these out);
-   plus ``unet-only`` (the full model without its ControlNet: no training, always evaluated);
-4. ``mambacontrol evaluate --model full --compare <ablations>`` → ``<out>/evaluation``;
-5. prints the table for ``docs/benchmarks.md`` (targets: regional volume-change error ≤ 50 % of
-   copy-baseline's on the key groups; change-image MAE ≥ 20 % below copy-baseline's; PSNR and
-   SSIM not below copy-baseline's).
+3. the rows of issue 14's table (``ROWS``; ``--skip-ablations`` leaves them out, ``--rows``
+   chooses), in this order: ``full-seed1`` (the ControlNet trained again with seed 1),
+   ``no-graph`` (no graph anywhere: its own UNet and ControlNet) and ``no-graph-seed1``,
+   ``todays-design`` (the design before issue 14: its own UNet and ControlNet), ``no-fourier``
+   and ``attention`` (Mamba replaced). A row shares the stages of the run it builds on and
+   retrains the rest; plus ``unet-only`` (the full model without its ControlNet: no training);
+4. ``mambacontrol calibrate`` of every model on the valid split (``--weights``; its folder in
+   ``<out>/calibration/<row>``, the calibrated copy in ``<out>/calibrated/<row>``, so the
+   evaluation's method names are the rows'); ``--no-calibrate`` evaluates the trained models at
+   their own weight;
+5. ``mambacontrol evaluate --model full --compare <the rest>`` → ``<out>/evaluation``: the models,
+   the copy-baseline, the linear extrapolation, the autoencoder's ceiling and the measurement
+   floor on the same test pairs;
+6. prints the tables for ``docs/benchmarks.md``: headline metrics, and per key group the
+   regional error in % of the copy-baseline's and the predicted/true change ratio (issue 14's
+   targets: ≤ 50 % of the copy's error, a ratio of 0.8–1.2, below the linear extrapolation).
 """
 
 from __future__ import annotations
@@ -27,15 +36,39 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-ABLATIONS = {
-    "attention": ["controlnet.model.mixer=attention"],
-    "no-fourier": ["controlnet.model.fourier_levels=[false, false]"],
-    "no-graph-hint": ["controlnet.model.graph_hint=false"],
+
+@dataclass(frozen=True)
+class Row:
+    """One model of the table: ``overrides`` on the config, trained on top of ``parent``'s
+    stages: with ``shares="unet"`` every stage up to its UNet (only the ControlNet is trained),
+    with ``shares="latents"`` its autoencoder and latents, and its graph unless the row
+    switches the graph off (the UNet and ControlNet are trained)."""
+
+    overrides: tuple[str, ...]
+    shares: str = "unet"
+    parent: str = "full"
+
+
+TODAYS_DESIGN = ("unet.model.covariate_time_embedding=false",
+                 "controlnet.model.graph_painting=majority", "controlnet.model.change_hint=false",
+                 "unet.train.zero_horizon_pairs=0", "controlnet.train.zero_horizon_pairs=0")
+"""The design before issue 14 (``run_config``'s module docstring lists the same switches)."""
+ROWS = {
+    "full-seed1": Row(("seed=1",)),
+    "no-graph": Row(("graph.enabled=false",), shares="latents"),
+    "no-graph-seed1": Row(("graph.enabled=false", "seed=1"), parent="no-graph"),
+    "todays-design": Row(TODAYS_DESIGN, shares="latents"),
+    "no-fourier": Row(("controlnet.model.fourier_levels=[false, false]",)),
+    "attention": Row(("controlnet.model.mixer=attention",)),
 }
-SHARED = ("autoencoder", "graph_encoder", "trajectory_head", "unet", "cache")
+"""Issue 14's rows besides ``full`` and ``unet-only``, in training order. A seed row differs
+from its parent in the ControlNet's training seed only (initialisation, batches, noise)."""
+GRAPH_PARTS = ("graph_encoder", "trajectory_head")
 KEY_GROUPS = ("hippocampus", "amygdala", "entorhinal", "lateral_ventricles", "whole_brain")
+DEFAULT_WEIGHTS = "0,1,2,3"
 
 
 def sh(*args: str) -> None:
@@ -47,21 +80,27 @@ def mc(*args: str) -> None:
     sh(sys.executable, "-m", "mambacontrol", *args)
 
 
-def ablation_run(full: Path, name: str, overrides: list[str], manifest: Path, config: str) -> Path:
-    """A run folder sharing the full model's stages up to the UNet, with its own ControlNet."""
-    run = full.parent / name
+def row_run(out: Path, name: str, row: Row, manifest: Path, config: str) -> Path:
+    """Train ``row`` into ``<out>/<name>``, on a copy of its parent's shared stages."""
+    run, parent = out / name, out / row.parent
     if (run / "stages" / "controlnet.json").is_file():
         return run
+    with_graph = "graph.enabled=false" not in row.overrides
+    stages = ["autoencoder", "latents"] + (["graph"] if with_graph else [])
+    parts = ["autoencoder", "cache"] + (list(GRAPH_PARTS) if with_graph else [])
+    if row.shares == "unet":
+        stages, parts = stages + ["unet"], parts + ["unet"]
     run.mkdir(exist_ok=True)
-    for part in SHARED:
-        if not (run / part).exists():
-            src = full / part
-            (shutil.copytree if src.is_dir() else shutil.copy)(src, run / part)
     (run / "stages").mkdir(exist_ok=True)
-    for stage in ("autoencoder", "latents", "graph", "unet"):
-        shutil.copy(full / "stages" / f"{stage}.json", run / "stages" / f"{stage}.json")
-    mc("train", "controlnet", "--config", config, "--out", str(run), f"data.manifest={manifest}",
-       *overrides, *(["--resume"] if (run / "checkpoints" / "controlnet").is_dir() else []))
+    for part in parts:
+        if not (run / part).exists():
+            src = parent / part
+            (shutil.copytree if src.is_dir() else shutil.copy)(src, run / part)
+    for stage in stages:
+        shutil.copy(parent / "stages" / f"{stage}.json", run / "stages" / f"{stage}.json")
+    resume = ["--resume"] if (run / "checkpoints").is_dir() else []
+    mc("train", "all", "--config", config, "--out", str(run), f"data.manifest={manifest}",
+       *row.overrides, *resume)
     return run
 
 
@@ -79,6 +118,26 @@ def unet_only(full: Path) -> Path:
     return run
 
 
+def calibrated(out: Path, run: Path, manifest: Path, weights: str) -> Path:
+    """``run`` calibrated on the valid split, copied to ``<out>/calibrated/<run's name>``."""
+    target = out / "calibrated" / run.name
+    if not (target / "model_index.json").is_file():
+        work = out / "calibration" / run.name
+        mc("calibrate", "--manifest", str(manifest), "--model", str(run), "--out", str(work),
+           "--weights", weights, "--pairs", "last")
+        shutil.rmtree(target, ignore_errors=True)  # a copy cut short
+        shutil.copytree(work / "model", target)
+    return target
+
+
+def _cell(stats: dict | None) -> str:
+    if not stats or stats.get("mean") is None:
+        return "–"
+    if stats.get("sd") is None:
+        return f"{stats['mean']:.4g}"
+    return f"{stats['mean']:.4g} ± {stats['sd']:.2g}"
+
+
 def table(metrics_path: Path) -> str:
     """Markdown table of the summary: methods × headline metrics."""
     summary = json.loads(metrics_path.read_text())["summary"]
@@ -86,19 +145,33 @@ def table(metrics_path: Path) -> str:
     cols = [("mae", "MAE"), ("psnr", "PSNR dB"), ("ssim", "SSIM"), ("change_mae", "change MAE"),
             ("change_dice", "change Dice")]
     cols += [(f"vol_err_{g}", f"{g} vol. err. %") for g in KEY_GROUPS]
-
-    def cell(method: str, key: str) -> str:
-        stats = overall.get(method, {}).get(key)
-        if not stats or stats.get("mean") is None:
-            return "–"
-        if stats.get("sd") is None:
-            return f"{stats['mean']:.4g}"
-        return f"{stats['mean']:.4g} ± {stats['sd']:.2g}"
-
     lines = ["| method | " + " | ".join(c[1] for c in cols) + " |",
              "| --- | " + " | ".join("---:" for _ in cols) + " |"]
     for m in summary["methods"]:
-        lines.append(f"| {m} | " + " | ".join(cell(m, k) for k, _ in cols) + " |")
+        lines.append(f"| {m} | " + " | ".join(_cell(overall.get(m, {}).get(k)) for k, _ in cols)
+                     + " |")
+    return "\n".join(lines)
+
+
+def target_table(metrics_path: Path) -> str:
+    """Per key group: regional error in % of the copy-baseline's / predicted-true change
+    ratio, for every method but the copy itself."""
+    summary = json.loads(metrics_path.read_text())["summary"]
+    groups = summary["key_groups"]
+    copy = groups.get("copy-baseline", {})
+    lines = ["| method | " + " | ".join(KEY_GROUPS) + " |",
+             "| --- | " + " | ".join("---:" for _ in KEY_GROUPS) + " |"]
+    for m in summary["methods"]:
+        if m == "copy-baseline":
+            continue
+        cells = []
+        for g in KEY_GROUPS:
+            err = groups.get(m, {}).get(g, {}).get("abs_error_pct", {}).get("mean")
+            ref = copy.get(g, {}).get("abs_error_pct", {}).get("mean")
+            ratio = groups.get(m, {}).get(g, {}).get("change_ratio")
+            pct = f"{100 * err / ref:.0f} %" if err is not None and ref else "–"
+            cells.append(f"{pct} / {ratio:.2f}" if ratio is not None else pct)
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -114,7 +187,13 @@ def main() -> int:
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--config", default="train/configs/synthetic-2mm.yaml")
     parser.add_argument("--skip-ablations", action="store_true",
-                        help="skip the ablations that retrain a ControlNet (unet-only is kept)")
+                        help="skip the rows that train (unet-only is kept)")
+    parser.add_argument("--rows", default=",".join(ROWS),
+                        help=f"the trained rows to include, in order (default: {','.join(ROWS)})")
+    parser.add_argument("--weights", default=DEFAULT_WEIGHTS,
+                        help=f"guidance weights to calibrate over (default {DEFAULT_WEIGHTS})")
+    parser.add_argument("--no-calibrate", action="store_true",
+                        help="evaluate every model at its own guidance weight")
     args = parser.parse_args()
     out = args.out
     start = time.perf_counter()
@@ -130,21 +209,30 @@ def main() -> int:
         if found != args.dynamics:
             raise SystemExit(f"{cohort} holds a {found} cohort, not {args.dynamics}; "
                              "choose another --out or --dynamics")
+    rows = [r for r in args.rows.split(",") if r] if not args.skip_ablations else []
+    unknown = [r for r in rows if r not in ROWS]
+    if unknown:
+        raise SystemExit(f"unknown rows {', '.join(unknown)}; choose from {', '.join(ROWS)}")
+    missing = [r for r in rows if ROWS[r].parent != "full" and ROWS[r].parent not in rows]
+    if missing:
+        raise SystemExit(f"rows {', '.join(missing)} need their parent row first")
     full = out / "full"
     resume = ["--resume"] if (full / "checkpoints").is_dir() else []
     mc("train", "all", "--config", args.config, "--out", str(full),
        f"data.manifest={manifest}", *resume)
-    compare = []
-    if not args.skip_ablations:
-        compare = [ablation_run(full, n, o, manifest, args.config) for n, o in ABLATIONS.items()]
-    compare.append(unet_only(full))
+    runs = [full] + [row_run(out, r, ROWS[r], manifest, args.config) for r in rows]
+    runs.append(unet_only(full))
+    if not args.no_calibrate:
+        runs = [calibrated(out, run, manifest, args.weights) for run in runs]
     evaluation = out / "evaluation"
     if not (evaluation / "metrics.json").is_file():
-        mc("evaluate", "--manifest", str(manifest), "--model", str(full), "--out", str(evaluation),
-           "--pairs", args.pairs, "--samples", str(args.samples),
-           *(["--compare", *map(str, compare)] if compare else []))
+        mc("evaluate", "--manifest", str(manifest), "--model", str(runs[0]), "--out",
+           str(evaluation), "--pairs", args.pairs, "--samples", str(args.samples),
+           *(["--compare", *map(str, runs[1:])] if runs[1:] else []))
     print(f"\nquality benchmark done in {(time.perf_counter() - start) / 3600:.2f} h")
     print(table(evaluation / "metrics.json"))
+    print("\nregional error in % of the copy-baseline's / predicted-true change ratio:\n")
+    print(target_table(evaluation / "metrics.json"))
     print(f"report: {evaluation / 'report.html'}")
     return 0
 

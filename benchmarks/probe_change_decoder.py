@@ -19,6 +19,16 @@ way; cells: change recovered % / regional error in % of the copy-baseline's)::
     python benchmarks/probe_change_decoder.py --run runs/cd/base \\
         --manifest runs/demo/cohort/manifest.csv --steps 800 --seed 0
 
+``--encoder`` chooses where the latent change comes from:
+
+- ``frozen`` (default): ``E(x_follow) − E(x_base)`` with the autoencoder's own encoder, as above.
+- ``tuned``: the same difference through a copy of that encoder trained together with ``R``
+  (it starts where ``frozen`` does; a scan paired with itself still gives no change).
+- ``joint``: a new encoder of the autoencoder's architecture that reads both scans,
+  ``E_c([x_base, x_follow])``, with as many channels on the same latent grid, trained from scratch
+  together with ``R``. Its latent has no KL term: this bounds what a change latent of that size
+  can carry, not what a diffusion model could generate from it.
+
 Nothing here is part of the package: if the change decoder carries more, it becomes a
 component and a decode mode of the pipeline.
 """
@@ -26,6 +36,7 @@ component and a decode mode of the pipeline.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import time
@@ -34,7 +45,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.networks.nets import BasicUNet
+from monai.networks.nets import AutoencoderKL, BasicUNet
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_ceiling  # noqa: E402
@@ -70,33 +81,76 @@ class ChangeDecoder(torch.nn.Module):
         return x_base + crop_to(self.net(inputs), tuple(x_base.shape[2:]))
 
 
+class ChangeEncoder(torch.nn.Module):
+    """``(x_base, x_follow)``, each (B, 1, X, Y, Z) → a latent change (B, C, x, y, z) on the
+    autoencoder's latent grid, in one of the three ``--encoder`` modes."""
+
+    def __init__(self, ae: Autoencoder, mode: str):
+        super().__init__()
+        self.mode = mode
+        self.scale = ae.scaling_factor
+        if mode in ("frozen", "tuned"):
+            self.net = copy.deepcopy(ae.net).requires_grad_(mode == "tuned")
+        elif mode == "joint":
+            c = ae.config
+            self.net = AutoencoderKL(
+                spatial_dims=3, in_channels=2, out_channels=1, channels=tuple(c.channels),
+                latent_channels=c.latent_channels, num_res_blocks=c.num_res_blocks,
+                attention_levels=(False,) * len(c.channels), norm_num_groups=c.norm_num_groups,
+                with_encoder_nonlocal_attn=False, with_decoder_nonlocal_attn=False)
+        else:
+            raise ValueError(f"unknown encoder mode {mode!r}; use frozen, tuned or joint")
+        del self.net.decoder, self.net.post_quant_conv  # only the encoding half is used
+
+    def _mean(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.quant_conv_mu(self.net.encoder(x)) * self.scale
+
+    def forward(self, x_base: torch.Tensor, x_follow: torch.Tensor) -> torch.Tensor:
+        if self.mode == "joint":
+            return self._mean(torch.cat([x_base, x_follow], 1))
+        return self._mean(x_follow) - self._mean(x_base)
+
+
+class ChangeModel(torch.nn.Module):
+    """The ceiling's encode → decode: ``(x_base, x_follow)`` → x̂_follow, each (B, 1, X, Y, Z)."""
+
+    def __init__(self, encoder: ChangeEncoder, decoder: ChangeDecoder):
+        super().__init__()
+        self.encoder, self.decoder = encoder, decoder
+
+    def forward(self, x_base: torch.Tensor, x_follow: torch.Tensor) -> torch.Tensor:
+        return self.decoder(x_base, self.encoder(x_base, x_follow))
+
+
 def as_tensor(a: np.ndarray) -> torch.Tensor:
     """(X, Y, Z) → (1, 1, X, Y, Z) float32."""
     return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None, None]
 
 
-@torch.no_grad()
-def training_pairs(ae: Autoencoder, scans: GridScans) -> list[tuple[torch.Tensor, ...]]:
-    """Every training pair's ``(x_base, dz, x_follow, brain)``, each (1, ·, ...)."""
+def training_pairs(scans: GridScans) -> list[tuple[torch.Tensor, ...]]:
+    """Every training pair's ``(x_base, x_follow, brain)``, each (1, 1, X, Y, Z)."""
     out = []
     for pair in scans.manifest.select("train").pairs("all"):
         base, follow = scans.load(pair.earlier), scans.load(pair.later)
-        xb, xf = as_tensor(base.image), as_tensor(follow.image)
-        out.append((xb, ae.encode(xf) - ae.encode(xb), xf, as_tensor(base.mask)))
+        out.append((as_tensor(base.image), as_tensor(follow.image), as_tensor(base.mask)))
     return out
 
 
-def train(decoder: ChangeDecoder, pairs: list, steps: int, batch: int, lr: float,
-          seed: int) -> float:
-    """Train ``decoder`` in place; returns the wall seconds."""
-    optimizer = torch.optim.AdamW(decoder.parameters(), lr=lr, weight_decay=1e-4)
+def train(model: ChangeModel, pairs: list, steps: int, batch: int, lr: float,
+          encoder_lr: float, seed: int) -> float:
+    """Train ``model``'s decoder (and its encoder unless frozen) in place; returns wall seconds."""
+    groups = [{"params": list(model.decoder.parameters()), "lr": lr}]
+    trainable = [q for q in model.encoder.parameters() if q.requires_grad]
+    if trainable:
+        groups.append({"params": trainable, "lr": encoder_lr})
+    optimizer = torch.optim.AdamW(groups, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     draw = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
     for step in range(steps):
         chosen = [pairs[int(i)] for i in torch.randint(len(pairs), (batch,), generator=draw)]
-        xb, dz, xf, brain = (torch.cat(parts) for parts in zip(*chosen))
-        err = (decoder(xb, dz) - xf) * brain
+        xb, xf, brain = (torch.cat(parts) for parts in zip(*chosen))
+        err = (model(xb, xf) - xf) * brain
         loss = err.square().sum() / brain.sum().clamp_min(1.0)
         optimizer.zero_grad()
         loss.backward()
@@ -105,7 +159,7 @@ def train(decoder: ChangeDecoder, pairs: list, steps: int, batch: int, lr: float
         if (step + 1) % 100 == 0:
             print(f"step {step + 1}/{steps}: loss {loss.item():.6f} "
                   f"({time.perf_counter() - start:.0f} s)", flush=True)
-    decoder.eval()
+    model.eval()
     return time.perf_counter() - start
 
 
@@ -116,6 +170,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=800)
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--encoder", choices=("frozen", "tuned", "joint"), default="frozen",
+                   help="where the latent change comes from (see the module docstring)")
+    p.add_argument("--encoder-lr", type=float, help="the encoder's learning rate (default --lr)")
     p.add_argument("--features", default="16,16,32,64,64,16", help="BasicUNet's six widths")
     p.add_argument("--seed", type=int, default=0, help="the change decoder's training seed")
     p.add_argument("--max-pairs", type=int, help="only the first N test pairs")
@@ -127,13 +184,15 @@ def main() -> None:
     atlas = load_atlas(cfg.data.atlas, cfg.data.grid)
     scans = GridScans(Manifest.from_csv(args.manifest), atlas, 0)
     ae = Autoencoder.load(args.run / "autoencoder").eval().requires_grad_(False)
-    pairs = training_pairs(ae, scans)
+    pairs = training_pairs(scans)
     print(f"{len(pairs)} training pairs; padded grid "
           f"{[s + e for s, e in zip(atlas.grid.shape, padding_for(atlas.grid.shape, MULTIPLE))]}",
           flush=True)
     decoder = ChangeDecoder(ae.config.latent_channels,
                             tuple(int(f) for f in args.features.split(",")))
-    train_s = train(decoder, pairs, args.steps, args.batch, args.lr, args.seed)
+    change_model = ChangeModel(ChangeEncoder(ae, args.encoder), decoder)
+    train_s = train(change_model, pairs, args.steps, args.batch, args.lr,
+                    args.encoder_lr if args.encoder_lr is not None else args.lr, args.seed)
 
     plain = bench_ceiling.reconstruct_follow_up
 
@@ -142,7 +201,7 @@ def main() -> None:
             return plain(model, image, follow, brain, decode, latent_gain)
         with torch.no_grad():
             xb, xf = as_tensor(image), as_tensor(follow)
-            out = decoder(xb, ae.encode(xf) - ae.encode(xb))
+            out = change_model(xb, xf)
         return clip_to_brain(out[0, 0].double(), brain)
 
     with_decoder = Autoencoder.load(args.run / "autoencoder").eval()  # a second handle, same AE
@@ -153,8 +212,10 @@ def main() -> None:
     results, mae = bench_ceiling.score_ceilings(options, scans, models)
     table = bench_ceiling.ceiling_table(summarize(results), models, atlas.grid.shape,
                                         {"change decoder": train_s}, mae, [])
-    table["change decoder"]["parameters"] += sum(q.numel() for q in decoder.parameters())
-    print(f"\nchange decoder: {args.steps} steps, seed {args.seed}, {train_s:.0f} s\n")
+    added = decoder if args.encoder != "joint" else change_model  # a new encoder's weights too
+    table["change decoder"]["parameters"] += sum(q.numel() for q in added.parameters())
+    print(f"\nchange decoder: {args.encoder} encoder, {args.steps} steps, seed {args.seed}, "
+          f"{train_s:.0f} s\n")
     bench_ceiling.print_table(table)
     if args.json:
         args.json.write_text(json.dumps(table, indent=1))

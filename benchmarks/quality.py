@@ -80,6 +80,18 @@ def mc(*args: str) -> None:
     sh(sys.executable, "-m", "mambacontrol", *args)
 
 
+def copy_once(src: Path, dst: Path) -> None:
+    """Copy a file or folder to ``dst`` unless it is there; through a temporary name, so a copy
+    cut short is not taken for a finished one when the script resumes."""
+    if dst.exists():
+        return
+    partial = dst.with_name(dst.name + ".partial")
+    if partial.is_dir():
+        shutil.rmtree(partial)
+    (shutil.copytree if src.is_dir() else shutil.copy)(src, partial)
+    partial.rename(dst)
+
+
 def row_run(out: Path, name: str, row: Row, manifest: Path, config: str) -> Path:
     """Train ``row`` into ``<out>/<name>``, on a copy of its parent's shared stages."""
     run, parent = out / name, out / row.parent
@@ -93,9 +105,7 @@ def row_run(out: Path, name: str, row: Row, manifest: Path, config: str) -> Path
     run.mkdir(exist_ok=True)
     (run / "stages").mkdir(exist_ok=True)
     for part in parts:
-        if not (run / part).exists():
-            src = parent / part
-            (shutil.copytree if src.is_dir() else shutil.copy)(src, run / part)
+        copy_once(parent / part, run / part)
     for stage in stages:
         shutil.copy(parent / "stages" / f"{stage}.json", run / "stages" / f"{stage}.json")
     resume = ["--resume"] if (run / "checkpoints").is_dir() else []
@@ -110,8 +120,7 @@ def unet_only(full: Path) -> Path:
     if not (run / "model_index.json").is_file():
         run.mkdir(exist_ok=True)
         for part in ("autoencoder", "graph_encoder", "trajectory_head", "unet"):
-            if not (run / part).exists():
-                shutil.copytree(full / part, run / part)
+            copy_once(full / part, run / part)
         index = json.loads((full / "model_index.json").read_text())
         index["components"].pop("controlnet", None)
         (run / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
@@ -126,7 +135,7 @@ def calibrated(out: Path, run: Path, manifest: Path, weights: str) -> Path:
         mc("calibrate", "--manifest", str(manifest), "--model", str(run), "--out", str(work),
            "--weights", weights, "--pairs", "last")
         shutil.rmtree(target, ignore_errors=True)  # a copy cut short
-        shutil.copytree(work / "model", target)
+        copy_once(work / "model", target)
     return target
 
 

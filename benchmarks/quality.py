@@ -68,7 +68,7 @@ ROWS = {
 from its parent in the ControlNet's training seed only (initialisation, batches, noise)."""
 GRAPH_PARTS = ("graph_encoder", "trajectory_head")
 KEY_GROUPS = ("hippocampus", "amygdala", "entorhinal", "lateral_ventricles", "whole_brain")
-DEFAULT_WEIGHTS = "0,1,2,3"
+DEFAULT_WEIGHTS = "0,2,3,4,6"
 
 
 def sh(*args: str) -> None:

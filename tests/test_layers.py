@@ -1,6 +1,7 @@
 """The package's layers (docs/architecture.md): a subpackage imports only from lower layers."""
 
 import ast
+import re
 from pathlib import Path
 
 import mambacontrol
@@ -49,3 +50,15 @@ def test_no_library_module_imports_the_test_fixtures():
     importers = [str(path.relative_to(ROOT)) for path in sorted(ROOT.rglob("*.py"))
                  if path.relative_to(ROOT).parts[0] != "testing" and "testing" in _imports(path)]
     assert not importers, f"the library imports mambacontrol.testing: {importers}"
+
+
+def test_the_layer_picture_names_every_module():
+    """docs/architecture.md's layer picture lists each module of a package below the CLI (whose
+    modules are one per command), so a new module cannot go unmentioned."""
+    doc = (ROOT.parent / "docs" / "architecture.md").read_text()
+    picture = doc.split("## Layers", 1)[1].split("```")[1]
+    words = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", picture))
+    unnamed = [str(path.relative_to(ROOT)) for path in sorted(ROOT.rglob("*.py"))
+               if len(path.relative_to(ROOT).parts) == 2 and path.parent.name != "cli"
+               and path.stem != "__init__" and path.stem not in words]
+    assert not unnamed, f"not in docs/architecture.md's layer picture: {unnamed}"

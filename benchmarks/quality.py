@@ -22,7 +22,10 @@ training stage resumes from its last checkpoint):
    their own weight;
 5. ``mambacontrol evaluate --model full --compare <the rest>`` → ``<out>/evaluation``: the models,
    the copy-baseline, the linear extrapolation, the autoencoder's ceiling and the measurement
-   floor on the same test pairs;
+   floor on the same test pairs. With fewer rows than ``ROWS`` the folder is
+   ``<out>/evaluation-<model>+<model>...``: ``--rows ""`` after the full model has trained is an
+   early look at ``full`` and ``unet-only`` (calibrated) that the whole table does not reuse;
+   ``--no-calibrate`` adds ``-uncalibrated`` to the folder's name;
 6. prints the tables for ``docs/benchmarks.md``: headline metrics, and per key group the
    regional error in % of the copy-baseline's and the predicted/true change ratio (issue 14's
    targets: ≤ 50 % of the copy's error, a ratio of 0.8–1.2, below the linear extrapolation).
@@ -233,7 +236,13 @@ def main() -> int:
     runs.append(unet_only(full))
     if not args.no_calibrate:
         runs = [calibrated(out, run, manifest, args.weights) for run in runs]
-    evaluation = out / "evaluation"
+    # a subset of the rows (an early look) is evaluated into its own folder, so the full
+    # table's evaluation never takes its records for its own
+    full_table = not args.skip_ablations and rows == list(ROWS)
+    evaluation = out / ("evaluation" if full_table
+                        else "evaluation-" + "+".join(run.name for run in runs))
+    if args.no_calibrate:
+        evaluation = evaluation.with_name(evaluation.name + "-uncalibrated")
     if not (evaluation / "metrics.json").is_file():
         mc("evaluate", "--manifest", str(manifest), "--model", str(runs[0]), "--out",
            str(evaluation), "--pairs", args.pairs, "--samples", str(args.samples),

@@ -238,7 +238,7 @@ def main() -> int:
         runs = [calibrated(out, run, manifest, args.weights) for run in runs]
     # a subset of the rows (an early look) is evaluated into its own folder, so the full
     # table's evaluation never takes its records for its own
-    full_table = not args.skip_ablations and rows == list(ROWS)
+    full_table = rows == list(ROWS)  # --skip-ablations empties rows
     evaluation = out / ("evaluation" if full_table
                         else "evaluation-" + "+".join(run.name for run in runs))
     if args.no_calibrate:

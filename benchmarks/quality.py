@@ -11,7 +11,9 @@ training stage resumes from its last checkpoint):
    along the anatomy graph; an existing cohort of other dynamics in ``<out>/cohort`` is refused);
 2. ``mambacontrol train all`` with ``train/configs/synthetic-2mm.yaml`` → ``<out>/full``;
 3. the rows of issue 14's table (``ROWS``; ``--skip-ablations`` leaves them out, ``--rows``
-   chooses), in this order: ``full-seed1`` (the ControlNet trained again with seed 1),
+   chooses), in this order: ``population-unet`` (issue 14's split: the UNet without the
+   baseline latent, so only the ControlNet carries the subject; its own UNet and ControlNet),
+   ``full-seed1`` (the ControlNet trained again with seed 1),
    ``no-graph`` (no graph anywhere: its own UNet and ControlNet) and ``no-graph-seed1``,
    ``todays-design`` (the design before issue 14: its own UNet and ControlNet), ``no-fourier``
    and ``attention`` (Mamba replaced). A row shares the stages of the run it builds on and
@@ -63,6 +65,7 @@ TODAYS_DESIGN = ("unet.model.covariate_time_embedding=false",
                  "unet.train.zero_horizon_pairs=0", "controlnet.train.zero_horizon_pairs=0")
 """The design before issue 14 (``run_config``'s module docstring lists the same switches)."""
 ROWS = {
+    "population-unet": Row(("unet.model.concat_base=false",), shares="latents"),
     "full-seed1": Row(("seed=1",)),
     "no-graph": Row(("graph.enabled=false",), shares="latents"),
     "no-graph-seed1": Row(("graph.enabled=false", "seed=1"), parent="no-graph"),

@@ -12,7 +12,9 @@ training stage resumes from its last checkpoint):
 2. ``mambacontrol train all`` with ``train/configs/synthetic-2mm.yaml`` → ``<out>/full``;
 3. the rows of issue 14's table (``ROWS``; ``--skip-ablations`` leaves them out, ``--rows``
    chooses), in this order: ``population-unet`` (issue 14's split: the UNet without the
-   baseline latent, so only the ControlNet carries the subject; its own UNet and ControlNet),
+   baseline latent, so only the ControlNet carries the subject; its own UNet and ControlNet,
+   the ControlNet trained 6000 steps: at the config's 1500 it learnt a fifth of the subject,
+   and on the demo it took 4× the steps to match ``full``; docs/benchmarks.md),
    ``full-seed1`` (the ControlNet trained again with seed 1),
    ``no-graph`` (no graph anywhere: its own UNet and ControlNet) and ``no-graph-seed1``,
    ``todays-design`` (the design before issue 14: its own UNet and ControlNet), ``no-fourier``
@@ -65,7 +67,8 @@ TODAYS_DESIGN = ("unet.model.covariate_time_embedding=false",
                  "unet.train.zero_horizon_pairs=0", "controlnet.train.zero_horizon_pairs=0")
 """The design before issue 14 (``run_config``'s module docstring lists the same switches)."""
 ROWS = {
-    "population-unet": Row(("unet.model.concat_base=false",), shares="latents"),
+    "population-unet": Row(("unet.model.concat_base=false", "controlnet.train.steps=6000"),
+                           shares="latents"),
     "full-seed1": Row(("seed=1",)),
     "no-graph": Row(("graph.enabled=false",), shares="latents"),
     "no-graph-seed1": Row(("graph.enabled=false", "seed=1"), parent="no-graph"),

@@ -13,8 +13,9 @@ training stage resumes from its last checkpoint):
 3. the rows of issue 14's table (``ROWS``; ``--skip-ablations`` leaves them out, ``--rows``
    chooses), in this order: ``population-unet`` (issue 14's split: the UNet without the
    baseline latent, so only the ControlNet carries the subject; its own UNet and ControlNet,
-   the ControlNet trained 6000 steps: at the config's 1500 it learnt a fifth of the subject,
-   and on the demo it took 4× the steps to match ``full``; docs/benchmarks.md),
+   the ControlNet trained 6000 steps: at the config's 1500 it took back a fifth of the loss
+   the baseline is worth, and on the demo it took 4× the steps to match ``full``;
+   docs/benchmarks.md),
    ``full-seed1`` (the ControlNet trained again with seed 1),
    ``no-graph`` (no graph anywhere: its own UNet and ControlNet) and ``no-graph-seed1``,
    ``todays-design`` (the design before issue 14: its own UNet and ControlNet), ``no-fourier``

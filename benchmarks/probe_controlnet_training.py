@@ -23,8 +23,8 @@ so that ``train all`` goes straight to the ControlNet::
 
     python benchmarks/probe_controlnet_training.py decoder -- train all --config demo \\
         --out runs/cn/pop-ut data.manifest=$M unet.model.concat_base=false
-    python benchmarks/probe_controlnet_training.py joint -- train all --config demo \\
-        --out runs/cn/pop-joint data.manifest=$M unet.model.concat_base=false \\
+    python benchmarks/probe_controlnet_training.py joint --alone 0.5 -- train all --config demo \\
+        --out runs/cn/pop-joint50 data.manifest=$M unet.model.concat_base=false \\
         controlnet.train.steps=400 controlnet.train.lr=1e-3
 
 Single process only: the variants do not synchronise processes as the package's stages do.
@@ -147,18 +147,18 @@ def train_jointly(cfg: RunConfig, data: RunData, out: Path, resume: bool, config
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        usage="%(prog)s {decoder,joint} [--unet-lr LR] [--alone P] -- MAMBACONTROL_COMMAND ...")
     parser.add_argument("variant", choices=("decoder", "joint"))
     parser.add_argument("--unet-lr", type=float, default=None,
                         help="decoder: the UNet decoder's learning rate (default: the "
                              "ControlNet's)")
     parser.add_argument("--alone", type=float, default=0.2,
                         help="joint: share of batches that run the UNet alone (default 0.2)")
-    parser.add_argument("command", nargs=argparse.REMAINDER,
-                        help="-- then the mambacontrol command (train all ...)")
-    args = parser.parse_args(argv)
-    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    argv = sys.argv[1:] if argv is None else list(argv)
+    split = argv.index("--") if "--" in argv else len(argv)
+    args, command = parser.parse_args(argv[:split]), argv[split + 1:]
     if not command:
         parser.error("give the mambacontrol command after --, e.g. -- train all --config demo ...")
     if not 0 <= args.alone < 1:

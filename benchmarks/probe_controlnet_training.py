@@ -84,6 +84,26 @@ def _setup(cfg: RunConfig, data: RunData, out: Path):
     return ae, change_hint, frozen, items, graph_dim
 
 
+def _step(batch: dict, models: dict, step: int, cfg: RunConfig, objective, graph_dim: int,
+          change_hint: bool, alone: float = 0.0):
+    """One training batch's loss, as the ``controlnet`` stage computes it; with ``alone`` > 0 the
+    batch runs the UNet by itself with that probability."""
+    del step
+    t = cfg.controlnet.train
+    batch, drop = sd.with_null_horizons(batch, t)
+    unet = models["unet"]
+    unet = getattr(unet, "module", unet)
+    noisy, ts, goal = objective.noisy(unet.target_from_latents(batch["z_base"], batch["z_follow"]))
+    if alone and float(torch.rand(())) < alone:  # the UNet by itself: the population model
+        unet_alone = {k: v for k, v in models.items() if k != "controlnet"}
+        pred = sd._denoise(unet_alone, batch, noisy, ts, drop_horizon=drop)
+    else:
+        pred = sd._denoise(models, batch, noisy, ts, graph_hint=bool(graph_dim),
+                           drop_horizon=drop,
+                           predicted_change=t.predicted_change if change_hint else None)
+    return F.mse_loss(pred.float(), goal.float()), {}
+
+
 def train_with_decoder(cfg: RunConfig, data: RunData, out: Path, resume: bool,
                        config_dict: dict, unet_lr: float | None = None) -> StageSummary:
     """The ControlNet on the run's UNet, whose decoder trains too (``decoder`` variant)."""
@@ -102,15 +122,8 @@ def train_with_decoder(cfg: RunConfig, data: RunData, out: Path, resume: bool,
     groups = [{"params": list(controlnet.parameters())},
               {"params": decoder, "lr": t.lr if unet_lr is None else unet_lr}]
 
-    def step_fn(batch, models, step):
-        batch, drop = sd.with_null_horizons(batch, t)
-        noisy, ts, goal = objective.noisy(unet.target_from_latents(batch["z_base"],
-                                                                   batch["z_follow"]))
-        pred = sd._denoise(models, batch, noisy, ts, graph_hint=bool(graph_dim),
-                           drop_horizon=drop,
-                           predicted_change=t.predicted_change if change_hint else None)
-        return F.mse_loss(pred.float(), goal.float()), {}
-
+    step_fn = functools.partial(_step, cfg=cfg, objective=objective, graph_dim=graph_dim,
+                                change_hint=change_hint)
     return _train(cfg, out, resume, {"controlnet": controlnet, "unet": unet}, groups, items,
                   frozen, step_fn, config_dict)
 
@@ -119,7 +132,6 @@ def train_jointly(cfg: RunConfig, data: RunData, out: Path, resume: bool, config
                   alone: float = 0.2) -> StageSummary:
     """A fresh UNet and its ControlNet trained together (``joint`` variant)."""
     ae, change_hint, frozen, items, graph_dim = _setup(cfg, data, out)
-    t = cfg.controlnet.train
     torch.manual_seed(cfg.seed)
     context_dim = (frozen["graph_encoder"].config.embed_dim if frozen
                    else cfg.graph.model.embed_dim)
@@ -129,19 +141,8 @@ def train_jointly(cfg: RunConfig, data: RunData, out: Path, resume: bool, config
     objective = sd.DiffusionObjective(sd.noise_schedule(cfg))
     groups = [{"params": list(controlnet.parameters())}, {"params": list(unet.parameters())}]
 
-    def step_fn(batch, models, step):
-        batch, drop = sd.with_null_horizons(batch, t)
-        noisy, ts, goal = objective.noisy(unet.target_from_latents(batch["z_base"],
-                                                                   batch["z_follow"]))
-        if float(torch.rand(())) < alone:  # the UNet by itself: the population model
-            unet_alone = {k: v for k, v in models.items() if k != "controlnet"}
-            pred = sd._denoise(unet_alone, batch, noisy, ts, drop_horizon=drop)
-        else:
-            pred = sd._denoise(models, batch, noisy, ts, graph_hint=bool(graph_dim),
-                               drop_horizon=drop,
-                               predicted_change=t.predicted_change if change_hint else None)
-        return F.mse_loss(pred.float(), goal.float()), {}
-
+    step_fn = functools.partial(_step, cfg=cfg, objective=objective, graph_dim=graph_dim,
+                                change_hint=change_hint, alone=alone)
     return _train(cfg, out, resume, {"controlnet": controlnet, "unet": unet}, groups, items,
                   frozen, step_fn, config_dict)
 

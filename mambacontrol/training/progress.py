@@ -2,8 +2,10 @@
 
 On a terminal, a tqdm bar shows the loss and samples/s. Where the output is not a terminal (a
 log file, a batch job), the bar is off and a log line comes about every 5 % of the run (step,
-loss, samples/s, time left). :class:`ScalarWindow` gathers the scalars of the steps between two
-reports.
+loss, samples/s, time left). A line's loss is the mean over every step since the previous line
+(a single report's few batches are too noisy to follow a curve by), and its time left is the
+pace of those steps, so a pause (a stopped process, a suspended laptop) misleads one line, not
+the rest of the run. :class:`ScalarWindow` gathers the scalars of the steps between two reports.
 """
 
 from __future__ import annotations
@@ -72,12 +74,15 @@ class StageProgress:
                         disable=None if main_process else True)
         self.line_every = (log_every * math.ceil(steps / LINES_PER_RUN / log_every)
                            if self.bar.disable and main_process else 0)
-        self.run_start = time.perf_counter()
+        self._stretch_losses: list[float] = []
+        self._stretch_start = (start, time.perf_counter())  # (step, time) of the previous line
 
     def step(self, loss: float) -> None:
         """One optimizer step done, with its loss."""
         self.bar.update(1)
         self.bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
+        if self.line_every:
+            self._stretch_losses.append(float(loss))
 
     def report(self, done: int, window: ScalarWindow, rate: float) -> None:
         """A report after step ``done``: the window's mean loss and ``rate`` samples/s on the
@@ -85,10 +90,16 @@ class StageProgress:
         self.bar.set_postfix(loss=f"{window.mean_loss():.4g}", samples_s=f"{rate:.3g}",
                              refresh=False)
         if self.line_every and (done % self.line_every == 0 or done == self.steps):
-            spent = time.perf_counter() - self.run_start
-            left = spent / (done - self.start) * (self.steps - done)
-            logger.info("%s: step %d/%d, loss %.4g, %.3g samples/s, %s left", self.stage, done,
-                        self.steps, window.mean_loss(), rate, format_duration(left))
+            first, since = self._stretch_start
+            now = time.perf_counter()
+            finite = [v for v in self._stretch_losses if math.isfinite(v)]
+            loss = float(np.mean(finite)) if finite else math.nan
+            left = (now - since) / max(done - first, 1) * (self.steps - done)
+            logger.info("%s: step %d/%d, loss %.4g (mean of steps %d-%d), %.3g samples/s, %s left",
+                        self.stage, done, self.steps, loss, first + 1, done, rate,
+                        format_duration(left))
+            self._stretch_losses.clear()
+            self._stretch_start = (done, now)
 
     def close(self) -> None:
         self.bar.close()

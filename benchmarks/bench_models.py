@@ -3,11 +3,15 @@
     python benchmarks/bench_models.py --config demo --threads 2
     python benchmarks/bench_models.py --config synthetic-2mm --threads 2
     python benchmarks/bench_models.py --config brain-1p5mm --device cuda
+    python benchmarks/bench_models.py --config synthetic-2mm --component controlnet \
+        --override "controlnet.model.mamba_directions=[x+, x-]"
 
 Each component runs in a fresh subprocess, so its peak resident memory (ru_maxrss) is its own:
 the autoencoder on one training patch batch, the UNet and the ControlNet (with the frozen UNet
 behind it, as in training) on one training batch of latents. Prints a markdown table. With
-``--device cuda`` the step runs on the GPU and the peak is the GPU allocator's.
+``--device cuda`` the step runs on the GPU and the peak is the GPU allocator's. ``--override``
+changes the config as ``mambacontrol train --override`` does (a variant's price before training
+it); ``--component`` (repeatable) times only the components named.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 
 import torch
 from devices import describe, device_arg, peak_gb, reset_peak, synchronize
@@ -35,11 +40,11 @@ COMPONENTS = ("autoencoder", "unet", "controlnet")
 
 
 def measure(config: str, component: str, threads: int, repeats: int,
-            device: str = "cpu") -> dict:
+            device: str = "cpu", overrides: Sequence[str] = ()) -> dict:
     """Forward + backward of one component, in this process, on ``device``."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    cfg = load_config(RunConfig, bundled_config(config))
+    cfg = load_config(RunConfig, bundled_config(config), overrides=overrides)
     atlas = load_atlas(cfg.data.atlas, cfg.data.grid)
     ae = build_autoencoder(cfg).to(device)
     graph_dim = cfg.graph.model.embed_dim
@@ -102,22 +107,31 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", type=device_arg, default="cpu",
                         help="cpu (default), cuda, cuda:N")
-    parser.add_argument("--component", choices=COMPONENTS, help=argparse.SUPPRESS)
+    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override, e.g. 'controlnet.model.mamba_directions=[x+, x-]'")
+    parser.add_argument("--component", action="append", choices=COMPONENTS,
+                        help="time only this component (repeatable; default: all)")
+    parser.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.component:
-        print(json.dumps(measure(args.config, args.component, args.threads, args.repeats,
-                                 args.device)))
+    components = args.component or list(COMPONENTS)
+    if args.in_process:  # one component, in this process: the parent reads the JSON line
+        print(json.dumps(measure(args.config, components[0], args.threads, args.repeats,
+                                 args.device, args.override)))
         return 0
     rows = []
-    for comp in COMPONENTS:
+    for comp in components:
+        overrides = [arg for item in args.override for arg in ("--override", item)]
         out = subprocess.run([sys.executable, __file__, "--config", args.config, "--threads",
                               str(args.threads), "--repeats", str(args.repeats),
-                              "--device", args.device, "--component", comp],
-                             capture_output=True, text=True, check=True)
+                              "--device", args.device, "--component", comp, "--in-process",
+                              *overrides], capture_output=True, text=True)
+        if out.returncode != 0:
+            why = (out.stderr.strip().splitlines() or [f"exit code {out.returncode}"])[-1]
+            sys.exit(f"bench_models: timing {comp} failed: {why}")
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     gpu = args.device != "cpu"
-    print(f"config {args.config}, {args.threads} thread(s), {platform.machine()}, torch "
-          f"{torch.__version__}, on {rows[0]['device']}")
+    print(f"config {args.config} {' '.join(args.override)}, {args.threads} thread(s), "
+          f"{platform.machine()}, torch {torch.__version__}, on {rows[0]['device']}")
     print(f"| component | parameters | batch | forward+backward | peak {'GPU' if gpu else 'RSS'} |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for r in rows:

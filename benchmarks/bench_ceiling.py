@@ -205,7 +205,8 @@ def ceiling_table(summary: dict, models: dict[str, Autoencoder], grid: tuple[int
 
     def groups(name: str) -> dict:
         mine = summary["key_groups"][name]
-        return {g: {"recovered_pct": 100 * (mine[g]["change_ratio"] or float("nan")),
+        return {g: {"recovered_pct": None if mine[g]["change_ratio"] is None
+                    else 100 * mine[g]["change_ratio"],
                     "error_of_copy_pct": 100 * mine[g]["abs_error_pct"]["mean"]
                     / copy[g]["abs_error_pct"]["mean"],
                     "true_pct": mine[g]["true_change_pct"]["mean"]}
@@ -220,14 +221,20 @@ def ceiling_table(summary: dict, models: dict[str, Autoencoder], grid: tuple[int
             "follow_up_mae": float(np.mean(mae[name])),
             "groups": groups(name)}
         for gain in gains:
-            table[f"{name}@{gain:g}"] = {**table[name], "follow_up_mae": float("nan"),
+            table[f"{name}@{gain:g}"] = {**table[name], "follow_up_mae": None,
                                          "groups": groups(f"{name}@{gain:g}")}
     for f in factors:
         table[f"field-probe-{f}x"] = {"latent": [-(-s // f) for s in grid] + [3],
                                       "parameters": 0, "train_s": None,
-                                      "follow_up_mae": float("nan"),
+                                      "follow_up_mae": None,
                                       "groups": groups(f"field-probe-{f}x")}
     return table
+
+
+def shown(value: float | None, spec: str) -> str:
+    """``value`` formatted by ``spec``; "–" where it is undefined (a gain row's or a probe's
+    reconstruction, a group without change)."""
+    return "–" if value is None else format(value, spec)
 
 
 def print_table(table: dict) -> None:
@@ -235,11 +242,10 @@ def print_table(table: dict) -> None:
     print(f"| variant | latent | params | AE train s | recon. MAE | {header} |")
     print("|" + "---|" * (5 + len(KEY_GROUPS)))
     for name, row in table.items():
-        cells = " | ".join(f"{row['groups'][g]['recovered_pct']:.0f} / "
+        cells = " | ".join(f"{shown(row['groups'][g]['recovered_pct'], '.0f')} / "
                            f"{row['groups'][g]['error_of_copy_pct']:.0f}" for g in KEY_GROUPS)
-        train_s = f"{row['train_s']:.0f}" if row["train_s"] else "–"
         print(f"| {name} | {'×'.join(map(str, row['latent']))} | {row['parameters']:,} | "
-              f"{train_s} | {row['follow_up_mae']:.4f} | {cells} |")
+              f"{shown(row['train_s'], '.0f')} | {shown(row['follow_up_mae'], '.4f')} | {cells} |")
 
 
 def main() -> None:
@@ -257,7 +263,7 @@ def main() -> None:
     print(f"\n{n} pairs ({args.split}, {args.pairs}), decode {args.decode}\n")
     print_table(table)
     if args.json:
-        args.json.write_text(json.dumps(table, indent=1))
+        args.json.write_text(json.dumps(table, indent=1, allow_nan=False))
 
 
 if __name__ == "__main__":

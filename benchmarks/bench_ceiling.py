@@ -215,7 +215,7 @@ def ceiling_table(summary: dict, models: dict[str, Autoencoder], grid: tuple[int
     table: dict = {}
     for name, ae in models.items():
         table[name] = {
-            "latent": [s // ae.downsample_factor for s in grid] + [ae.config.latent_channels],
+            "latent": [s // ae.downsample_factor for s in grid] + [ae.num_latent_channels],
             "parameters": sum(p.numel() for p in ae.parameters()),
             "train_s": seconds.get(name),
             "follow_up_mae": float(np.mean(mae[name])),

@@ -282,9 +282,9 @@ class ProgressionPipeline:
 
     # ---- construction, saving, loading -------------------------------------------------------
     def _check_compatible(self) -> None:
-        if self.unet.config.latent_channels != self.autoencoder.config.latent_channels:
+        if self.unet.config.latent_channels != self.autoencoder.num_latent_channels:
             raise ModelError(f"UNet latent_channels {self.unet.config.latent_channels} differ "
-                             f"from the autoencoder's {self.autoencoder.config.latent_channels}")
+                             f"from the autoencoder's {self.autoencoder.num_latent_channels}")
         self.autoencoder.check_shape(self.atlas.grid.shape)
         if self.trajectory_head is not None and self.graph_encoder is None:
             raise ModelError("a trajectory head needs the graph encoder it was trained with")

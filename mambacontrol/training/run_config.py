@@ -89,7 +89,7 @@ class OptimConfig:
 AutoencoderModel = _section(
     "AutoencoderModel", "The autoencoder's architecture.",
     signature_fields(Autoencoder, ("channels", "latent_channels", "num_res_blocks",
-                                   "norm_num_groups")))
+                                   "norm_num_groups", "latent_patch")))
 
 
 @dataclass

@@ -248,7 +248,7 @@ def train_unet(cfg: RunConfig, data: RunData, out: Path, resume: bool,
     frozen = _load_frozen(out, cfg, "cpu")
     context_dim = frozen["graph_encoder"].config.embed_dim if frozen else cfg.graph.model.embed_dim
     torch.manual_seed(cfg.seed)
-    unet = build_unet(cfg, ae.config.latent_channels, context_dim)
+    unet = build_unet(cfg, ae.num_latent_channels, context_dim)
     items = _items(cfg, data, out, frozen, ae.downsample_factor)
     unet.set_target_scale(target_scale(unet, items))
     objective = DiffusionObjective(noise_schedule(cfg))

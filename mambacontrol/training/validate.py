@@ -150,9 +150,9 @@ def _check_networks(cfg: RunConfig, atlas: Atlas) -> None:
     try:
         ae.check_shape(atlas.grid.shape)
         patch = list(cfg.autoencoder.train.patch_size)
-        if any(p % ae.downsample_factor for p in patch):
+        if any(p % ae.network_factor for p in patch):
             raise ValueError(f"patch size {patch} is not divisible by the autoencoder's "
-                             f"downsampling factor {ae.downsample_factor}")
+                             f"downsampling factor {ae.network_factor}")
     except ValueError as exc:
         raise ConfigError(f"autoencoder: {exc}") from None
     graph_dim = cfg.graph.model.embed_dim
@@ -160,7 +160,7 @@ def _check_networks(cfg: RunConfig, atlas: Atlas) -> None:
         _build("graph.model", lambda: GraphEncoder(num_nodes=len(atlas.regions), num_edges=0,
                                                     **graph_encoder_arch(cfg)))
         _positive_int("graph.model.head_hidden", cfg.graph.model.head_hidden)
-    unet = _build("unet.model", lambda: build_unet(cfg, ae.config.latent_channels, graph_dim))
+    unet = _build("unet.model", lambda: build_unet(cfg, ae.num_latent_channels, graph_dim))
     if cfg.controlnet.enabled:
         hint_graph = graph_dim if cfg.graph.enabled and cfg.controlnet.model.graph_hint else 0
         _build("controlnet.model", lambda: build_controlnet(cfg, unet, hint_graph,

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from monai.networks.utils import pixelunshuffle
 
 from mambacontrol.data.covariates import encode_covariates
 from mambacontrol.models.autoencoder import Autoencoder
@@ -57,6 +58,36 @@ def test_autoencoder_scaling_factor_is_applied_and_saved(tmp_path):
     assert torch.allclose(ae.decode(ae.encode(x)), ae.net.decode(z1), atol=1e-6)
     ae.save(tmp_path / "ae")
     assert Autoencoder.load(tmp_path / "ae").scaling_factor == 0.5
+
+
+def test_folded_latent_is_the_finer_latent_rearranged():
+    """latent_patch folds p³ blocks into channels: the fine latent rearranged on a grid p times
+    coarser, decoded exactly as the unfolded autoencoder decodes it (the fold is lossless)."""
+    torch.manual_seed(0)
+    fine = Autoencoder(channels=(8, 8), latent_channels=2, norm_num_groups=4).eval()
+    folded = Autoencoder(channels=(8, 8), latent_channels=2, norm_num_groups=4,
+                         latent_patch=2).eval()
+    folded.load_state_dict(fine.state_dict())
+    fine.set_scaling_factor(0.5)
+    folded.set_scaling_factor(0.5)
+    assert (folded.downsample_factor, folded.network_factor,
+            folded.num_latent_channels) == (4, 2, 16)
+    x = torch.rand(1, 1, 16, 24, 16)
+    z_fine, z = fine.encode(x), folded.encode(x)
+    assert z_fine.shape == (1, 2, 8, 12, 8) and z.shape == (1, 16, 4, 6, 4)
+    assert torch.equal(z, pixelunshuffle(z_fine, 3, 2))
+    assert torch.allclose(folded.decode(z), fine.decode(z_fine), atol=1e-6)
+
+
+def test_folded_latent_saves_and_checks_its_grid(tmp_path):
+    ae = Autoencoder(channels=(8, 8), latent_channels=2, norm_num_groups=4, latent_patch=2)
+    ae.save(tmp_path / "ae")
+    loaded = Autoencoder.load(tmp_path / "ae")
+    assert loaded.config.latent_patch == 2 and loaded.num_latent_channels == 16
+    with pytest.raises(ValueError, match="downsampling factor 4"):
+        loaded.encode(torch.rand(1, 1, 16, 18, 16))
+    with pytest.raises(ValueError, match="latent_patch"):
+        Autoencoder(norm_num_groups=4, latent_patch=0)
 
 
 def test_autoencoder_rejects_indivisible_grid():

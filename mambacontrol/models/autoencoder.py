@@ -114,16 +114,12 @@ class Autoencoder(Component):
         (B, 1, X, Y, Z) -> (B, :attr:`num_latent_channels`, X/d, Y/d, Z/d), d =
         :attr:`downsample_factor`."""
         mu, _ = self.encode_moments(x)
-        z = mu * self.scaling_factor
-        patch = int(self.config.latent_patch)
-        return pixelunshuffle(z, 3, patch) if patch > 1 else z
+        return pixelunshuffle(mu * self.scaling_factor, 3, int(self.config.latent_patch))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Scaled, folded latent (B, :attr:`num_latent_channels`, x, y, z) -> image
         (B, 1, X, Y, Z)."""
-        patch = int(self.config.latent_patch)
-        if patch > 1:
-            z = pixelshuffle(z, 3, patch)
+        z = pixelshuffle(z, 3, int(self.config.latent_patch))  # p = 1: unchanged
         return self.net.decode(z / self.scaling_factor)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

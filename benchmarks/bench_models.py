@@ -49,7 +49,7 @@ def measure(config: str, component: str, threads: int, repeats: int,
     ae = build_autoencoder(cfg).to(device)
     graph_dim = cfg.graph.model.embed_dim
     latent = [s // ae.downsample_factor for s in atlas.grid.shape]
-    zc = cfg.autoencoder.model.latent_channels
+    zc = ae.num_latent_channels  # the diffusion's channels (folded ones when latent_patch > 1)
     if component == "autoencoder":
         t = cfg.autoencoder.train
         x = torch.rand(t.batch_size, 1,

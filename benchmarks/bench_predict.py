@@ -53,10 +53,11 @@ def untrained_pipeline(config: str, out: Path) -> Path:
                                   num_tokens=g.num_tokens)
     head = TrajectoryHead(embed_dim=g.embed_dim, num_nodes=graph.num_nodes,
                           graph=graph.identity.to_dict())
-    unet = build_unet(cfg, cfg.autoencoder.model.latent_channels, g.embed_dim)
+    ae = build_autoencoder(cfg)
+    unet = build_unet(cfg, ae.num_latent_channels, g.embed_dim)
     cn = build_controlnet(cfg, unet, g.embed_dim)
     s = cfg.sampling
-    pipe = ProgressionPipeline(build_autoencoder(cfg), unet, noise_schedule(cfg), atlas,
+    pipe = ProgressionPipeline(ae, unet, noise_schedule(cfg), atlas,
                                controlnet=cn, graph_encoder=enc, trajectory_head=head,
                                sampling=SamplingDefaults(s.sampler, s.num_inference_steps,
                                                          s.num_samples, s.decode))

@@ -135,7 +135,7 @@ def train_jointly(cfg: RunConfig, data: RunData, out: Path, resume: bool, config
     torch.manual_seed(cfg.seed)
     context_dim = (frozen["graph_encoder"].config.embed_dim if frozen
                    else cfg.graph.model.embed_dim)
-    unet = sd.build_unet(cfg, ae.config.latent_channels, context_dim)
+    unet = sd.build_unet(cfg, ae.num_latent_channels, context_dim)
     unet.set_target_scale(sd.target_scale(unet, items))
     controlnet = sd.build_controlnet(cfg, unet, graph_dim, change_hint)
     objective = sd.DiffusionObjective(sd.noise_schedule(cfg))

@@ -103,16 +103,26 @@ class Autoencoder(Component):
                              f"downsampling factor {f}; use a grid whose sizes are multiples of "
                              f"{f}")
 
+    def check_patch(self, shape: Sequence[int]) -> None:
+        """Raise ValueError unless every size of a training patch is divisible by the network's
+        own factor (:attr:`network_factor`; training never folds, so ``latent_patch`` does not
+        constrain patches)."""
+        f = self.network_factor
+        if any(int(s) % f for s in shape):
+            raise ValueError(f"patch size {list(shape)} is not divisible by the autoencoder's "
+                             f"downsampling factor {f}; use sizes that are multiples of {f}")
+
     def encode_moments(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Unscaled, unfolded posterior mean and standard deviation, each (B, latent_channels,
         X/f, Y/f, Z/f) with f = :attr:`network_factor`, for training."""
-        self.check_shape(x.shape[2:])
+        self.check_patch(x.shape[2:])
         return self.net.encode(x)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Scaled posterior mean (deterministic latent), folded by ``latent_patch``:
         (B, 1, X, Y, Z) -> (B, :attr:`num_latent_channels`, X/d, Y/d, Z/d), d =
         :attr:`downsample_factor`."""
+        self.check_shape(x.shape[2:])
         mu, _ = self.encode_moments(x)
         return pixelunshuffle(mu * self.scaling_factor, 3, int(self.config.latent_patch))
 
@@ -124,5 +134,5 @@ class Autoencoder(Component):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Training pass: (reconstruction, posterior mean, posterior std), all unscaled."""
-        self.check_shape(x.shape[2:])
+        self.check_patch(x.shape[2:])
         return self.net(x)

@@ -151,10 +151,11 @@ def train_autoencoder(cfg: RunConfig, data: RunData, out: Path, resume: bool,
     t = cfg.autoencoder.train
     torch.manual_seed(cfg.seed)
     ae = build_autoencoder(cfg)
-    if any(int(p) % ae.network_factor for p in t.patch_size):
-        raise ConfigError(f"autoencoder.train.patch_size {t.patch_size} must be divisible by the "
-                          f"autoencoder's downsampling factor {ae.network_factor}")
-    ae.check_shape(data.atlas.grid.shape)
+    try:
+        ae.check_patch(t.patch_size)
+        ae.check_shape(data.atlas.grid.shape)
+    except ValueError as exc:
+        raise ConfigError(f"autoencoder: {exc}") from None
     models: dict[str, nn.Module] = {"autoencoder": ae}
     gan = None
     if t.adversarial_weight > 0:

@@ -149,10 +149,7 @@ def _check_networks(cfg: RunConfig, atlas: Atlas) -> None:
     ae = _build("autoencoder.model", lambda: build_autoencoder(cfg))
     try:
         ae.check_shape(atlas.grid.shape)
-        patch = list(cfg.autoencoder.train.patch_size)
-        if any(p % ae.network_factor for p in patch):
-            raise ValueError(f"patch size {patch} is not divisible by the autoencoder's "
-                             f"downsampling factor {ae.network_factor}")
+        ae.check_patch(cfg.autoencoder.train.patch_size)
     except ValueError as exc:
         raise ConfigError(f"autoencoder: {exc}") from None
     graph_dim = cfg.graph.model.embed_dim

@@ -90,6 +90,18 @@ def test_folded_latent_saves_and_checks_its_grid(tmp_path):
         Autoencoder(norm_num_groups=4, latent_patch=0)
 
 
+def test_folded_autoencoder_trains_on_patches_of_the_network_factor():
+    """Training never folds: a patch needs only the network's factor (2), not the fold's (4)."""
+    ae = Autoencoder(channels=(8, 8), latent_channels=2, norm_num_groups=4, latent_patch=2)
+    x = torch.rand(2, 1, 6, 10, 6)
+    mu, sigma = ae.encode_moments(x)
+    assert mu.shape == sigma.shape == (2, 2, 3, 5, 3)
+    assert ae(x)[0].shape == x.shape
+    ae.check_patch([6, 10, 6])
+    with pytest.raises(ValueError, match="patch size \\[6, 9, 6\\] is not divisible .* factor 2"):
+        ae.check_patch([6, 9, 6])
+
+
 def test_autoencoder_rejects_indivisible_grid():
     ae = Autoencoder(channels=(8, 8, 8), norm_num_groups=4)
     with pytest.raises(ValueError,

@@ -15,8 +15,8 @@ def config_folders() -> list[Path]:
 
 
 def bundled_config(name: str) -> Path:
-    """Path of a bundled config by name (``demo``, ``synthetic-2mm``, ``synthetic-2mm-4x``,
-    ``brain-1p5mm``, ``brain-1p5mm-cpu``).
+    """Path of a bundled config by name (``demo``, ``synthetic-2mm``, ``synthetic-2mm-folded``,
+    ``synthetic-2mm-4x``, ``brain-1p5mm``, ``brain-1p5mm-cpu``).
 
     Raises:
         ConfigError: naming the available configs.

@@ -4,14 +4,17 @@ import pytest
 
 from mambacontrol.errors import ConfigError
 from mambacontrol.training.config import load_config
-from mambacontrol.training.configs import bundled_config
+from mambacontrol.training.configs import bundled_config, bundled_names
 from mambacontrol.training.run_config import RunConfig
 from mambacontrol.training.stage_autoencoder import build_autoencoder
 from mambacontrol.training.stage_diffusion import build_controlnet, build_unet, noise_schedule
 
 
-@pytest.mark.parametrize("name", ["demo", "synthetic-2mm", "synthetic-2mm-4x", "brain-1p5mm",
-                                  "brain-1p5mm-cpu"])
+def test_every_config_is_bundled():
+    assert {"demo", "synthetic-2mm", "brain-1p5mm", "brain-1p5mm-cpu"} <= set(bundled_names())
+
+
+@pytest.mark.parametrize("name", bundled_names())
 def test_bundled_config_builds_its_models(name):
     from mambacontrol.atlas import load_atlas
 
@@ -19,7 +22,8 @@ def test_bundled_config_builds_its_models(name):
     atlas = load_atlas(cfg.data.atlas, cfg.data.grid)
     ae = build_autoencoder(cfg)
     ae.check_shape(atlas.grid.shape)
-    unet = build_unet(cfg, cfg.autoencoder.model.latent_channels, cfg.graph.model.embed_dim)
+    ae.check_patch(cfg.autoencoder.train.patch_size)
+    unet = build_unet(cfg, ae.num_latent_channels, cfg.graph.model.embed_dim)
     cn = build_controlnet(cfg, unet, cfg.graph.model.embed_dim)
     assert cn.config.mamba_levels == list(cfg.unet.model.attention_levels)
     noise_schedule(cfg)

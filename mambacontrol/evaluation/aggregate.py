@@ -78,11 +78,12 @@ def pair_values(result: PairResult) -> dict[str, float]:
 
 
 def order_methods(methods: Iterable[str]) -> list[str]:
-    """Models in first-seen order, then copy-baseline, linear extrapolation, the autoencoder
-    ceilings (first-seen order), measurement floor."""
+    """Models in first-seen order, then copy-baseline, linear extrapolation, the trajectory heads
+    and the autoencoder ceilings (each in first-seen order), measurement floor."""
     seen = list(dict.fromkeys(methods))
+    heads = [m for m in seen if method_kind(m) == "head"]
     ceilings = [m for m in seen if method_kind(m) == "ceiling"]
-    fixed = [COPY_BASELINE, LINEAR_BASELINE, *ceilings, MEASUREMENT_FLOOR]
+    fixed = [COPY_BASELINE, LINEAR_BASELINE, *heads, *ceilings, MEASUREMENT_FLOOR]
     return [m for m in seen if m not in fixed] + [m for m in fixed if m in seen]
 
 
@@ -116,7 +117,7 @@ def summarize(results: Sequence[PairResult]) -> dict:
         A JSON-able dict (NaN appears only as ``None``)::
 
             methods        [names]        models, then baselines, then the floor
-            method_kinds   {method: "model" | "baseline" | "ceiling" | "floor"}
+            method_kinds   {method: "model" | "baseline" | "head" | "ceiling" | "floor"}
             keys           [statistic keys, display order]
             n_pairs        {method: count}
             overall        {method: {key: {mean, sd, n}}}

@@ -2,7 +2,10 @@
 
 For every pair of the split, on the model grid (scans not on it are prepared once):
 
-- each model predicts the later scan from the earlier one (mean of M samples);
+- each model predicts the later scan from the earlier one (mean of M samples), and its
+  trajectory head (a model with a graph) the regional change before any image is made: the
+  ``trajectory-head`` row, volumes only (the change the head paints into the ControlNet's hint,
+  applied to the earlier scan's measured volumes; one row per distinct graph encoder and head);
 - the copy-baseline predicts the earlier scan unchanged;
 - the regional linear extrapolation predicts regional volumes only (population % per year per
   diagnosis and region, fitted on the train pairs' ground-truth columns, or on measured volumes
@@ -42,6 +45,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -82,6 +86,7 @@ from mambacontrol.evaluation.records import (
     PairInfo,
     PairResult,
     ceiling_name,
+    head_name,
 )
 from mambacontrol.evaluation.report import render_report, write_report
 from mambacontrol.io import OutputFolder
@@ -240,9 +245,10 @@ def _evaluate(manifest_path: str | os.PathLike, models: Sequence[str | os.PathLi
               if "linear" in s.baselines else None)
     exact = all(has_manifest_volumes(v) for p in pairs for v in (p.earlier, p.later))
     ceilings = _ceiling_models(pipes) if s.ceiling else {}
+    heads = _head_rows(pipes)
     identity = shard.run_on_main(lambda: _run_identity(s, names, linear, exact))
     records = PairRecords(folder.path / RECORDS_NAME, identity, reuse=not overwrite)
-    scores = _score_pairs(pairs, pipes, ceilings, scans, linear, s, exact, shard, records)
+    scores = _score_pairs(pairs, pipes, heads, ceilings, scans, linear, s, exact, shard, records)
 
     summary = summarize(scores.results)
     if shard.is_main:
@@ -336,9 +342,32 @@ def _ceiling_models(pipes: Mapping[str, ProgressionPipeline]) -> dict[str, Progr
 def _same_representation(a: ProgressionPipeline, b: ProgressionPipeline) -> bool:
     """Whether two models encode and decode alike: the same autoencoder weights and the same
     decoding rule."""
-    if a.sampling.decode != b.sampling.decode or a.autoencoder.config != b.autoencoder.config:
+    return a.sampling.decode == b.sampling.decode and _same_weights(a.autoencoder, b.autoencoder)
+
+
+def _head_rows(pipes: Mapping[str, ProgressionPipeline]) -> dict[str, str]:
+    """Model name → its trajectory-head row: the main model's :data:`TRAJECTORY_HEAD
+    <mambacontrol.evaluation.records.TRAJECTORY_HEAD>`, then each compared model whose graph
+    encoder and head differ from every one before it (``trajectory-head-<name>``; a model that
+    shares them, e.g. an ablation without its ControlNet, predicts the same volumes). Models
+    without a head have no row."""
+    out: dict[str, str] = {}
+    seen: list[ProgressionPipeline] = []
+    for i, (name, pipe) in enumerate(pipes.items()):
+        if pipe.trajectory_head is None or any(
+                _same_weights(pipe.graph_encoder, o.graph_encoder)
+                and _same_weights(pipe.trajectory_head, o.trajectory_head) for o in seen):
+            continue
+        seen.append(pipe)
+        out[name] = head_name(None if i == 0 else name)
+    return out
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    """Whether two components have the same config and the same weights."""
+    if a.config != b.config:
         return False
-    wa, wb = a.autoencoder.state_dict(), b.autoencoder.state_dict()
+    wa, wb = a.state_dict(), b.state_dict()
     return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k].to(wa[k].device)) for k in wa)
 
 
@@ -456,9 +485,9 @@ class PairOnGrid:
 
 
 def _score_pairs(pairs: Sequence[VisitPair], pipes: Mapping[str, ProgressionPipeline],
-                 ceilings: Mapping[str, ProgressionPipeline], scans: GridScans,
-                 linear: LinearRates | None, s: EvaluationSettings, exact: bool,
-                 shard: Shard, records: PairRecords) -> Scores:
+                 heads: Mapping[str, str], ceilings: Mapping[str, ProgressionPipeline],
+                 scans: GridScans, linear: LinearRates | None, s: EvaluationSettings,
+                 exact: bool, shard: Shard, records: PairRecords) -> Scores:
     """Every pair scored by every method (:func:`_score_pair`), or its valid record reused. This
     process takes its share of the pairs (``shard``), and records each pair it scores as soon as
     it is scored; the result is every process's (of the part, with parts), in pair order."""
@@ -469,7 +498,8 @@ def _score_pairs(pairs: Sequence[VisitPair], pipes: Mapping[str, ProgressionPipe
         key = records.key(pairs[i], i in wanted)
         record = records.load(pairs[i], key)
         if record is None:
-            record = _score_pair(pairs[i], pipes, ceilings, scans, linear, s, exact, i in wanted)
+            record = _score_pair(pairs[i], pipes, heads, ceilings, scans, linear, s, exact,
+                                 i in wanted)
             records.save(pairs[i], key, record)
         else:
             reused += 1
@@ -478,11 +508,12 @@ def _score_pairs(pairs: Sequence[VisitPair], pipes: Mapping[str, ProgressionPipe
 
 
 def _score_pair(pair: VisitPair, pipes: Mapping[str, ProgressionPipeline],
-                ceilings: Mapping[str, ProgressionPipeline], scans: GridScans,
-                linear: LinearRates | None, s: EvaluationSettings, exact: bool,
+                heads: Mapping[str, str], ceilings: Mapping[str, ProgressionPipeline],
+                scans: GridScans, linear: LinearRates | None, s: EvaluationSettings, exact: bool,
                 panel: bool) -> PairRecord:
     """One pair scored by every method: the measurement floor (with exact ground truth), the
-    baselines, the models, then the ceilings of their representations; with ``panel``, the main
+    baselines, the models and their trajectory heads (``heads``: model name → row,
+    :func:`_head_rows`), then the ceilings of their representations; with ``panel``, the main
     model's prediction as the report's slice panel."""
     scores = Scores()
     shown = None
@@ -499,6 +530,8 @@ def _score_pair(pair: VisitPair, pipes: Mapping[str, ProgressionPipeline],
         scores.results.append(PairResult(p.info, LINEAR_BASELINE, {}, regions, by_group))
     for name, pipe in pipes.items():
         prediction = _score_model(name, pipe, p, scans, s, scores)
+        if name in heads and prediction.node_log_ratio is not None:
+            scores.results.append(_head_result(heads[name], pipe, prediction, p, groups))
         if name == main_model and panel:
             shown = SlicePanel(p.info, name, p.base.image, p.follow.image, prediction.image,
                                p.base.mask, prediction.uncertainty)
@@ -566,6 +599,19 @@ def _score_model(name: str, pipe: ProgressionPipeline, p: PairOnGrid, scans: Gri
                                   sampler=s.sampler, guidance=s.guidance, seed=s.seed)[0]
     scores.results.append(_scored_image(name, prediction.image, p, scans, scores))
     return prediction
+
+
+def _head_result(row: str, pipe: ProgressionPipeline, prediction: Prediction, p: PairOnGrid,
+                 groups: Mapping[str, Sequence[int]]) -> PairResult:
+    """A model's trajectory head as a method (volumes only, no image): each graph node's
+    predicted log volume ratio at the pair's horizon (``prediction.node_log_ratio``, (R,))
+    applied to the earlier scan's measured volumes of the node's labels; a label outside the
+    graph is predicted not to change."""
+    ratio = {label: float(prediction.node_log_ratio[node])
+             for node, labels in enumerate(pipe.graph.node_labels) for label in labels}
+    pred = {k: b * math.exp(ratio.get(k, 0.0)) for k, b in p.base_volumes.items()}
+    regions, by_group = regional_change(p.base_volumes, pred, p.truth, groups)
+    return PairResult(p.info, row, {}, regions, by_group)
 
 
 def _scored_image(name: str, image, p: PairOnGrid, scans: GridScans,

@@ -34,6 +34,9 @@ def definitions(summary: dict) -> dict:
             "years_bins": [{"label": label, "above": lo, "up_to": None if math.isinf(hi) else hi}
                            for lo, hi, label in YEAR_BINS],
             "method_kinds": {"model": "a trained model", "baseline": "a reference method",
+                             "head": "a model's trajectory head: the regional change its graph "
+                                     "head predicts before any image is made, applied to the "
+                                     "earlier scan's measured volumes (volumes only)",
                              "ceiling": "the true follow-up pushed through a model's "
                                         "representation (autoencoder) and decoded as its "
                                         "predictions are: the most that model could predict",

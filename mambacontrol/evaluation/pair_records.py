@@ -47,7 +47,8 @@ log = logging.getLogger(__name__)
 
 RECORDS_NAME = "pairs"
 """The folder of the records inside the evaluation's output."""
-FORMAT = 1
+FORMAT = 2
+"""The records' layout; 2 added the trajectory-head rows, so a format-1 record is scored again."""
 _PANEL_ARRAYS = ("baseline", "followup", "prediction", "mask", "uncertainty")
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 _IGNORED_COLUMNS = ("mask_path",)

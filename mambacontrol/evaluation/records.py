@@ -2,7 +2,9 @@
 
 A *method* is anything that predicts a follow-up: a model (named by the caller, e.g. its run
 directory), the copy-baseline (:data:`COPY_BASELINE`), the regional linear extrapolation
-(:data:`LINEAR_BASELINE`), the autoencoder ceiling (:data:`AUTOENCODER_CEILING`: the true follow-up
+(:data:`LINEAR_BASELINE`), a model's trajectory head (:data:`TRAJECTORY_HEAD`: the regional change
+the model's graph head predicts before any image is made, applied to the earlier scan's measured
+volumes; volumes only), the autoencoder ceiling (:data:`AUTOENCODER_CEILING`: the true follow-up
 pushed through a model's representation and decoded as its predictions are, the most any sampler
 of that model could get right), or the measurement floor (:data:`MEASUREMENT_FLOOR`: the true
 follow-up measured by registration, compared with the synthetic cohort's exact ground truth).
@@ -22,6 +24,9 @@ MEASUREMENT_FLOOR = "measurement-floor"
 AUTOENCODER_CEILING = "autoencoder-ceiling"
 """The main model's ceiling; another compared model with its own representation gets
 ``autoencoder-ceiling-<its name>`` (:func:`ceiling_name`)."""
+TRAJECTORY_HEAD = "trajectory-head"
+"""The main model's trajectory head; a compared model's is ``trajectory-head-<its name>``
+(:func:`head_name`)."""
 BASELINES = (COPY_BASELINE, LINEAR_BASELINE)
 REFERENCE_KINDS = ("ceiling", "floor")
 """Kinds that are references, not methods to rank: they see the true follow-up."""
@@ -32,14 +37,21 @@ def ceiling_name(model: str | None = None) -> str:
     return AUTOENCODER_CEILING if model is None else f"{AUTOENCODER_CEILING}-{model}"
 
 
+def head_name(model: str | None = None) -> str:
+    """The trajectory-head row of ``model`` (None: the main model)."""
+    return TRAJECTORY_HEAD if model is None else f"{TRAJECTORY_HEAD}-{model}"
+
+
 def method_kind(method: str) -> str:
-    """``"baseline"``, ``"ceiling"``, ``"floor"`` or ``"model"``."""
+    """``"baseline"``, ``"head"``, ``"ceiling"``, ``"floor"`` or ``"model"``."""
     if method in BASELINES:
         return "baseline"
     if method == MEASUREMENT_FLOOR:
         return "floor"
     if method == AUTOENCODER_CEILING or method.startswith(AUTOENCODER_CEILING + "-"):
         return "ceiling"
+    if method == TRAJECTORY_HEAD or method.startswith(TRAJECTORY_HEAD + "-"):
+        return "head"
     return "model"
 
 
@@ -79,7 +91,7 @@ class PairResult:
         pair: the pair.
         method: the method's name.
         metrics: voxel metrics (``metrics.METRICS`` keys); empty for methods that predict volumes
-            only (the linear extrapolation) and for the measurement floor.
+            only (the linear extrapolation, a trajectory head) and for the measurement floor.
         regions: label → :class:`VolumeChange` (true vs this method's change, % of baseline).
         groups: key group → :class:`VolumeChange`.
     """

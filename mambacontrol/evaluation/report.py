@@ -297,6 +297,7 @@ def render_report(summary: dict, results: Sequence[PairResult], *, provenance: M
         "floor": floor_rows(summary),
         "ratios": ratio_table(summary),
         "ceilings": [m for m in summary["methods"] if summary["method_kinds"][m] == "ceiling"],
+        "heads": [m for m in summary["methods"] if summary["method_kinds"][m] == "head"],
         "regions": region_table(summary, region_names) if has_regions else None,
         "rates": rates_table(linear_rates),
         "has_linear": LINEAR_BASELINE in summary["methods"],

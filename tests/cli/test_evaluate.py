@@ -18,10 +18,12 @@ def test_evaluate_writes_report_with_baselines_floor_and_ablation(tiny_model, ti
     assert set(metrics["summary"]["methods"]) >= {name, f"{name}-2", "copy-baseline",
                                                   "linear-extrapolation", "autoencoder-ceiling",
                                                   "measurement-floor"}
-    # the compared model shares the main model's representation: one ceiling row for both
+    # the compared model shares the main model's representation, graph and head: one ceiling
+    # row and one trajectory-head row for both
     assert [m for m in metrics["summary"]["methods"] if "ceiling" in m] == ["autoencoder-ceiling"]
+    assert [m for m in metrics["summary"]["methods"] if "head" in m] == ["trajectory-head"]
     pairs = (out / "pairs.csv").read_text().splitlines()
-    assert len(pairs) == 1 + 2 * 6
+    assert len(pairs) == 1 + 2 * 7
     html = (out / "report.html").read_text()
     assert "<img" in html and "src=\"http" not in html
     assert (out / "regions.csv").is_file()

@@ -17,9 +17,11 @@ from mambacontrol.evaluation.records import (
     COPY_BASELINE,
     LINEAR_BASELINE,
     MEASUREMENT_FLOOR,
+    TRAJECTORY_HEAD,
     PairInfo,
     PairResult,
     ceiling_name,
+    head_name,
     method_kind,
 )
 
@@ -118,6 +120,19 @@ def test_pair_info_from_a_visit_pair(tmp_path):
     late = Visit("s1", "v1", tmp_path / "b.nii.gz", 72.5, "F", "AD", "test")
     info = PairInfo.from_visit_pair(VisitPair(early, late))
     assert info == PairInfo("s1", "v0", "v1", "MCI", 2.5, 70.0, "F")  # baseline diagnosis
+
+
+def test_a_head_row_is_ranked_with_the_methods_and_listed_after_the_baselines():
+    head = [PairResult(p, TRAJECTORY_HEAD, {},
+                       groups={"hippocampus": VolumeChange(-2.0 * (i + 1), -2.0 * (i + 1))})
+            for i, p in enumerate(PAIRS)]
+    s = summarize(head + results())
+    assert s["methods"] == ["model", COPY_BASELINE, TRAJECTORY_HEAD, MEASUREMENT_FLOOR]
+    assert s["method_kinds"][TRAJECTORY_HEAD] == "head"
+    assert method_kind(head_name("ablation")) == "head"
+    assert method_kind("trajectory-headx") == "model"
+    assert best_methods(s, "vol_err_hippocampus") == [TRAJECTORY_HEAD]  # exact: it is ranked
+    assert all(r["model"] == "model" for r in compare_with(s))  # the verdict judges models only
 
 
 def test_ceiling_is_a_reference_ranked_nowhere_and_listed_before_the_floor():

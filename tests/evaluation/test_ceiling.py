@@ -12,7 +12,7 @@ from mambacontrol.cli.main import main
 from mambacontrol.data import Manifest
 from mambacontrol.evaluation.evaluate import CHANGE_THRESHOLD, GridScans
 from mambacontrol.evaluation.metrics import image_metrics
-from mambacontrol.evaluation.records import AUTOENCODER_CEILING
+from mambacontrol.evaluation.records import AUTOENCODER_CEILING, TRAJECTORY_HEAD
 from mambacontrol.pipeline.progression import ProgressionPipeline, reconstruct_follow_up
 
 
@@ -87,8 +87,8 @@ def test_the_ceiling_row_is_the_reconstruction_scored(tiny_model, tiny_cohort, p
                  "--out", str(out), "--max-pairs", "1", "--samples", "1", "--steps", "1",
                  "--baselines", "copy"]) == 0
     summary = json.loads((out / "metrics.json").read_text())["summary"]
-    assert summary["methods"] == [tiny_model.name, "copy-baseline", AUTOENCODER_CEILING,
-                                  "measurement-floor"]
+    assert summary["methods"] == [tiny_model.name, "copy-baseline", TRAJECTORY_HEAD,
+                                  AUTOENCODER_CEILING, "measurement-floor"]
     assert summary["method_kinds"][AUTOENCODER_CEILING] == "ceiling"
     assert "change_ratio" in summary["key_groups"][AUTOENCODER_CEILING]["hippocampus"]
 

@@ -36,6 +36,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pairs", choices=("all", "last"), default="all",
                    help="every earlier/later pair, or first and last visit per subject")
     p.add_argument("--baselines", default="copy,linear", help="comma-separated: copy, linear")
+    p.add_argument("--linear-fit", choices=("auto", "measured"), default="auto",
+                   help="what the linear extrapolation's rates are fitted on: auto (the train "
+                        "pairs' ground-truth vol_r<label> columns where every pair has them, "
+                        "else their volumes measured by registration) or measured (always "
+                        "measured: the same ruler as the truth it is scored against; one "
+                        "registration per train visit)")
     add_sampling_flags(p, "samples per prediction")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-pairs", type=int, help="evaluate only the first N pairs")
@@ -63,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         baselines=[b.strip() for b in args.baselines.split(",") if b.strip()],
         num_samples=args.num_samples, num_inference_steps=args.num_inference_steps,
         sampler=args.sampler, guidance=args.guidance, seed=args.seed, max_pairs=args.max_pairs,
-        ceiling=args.ceiling,
+        ceiling=args.ceiling, linear_fit=args.linear_fit,
         workers=args.workers)
     settings.check()
     shard = Shard.current(args.num_parts, args.part_id)

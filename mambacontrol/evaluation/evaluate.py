@@ -109,6 +109,8 @@ from mambacontrol.registration import measure_regional_volumes
 log = logging.getLogger(__name__)
 
 BASELINE_NAMES = {"copy": COPY_BASELINE, "linear": LINEAR_BASELINE}
+LINEAR_FITS = ("auto", "measured")
+"""What the linear extrapolation is fitted on (:func:`_fit_linear_baseline`)."""
 PREPARED_NAME = "prepared"
 OUTPUT_NAMES = ("metrics.json", "pairs.csv", "regions.csv", "report.html")
 CHANGE_THRESHOLD = 0.05
@@ -130,6 +132,9 @@ class EvaluationSettings:
         panels: pairs shown as slices in the report.
         max_pairs: evaluate at most this many pairs (None: all), taken in manifest order.
         ceiling: score the autoencoder ceiling of each representation.
+        linear_fit: ``auto`` (the train pairs' ground-truth columns where every pair has them,
+            else their measured volumes) or ``measured`` (always measured by registration, the
+            ruler the truth is read with; :func:`_fit_linear_baseline`).
         workers: processes preparing the scans that are not on the atlas grid.
     """
 
@@ -144,6 +149,7 @@ class EvaluationSettings:
     panels: int = 3
     max_pairs: int | None = None
     ceiling: bool = True
+    linear_fit: str = "auto"
     workers: int = 1
 
     def check(self) -> None:
@@ -153,6 +159,8 @@ class EvaluationSettings:
                                     f"copy, linear")
         if self.pairs not in ("all", "last"):
             raise MambaControlError(f"--pairs {self.pairs} is not all or last")
+        if self.linear_fit not in LINEAR_FITS:
+            raise MambaControlError(f"--linear-fit {self.linear_fit} is not auto or measured")
         check_sampling_flags(self.num_samples, self.num_inference_steps, self.sampler,
                              self.guidance)
         if self.max_pairs is not None and self.max_pairs < 1:
@@ -241,7 +249,8 @@ def _evaluate(manifest_path: str | os.PathLike, models: Sequence[str | os.PathLi
     manifest = _prepared(raw, atlas, folder.path / PREPARED_NAME, s, shard)
     pairs = _pairs_to_evaluate(manifest, s)
     scans = GridScans(manifest, atlas, s.seed)
-    linear = (shard.run_on_main(lambda: _fit_linear_baseline(manifest, scans, manifest_path))
+    linear = (shard.run_on_main(lambda: _fit_linear_baseline(manifest, scans, manifest_path,
+                                                             s.linear_fit))
               if "linear" in s.baselines else None)
     exact = all(has_manifest_volumes(v) for p in pairs for v in (p.earlier, p.later))
     ceilings = _ceiling_models(pipes) if s.ceiling else {}
@@ -408,15 +417,18 @@ class GridScans:
 
 # --- the linear baseline -------------------------------------------------------------------------
 
-def _fit_linear_baseline(manifest: Manifest, scans: GridScans,
-                         manifest_path: str | os.PathLike) -> LinearRates:
-    """Population rates fitted on the train pairs: their ground-truth columns, or, without them,
-    their volumes measured by registration."""
+def _fit_linear_baseline(manifest: Manifest, scans: GridScans, manifest_path: str | os.PathLike,
+                         fit: str = "auto") -> LinearRates:
+    """Population rates fitted on the train pairs: their ground-truth columns, or, without them
+    or with ``fit="measured"``, their volumes measured by registration (the ruler the truth is
+    read with, so the rates carry the measurement's own under-reading, as a model's measured
+    prediction does)."""
     train_pairs = manifest.select("train").pairs()
     if not train_pairs:
         raise MambaControlError(f"{manifest_path}: the linear baseline is fitted on train pairs, "
                                 "and the train split has none; drop it with --baselines copy")
-    if all(has_manifest_volumes(v) for p in train_pairs for v in (p.earlier, p.later)):
+    if fit == "auto" and all(has_manifest_volumes(v) for p in train_pairs
+                             for v in (p.earlier, p.later)):
         samples = samples_from_pairs(train_pairs)
         source = "ground-truth regional volumes of the train pairs (manifest vol_r<label>)"
     else:

@@ -12,8 +12,9 @@ def test_evaluate_writes_report_with_baselines_floor_and_ablation(tiny_model, ti
     out = tmp_path / "eval"
     assert main(["-q", "evaluate", "--manifest", str(tiny_cohort), "--model", str(tiny_model),
                  "--compare", str(tiny_model), "--out", str(out), "--max-pairs", "2",
-                 "--samples", "2", "--steps", "2"]) == 0
+                 "--samples", "2", "--steps", "2", "--linear-fit", "measured"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
+    assert "measured by registration" in metrics["linear_rates"]["source"]
     name = tiny_model.name
     assert set(metrics["summary"]["methods"]) >= {name, f"{name}-2", "copy-baseline",
                                                   "linear-extrapolation", "autoencoder-ceiling",

@@ -115,3 +115,19 @@ def test_manifest_volumes_refuse_bad_values(tmp_path):
     assert not has_manifest_volumes(bare)
     with pytest.raises(MambaControlError, match="scan 'a' has no vol_r<label> columns"):
         manifest_volumes(bare)
+
+
+def test_the_linear_baseline_fitted_on_measured_volumes_reads_with_the_truths_ruler(tiny_cohort):
+    """``--linear-fit measured``: the rates come from the train visits measured by registration,
+    which under-reads a local change, so the hippocampal rates are smaller than the exact ones."""
+    from mambacontrol.atlas import load_atlas
+    from mambacontrol.evaluation.evaluate import GridScans, _fit_linear_baseline
+
+    manifest = Manifest.from_csv(tiny_cohort)
+    scans = GridScans(manifest, load_atlas(grid="4mm"), seed=0)
+    exact = _fit_linear_baseline(manifest, scans, tiny_cohort)
+    measured = _fit_linear_baseline(manifest, scans, tiny_cohort, "measured")
+    assert "ground-truth" in exact.source and "registration" in measured.source
+    for dx, groups in exact.group_rates.items():
+        assert groups["hippocampus"] < 0
+        assert groups["hippocampus"] < measured.group_rates[dx]["hippocampus"] < 0, dx

@@ -131,6 +131,9 @@ class LinearRates:
             (shown in reports; predictions use the per-label rates).
         n_pairs: diagnosis → number of training pairs.
         source: where the volumes came from, in words.
+        measured: whether they were measured by registration, the ruler an evaluation reads its
+            truth with (False: exact ground-truth volumes, which a measured truth under-reads
+            where the measurement does).
     """
 
     rates: dict[str, dict[int, float]]
@@ -138,6 +141,7 @@ class LinearRates:
     group_rates: dict[str, dict[str, float]]
     n_pairs: dict[str, int]
     source: str
+    measured: bool = False
 
     def rate(self, diagnosis: str, label: int) -> float:
         """The %/year of one label for one diagnosis (pooled when that diagnosis has none)."""
@@ -167,6 +171,7 @@ class LinearRates:
         return {
             "model": "V_follow = V_base * (1 + rate * years / 100), volumes only",
             "source": self.source,
+            "measured": self.measured,
             "n_pairs": dict(self.n_pairs),
             "key_group_rates_pct_per_year": {dx: dict(g) for dx, g in self.group_rates.items()},
             "region_rates_pct_per_year": {dx: {str(k): v for k, v in r.items()}
@@ -176,13 +181,15 @@ class LinearRates:
 
 def fit_linear_rates(samples: Iterable[VolumeSample],
                      key_groups: Mapping[str, Sequence[int]] | None = None,
-                     source: str = "manifest ground-truth volumes") -> LinearRates:
+                     source: str = "manifest ground-truth volumes",
+                     measured: bool = False) -> LinearRates:
     """Fit population rates per diagnosis and region on training pairs.
 
     Args:
         samples: training pairs' volumes.
         key_groups: group name → labels, for :attr:`LinearRates.group_rates`.
         source: where the volumes came from, recorded in the result.
+        measured: whether they were measured by registration (:attr:`LinearRates.measured`).
 
     Raises:
         MambaControlError: when there is no sample with Δt > 0.
@@ -209,4 +216,5 @@ def fit_linear_rates(samples: Iterable[VolumeSample],
         group_rates={dx: _slopes(ss, per_group) for dx, ss in by_dx.items()},
         n_pairs={dx: len(ss) for dx, ss in by_dx.items()},
         source=source,
+        measured=measured,
     )

@@ -431,10 +431,10 @@ def _fit_linear_baseline(manifest: Manifest, scans: GridScans, manifest_path: st
                              for v in (p.earlier, p.later)):
         samples = samples_from_pairs(train_pairs)
         source = "ground-truth regional volumes of the train pairs (manifest vol_r<label>)"
-    else:
-        samples = samples_from_pairs(train_pairs, volumes=_measured_volumes(train_pairs, scans))
-        source = "train pairs measured by registration (Jacobian integral)"
-    return fit_linear_rates(samples, scans.atlas.key_groups, source=source)
+        return fit_linear_rates(samples, scans.atlas.key_groups, source=source)
+    samples = samples_from_pairs(train_pairs, volumes=_measured_volumes(train_pairs, scans))
+    source = "train pairs measured by registration (Jacobian integral)"
+    return fit_linear_rates(samples, scans.atlas.key_groups, source=source, measured=True)
 
 
 def _measured_volumes(train_pairs: Sequence[VisitPair],

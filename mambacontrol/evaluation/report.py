@@ -301,6 +301,7 @@ def render_report(summary: dict, results: Sequence[PairResult], *, provenance: M
         "regions": region_table(summary, region_names) if has_regions else None,
         "rates": rates_table(linear_rates),
         "has_linear": LINEAR_BASELINE in summary["methods"],
+        "linear_exact": linear_rates is not None and not linear_rates.measured,
         "has_copy": COPY_BASELINE in summary["methods"],
         "figures": _figures(summary, results, region_names, top_regions),
         "top_regions": top_regions,

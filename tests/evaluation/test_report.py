@@ -1,3 +1,4 @@
+import dataclasses
 from html.parser import HTMLParser
 
 from mambacontrol.evaluation import (
@@ -96,6 +97,15 @@ def test_report_says_when_the_model_does_not_beat_copying():
     html = render(run)
     assert "does NOT beat copying the baseline" in html
     assert "has not learned progression, whatever its PSNR says" in html
+
+
+def test_the_report_says_when_the_linear_extrapolation_is_not_read_with_the_models_ruler(
+        tiny_run):
+    caveat = "not read with the models' ruler"
+    assert not tiny_run.rates.measured and caveat in render(tiny_run)
+    measured = dataclasses.replace(tiny_run, rates=dataclasses.replace(tiny_run.rates,
+                                                                       measured=True))
+    assert caveat not in render(measured)
 
 
 def test_hostile_strings_are_escaped():

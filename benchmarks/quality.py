@@ -27,9 +27,11 @@ training stage resumes from its last checkpoint):
    ``--one-weight`` keeps one weight for all; its folder in ``<out>/calibration/<row>``, the
    calibrated copy in ``<out>/calibrated/<row>``, so the evaluation's method names are the
    rows'); ``--no-calibrate`` evaluates the trained models at their own weight;
-5. ``mambacontrol evaluate --model full --compare <the rest>`` → ``<out>/evaluation``: the models,
-   the copy-baseline, the linear extrapolation, the autoencoder's ceiling and the measurement
-   floor on the same test pairs. With fewer rows than ``ROWS`` the folder is
+5. ``mambacontrol evaluate --model full --compare <the rest>`` → ``<out>/evaluation``: the models
+   and their trajectory heads, the copy-baseline, the linear extrapolation (``--linear-fit``,
+   default ``measured``: fitted on the train visits as registration measures them, the ruler the
+   truth and the models are read with; about 20–40 min more at 2 mm), the autoencoder's ceiling
+   and the measurement floor on the same test pairs. With fewer rows than ``ROWS`` the folder is
    ``<out>/evaluation-<model>+<model>...``: ``--rows ""`` after the full model has trained is an
    early look at ``full`` and ``unet-only`` (calibrated) that the whole table does not reuse;
    ``--no-calibrate`` adds ``-uncalibrated`` to the folder's name, ``--one-weight``
@@ -220,6 +222,10 @@ def main() -> int:
     parser.add_argument("--one-weight", action="store_true",
                         help="calibrate one guidance weight for all regions (default: one per "
                              "key group)")
+    parser.add_argument("--linear-fit", choices=("measured", "auto"), default="measured",
+                        help="the linear extrapolation fitted on the train visits measured by "
+                             "registration, the ruler of the truth and of the models (default), "
+                             "or on the cohort's exact volumes (auto; before 2026-12-03)")
     parser.add_argument("--no-calibrate", action="store_true",
                         help="evaluate every model at its own guidance weight")
     args = parser.parse_args()
@@ -264,6 +270,7 @@ def main() -> int:
     if not (evaluation / "metrics.json").is_file():
         mc("evaluate", "--manifest", str(manifest), "--model", str(runs[0]), "--out",
            str(evaluation), "--pairs", args.pairs, "--samples", str(args.samples),
+           "--linear-fit", args.linear_fit,
            *(["--compare", *map(str, runs[1:])] if runs[1:] else []))
     print(f"\nquality benchmark done in {(time.perf_counter() - start) / 3600:.2f} h")
     print(table(evaluation / "metrics.json"))

@@ -8,8 +8,8 @@ For every pair of the split, on the model grid (scans not on it are prepared onc
   applied to the earlier scan's measured volumes; one row per distinct graph encoder and head);
 - the copy-baseline predicts the earlier scan unchanged;
 - the regional linear extrapolation predicts regional volumes only (population % per year per
-  diagnosis and region, fitted on the train pairs' ground-truth columns, or on measured volumes
-  when a manifest has none);
+  diagnosis and region, fitted on the train pairs' ground-truth columns, or on their volumes
+  measured by registration when a manifest has none or ``linear_fit`` is ``measured``);
 - the autoencoder ceiling pushes the true later scan through the main model's representation and
   decodes it as a prediction is (and the same for every compared model with another
   representation): no sampler of that model can predict more than it;

@@ -32,11 +32,15 @@ class DenoisingUNet(Component):
     covariates also enter the time embedding, and so every residual block at every level (the
     context reaches only the attention levels). With ``concat_base`` the baseline latent is
     concatenated to the noisy input, so the UNet alone (no ControlNet) still sees the subject;
-    without it the UNet is a population model and the ControlNet carries the subject.
+    without it the UNet is a population model and the ControlNet carries the subject. With
+    ``concat_change`` the regional change map (the trajectory head's change at the horizon painted
+    on the latent grid, :func:`~mambacontrol.pipeline.conditioning.change_map`) is concatenated
+    too, so the UNet reads the head's regional prediction from its first layer.
 
     Args:
         latent_channels: channels of the latent (the autoencoder's ``latent_channels``).
         concat_base: concatenate the baseline latent to the input.
+        concat_change: concatenate the (B, 1, x, y, z) regional change map to the input.
         channels: feature channels per level (each divisible by ``norm_num_groups``).
         attention_levels: cross-attention transformer per level (the mid block always has one).
         num_res_blocks: residual blocks per level.
@@ -64,7 +68,8 @@ class DenoisingUNet(Component):
                  norm_num_groups: int = 16, num_head_channels: int = 32, context_dim: int = 64,
                  transformer_num_layers: int = 1, num_covariates: int = NUM_COVARIATES,
                  target: Target = "delta", target_scale: float = 1.0,
-                 use_flash_attention: bool = True, covariate_time_embedding: bool = True):
+                 use_flash_attention: bool = True, covariate_time_embedding: bool = True,
+                 concat_change: bool = False):
         super().__init__()
         channels = tuple(int(c) for c in channels)
         if target not in TARGETS:
@@ -116,9 +121,10 @@ class DenoisingUNet(Component):
 
     @property
     def input_channels(self) -> int:
-        """Channels of the network input (noisy latent, plus the baseline latent if
-        concatenated)."""
-        return self.config.latent_channels * (2 if self.config.concat_base else 1)
+        """Channels of the network input (noisy latent, plus the baseline latent and the change
+        map if concatenated)."""
+        return (self.config.latent_channels * (2 if self.config.concat_base else 1)
+                + (1 if self.config.concat_change else 0))
 
     @property
     def downsample_factor(self) -> int:
@@ -126,13 +132,20 @@ class DenoisingUNet(Component):
         multiple of it."""
         return 2 ** (len(self.config.channels) - 1)
 
-    def network_input(self, noisy: torch.Tensor, z_base: torch.Tensor | None) -> torch.Tensor:
-        """(B, C_z, x, y, z) noisy latent [+ baseline] -> (B, input_channels, x, y, z)."""
+    def network_input(self, noisy: torch.Tensor, z_base: torch.Tensor | None,
+                      change: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, C_z, x, y, z) noisy latent [+ baseline] [+ (B, 1, x, y, z) change map] ->
+        (B, input_channels, x, y, z)."""
+        parts = [noisy]
         if self.config.concat_base:
             if z_base is None:
                 raise ValueError("this UNet concatenates the baseline latent: pass z_base")
-            return torch.cat([noisy, z_base], dim=1)
-        return noisy
+            parts.append(z_base)
+        if self.config.concat_change:
+            if change is None:
+                raise ValueError("this UNet concatenates the change map: pass change")
+            parts.append(change.to(noisy.dtype))
+        return torch.cat(parts, dim=1) if len(parts) > 1 else noisy
 
     def context(self, covariates: torch.Tensor,
                 graph_tokens: torch.Tensor | None = None) -> torch.Tensor:
@@ -149,14 +162,16 @@ class DenoisingUNet(Component):
                 z_base: torch.Tensor | None = None, graph_tokens: torch.Tensor | None = None,
                 down_block_additional_residuals: Sequence[torch.Tensor] | None = None,
                 mid_block_additional_residual: torch.Tensor | None = None,
-                context: torch.Tensor | None = None) -> torch.Tensor:
+                context: torch.Tensor | None = None,
+                change: torch.Tensor | None = None) -> torch.Tensor:
         """Predict noise (or v) for (B, C_z, x, y, z) ``noisy`` at integer ``timesteps`` (B,).
 
         ControlNet residuals, when given, are added MONAI's way. ``context``: the (B, 1 [+ T], E)
         cross-attention context computed already (:meth:`context`, once per horizon by a
-        sampler); then ``covariates`` and ``graph_tokens`` are not read again.
+        sampler); then ``covariates`` and ``graph_tokens`` are not read again. ``change``: the
+        (B, 1, x, y, z) change map, with ``concat_change``.
         """
-        x = self.network_input(noisy, z_base)
+        x = self.network_input(noisy, z_base, change)
         if context is None:
             context = self.context(covariates, graph_tokens)
         return self.denoise(x, timesteps, context, down_block_additional_residuals,

@@ -68,6 +68,7 @@ class Conditioning:
             pass then computes it (so its covariate embedding gets its gradient through the
             forward, as distributed data parallel requires).
         hint: (B, C_hint, x, y, z) the ControlNet's hint, or None without a ControlNet.
+        change: (B, 1, x, y, z) the change map the UNet reads (``concat_change``), or None.
         guidance: w; when not 0 every field holds 2B rows, the conditioning and then its null
             (the same at Δt = 0), and a step runs both as one batch.
         guidance_map: (1 or B, 1, x, y, z) the weight of each latent voxel, which then replaces
@@ -83,6 +84,7 @@ class Conditioning:
     hint: torch.Tensor | None
     guidance: float = 0.0
     guidance_map: torch.Tensor | None = None
+    change: torch.Tensor | None = None
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -151,15 +153,19 @@ class ConditionedDenoiser:
                 (:func:`null_horizon`; condition dropout in training); default none.
             change: (B, 1, x, y, z) the regional change expected at the horizon
                 (:func:`~mambacontrol.pipeline.conditioning.change_map`); used only when the
-                ControlNet's hint carries it. The null's rows get zero.
+                ControlNet's hint carries it or the UNet concatenates it (``concat_change``).
+                The null's rows get zero.
             guidance_map: (1 or B, 1, x, y, z) per-voxel guidance weights replacing the
                 denoiser's ``guidance`` (which must be above 0 for any guidance to run); ignored
                 without guidance.
         """
         years = years.reshape(-1).expand(z_base.shape[0])
-        if self.controlnet is not None and self.change_hint:
+        hint_change = self.controlnet is not None and self.change_hint
+        unet_change = bool(getattr(self._unwrapped_unet().config, "concat_change", False))
+        if hint_change or unet_change:
             if change is None:
-                raise ValueError("this ControlNet's hint carries the change map: pass change")
+                raise ValueError("this model reads the change map (the ControlNet's hint or the "
+                                 "UNet's input): pass change")
         else:
             change = None
         if drop_horizon is not None:
@@ -184,12 +190,13 @@ class ConditionedDenoiser:
             if self.graph_hint and graph_map is None:
                 raise ValueError("this ControlNet's hint carries the graph map: pass graph_map")
             hint = build_hint(z_base, years, self.norm, graph_map if self.graph_hint else None,
-                              change)
+                              change if hint_change else None)
         if guidance_map is not None and guidance_map.shape[2:] != z_base.shape[2:]:
             raise ValueError(f"guidance map grid {tuple(guidance_map.shape[2:])} differs from the "
                              f"latent grid {tuple(z_base.shape[2:])}")
         return Conditioning(z_base, covariates, graph_tokens, context, hint, self.guidance,
-                            guidance_map if self.guidance else None)
+                            guidance_map if self.guidance else None,
+                            change if unet_change else None)
 
     def __call__(self, noisy: torch.Tensor, timesteps: torch.Tensor,
                  c: Conditioning) -> torch.Tensor:
@@ -205,13 +212,13 @@ class ConditionedDenoiser:
               c: Conditioning) -> torch.Tensor:
         residuals = mid = None
         if self.controlnet is not None:  # the UNet is frozen: c.context is there
-            x = self._unwrapped_unet().network_input(noisy, c.z_base)
+            x = self._unwrapped_unet().network_input(noisy, c.z_base, c.change)
             residuals, mid = self.controlnet(x, timesteps, c.hint, c.covariates,
                                              context=c.context)
         return self.unet(noisy, timesteps, c.covariates, z_base=c.z_base,
                          graph_tokens=c.graph_tokens, context=c.context,
                          down_block_additional_residuals=residuals,
-                         mid_block_additional_residual=mid)
+                         mid_block_additional_residual=mid, change=c.change)
 
     def steps(self, c: Conditioning) -> Denoiser:
         """``(noisy, timesteps) -> output`` under ``c``, for :func:`~mambacontrol.pipeline.

@@ -292,15 +292,21 @@ class ProgressionPipeline:
             self.graph_encoder.check_graph(self.graph)
         if self.trajectory_head is not None:
             self.trajectory_head.check_graph(self.graph)
-        if self.change_hint and self.trajectory_head is None:
-            raise ModelError("this ControlNet's hint carries the trajectory head's regional "
-                             "change, but the model has no trajectory head: save the model with "
-                             "its trajectory_head folder")
+        if self.reads_change and self.trajectory_head is None:
+            raise ModelError("this model reads the trajectory head's regional change (the "
+                             "ControlNet's hint or the UNet's input), but it has no trajectory "
+                             "head: save the model with its trajectory_head folder")
 
     @property
     def change_hint(self) -> bool:
         """Whether the ControlNet's hint carries the regional change map."""
         return self.controlnet is not None and bool(self.controlnet.config.change_hint)
+
+    @property
+    def reads_change(self) -> bool:
+        """Whether the denoiser reads the regional change map: in the ControlNet's hint, or as
+        the UNet's input (``concat_change``)."""
+        return self.change_hint or bool(self.unet.config.concat_change)
 
     @property
     def graph(self):
@@ -590,7 +596,7 @@ class ProgressionPipeline:
                 ratio = self.trajectory_head(nodes, covariates,
                                              torch.tensor([years], device=self.device))
                 node_log_ratio = ratio[0].cpu().numpy()
-                if self.change_hint:
+                if self.reads_change:
                     change = change_map(ratio, baseline.graph_inputs.assignment).expand(
                         num_samples, -1, -1, -1, -1)
         years_per_sample = torch.full((num_samples,), float(years), device=self.device)

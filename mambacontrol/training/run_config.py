@@ -140,7 +140,7 @@ UNetModel = _section(
     "context width from the graph encoder, its target from ``diffusion``).",
     signature_fields(DenoisingUNet, ("channels", "attention_levels", "num_res_blocks",
                                      "norm_num_groups", "num_head_channels", "concat_base",
-                                     "covariate_time_embedding")))
+                                     "covariate_time_embedding", "concat_change")))
 
 
 @dataclass
@@ -154,11 +154,18 @@ class DiffusionTrain(OptimConfig):
     training pairs made same-visit pairs instead, the null horizon with no change (the follow-up
     latent is the baseline's), so the null guidance contrasts with, "no time passes", is learned
     as it is meant. 10 % by default: on the demo model calibrated guidance then reached the
-    true change at a lower weight and lowered the test error in three of five key groups."""
+    true change at a lower weight and lowered the test error in three of five key groups.
+
+    ``predicted_change``: where a network of the stage reads the regional change map (the UNet
+    with ``unet.model.concat_change``, the ControlNet with ``controlnet.model.change_hint``), the
+    fraction of training pairs given the trajectory head's regional change rather than the
+    pair's true one. The truth teaches the network to draw the change it is given; the head's
+    prediction, what it is given at sampling, teaches it how far to trust that."""
 
     ema_decay: float = 0.999
     condition_dropout: float = 0.0
     zero_horizon_pairs: float = 0.1
+    predicted_change: float = 0.5
 
 
 @dataclass
@@ -182,11 +189,7 @@ ControlNetModel = _section(
 
 @dataclass
 class ControlNetTrain(DiffusionTrain):
-    """The ControlNet stage's optimisation; ``predicted_change``: the fraction of training pairs
-    whose hint carries the trajectory head's regional change rather than the pair's true one
-    (with ``controlnet.model.change_hint``). The truth teaches the ControlNet to draw the change
-    it is given; the head's prediction, what it is given at sampling, teaches it how far to
-    trust that.
+    """The ControlNet stage's optimisation (``predicted_change``: :class:`DiffusionTrain`).
 
     ``graph_lr``: the learning rate at which the graph encoder trains with the ControlNet, so its
     painted node embeddings and pooled tokens learn for the image (0, the default: it stays as
@@ -195,7 +198,6 @@ class ControlNetTrain(DiffusionTrain):
     (``graph.pairs.trajectory_loss``, (%)²) added to the denoising loss. The tuned encoder is
     saved over ``graph_encoder/``."""
 
-    predicted_change: float = 0.5
     graph_lr: float = 0.0
     graph_trajectory_weight: float = 0.1
 

@@ -156,16 +156,19 @@ def _denoise(models: dict, batch: dict, noisy: torch.Tensor, ts: torch.Tensor,
     :class:`~mambacontrol.pipeline.denoiser.ConditionedDenoiser` that sampling uses too (the
     UNet alone in the ``unet`` stage; ControlNet → frozen UNet in the ``controlnet`` stage).
     ``drop_horizon`` (B,) bool: pairs whose horizon is replaced by the guidance null.
-    ``predicted_change``: with a change hint, the share of pairs given the trajectory head's
-    change (:func:`hinted_change`); None without one. ``graph_parts``: the batch's
+    ``predicted_change``: where the ControlNet's hint or the UNet's input carries the change
+    map, the share of pairs given the trajectory head's change (:func:`hinted_change`); None
+    where neither does. ``graph_parts``: the batch's
     :func:`_graph_parts`, where the caller has them already."""
     controlnet = models.get("controlnet")
-    change_hint = predicted_change is not None
+    reads_change = predicted_change is not None
+    change_hint = (controlnet is not None and reads_change
+                   and getattr(controlnet, "module", controlnet).config.change_hint)
     denoiser = ConditionedDenoiser(models["unet"], controlnet, graph_hint,
                                    unet_frozen=controlnet is not None, change_hint=change_hint)
     nodes, tokens, gmap = graph_parts or _graph_parts(models, batch)
     change = (hinted_change(batch, nodes, models["trajectory_head"], predicted_change)
-              if change_hint else None)
+              if reads_change else None)
     conditioning = denoiser.condition(batch["z_base"], batch["covariates"], batch["years"],
                                       tokens, gmap, drop_horizon=drop_horizon, change=change)
     return denoiser(noisy, ts, conditioning)
@@ -245,8 +248,10 @@ def train_unet(cfg: RunConfig, data: RunData, out: Path, resume: bool,
                config_dict: dict) -> StageSummary:
     """Train the denoiser; save ``<out>/unet`` (EMA weights)."""
     ae = Autoencoder.load(out / "autoencoder")
-    frozen = _load_frozen(out, cfg, "cpu")
-    context_dim = frozen["graph_encoder"].config.embed_dim if frozen else cfg.graph.model.embed_dim
+    reads_change = cfg.unet.model.concat_change
+    frozen = _load_frozen(out, cfg, "cpu", head=reads_change)
+    context_dim = (frozen["graph_encoder"].config.embed_dim if frozen
+                   else cfg.graph.model.embed_dim)
     torch.manual_seed(cfg.seed)
     unet = build_unet(cfg, ae.num_latent_channels, context_dim)
     items = _items(cfg, data, out, frozen, ae.downsample_factor)
@@ -255,11 +260,15 @@ def train_unet(cfg: RunConfig, data: RunData, out: Path, resume: bool,
     t = cfg.unet.train
     optimizer, scheduler = make_optimizer(unet.parameters(), t)
 
+    def denoise(models, batch, noisy, ts, drop_horizon=None):
+        return _denoise(models, batch, noisy, ts, drop_horizon=drop_horizon,
+                        predicted_change=t.predicted_change if reads_change else None)
+
     def step_fn(batch, models, step):
         batch, drop = with_null_horizons(batch, t)
         target = unet.target_from_latents(batch["z_base"], batch["z_follow"])  # config only
         noisy, ts, goal = objective.noisy(target)
-        pred = _denoise(models, batch, noisy, ts, drop_horizon=drop)
+        pred = denoise(models, batch, noisy, ts, drop_horizon=drop)
         loss = F.mse_loss(pred.float(), goal.float())
         return loss, {}
 
@@ -269,7 +278,7 @@ def train_unet(cfg: RunConfig, data: RunData, out: Path, resume: bool,
                       lr_scheduler=scheduler, frozen=frozen, ema=("unet",), ema_decay=t.ema_decay,
                       config=config_dict,
                       image_logger=denoising_logger(objective, _preview(unet, items[0]),
-                                                    _denoise),
+                                                    denoise),
                       **engine_settings(cfg))
     summary = trainer.run(resume=resume)
     if trainer.accelerator.is_main_process:
@@ -288,10 +297,11 @@ def train_controlnet(cfg: RunConfig, data: RunData, out: Path, resume: bool,
     unet = DenoisingUNet.load(out / "unet")
     t = cfg.controlnet.train
     change_hint = uses_change_hint(cfg)
+    reads_change = change_hint or unet.config.concat_change
     tune_graph = cfg.graph.enabled and t.graph_lr > 0
     if tune_graph:
         _check_graph_start(out)
-    frozen = _load_frozen(out, cfg, "cpu", head=change_hint or tune_graph)
+    frozen = _load_frozen(out, cfg, "cpu", head=reads_change or tune_graph)
     graph_dim = (frozen["graph_encoder"].config.embed_dim
                  if frozen and cfg.controlnet.model.graph_hint else 0)
     torch.manual_seed(cfg.seed)
@@ -310,7 +320,7 @@ def train_controlnet(cfg: RunConfig, data: RunData, out: Path, resume: bool,
     def denoise(models, batch, noisy, ts, drop_horizon=None, graph_parts=None):
         return _denoise(models, batch, noisy, ts, graph_hint=bool(graph_dim),
                         drop_horizon=drop_horizon,
-                        predicted_change=t.predicted_change if change_hint else None,
+                        predicted_change=t.predicted_change if reads_change else None,
                         graph_parts=graph_parts)
 
     def step_fn(batch, models, step):

@@ -126,6 +126,9 @@ def _check_optimisation(cfg: RunConfig) -> None:
     if cfg.controlnet.enabled and cfg.controlnet.train.graph_lr > 0 and not cfg.graph.enabled:
         raise ConfigError("controlnet.train.graph_lr: there is no graph encoder to train "
                           "(graph.enabled: false); set it to 0")
+    if cfg.unet.model.concat_change and not cfg.graph.enabled:
+        raise ConfigError("unet.model.concat_change: there is no trajectory head to predict the "
+                          "change (graph.enabled: false); set it to false")
 
 
 def _check_autoencoder_training(cfg: RunConfig, atlas: Atlas) -> None:

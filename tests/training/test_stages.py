@@ -17,6 +17,7 @@ from mambacontrol.training.runner import (
     resolve_config,
     stage_config,
 )
+from mambacontrol.training.validate import validate_run_config
 
 
 def test_all_stages_write_a_loadable_model(tiny_model):
@@ -203,3 +204,38 @@ def test_a_folded_finer_latent_trains_and_predicts(tmp_path, tiny_cohort, tiny_r
     assert tuple(z.shape[1:]) == (16, *(n // 4 for n in s.image.shape))
     (p,) = pipe.predict(s.image, s.labels, v.age, v.sex, v.diagnosis, [1.0], mask=s.mask)
     assert p.image.shape == s.image.shape and np.isfinite(p.image).all()
+
+
+@pytest.mark.parametrize("controlnet", [False, True])
+def test_a_unet_reading_the_change_map_trains_and_follows_the_head(tmp_path, tiny_cohort,
+                                                                    tiny_run_config, controlnet):
+    """unet.model.concat_change: the trajectory head's change map is one more input channel of
+    the UNet (and of the ControlNet's copy of its input), in training and at sampling, so a head
+    that predicts more change moves the prediction."""
+    from mambacontrol.data import Manifest
+    from mambacontrol.pipeline.prepare import load_on_grid
+
+    cfg = resolve_config(tiny_run_config, ["unet.model.concat_change=true",
+                                           f"controlnet.enabled={str(controlnet).lower()}"],
+                         manifest=tiny_cohort)
+    TrainingRun(cfg, tmp_path).run("all")
+    pipe = ProgressionPipeline.from_pretrained(tmp_path)
+    assert (pipe.controlnet is not None) == controlnet and pipe.reads_change
+    assert pipe.unet.input_channels == 2 * pipe.unet.config.latent_channels + 1
+    v = Manifest.from_csv(tiny_cohort).visits[0]
+    s = load_on_grid(v.image_path, v.segm_path, None, pipe.atlas)
+    args = (s.image, s.labels, v.age, v.sex, v.diagnosis, [3.0])
+    before = pipe.predict(*args, mask=s.mask, seed=0)[0]
+    again = pipe.predict(*args, mask=s.mask, seed=0)[0]
+    np.testing.assert_array_equal(before.image, again.image)
+    pipe.trajectory_head.prior.mul_(5.0)  # a head predicting five times the change
+    after = pipe.predict(*args, mask=s.mask, seed=0)[0]
+    assert np.abs(after.node_log_ratio).mean() > 2 * np.abs(before.node_log_ratio).mean()
+    assert np.abs(after.image - before.image).max() > 1e-4
+
+
+def test_a_unet_reading_the_change_map_needs_the_graph(tiny_cohort, tiny_run_config):
+    with pytest.raises(ConfigError, match="concat_change: there is no trajectory head"):
+        validate_run_config(resolve_config(tiny_run_config, ["unet.model.concat_change=true",
+                                                             "graph.enabled=false"],
+                                           manifest=tiny_cohort))

@@ -19,6 +19,8 @@ Ablations are switches here, not code forks:
 - no ControlNet (UNet only): ``controlnet.enabled: false``;
 - the population UNet (only the ControlNet sees the baseline): ``unet.model.concat_base: false``;
 - no regional change in the ControlNet's hint: ``controlnet.model.change_hint: false``;
+- the regional change map as a UNet input channel too (an experiment, off by default):
+  ``unet.model.concat_change: true``;
 - today's design before issue 14: ``unet.model.covariate_time_embedding: false``,
   ``controlnet.model.graph_painting: majority``, ``controlnet.model.change_hint: false``,
   ``{unet,controlnet}.train.zero_horizon_pairs: 0``.

@@ -12,9 +12,8 @@ def test_evaluate_writes_report_with_baselines_floor_and_ablation(tiny_model, ti
     out = tmp_path / "eval"
     assert main(["-q", "evaluate", "--manifest", str(tiny_cohort), "--model", str(tiny_model),
                  "--compare", str(tiny_model), "--out", str(out), "--max-pairs", "2",
-                 "--samples", "2", "--steps", "2", "--linear-fit", "measured"]) == 0
+                 "--samples", "2", "--steps", "2"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    assert "measured by registration" in metrics["linear_rates"]["source"]
     name = tiny_model.name
     assert set(metrics["summary"]["methods"]) >= {name, f"{name}-2", "copy-baseline",
                                                   "linear-extrapolation", "autoencoder-ceiling",
@@ -36,3 +35,21 @@ def test_evaluate_errors(tiny_model, tiny_cohort, tmp_path):
                         "--out", str(tmp_path / "e"), "--baselines", "copy,oracle"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "oracle" in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_the_linear_fit_flag_reaches_the_evaluation(monkeypatch, tmp_path):
+    import mambacontrol.evaluation.evaluate as evaluate_module
+
+    seen = {}
+
+    def fake_evaluate(manifest, models, out, settings, **kwargs):
+        seen["settings"] = settings
+        return {"n_pairs": {}, "methods": []}
+
+    monkeypatch.setattr(evaluate_module, "evaluate", fake_evaluate)
+    args = ["-q", "evaluate", "--manifest", "m.csv", "--model", "model", "--out",
+            str(tmp_path / "e")]
+    assert main([*args, "--linear-fit", "measured"]) == 0
+    assert seen["settings"].linear_fit == "measured"
+    assert main(args) == 0
+    assert seen["settings"].linear_fit == "auto"

@@ -162,19 +162,12 @@ class DiffusionTrain(OptimConfig):
     with ``unet.model.concat_change``, the ControlNet with ``controlnet.model.change_hint``), the
     fraction of training pairs given the trajectory head's regional change rather than the
     pair's true one. The truth teaches the network to draw the change it is given; the head's
-    prediction, what it is given at sampling, teaches it how far to trust that.
-
-    ``change_loss_weight``: with a graph, each latent voxel's squared error is weighted by
-    1 + ``change_loss_weight`` · |the pair's true regional change painted on the latent grid|
-    (:func:`~mambacontrol.pipeline.conditioning.change_map`, units of 10 %), normalised to a mean
-    of 1 per pair, so the loss weighs most where the regions change most (0, the default: a plain
-    mean squared error)."""
+    prediction, what it is given at sampling, teaches it how far to trust that."""
 
     ema_decay: float = 0.999
     condition_dropout: float = 0.0
     zero_horizon_pairs: float = 0.1
     predicted_change: float = 0.5
-    change_loss_weight: float = 0.0
 
 
 @dataclass

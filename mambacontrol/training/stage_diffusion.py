@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn import functional as F
 
 from mambacontrol.data.covariates import CovariateNorm
 from mambacontrol.errors import ConfigError
@@ -89,20 +90,6 @@ class DiffusionObjective:
         goal = (noise if self.prediction_type == "epsilon"
                 else self.scheduler.get_velocity(target, noise, t))
         return noisy, t, goal
-
-
-def denoising_loss(pred: torch.Tensor, goal: torch.Tensor, batch: dict,
-                   change_weight: float) -> torch.Tensor:
-    """The mean squared error of (B, C, x, y, z) ``pred`` against ``goal``; with
-    ``change_weight`` > 0, each voxel's weighted by 1 + ``change_weight`` · |the pair's true
-    regional change map| (``batch["log_ratio"]`` painted through ``batch["assignment"]``),
-    normalised to a mean of 1 per pair."""
-    error = (pred.float() - goal.float()).pow(2)
-    if change_weight <= 0:
-        return error.mean()
-    weight = 1.0 + change_weight * change_map(batch["log_ratio"], batch["assignment"]).abs()
-    weight = weight / weight.mean(dim=(1, 2, 3, 4), keepdim=True)
-    return (error * weight.to(error)).mean()
 
 
 def _graph_parts(models: dict, batch: dict):
@@ -282,7 +269,8 @@ def train_unet(cfg: RunConfig, data: RunData, out: Path, resume: bool,
         target = unet.target_from_latents(batch["z_base"], batch["z_follow"])  # config only
         noisy, ts, goal = objective.noisy(target)
         pred = denoise(models, batch, noisy, ts, drop_horizon=drop)
-        return denoising_loss(pred, goal, batch, t.change_loss_weight), {}
+        loss = F.mse_loss(pred.float(), goal.float())
+        return loss, {}
 
     trainer = Trainer("unet", {"unet": unet}, optimizer, step_fn,
                       ResumableBatches(items, t.batch_size, seed=cfg.seed,
@@ -342,7 +330,7 @@ def train_controlnet(cfg: RunConfig, data: RunData, out: Path, resume: bool,
         noisy, ts, goal = objective.noisy(target)
         parts = _graph_parts(models, batch)
         pred = denoise(models, batch, noisy, ts, drop_horizon=drop, graph_parts=parts)
-        loss = denoising_loss(pred, goal, batch, t.change_loss_weight)
+        loss = F.mse_loss(pred.float(), goal.float())
         if not tune_graph:
             return loss, {}
         # the tuned encoder's nodes still feed the frozen head: hold them to the true change

@@ -53,7 +53,7 @@ def _check_optim(key: str, t: OptimConfig) -> None:
         if rate is not None and not 0.0 <= rate < 1.0:
             raise ConfigError(f"{key}.{name}: {rate} must lie in [0, 1) (0 turns it off; about "
                               "0.1 trains the guidance null)")
-    for name in ("graph_lr", "graph_trajectory_weight", "change_loss_weight"):
+    for name in ("graph_lr", "graph_trajectory_weight"):
         value = getattr(t, name, None)
         if value is not None and not (math.isfinite(value) and value >= 0):
             raise ConfigError(f"{key}.{name}: {value} must be a number ≥ 0 (0 turns it off)")
@@ -125,10 +125,6 @@ def _check_optimisation(cfg: RunConfig) -> None:
         _check_optim(f"{name}.train", train)
     if cfg.controlnet.enabled and cfg.controlnet.train.graph_lr > 0 and not cfg.graph.enabled:
         raise ConfigError("controlnet.train.graph_lr: there is no graph encoder to train "
-                          "(graph.enabled: false); set it to 0")
-    if not cfg.graph.enabled and any(t.change_loss_weight > 0 for t in
-                                     (cfg.unet.train, cfg.controlnet.train)):
-        raise ConfigError("change_loss_weight: there is no regional change without the graph "
                           "(graph.enabled: false); set it to 0")
     if cfg.unet.model.concat_change and not cfg.graph.enabled:
         raise ConfigError("unet.model.concat_change: there is no trajectory head to predict the "

@@ -619,8 +619,7 @@ def _head_result(row: str, pipe: ProgressionPipeline, prediction: Prediction, p:
     predicted log volume ratio at the pair's horizon (``prediction.node_log_ratio``, (R,))
     applied to the earlier scan's measured volumes of the node's labels; a label outside the
     graph is predicted not to change."""
-    ratio = {label: float(prediction.node_log_ratio[node])
-             for node, labels in enumerate(pipe.graph.node_labels) for label in labels}
+    ratio = pipe.graph.label_values(prediction.node_log_ratio)
     pred = {k: b * math.exp(ratio.get(k, 0.0)) for k, b in p.base_volumes.items()}
     regions, by_group = regional_change(p.base_volumes, pred, p.truth, groups)
     return PairResult(p.info, row, {}, regions, by_group)

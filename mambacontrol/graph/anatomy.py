@@ -328,6 +328,12 @@ class AnatomyGraph:
         lut.setflags(write=False)
         return lut
 
+    def label_values(self, node_values) -> dict[int, float]:
+        """(R,) one value per node (e.g. the trajectory head's log volume ratios) -> atlas label
+        → the value of its node, for every label of every node."""
+        return {int(label): float(node_values[node])
+                for node, labels in enumerate(self.node_labels) for label in labels}
+
     def node_map(self, labels: np.ndarray) -> np.ndarray:
         """Node index per voxel.
 

@@ -403,9 +403,7 @@ def region_rows(pipe: ProgressionPipeline, scan: PreparedScan, prediction: Predi
     base_counts = atlas.region_volumes(scan.labels)
     head = {}
     if prediction.node_log_ratio is not None and pipe.graph is not None:
-        for node, labels in enumerate(pipe.graph.node_labels):
-            for label in labels:
-                head[int(label)] = float(prediction.node_log_ratio[node])
+        head = pipe.graph.label_values(prediction.node_log_ratio)
     measured_by_label = measured.as_dict() if measured is not None else {}
     rows = []
     for region in atlas.regions:

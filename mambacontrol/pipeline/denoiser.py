@@ -161,7 +161,7 @@ class ConditionedDenoiser:
         """
         years = years.reshape(-1).expand(z_base.shape[0])
         hint_change = self.controlnet is not None and self.change_hint
-        unet_change = bool(getattr(self._unwrapped_unet().config, "concat_change", False))
+        unet_change = bool(self._unwrapped_unet().config.concat_change)
         if hint_change or unet_change:
             if change is None:
                 raise ValueError("this model reads the change map (the ControlNet's hint or the "

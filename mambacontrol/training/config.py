@@ -10,8 +10,9 @@ the YAML file or an override says is checked against that schema:
 - a wrong type raises ``ConfigError`` naming the key, the value and the expected type;
 - a field without a default that the file leaves out raises ``ConfigError`` naming the key.
 
-Values follow YAML's rules, with one kindness: a ``float`` field accepts a string that Python reads
-as a float, because PyYAML reads ``1e-4`` (no dot) as a string. An ``int`` is accepted where a
+Values follow YAML 1.2's rules (only ``true`` and ``false`` are booleans: ``no`` and ``off`` are
+words, not YAML 1.1's ``False``), with one kindness: a ``float`` field accepts a string that Python
+reads as a float, because PyYAML reads ``1e-4`` (no dot) as a string. An ``int`` is accepted where a
 ``float`` is expected; a ``bool`` is never accepted as a number.
 
 A section that is a component's keyword arguments is made from the component's signature
@@ -63,6 +64,24 @@ from mambacontrol.errors import ConfigError
 T = TypeVar("T")
 
 _FLOAT_TEXT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$|^[+-]?(inf|nan)$", re.IGNORECASE)
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """YAML with YAML 1.2's booleans: only ``true``/``false`` are booleans, so ``no``, ``off``,
+    ``yes`` and ``on`` stay words (``engine.mixed_precision=no`` means the choice ``"no"``, not
+    ``False``, as PyYAML's YAML 1.1 rules would read it)."""
+
+
+_BOOL_TAG = "tag:yaml.org,2002:bool"
+_ConfigLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != _BOOL_TAG]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_ConfigLoader.add_implicit_resolver(
+    _BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_ConfigLoader)  # a SafeLoader: builds plain data only
 
 
 def load_config(cls: type[T], path: str | os.PathLike | None = None, *,
@@ -204,7 +223,7 @@ def _yaml_type(tp: Any) -> Any:
 
 def _parse_yaml(text: str, source: str) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(text)
+        data = _load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -226,7 +245,7 @@ def _apply_override(cls: type, raw: dict[str, Any], item: str) -> None:
     parts = key.split(".")
     _check_override_path(cls, parts, item)
     try:
-        value = yaml.safe_load(value_text) if value_text.strip() else ""
+        value = _load_yaml(value_text) if value_text.strip() else ""
     except yaml.YAMLError:
         raise ConfigError(f"override {item!r}: value {value_text!r} is not valid YAML; "
                           f"quote it or fix the brackets") from None

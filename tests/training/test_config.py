@@ -98,6 +98,33 @@ def test_numbers_follow_yaml_with_float_kindness():
     assert cfg.train.optim.lr == 1.0 and isinstance(cfg.train.optim.lr, float)
 
 
+@dataclass
+class Precision:
+    mixed_precision: Literal["auto", "no", "bf16"] = "auto"
+    name: str = "run"
+    amp: bool = False
+
+
+@pytest.mark.parametrize("word", ["no", "off", "yes", "on", "No", "OFF"])
+def test_yaml_11_booleans_stay_words(word):
+    # PyYAML's YAML 1.1 reads no/off/yes/on as booleans; a config reads them as YAML 1.2 does
+    cfg = load_config(Precision, text=f"name: {word}\n")
+    assert cfg.name == word
+    assert load_config(Precision, overrides=[f"name={word}"]).name == word
+    with pytest.raises(ConfigError, match=f"amp: expected bool, got '{word}' \\(str\\)"):
+        load_config(Precision, overrides=[f"amp={word}"])
+
+
+def test_a_choice_named_no_is_the_word_and_true_false_stay_booleans():
+    assert load_config(Precision, overrides=["mixed_precision=no"]).mixed_precision == "no"
+    assert load_config(Precision, text="mixed_precision: no\n").mixed_precision == "no"
+    assert load_config(Precision, overrides=["amp=true"]).amp is True
+    assert load_config(Precision, text="amp: False\n").amp is False
+    # a dumped config reads back the same
+    cfg = Precision(mixed_precision="no", name="off", amp=True)
+    assert load_config(Precision, text=dump_config(cfg)) == cfg
+
+
 def test_missing_required_key():
     with pytest.raises(ConfigError, match="missing key 'name' \\(str\\)"):
         load_config(Run, text="seed: 1\n")

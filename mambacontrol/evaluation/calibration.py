@@ -61,8 +61,13 @@ def choose_weight(distances: Mapping[str, float], weights: Sequence[float]) -> f
     if len(weights) > 1 and chosen == max(weights) and not math.isinf(distances[f"{chosen:g}"]):
         log.warning("guidance %g, the largest weight tried, was chosen: a larger one may be "
                     "better; calibrate again with weights beyond it (e.g. --weights %s)", chosen,
-                    ",".join(f"{w:g}" for w in (chosen, 1.5 * chosen, 2 * chosen, 3 * chosen)))
+                    _wider_grid(chosen))
     return chosen
+
+
+def _wider_grid(top: float) -> str:
+    """A ``--weights`` value that goes beyond ``top``."""
+    return ",".join(f"{w:g}" for w in (top, 1.5 * top, 2 * top, 3 * top))
 
 
 def choose_group_weights(table: Mapping[str, Mapping[str, dict]],
@@ -84,7 +89,16 @@ def choose_group_weights(table: Mapping[str, Mapping[str, dict]],
         scored = [(ratio_distance({group: table[f"{w:g}"][group]["change_ratio"]}), w)
                   for w in weights]
         scored = [(d, w) for d, w in scored if not math.isinf(d)]
-        return min(scored)[1] if scored else None
+        if not scored:
+            return None
+        chosen = min(scored)[1]
+        ratio = table[f"{chosen:g}"][group]["change_ratio"]
+        if len(weights) > 1 and chosen == max(weights) and ratio < 1:
+            log.warning("%s: guidance %g, the largest weight tried, was chosen and its predicted "
+                        "change is still %.2f of the true one: a larger weight may be better; "
+                        "calibrate again with weights beyond it (e.g. --weights %s)", group,
+                        chosen, ratio, _wider_grid(chosen))
+        return chosen
 
     elsewhere = best("whole_brain")
     if elsewhere is None:

@@ -79,7 +79,7 @@ def test_bad_group_weights_are_refused(groups, message):
         SamplingDefaults(guidance_groups=groups)
 
 
-def test_calibrate_chooses_each_groups_closest_weight():
+def test_calibrate_chooses_each_groups_closest_weight(caplog):
     def row(ratios):
         return {g: {"change_ratio": r, "abs_error_pct": 1.0} for g, r in ratios.items()}
 
@@ -91,3 +91,17 @@ def test_calibrate_chooses_each_groups_closest_weight():
     elsewhere, groups = choose_group_weights(table, [0, 2, 4, 6])
     assert elsewhere == 2  # the whole brain's
     assert groups == {"hippocampus": 4, "amygdala": 2, "entorhinal": 4, "lateral_ventricles": 2}
+    assert "largest weight tried" not in caplog.text  # 6 was tried: no group at the top
+    del table["6"]
+    _, groups = choose_group_weights(table, [0, 2, 4])
+    assert groups == {"hippocampus": 4, "amygdala": 2, "entorhinal": 4, "lateral_ventricles": 2}
+    # at the top of the grid and still under-sized: named, with a wider grid to try
+    assert "entorhinal: guidance 4, the largest weight tried" in caplog.text
+    assert "still 0.80 of the true one" in caplog.text and "--weights 4,6,8,12" in caplog.text
+    assert "hippocampus: guidance 4" in caplog.text
+    assert "amygdala" not in caplog.text and "lateral_ventricles" not in caplog.text
+    caplog.clear()
+    for group in ("hippocampus", "entorhinal"):  # over-sized at the top: nothing to widen
+        table["4"][group]["change_ratio"] = 1.1
+    choose_group_weights(table, [0, 2, 4])
+    assert "largest weight tried" not in caplog.text

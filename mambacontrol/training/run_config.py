@@ -162,17 +162,12 @@ class DiffusionTrain(OptimConfig):
     with ``unet.model.concat_change``, the ControlNet with ``controlnet.model.change_hint``), the
     fraction of training pairs given the trajectory head's regional change rather than the
     pair's true one. The truth teaches the network to draw the change it is given; the head's
-    prediction, what it is given at sampling, teaches it how far to trust that.
-
-    ``region_loss_weight``: an experiment switch (0, off, by default): the weight of the regional
-    term of :mod:`mambacontrol.training.regional_loss`, each key group's change of the decoded
-    image read from the latent through the decoder, added to the latent loss."""
+    prediction, what it is given at sampling, teaches it how far to trust that."""
 
     ema_decay: float = 0.999
     condition_dropout: float = 0.0
     zero_horizon_pairs: float = 0.1
     predicted_change: float = 0.5
-    region_loss_weight: float = 0.0
 
 
 @dataclass

@@ -10,10 +10,8 @@ volume ratios, or for ``controlnet.train.predicted_change`` of the pairs the fro
 head's prediction, as at sampling; :func:`hinted_change`) and the Δt map. In both,
 ``train.zero_horizon_pairs`` of the pairs (default 10 %) become same-visit pairs, the guidance
 null (``pipeline.denoiser.null_horizon``) with no change, and ``train.condition_dropout`` of them
-(default 0) keep their target under the null (:func:`with_null_horizons`). With
-``train.region_loss_weight`` > 0 (an experiment switch) the loss adds the regional term of
-:mod:`~mambacontrol.training.regional_loss` (:func:`add_readouts`). Both keep an EMA of the
-trained weights and save the EMA weights.
+(default 0) keep their target under the null (:func:`with_null_horizons`). Both keep an EMA of
+the trained weights and save the EMA weights.
 """
 
 from __future__ import annotations
@@ -41,7 +39,6 @@ from mambacontrol.training.config import arguments_for
 from mambacontrol.training.data import RunData, pair_items, weights_hash
 from mambacontrol.training.data_order import ResumableBatches
 from mambacontrol.training.engine import StageSummary, Trainer
-from mambacontrol.training.regional_loss import group_readouts, readout_norms, regional_loss
 from mambacontrol.training.run_config import DiffusionTrain, RunConfig
 from mambacontrol.training.stage_graph import TUNED_MARKER
 
@@ -93,17 +90,6 @@ class DiffusionObjective:
         goal = (noise if self.prediction_type == "epsilon"
                 else self.scheduler.get_velocity(target, noise, t))
         return noisy, t, goal
-
-    def alpha_bar(self, t: torch.Tensor) -> torch.Tensor:
-        """(B,) ``ᾱ_t`` of timesteps (B,)."""
-        return self.scheduler.alphas_cumprod.to(t.device)[t].float()
-
-    def estimate(self, noisy: torch.Tensor, t: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
-        """The network's estimate of the clean target from its prediction at steps ``t``."""
-        a = self.alpha_bar(t).view(-1, *([1] * (noisy.dim() - 1)))
-        if self.prediction_type == "epsilon":
-            return (noisy - (1 - a).sqrt() * pred) / a.sqrt()
-        return a.sqrt() * noisy - (1 - a).sqrt() * pred
 
 
 def _graph_parts(models: dict, batch: dict):
@@ -234,7 +220,12 @@ def denoising_logger(objective: DiffusionObjective, item: dict, denoise):
         target, noise = target.to(device), noise.to(device)
         t = torch.full((1,), objective.num_steps // 2, device=device, dtype=torch.long)
         noisy = objective.scheduler.add_noise(target, noise, t)
-        estimate = objective.estimate(noisy, t, denoise(models, batch, noisy, t))
+        pred = denoise(models, batch, noisy, t)
+        a = objective.scheduler.alphas_cumprod.to(device)[t].view(-1, 1, 1, 1, 1)
+        if objective.prediction_type == "epsilon":
+            estimate = (noisy - (1 - a).sqrt() * pred) / a.sqrt()
+        else:
+            estimate = a.sqrt() * noisy - (1 - a).sqrt() * pred
         return {"target_vs_estimate": _as_panel([target[0], estimate[0]])}
 
     return log_images
@@ -246,40 +237,6 @@ def target_scale(unet: DenoisingUNet, items: list[dict]) -> float:
                        / unet.config.target_scale for i in items])
     std = float(raw.double().std())
     return 1.0 / std if std > 0 else 1.0
-
-
-def add_readouts(items: list[dict], data: RunData, ae: Autoencoder,
-                 unet: DenoisingUNet) -> torch.Tensor:
-    """Give every training pair (``items``, in ``data.pairs("train")``'s order) the regional
-    readouts of its baseline (``item["readout"]``, (G, C, x, y, z), one tensor shared by the pairs
-    of a baseline) and return the groups' norms (:mod:`~mambacontrol.training.regional_loss`);
-    ``unet``'s target scale must be set."""
-    pairs = data.pairs("train")
-    if len(pairs) != len(items):
-        raise ValueError(f"{len(items)} items for {len(pairs)} train pairs")
-    cache: dict[str, torch.Tensor] = {}
-    deltas = []
-    for pair, item in zip(pairs, items, strict=True):
-        uid = pair.earlier.image_uid
-        if uid not in cache:
-            cache[uid] = group_readouts(ae, item["z_base"], data.prepared(pair.earlier).labels,
-                                        data.atlas.key_groups)
-        item["readout"] = cache[uid]
-        deltas.append((item["z_follow"] - item["z_base"]) * unet.config.target_scale)
-    return readout_norms([i["readout"] for i in items], deltas)
-
-
-def _with_region_term(loss: torch.Tensor, weight: float, norms: torch.Tensor | None,
-                      objective: DiffusionObjective, batch: dict, noisy: torch.Tensor,
-                      ts: torch.Tensor, pred: torch.Tensor, target: torch.Tensor
-                      ) -> tuple[torch.Tensor, dict]:
-    """``loss`` plus ``weight`` × the regional term, and the term for the logs; ``loss`` alone
-    (and no log) where the term is off."""
-    if norms is None:
-        return loss, {}
-    term = regional_loss(batch["readout"], objective.estimate(noisy, ts, pred.float()), target,
-                         objective.alpha_bar(ts), norms.to(pred.device))
-    return loss + weight * term, {"region_loss": float(term.detach())}
 
 
 def _preview(unet: DenoisingUNet, item: dict) -> dict:
@@ -301,7 +258,6 @@ def train_unet(cfg: RunConfig, data: RunData, out: Path, resume: bool,
     unet.set_target_scale(target_scale(unet, items))
     objective = DiffusionObjective(noise_schedule(cfg))
     t = cfg.unet.train
-    norms = add_readouts(items, data, ae, unet) if t.region_loss_weight > 0 else None
     optimizer, scheduler = make_optimizer(unet.parameters(), t)
 
     def denoise(models, batch, noisy, ts, drop_horizon=None):
@@ -314,8 +270,7 @@ def train_unet(cfg: RunConfig, data: RunData, out: Path, resume: bool,
         noisy, ts, goal = objective.noisy(target)
         pred = denoise(models, batch, noisy, ts, drop_horizon=drop)
         loss = F.mse_loss(pred.float(), goal.float())
-        return _with_region_term(loss, t.region_loss_weight, norms, objective, batch, noisy, ts,
-                                 pred, target)
+        return loss, {}
 
     trainer = Trainer("unet", {"unet": unet}, optimizer, step_fn,
                       ResumableBatches(items, t.batch_size, seed=cfg.seed,
@@ -352,7 +307,6 @@ def train_controlnet(cfg: RunConfig, data: RunData, out: Path, resume: bool,
     torch.manual_seed(cfg.seed)
     controlnet = build_controlnet(cfg, unet, graph_dim, change_hint)
     items = _items(cfg, data, out, frozen, ae.downsample_factor)
-    norms = add_readouts(items, data, ae, unet) if t.region_loss_weight > 0 else None
     frozen["unet"] = unet
     trained = {"controlnet": controlnet}
     groups = [{"params": list(controlnet.parameters()), "lr": t.lr}]
@@ -376,16 +330,13 @@ def train_controlnet(cfg: RunConfig, data: RunData, out: Path, resume: bool,
         noisy, ts, goal = objective.noisy(target)
         parts = _graph_parts(models, batch)
         pred = denoise(models, batch, noisy, ts, drop_horizon=drop, graph_parts=parts)
-        loss, logs = _with_region_term(F.mse_loss(pred.float(), goal.float()),
-                                       t.region_loss_weight, norms, objective, batch, noisy, ts,
-                                       pred, target)
+        loss = F.mse_loss(pred.float(), goal.float())
         if not tune_graph:
-            return loss, logs
+            return loss, {}
         # the tuned encoder's nodes still feed the frozen head: hold them to the true change
         head = models["trajectory_head"](parts[0], pairs["covariates"], pairs["years"].reshape(-1))
         held = trajectory_loss(head.float(), pairs["log_ratio"], pairs["log_ratio_mask"])
-        return (loss + t.graph_trajectory_weight * held,
-                {**logs, "trajectory_loss": float(held.detach())})
+        return loss + t.graph_trajectory_weight * held, {"trajectory_loss": float(held.detach())}
 
     trainer = Trainer("controlnet", trained, optimizer, step_fn,
                       ResumableBatches(items, t.batch_size, seed=cfg.seed,

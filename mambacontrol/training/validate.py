@@ -53,7 +53,7 @@ def _check_optim(key: str, t: OptimConfig) -> None:
         if rate is not None and not 0.0 <= rate < 1.0:
             raise ConfigError(f"{key}.{name}: {rate} must lie in [0, 1) (0 turns it off; about "
                               "0.1 trains the guidance null)")
-    for name in ("graph_lr", "graph_trajectory_weight", "region_loss_weight"):
+    for name in ("graph_lr", "graph_trajectory_weight"):
         value = getattr(t, name, None)
         if value is not None and not (math.isfinite(value) and value >= 0):
             raise ConfigError(f"{key}.{name}: {value} must be a number ≥ 0 (0 turns it off)")
